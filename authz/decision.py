@@ -1,0 +1,118 @@
+"""Where the decision is made: one straight line from CheckRequest to :class:`Decision`.
+
+    CheckRequest ─▶ request (canonical) ─▶ identity ─▶ policy ─▶ Decision
+
+Called by :mod:`authz.service` for every Check, and by ``tollgate policy explain``. Fails closed:
+every way out of :func:`decide` is a Decision, and an unexpected exception becomes a deny with
+reason ``authz_error`` (HTTP 500), distinguishable from any policy deny.
+
+Reason codes and their HTTP status:
+
+    allow   rule_allow, default_allow, no_policy (server default Allow), dry_run_only    → upstream
+    deny    rule_deny, default_deny, no_policy (server default Deny)                      → 401/403
+    400     request_* and path_* (the request cannot be canonicalized)
+    401     token_* and other credential failures (see authz.identity)
+    503     identity_unavailable (the provider's keys cannot be had)
+    500     authz_error (a fault in Tollgate itself)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Protocol
+
+from authz import request as request_model
+from authz.identity import model as identity_model
+from authz.policy import compile as compiled
+from authz.policy import evaluate
+
+__all__ = ["Decision", "IdentityStage", "decide", "new_id"]
+
+_log = logging.getLogger(__name__)
+
+
+class IdentityStage(Protocol):
+    async def resolve(
+        self, request: request_model.HttpRequest, providers: frozenset[str] | None
+    ) -> identity_model.Identity: ...
+
+
+class SnapshotView(Protocol):
+    @property
+    def revision(self) -> str: ...
+    @property
+    def index(self) -> compiled.PolicyIndex: ...
+
+
+@dataclasses.dataclass(slots=True)
+class Decision:
+    """The outcome of one Check, with everything the response and the audit record need."""
+
+    decision_id: str
+    revision: str
+    allowed: bool = False
+    status: int = 500
+    reason: str = "authz_error"
+    message: str = ""
+    policy: str = ""
+    rule: str = ""
+    request: request_model.HttpRequest | None = None
+    identity: identity_model.Identity = identity_model.ANONYMOUS
+    dry_run: evaluate.DryRunVerdict | None = None
+    provider: str = ""
+    started_ns: int = 0
+    duration_ns: int = 0
+
+
+def new_id() -> str:
+    """A UUIDv7 (RFC 9562): time-ordered, so decision ids sort by time in any log."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10)) & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+async def decide(
+    check_request: Any,
+    snapshot: SnapshotView,
+    identity_stage: IdentityStage,
+    *,
+    server_default_allow: bool = False,
+) -> Decision:
+    """Decide one CheckRequest against one configuration snapshot. Never raises."""
+    decision = Decision(decision_id=new_id(), revision=snapshot.revision, started_ns=time.perf_counter_ns())
+    try:
+        request = request_model.from_check_request(check_request)
+        decision.request = request
+        host = snapshot.index.lookup(request.host)
+        identity = await identity_stage.resolve(request, host.providers if host else None)
+        decision.identity = identity
+        verdict = evaluate.evaluate(
+            host, compiled.Context(request, identity), server_default_allow=server_default_allow
+        )
+        decision.allowed = verdict.allowed
+        decision.reason = verdict.reason
+        decision.policy = verdict.policy
+        decision.rule = verdict.rule
+        decision.dry_run = verdict.dry_run
+        # Deny of a caller we could not identify is "who are you?" (401), of a known one "no" (403).
+        decision.status = 200 if verdict.allowed else (403 if identity.authenticated else 401)
+    except request_model.RequestRejected as rejected:
+        decision.allowed = False
+        decision.request = rejected.request
+        decision.status, decision.reason, decision.message = 400, rejected.code, rejected.message
+    except identity_model.IdentityFailure as failure:
+        decision.allowed = False
+        decision.status, decision.reason, decision.message = failure.status, failure.code, failure.message
+        decision.provider = failure.provider
+    except Exception as error:  # fail closed: a fault in Tollgate must never become an allow
+        _log.exception("decision failed: %s", error.__class__.__name__)
+        decision.allowed = False
+        decision.status, decision.reason, decision.message = 500, "authz_error", "internal error"
+    finally:
+        decision.duration_ns = time.perf_counter_ns() - decision.started_ns
+    return decision

@@ -1,0 +1,66 @@
+"""``tollgate dev ...``: development-only helpers (a local identity provider and its tokens).
+
+Everything these commands print or serve is marked development-only: the provider signs any
+claims it is asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import signal
+import sys
+import threading
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+_DEFAULT_STATE = ".tollgate-dev"
+
+
+def add_parser(commands: Any) -> None:
+    dev = commands.add_parser("dev", help="development-only tools (never use in production)")
+    sub = dev.add_subparsers(dest="dev_command", required=True)
+    token = sub.add_parser("token", help="print a development-only signed token")
+    token.add_argument("--state", default=_DEFAULT_STATE, help="the dev identity provider's state directory")
+    token.add_argument("--sub", required=True)
+    token.add_argument("--groups", default="", help="comma-separated")
+    token.add_argument("--roles", default="", help="comma-separated")
+    token.add_argument("--email", default="")
+    token.add_argument("--mfa", action="store_true", help="amr includes mfa")
+    token.add_argument("--audience", default="tollgate-demo")
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds")
+    idp = sub.add_parser("idp", help="serve a development-only OIDC discovery + JWKS endpoint")
+    idp.add_argument("--state", default=_DEFAULT_STATE)
+    idp.add_argument("--listen", default="127.0.0.1:9400")
+
+
+def run(args: argparse.Namespace) -> int:
+    from authz.dev import idp
+
+    state_dir = pathlib.Path(args.state)
+    if args.dev_command == "token":
+        if not (state_dir / "idp.json").exists():
+            print(f"tollgate: no dev identity provider state in {state_dir}; run 'tollgate dev idp' first",
+                  file=sys.stderr)
+            return 1
+        state = idp.load_state(state_dir)
+        if "issuer" not in state:
+            print("tollgate: the dev identity provider has never run; run 'tollgate dev idp' first", file=sys.stderr)
+            return 1
+        split = lambda text: [item for item in text.split(",") if item]  # noqa: E731
+        print("# DEVELOPMENT ONLY: signed by the local test identity provider", file=sys.stderr)
+        print(idp.sign_token(state, args.sub, groups=split(args.groups), roles=split(args.roles), mfa=args.mfa,
+                             email=args.email, audience=args.audience, lifetime=args.lifetime))
+        return 0
+    host, _, port = args.listen.rpartition(":")
+    provider = idp.DevIdentityProvider(state_dir, host=host or "127.0.0.1", port=int(port)).start()
+    print(f"DEVELOPMENT ONLY identity provider: issuer {provider.issuer}, keys in {state_dir}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    provider.stop()
+    return 0

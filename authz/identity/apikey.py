@@ -1,0 +1,111 @@
+"""API keys: ``<id>.<secret>`` presented in a header, checked against hashed entries from a file.
+
+Called by :mod:`authz.identity.resolve`; the keys file is read by :mod:`authz.loader` when the
+configuration loads, so a broken file is a configuration error and the last good keys stay.
+Only SHA-256 hashes of keys are stored: keys are 256-bit random secrets (``tollgate apikey create``),
+so an unsalted hash cannot be reversed by dictionary. The id picks the entry; the hash is compared
+with :func:`hmac.compare_digest`. The identity names the key id, never the key.
+
+Keys file::
+
+    keys:
+      - id: ci-bot              # [a-z0-9-]+, also the key's public prefix
+        sha256: 9f86d0...        # hex SHA-256 of the whole presented key
+        subject: ci-bot          # optional, defaults to "apikey:<id>"
+        groups: [ci]
+        roles: []
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import pathlib
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from authz import request as request_model
+from authz.errors import ConfigError
+from authz.identity import model, providers
+
+__all__ = ["ApiKeyEntry", "ApiKeyVerifier", "generate_key", "load_keys"]
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiKeyEntry:
+    key_id: str
+    sha256: bytes = dataclasses.field(repr=False)
+    subject: str
+    groups: tuple[str, ...]
+    roles: tuple[str, ...]
+
+
+def generate_key(key_id: str) -> tuple[str, str]:
+    """A new key and the hex hash to store for it."""
+    if not _ID.match(key_id):
+        raise ValueError("a key id is lower-case letters, digits and '-' (at most 63)")
+    key = f"{key_id}.{secrets.token_urlsafe(32)}"
+    return key, hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_keys(path: str) -> tuple[ApiKeyEntry, ...]:
+    """Read and validate a keys file; raise :class:`ConfigError` naming the file and entry."""
+    try:
+        document: Any = yaml.safe_load(pathlib.Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read API keys file {path}: {error}", field="spec.apiKey.keysFile") from error
+    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+        raise ConfigError(f"{path}: expected a mapping with a 'keys' list", field="spec.apiKey.keysFile")
+    entries, seen = [], set()
+    for index, raw in enumerate(document["keys"]):
+        where = f"{path}: keys[{index}]"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: must be a mapping", field="spec.apiKey.keysFile")
+        key_id, digest = str(raw.get("id", "")), str(raw.get("sha256", "")).lower()
+        if not _ID.match(key_id) or key_id in seen:
+            raise ConfigError(f"{where}.id: missing, invalid or duplicate id {key_id!r}", field="spec.apiKey.keysFile")
+        if not _HEX64.match(digest):
+            raise ConfigError(f"{where}.sha256: must be 64 hex characters (plain keys are never stored)",
+                              field="spec.apiKey.keysFile")
+        seen.add(key_id)
+        entries.append(ApiKeyEntry(
+            key_id=key_id, sha256=bytes.fromhex(digest), subject=str(raw.get("subject") or f"apikey:{key_id}"),
+            groups=tuple(map(str, raw.get("groups", []))), roles=tuple(map(str, raw.get("roles", []))),
+        ))
+    return tuple(entries)
+
+
+class ApiKeyVerifier:
+    def __init__(self, name: str, settings: providers.ApiKeySettings) -> None:
+        self.name = name
+        self._header = settings.header
+        self._prefix = settings.prefix
+        self._entries = {entry.key_id: entry for entry in settings.keys}
+
+    def verify(self, request: request_model.HttpRequest) -> model.Identity | None:
+        value = request.headers.get(self._header)
+        if value is None:
+            return None
+        if self._prefix:
+            if not value.startswith(self._prefix):
+                raise model.IdentityFailure("apikey_malformed", "API key has the wrong prefix", provider=self.name)
+            value = value[len(self._prefix) :]
+        key_id, dot, _ = value.partition(".")
+        entry = self._entries.get(key_id) if dot else None
+        presented = hashlib.sha256(value.encode()).digest()
+        # Compare even when the id is unknown, so timing does not reveal which ids exist.
+        expected = entry.sha256 if entry is not None else bytes(32)
+        if not hmac.compare_digest(presented, expected) or entry is None:
+            raise model.IdentityFailure("apikey_invalid", "API key is not valid", provider=self.name)
+        return model.Identity(
+            authenticated=True, method="apiKey", subject=entry.subject, provider=self.name,
+            groups=entry.groups, roles=entry.roles, key_id=entry.key_id,
+        )

@@ -1,0 +1,222 @@
+"""JWT / OIDC bearer tokens: find the token, verify it with PyJWT, map its claims to an Identity.
+
+Called by :mod:`authz.identity.resolve`. Verification order, each step with its own deny reason
+(all 401 unless the provider's keys are unavailable, which is 503):
+
+    token_ambiguous          two sources (e.g. Authorization and a cookie) carry different tokens
+    token_too_large          longer than the provider's limit (8 KiB)
+    token_malformed          not three base64url parts of JSON
+    token_unknown_issuer     no provider in scope has the token's ``iss``
+    token_unsupported_crit   a ``crit`` header names extensions we do not implement
+    token_algorithm_not_allowed  ``none``, an HMAC alg without a configured secret, or not listed
+    token_unknown_kid        the key id is not in the key set (after one rate-limited refetch)
+    token_key_mismatch       the key's type does not fit the algorithm (e.g. RSA key, HS256)
+    token_bad_signature, token_expired, token_not_yet_valid, token_wrong_issuer,
+    token_wrong_audience, token_missing_claim, token_invalid
+
+Verified tokens are cached (bounded LRU, keyed by SHA-256 of the token) until the earlier of
+their ``exp`` and a change of the provider's key set.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from http import cookies
+from typing import Any
+
+import jwt as pyjwt
+
+from authz import request as request_model
+from authz.identity import jwks, model, providers
+
+__all__ = ["JwtVerifier", "TokenCache", "verify_request"]
+
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP", "HS": "oct"}
+_MFA_AMR = frozenset({"mfa"})
+_MFA_ACR = frozenset({"mfa", "http://schemas.openid.net/pape/policies/2007/06/multi-factor"})
+_PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (pyjwt.ExpiredSignatureError, "token_expired"),
+    (pyjwt.ImmatureSignatureError, "token_not_yet_valid"),
+    (pyjwt.InvalidAudienceError, "token_wrong_audience"),
+    (pyjwt.InvalidIssuerError, "token_wrong_issuer"),
+    (pyjwt.InvalidSignatureError, "token_bad_signature"),
+    (pyjwt.MissingRequiredClaimError, "token_missing_claim"),
+    (pyjwt.DecodeError, "token_malformed"),
+)
+
+
+class TokenCache:
+    """Bounded LRU of verified tokens: SHA-256(token) → (identity, exp, provider, key generation)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._entries: collections.OrderedDict[bytes, tuple[model.Identity, float, str, int]] = (
+            collections.OrderedDict()
+        )
+
+    def get(self, digest: bytes, generations: Mapping[str, int]) -> model.Identity | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        identity, expires, provider, generation = entry
+        if expires <= time.time() or generations.get(provider) != generation:
+            del self._entries[digest]
+            return None
+        self._entries.move_to_end(digest)
+        return identity
+
+    def put(self, digest: bytes, identity: model.Identity, expires: float, provider: str, generation: int) -> None:
+        self._entries[digest] = (identity, expires, provider, generation)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class JwtVerifier:
+    """One ``jwt`` IdentityProvider: its settings, its key set, and verification."""
+
+    def __init__(self, name: str, settings: providers.JwtSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.issuer = settings.issuer.rstrip("/")
+        self.keys = jwks.KeySet(name, settings.issuer, settings.jwks_uri, settings.refresh)
+        self._hmac_secret = settings.hmac_secret
+
+    def start(self) -> None:
+        if any(a not in providers.HMAC_ALGORITHMS for a in self.settings.algorithms):
+            self.keys.start()
+
+    def close(self) -> None:
+        self.keys.close()
+
+    def tokens(self, request: request_model.HttpRequest) -> list[str]:
+        found = []
+        headers = request.headers
+        for source in self.settings.sources:
+            if source.header:
+                value = headers.get(source.header, "")
+                if value and (not source.prefix or value[: len(source.prefix)].lower() == source.prefix.lower()):
+                    found.append(value[len(source.prefix) :].strip())
+            elif source.cookie and "cookie" in headers:
+                jar = cookies.SimpleCookie()
+                try:
+                    jar.load(headers["cookie"])
+                except cookies.CookieError:
+                    continue
+                if source.cookie in jar:
+                    found.append(jar[source.cookie].value)
+        return [token for token in found if token]
+
+    async def verify(self, token: str, header: Mapping[str, Any]) -> tuple[model.Identity, float]:
+        """Verify a token whose (unverified) header was already parsed; return identity and exp."""
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in self.settings.algorithms:
+            raise model.IdentityFailure("token_algorithm_not_allowed", f"algorithm {algorithm!r} is not allowed",
+                                        provider=self.name)
+        if algorithm in providers.HMAC_ALGORITHMS:
+            key: Any = self._hmac_secret
+        else:
+            kid = header.get("kid")
+            jwk = await self.keys.key_for(kid if isinstance(kid, str) else None)
+            if jwk.key_type != _KEY_TYPES.get(algorithm[:2]):
+                raise model.IdentityFailure("token_key_mismatch", "the key's type does not fit the token's algorithm",
+                                            provider=self.name)
+            key = jwk.key
+        settings = self.settings
+        try:
+            claims = pyjwt.decode(
+                token,
+                key=key,
+                algorithms=[algorithm],
+                audience=list(settings.audiences) or None,
+                issuer=settings.issuer,
+                leeway=settings.leeway_seconds,
+                options={"require": ["exp", "iss"], "verify_aud": bool(settings.audiences)},
+            )
+        except pyjwt.PyJWTError as error:
+            for kind, code in _PYJWT_REASONS:
+                if isinstance(error, kind):
+                    raise model.IdentityFailure(code, str(error), provider=self.name) from error
+            raise model.IdentityFailure("token_invalid", str(error), provider=self.name) from error
+        return self._identity(claims), float(claims["exp"])
+
+    def _identity(self, claims: Mapping[str, Any]) -> model.Identity:
+        settings = self.settings
+        subject = model.claim_values(claims, settings.subject_claim)
+        if not subject:
+            raise model.IdentityFailure("token_missing_claim", f"token has no {settings.subject_claim!r} claim",
+                                        provider=self.name)
+        amr = set(model.claim_values(claims, "amr"))
+        acr = set(model.claim_values(claims, "acr"))
+        email = model.claim_values(claims, settings.email_claim)
+        return model.Identity(
+            authenticated=True,
+            method="jwt",
+            subject=subject[0],
+            issuer=self.issuer,
+            provider=self.name,
+            email=email[0] if email else "",
+            groups=model.claim_values(claims, settings.groups_claim),
+            roles=model.claim_values(claims, settings.roles_claim),
+            mfa=bool(amr & _MFA_AMR or acr & _MFA_ACR),
+            claims=claims,
+        )
+
+
+def _segment_json(segment: str) -> Any:
+    padded = segment + "=" * (-len(segment) % 4)
+    return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+
+
+def _unverified_parts(token: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """Header and payload, parsed only to choose the provider and key; nothing here is trusted."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise model.IdentityFailure("token_malformed", "a JWT has three dot-separated parts")
+    try:
+        header, payload = _segment_json(parts[0]), _segment_json(parts[1])
+    except (ValueError, UnicodeError, binascii.Error) as error:
+        raise model.IdentityFailure("token_malformed", "token is not base64url-encoded JSON") from error
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise model.IdentityFailure("token_malformed", "token header and payload must be JSON objects")
+    return header, payload
+
+
+async def verify_request(
+    verifiers: Sequence[JwtVerifier], request: request_model.HttpRequest, cache: TokenCache
+) -> model.Identity | None:
+    """The caller's identity from a bearer token, None when the request carries no token."""
+    found = {token for verifier in verifiers for token in verifier.tokens(request)}
+    if not found:
+        return None
+    if len(found) > 1:
+        raise model.IdentityFailure("token_ambiguous", "the request carries more than one different token")
+    token = found.pop()
+    digest = hashlib.sha256(token.encode()).digest()
+    generations = {v.name: v.keys.generation for v in verifiers}
+    cached = cache.get(digest, generations)
+    if cached is not None:
+        return cached
+    limit = min(v.settings.max_token_bytes for v in verifiers)
+    if len(token) > limit:
+        raise model.IdentityFailure("token_too_large", f"token is larger than {limit} bytes")
+    header, payload = _unverified_parts(token)
+    issuer = str(payload.get("iss", "")).rstrip("/")
+    verifier = next((v for v in verifiers if v.issuer == issuer), None)
+    if verifier is None:
+        raise model.IdentityFailure("token_unknown_issuer", "no identity provider in scope issues this token")
+    if "crit" in header:
+        # RFC 7515 §4.1.11: a recipient that does not understand a critical extension must reject.
+        raise model.IdentityFailure("token_unsupported_crit", "token requires unsupported extensions (crit)",
+                                    provider=verifier.name)
+    identity, expires = await verifier.verify(token, header)
+    cache.put(digest, identity, expires, verifier.name, verifier.keys.generation)
+    return identity

@@ -1,0 +1,207 @@
+"""The IdentityProvider resource (``tollgate.dev/v1alpha1``): typed, validated settings per provider.
+
+Called by :mod:`authz.loader`. Three types, each verified by its own module:
+
+- ``jwt``    (:mod:`authz.identity.jwt`): OIDC / JWT bearer tokens, keys from JWKS or discovery.
+- ``mtls``   (:mod:`authz.identity.mtls`): the client certificate Envoy verified.
+- ``apiKey`` (:mod:`authz.identity.apikey`): hashed keys from a file.
+
+Security defaults: only asymmetric algorithms unless an HMAC secret is configured; ``none`` can
+never be configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from authz.errors import ConfigError
+
+if TYPE_CHECKING:
+    from authz.identity import apikey
+
+__all__ = [
+    "ApiKeySettings",
+    "JwtSettings",
+    "MtlsSettings",
+    "ProviderSpec",
+    "RefreshSettings",
+    "TokenSource",
+    "parse_provider",
+]
+
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenSource:
+    header: str = ""  # lower-case header name
+    prefix: str = ""  # e.g. "Bearer "
+    cookie: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RefreshSettings:
+    min_seconds: float = 60.0  # never refetch a healthy key set more often than this
+    max_seconds: float = 3600.0  # refetch at least this often, whatever Cache-Control says
+    stale_seconds: float = 86400.0  # keep using the last good keys this long while refresh fails
+    unknown_kid_seconds: float = 30.0  # at most one refetch per interval for an unknown kid
+    timeout_seconds: float = 5.0  # one JWKS or discovery fetch
+    max_bytes: int = 256 * 1024  # a larger JWKS body is rejected
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JwtSettings:
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks_uri: str  # empty: discover from the issuer
+    algorithms: tuple[str, ...]
+    hmac_secret_file: str
+    subject_claim: str
+    email_claim: str
+    groups_claim: str
+    roles_claim: str
+    sources: tuple[TokenSource, ...]
+    leeway_seconds: float
+    refresh: RefreshSettings
+    max_token_bytes: int = 8 * 1024
+    hmac_secret: bytes = dataclasses.field(default=b"", repr=False)  # read by the loader
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MtlsSettings:
+    trust_domains: tuple[str, ...]  # SPIFFE trust domains accepted; empty: any principal Envoy verified
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiKeySettings:
+    header: str
+    prefix: str
+    keys_file: str
+    keys: tuple[apikey.ApiKeyEntry, ...] = ()  # read by the loader from keys_file
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    name: str
+    namespace: str
+    type: str  # "jwt" | "mtls" | "apiKey"
+    source: str
+    jwt: JwtSettings | None = None
+    mtls: MtlsSettings | None = None
+    api_key: ApiKeySettings | None = None
+
+
+def parse_provider(document: Mapping[str, Any], *, source: str = "") -> ProviderSpec:
+    """Validate an IdentityProvider document; raise :class:`ConfigError` naming the field."""
+    metadata = document.get("metadata") or {}
+    name = metadata.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{name!r} is not a valid Kubernetes name", field="metadata.name")
+    namespace = str(metadata.get("namespace", "default"))
+    spec = document.get("spec")
+    if not isinstance(spec, Mapping):
+        raise ConfigError("spec is required and must be a mapping", field="spec")
+    kind = spec.get("type")
+    if kind == "jwt":
+        return ProviderSpec(name, namespace, kind, source, jwt=_jwt(_section(spec, "jwt")))
+    if kind == "mtls":
+        section = _section(spec, "mtls", required=False)
+        domains = _strings(section, "trustDomains", "spec.mtls.trustDomains")
+        return ProviderSpec(name, namespace, kind, source, mtls=MtlsSettings(trust_domains=domains))
+    if kind == "apiKey":
+        section = _section(spec, "apiKey")
+        keys_file = section.get("keysFile")
+        if not isinstance(keys_file, str) or not keys_file:
+            raise ConfigError("keysFile is required (a file of hashed keys)", field="spec.apiKey.keysFile")
+        header = str(section.get("header", "x-api-key")).lower()
+        settings = ApiKeySettings(header=header, prefix=str(section.get("prefix", "")), keys_file=keys_file)
+        return ProviderSpec(name, namespace, kind, source, api_key=settings)
+    raise ConfigError(f"type must be one of jwt, mtls, apiKey; got {kind!r}", field="spec.type")
+
+
+def _section(spec: Mapping[str, Any], key: str, *, required: bool = True) -> Mapping[str, Any]:
+    section = spec.get(key)
+    if section is None and not required:
+        return {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"spec.{key} is required for type {key} and must be a mapping", field=f"spec.{key}")
+    return section
+
+
+def _strings(section: Mapping[str, Any], key: str, field: str) -> tuple[str, ...]:
+    value = section.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError("must be a list of non-empty strings", field=field)
+    return tuple(value)
+
+
+_JWT_KEYS = {"issuer", "audiences", "jwksUri", "algorithms", "hmacSecretFile", "claims", "tokenSources",
+             "leewaySeconds", "refresh"}
+_CLAIM_KEYS = {"subject", "email", "groups", "roles"}
+_REFRESH_KEYS = {"minSeconds": "min_seconds", "maxSeconds": "max_seconds", "staleSeconds": "stale_seconds",
+                 "unknownKidSeconds": "unknown_kid_seconds", "timeoutSeconds": "timeout_seconds"}
+
+
+def _jwt(section: Mapping[str, Any]) -> JwtSettings:
+    unknown = sorted(set(section) - _JWT_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown field {unknown[0]!r}", field=f"spec.jwt.{unknown[0]}")
+    issuer = section.get("issuer")
+    if not isinstance(issuer, str) or not issuer.startswith(("https://", "http://")):
+        raise ConfigError("issuer must be an http(s) URL", field="spec.jwt.issuer")
+    audiences = _strings(section, "audiences", "spec.jwt.audiences")
+    jwks_uri = section.get("jwksUri", "")
+    if jwks_uri and (not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://"))):
+        raise ConfigError("jwksUri must be an http(s) URL", field="spec.jwt.jwksUri")
+    hmac_secret_file = str(section.get("hmacSecretFile", ""))
+    algorithms = _strings(section, "algorithms", "spec.jwt.algorithms") or ASYMMETRIC_ALGORITHMS
+    for index, algorithm in enumerate(algorithms):
+        field = f"spec.jwt.algorithms[{index}]"
+        if algorithm.lower() == "none":
+            raise ConfigError("'none' is never accepted", field=field)
+        if algorithm in HMAC_ALGORITHMS and not hmac_secret_file:
+            raise ConfigError(f"{algorithm} needs hmacSecretFile (a shared secret)", field=field)
+        if algorithm not in ASYMMETRIC_ALGORITHMS + HMAC_ALGORITHMS:
+            raise ConfigError(f"unsupported algorithm {algorithm!r}", field=field)
+    claims = section.get("claims", {})
+    if not isinstance(claims, Mapping) or set(claims) - _CLAIM_KEYS:
+        raise ConfigError(f"claims maps only {', '.join(sorted(_CLAIM_KEYS))}", field="spec.jwt.claims")
+    sources = []
+    for index, raw in enumerate(section.get("tokenSources", [{"header": "authorization", "prefix": "Bearer "}])):
+        if not isinstance(raw, Mapping) or ("header" in raw) == ("cookie" in raw):
+            raise ConfigError("a token source names exactly one of header or cookie",
+                              field=f"spec.jwt.tokenSources[{index}]")
+        sources.append(TokenSource(header=str(raw.get("header", "")).lower(), prefix=str(raw.get("prefix", "")),
+                                   cookie=str(raw.get("cookie", ""))))
+    refresh_raw = section.get("refresh", {})
+    refresh_args: dict[str, float] = {}
+    for key, value in (refresh_raw.items() if isinstance(refresh_raw, Mapping) else [("?", None)]):
+        if key not in _REFRESH_KEYS or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError("refresh takes positive numbers: " + ", ".join(_REFRESH_KEYS),
+                              field=f"spec.jwt.refresh.{key}")
+        refresh_args[_REFRESH_KEYS[key]] = float(value)
+    refresh = RefreshSettings(**refresh_args)  # type: ignore[arg-type]
+    if refresh.min_seconds > refresh.max_seconds:
+        raise ConfigError("minSeconds must not exceed maxSeconds", field="spec.jwt.refresh.minSeconds")
+    leeway = section.get("leewaySeconds", 30)
+    if not isinstance(leeway, int | float) or not 0 <= leeway <= 300:
+        raise ConfigError("leewaySeconds must be between 0 and 300", field="spec.jwt.leewaySeconds")
+    return JwtSettings(
+        issuer=issuer,
+        audiences=audiences,
+        jwks_uri=jwks_uri,
+        algorithms=tuple(algorithms),
+        hmac_secret_file=hmac_secret_file,
+        subject_claim=str(claims.get("subject", "sub")),
+        email_claim=str(claims.get("email", "email")),
+        groups_claim=str(claims.get("groups", "groups")),
+        roles_claim=str(claims.get("roles", "roles")),
+        sources=tuple(sources),
+        leeway_seconds=float(leeway),
+        refresh=refresh,
+    )

@@ -1,0 +1,95 @@
+"""The identity stage: find the credentials a request carries and verify them.
+
+Called by :mod:`authz.decision` once per request with the providers in scope for the host.
+Order: a bearer token / cookie (``jwt`` providers), then an API key (``apiKey``), then the client
+certificate (``mtls``). The first credential that verifies names the caller; a credential that is
+*presented but invalid* is a 401 (``IdentityFailure``) even on a public path, as with Istio's
+RequestAuthentication: a client that sends a bad token learns so instead of silently acting as
+anonymous. No credential at all gives :data:`~authz.identity.model.ANONYMOUS`.
+
+The mTLS principal is attached to whichever identity wins, so rules can combine the workload
+(``from.principals``) with the user (``from.subjects``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable
+
+from authz import request as request_model
+from authz.identity import apikey, jwt, mtls, providers
+from authz.identity import model as identity_model
+
+__all__ = ["IdentityResolver"]
+
+_log = logging.getLogger(__name__)
+
+
+class IdentityResolver:
+    """Holds one verifier per configured provider; survives reloads, keeping key caches warm."""
+
+    def __init__(self) -> None:
+        self._jwt: dict[str, jwt.JwtVerifier] = {}
+        self._api_keys: dict[str, apikey.ApiKeyVerifier] = {}
+        self._mtls: dict[str, mtls.MtlsVerifier] = {}
+        self._specs: dict[str, providers.ProviderSpec] = {}
+        self.token_cache = jwt.TokenCache()
+
+    def update(self, specs: Iterable[providers.ProviderSpec]) -> None:
+        """Swap in a new provider set; verifiers whose spec did not change are kept as they are."""
+        specs = {spec.name: spec for spec in specs}
+        jwt_verifiers: dict[str, jwt.JwtVerifier] = {}
+        api_keys: dict[str, apikey.ApiKeyVerifier] = {}
+        mtls_verifiers: dict[str, mtls.MtlsVerifier] = {}
+        for name, spec in sorted(specs.items()):
+            unchanged = self._specs.get(name) == spec
+            if spec.jwt is not None:
+                jwt_verifiers[name] = self._jwt[name] if unchanged and name in self._jwt else jwt.JwtVerifier(name, spec.jwt)
+            elif spec.api_key is not None:
+                api_keys[name] = apikey.ApiKeyVerifier(name, spec.api_key)
+            elif spec.mtls is not None:
+                mtls_verifiers[name] = mtls.MtlsVerifier(name, spec.mtls)
+        retired = [v for n, v in self._jwt.items() if jwt_verifiers.get(n) is not v]
+        self._jwt, self._api_keys, self._mtls, self._specs = jwt_verifiers, api_keys, mtls_verifiers, specs
+        for verifier in retired:
+            verifier.close()
+
+    def start(self) -> None:
+        """Begin background key fetching for every JWT provider (never blocks)."""
+        for verifier in self._jwt.values():
+            verifier.start()
+
+    async def close(self) -> None:
+        for verifier in self._jwt.values():
+            verifier.close()
+
+    @property
+    def jwt_verifiers(self) -> dict[str, jwt.JwtVerifier]:
+        return self._jwt
+
+    async def resolve(
+        self, request: request_model.HttpRequest, scope: frozenset[str] | None
+    ) -> identity_model.Identity:
+        principal = request.source_principal
+        identity: identity_model.Identity | None = None
+        token_verifiers = [v for n, v in self._jwt.items() if scope is None or n in scope]
+        if token_verifiers:
+            identity = await jwt.verify_request(token_verifiers, request, self.token_cache)
+        if identity is None:
+            for name, verifier in self._api_keys.items():
+                if scope is None or name in scope:
+                    identity = verifier.verify(request)
+                    if identity is not None:
+                        break
+        if identity is None and principal:
+            for name, mtls_verifier in self._mtls.items():
+                if scope is None or name in scope:
+                    identity = mtls_verifier.verify(request)
+                    if identity is not None:
+                        break
+        if identity is None:
+            return identity_model.ANONYMOUS
+        if principal and not identity.principal:
+            identity = dataclasses.replace(identity, principal=principal)
+        return identity

@@ -1,0 +1,1 @@
+"""AccessPolicy: the model (fields and validation), the compiled index, and the pure evaluator."""

@@ -1,0 +1,228 @@
+"""The canonical, typed HTTP request every later stage works on.
+
+Owns the first stage of the decision pipeline: it turns the attributes Envoy sends in a
+``CheckRequest`` into an :class:`HttpRequest` whose host and path are in one canonical form, so
+that a policy written for ``/admin`` cannot be side-stepped with ``//admin``, ``/%2e%2e/admin`` or
+``/public/..;/admin``. Called by :mod:`authz.service` (through :func:`from_check_request`) and by
+``tollgate policy explain`` (through :func:`canonical_host` and :func:`canonical_path`).
+
+Canonical path, in this order (the order is part of the security contract):
+
+1. Split off the query (``?``) and fragment (``#``); they never take part in path matching.
+2. Reject what upstream servers disagree on: an encoded slash or backslash (``%2F``, ``%5C``), a
+   NUL (raw or ``%00``), a raw backslash, a malformed ``%`` escape, a non-ASCII byte.
+3. Per segment, drop path parameters (``;...``) as Tomcat and Spring do, so ``/admin;x`` is
+   ``/admin`` and ``/..;/`` is ``/../``.
+4. Decode percent-encoded *unreserved* characters (RFC 3986 §2.3); other escapes stay encoded,
+   with upper-case hex.
+5. Remove dot segments (RFC 3986 §5.2.4) and merge repeated slashes.
+
+Paths are case-sensitive (RFC 3986 §6.2.2.1); hosts are lower-cased and lose their port.
+
+This module never imports protobuf: :func:`from_check_request` reads the message by attribute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "HttpRequest",
+    "RequestRejected",
+    "canonical_host",
+    "canonical_path",
+    "from_check_request",
+]
+
+# Limits on what one request may carry into the decision. Envoy's own default header limit is
+# 60 KiB; anything past these bounds is not a request we can reason about safely.
+_MAX_PATH_BYTES = 8 * 1024
+_MAX_HEADER_BYTES = 64 * 1024
+_MAX_HEADER_COUNT = 200
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset("0123456789abcdefABCDEF")
+# A path that needs no work at all: the fast path for the overwhelmingly common case.
+_PLAIN_PATH = re.compile(r"^(?:/[A-Za-z0-9\-_~!$&'()*+,=:@]+(?:\.[A-Za-z0-9\-_~!$&'()*+,=:@]+)*)*/?$")
+
+
+class RequestRejected(Exception):
+    """The request cannot be canonicalized; ``code`` is the deny reason (e.g. ``path_encoded_slash``).
+
+    ``request`` holds what could be read of it (path as sent), for the audit record.
+    """
+
+    def __init__(self, code: str, message: str, request: HttpRequest | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request = request
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One HTTP request as the policy engine sees it: canonical, plain, transport-free."""
+
+    method: str
+    host: str
+    path: str
+    raw_path: str = ""
+    query: str = ""
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    request_id: str = ""
+    protocol: str = ""
+    scheme: str = ""
+    source_ip: str = ""
+    source_principal: str = ""
+    source_certificate: str = ""
+    destination: str = ""
+
+
+def canonical_host(authority: str) -> str:
+    """Lower-case the authority and strip its port (``Orders.Example.com:8443`` → ``orders.example.com``)."""
+    host = authority.strip().lower()
+    if host.startswith("["):  # IPv6 literal: "[::1]:8080"
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    colon = host.rfind(":")
+    if colon != -1 and host[colon + 1 :].isdigit():
+        host = host[:colon]
+    return host.rstrip(".")
+
+
+def split_path(raw: str) -> tuple[str, str]:
+    """Split a request target into (path, query); the fragment, if a client sent one, is dropped."""
+    hash_at = raw.find("#")
+    if hash_at != -1:
+        raw = raw[:hash_at]
+    query_at = raw.find("?")
+    if query_at == -1:
+        return raw, ""
+    return raw[:query_at], raw[query_at + 1 :]
+
+
+def canonical_path(path: str) -> str:
+    """Return the canonical form of ``path`` (no query) or raise :class:`RequestRejected`."""
+    if len(path) > _MAX_PATH_BYTES:
+        raise RequestRejected("path_too_long", f"path exceeds {_MAX_PATH_BYTES} bytes")
+    if not path.startswith("/"):
+        raise RequestRejected("path_invalid", "path must start with '/'")
+    if _PLAIN_PATH.match(path):
+        return path
+    if not path.isascii():
+        raise RequestRejected("path_invalid_character", "path contains a non-ASCII character")
+    if "\\" in path:
+        raise RequestRejected("path_backslash", "path contains a backslash")
+    if "\x00" in path:
+        raise RequestRejected("path_nul", "path contains a NUL byte")
+
+    segments = path.split("/")
+    last_index = len(segments) - 1
+    out: list[str] = []
+    trailing_slash = False
+    for index, segment in enumerate(segments[1:], start=1):
+        semicolon = segment.find(";")
+        if semicolon != -1:
+            segment = segment[:semicolon]
+        if "%" in segment:
+            segment = _decode_unreserved(segment)
+        if index == last_index:
+            # "/admin/", "/admin/." and "/a/admin/.." all name a directory (RFC 3986 §5.2.4);
+            # routers treat "/admin/" and "/admin" differently, so the slash is kept.
+            trailing_slash = segment in ("", ".", "..")
+        if segment == "." or segment == "":
+            continue
+        if segment == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(segment)
+    canonical = "/" + "/".join(out)
+    if out and trailing_slash:
+        canonical += "/"
+    return canonical
+
+
+def _decode_unreserved(segment: str) -> str:
+    """Decode %XX escapes of unreserved characters; reject malformed or dangerous escapes."""
+    parts = segment.split("%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        if len(part) < 2 or part[0] not in _HEX or part[1] not in _HEX:
+            raise RequestRejected("path_bad_escape", "path contains a malformed percent-escape")
+        code = int(part[:2], 16)
+        char = chr(code)
+        if char == "/":
+            raise RequestRejected("path_encoded_slash", "path contains an encoded slash (%2F)")
+        if char == "\\":
+            raise RequestRejected("path_encoded_backslash", "path contains an encoded backslash (%5C)")
+        if code == 0:
+            raise RequestRejected("path_nul", "path contains an encoded NUL (%00)")
+        if char in _UNRESERVED:
+            out.append(char + part[2:])
+        else:
+            out.append("%" + part[:2].upper() + part[2:])
+    return "".join(out)
+
+
+def _check_headers(headers: Mapping[str, str]) -> None:
+    if len(headers) > _MAX_HEADER_COUNT:
+        raise RequestRejected("request_headers_too_large", f"more than {_MAX_HEADER_COUNT} headers")
+    total = 0
+    for name, value in headers.items():
+        total += len(name) + len(value)
+    if total > _MAX_HEADER_BYTES:
+        raise RequestRejected("request_headers_too_large", f"headers exceed {_MAX_HEADER_BYTES} bytes")
+
+
+def from_check_request(check_request: Any) -> HttpRequest:
+    """Build the canonical request from an Envoy ``CheckRequest`` (read by attribute, no protobuf import).
+
+    Raises :class:`RequestRejected` for a request that is missing its HTTP attributes, is too large,
+    or whose path cannot be canonicalized.
+    """
+    attributes = check_request.attributes
+    if not attributes.HasField("request") or not attributes.request.HasField("http"):
+        raise RequestRejected("request_missing_http", "CheckRequest carries no HTTP request attributes")
+    http = attributes.request.http
+    headers: Mapping[str, str] = http.headers
+    if not headers and len(http.header_map.headers):
+        # Envoy sends raw header bytes here when `encode_raw_headers` is on.
+        try:
+            headers = {h.key.lower(): h.raw_value.decode("utf-8") for h in http.header_map.headers}
+        except UnicodeDecodeError as error:
+            raise RequestRejected("request_bad_encoding", "a header value is not valid UTF-8") from error
+    _check_headers(headers)
+    method = http.method or headers.get(":method", "")
+    if not method:
+        raise RequestRejected("request_missing_method", "request has no method")
+    raw_target = http.path or headers.get(":path", "")
+    if not raw_target:
+        raise RequestRejected("request_missing_path", "request has no path")
+    path, query = split_path(raw_target)
+    source = attributes.source
+    raw = HttpRequest(
+        method=method.upper(),
+        host=canonical_host(http.host or headers.get(":authority", "")),
+        path=path,
+        raw_path=path,
+        query=query or http.query,
+        headers=headers,
+        # x-request-id is the id Envoy, the upstream and the access log share; http.id is internal.
+        request_id=headers.get("x-request-id") or http.id,
+        protocol=http.protocol,
+        scheme=http.scheme,
+        source_ip=source.address.socket_address.address,
+        source_principal=source.principal,
+        source_certificate=source.certificate,
+        destination=attributes.destination.address.socket_address.address,
+    )
+    try:
+        canonical = canonical_path(path)
+    except RequestRejected as rejected:
+        rejected.request = raw
+        raise
+    return raw if canonical == path else dataclasses.replace(raw, path=canonical)

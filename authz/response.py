@@ -1,0 +1,122 @@
+"""Turn a :class:`~authz.decision.Decision` into Envoy's ``CheckResponse``: the outgoing edge.
+
+Called by :mod:`authz.service`. Allowed requests get the trusted identity headers for the
+upstream; any copy of those headers the client sent is removed or overwritten, so the upstream can
+believe them. Denied requests get a status, a small JSON body with no internals, and for 401 a
+``WWW-Authenticate`` challenge. Both carry dynamic metadata (decision id, policy, rule, reason)
+under ``envoy.filters.http.ext_authz`` for Envoy's access log.
+"""
+
+from __future__ import annotations
+
+import json
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from authz import decision as decision_model
+
+__all__ = ["IDENTITY_HEADERS", "to_check_response"]
+
+SUBJECT = "x-tollgate-subject"
+GROUPS = "x-tollgate-groups"
+ROLES = "x-tollgate-roles"
+METHOD = "x-tollgate-auth-method"
+PRINCIPAL = "x-tollgate-principal"
+REQUEST_ID = "x-tollgate-request-id"
+DECISION_ID = "x-tollgate-decision-id"
+# Every header Tollgate vouches for. Whatever a client sends under these names never reaches the
+# upstream: each is either overwritten with Tollgate's value or removed.
+IDENTITY_HEADERS = (SUBJECT, GROUPS, ROLES, METHOD, PRINCIPAL, REQUEST_ID, DECISION_ID)
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_ERROR_NAMES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 500: "internal_error",
+                503: "unavailable"}
+_RPC_CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED,
+              503: code_pb2.UNAVAILABLE}
+_JSON = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", value="application/json"))
+_CHALLENGE = base_pb2.HeaderValueOption(
+    header=base_pb2.HeaderValue(key="www-authenticate", value='Bearer realm="tollgate"')
+)
+_NO_STORE = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="cache-control", value="no-store"))
+
+
+def _clean(value: str) -> str:
+    """Header values from tokens are untrusted text: drop control characters, bound the length."""
+    if value.isprintable() and len(value) <= 1024:
+        return value
+    return "".join(ch for ch in value if ch.isprintable())[:1024]
+
+
+def _metadata(decision: decision_model.Decision) -> struct_pb2.Struct:
+    metadata = struct_pb2.Struct()
+    fields = {
+        "decision_id": decision.decision_id,
+        "decision": "allow" if decision.allowed else "deny",
+        "reason": decision.reason,
+        "policy": decision.policy,
+        "rule": decision.rule,
+        "revision": decision.revision,
+    }
+    if decision.dry_run is not None:
+        fields["dry_run_decision"] = "allow" if decision.dry_run.allowed else "deny"
+        fields["dry_run_rule"] = f"{decision.dry_run.policy}#{decision.dry_run.rule}".rstrip("#")
+    metadata.update(fields)
+    return metadata
+
+
+def to_check_response(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
+    if decision.allowed:
+        return _ok(decision)
+    return _denied(decision)
+
+
+def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
+    identity = decision.identity
+    request_id = decision.request.request_id if decision.request else ""
+    values = {
+        SUBJECT: identity.subject if identity.authenticated else "",
+        GROUPS: ",".join(identity.groups),
+        ROLES: ",".join(identity.roles),
+        METHOD: identity.method if identity.authenticated else "",
+        PRINCIPAL: identity.principal,
+        REQUEST_ID: request_id,
+        DECISION_ID: decision.decision_id,
+    }
+    headers = [
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=_clean(value)), append_action=_OVERWRITE)
+        for name, value in values.items() if value
+    ]
+    # Removal is used only for names we do not set: Envoy applies `headers` and `headers_to_remove`
+    # independently, and a name in both would lose Tollgate's own value.
+    remove = [name for name, value in values.items() if not value]
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK),
+        ok_response=external_auth_pb2.OkHttpResponse(headers=headers, headers_to_remove=remove),
+        dynamic_metadata=_metadata(decision),
+    )
+
+
+def _denied(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
+    status = decision.status if decision.status in _ERROR_NAMES else 403
+    body = json.dumps(
+        {
+            "error": _ERROR_NAMES[status],
+            "reason": decision.reason,
+            "request_id": decision.request.request_id if decision.request else "",
+        },
+        separators=(",", ":"),
+    )
+    headers = [_JSON, _NO_STORE]
+    if status == 401:
+        headers.append(_CHALLENGE)
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=_RPC_CODES.get(status, code_pb2.INTERNAL)),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=status), headers=headers, body=body
+        ),
+        dynamic_metadata=_metadata(decision),
+    )

@@ -1,0 +1,159 @@
+"""``tollgate serve``: the grpc.aio server, its health and reflection services, reload and drain.
+
+Owns the process lifecycle, as in grpc's Python examples:
+
+- Start: load the configuration (a broken one at start is fatal: exit 2 with every error named),
+  bind, mark health SERVING. Identity providers fetch their keys in the background.
+- Reload: poll the configuration files; on a change, load and compile off the event loop and
+  swap the snapshot in one assignment. In-flight Checks keep the snapshot they started with, so
+  none fails. An invalid new configuration is logged (file, document, field) and the last good one
+  stays in force.
+- SIGTERM/SIGINT: health NOT_SERVING first (so Envoy's health checks move away), then stop
+  accepting RPCs, let in-flight ones finish within the grace period, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import pathlib
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from authz import loader, service
+from authz.errors import ConfigError
+from authz.identity import resolve
+
+__all__ = ["Runtime", "ServerSettings", "serve"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerSettings:
+    config: pathlib.Path
+    listen: str = "127.0.0.1:9001"
+    default_allow: bool = False
+    reload_interval: float = 2.0  # seconds between checks of the configuration files; 0 disables
+    grace: float = 10.0  # seconds in-flight RPCs get on SIGTERM
+    tls_cert: pathlib.Path | None = None
+    tls_key: pathlib.Path | None = None
+    tls_client_ca: pathlib.Path | None = None  # set: clients (Envoy) must present a certificate
+
+
+class Runtime:
+    """The state every Check reads: swapped wholesale on reload, never mutated in place."""
+
+    def __init__(self, snapshot: loader.Snapshot, *, default_allow: bool) -> None:
+        self.identity = resolve.IdentityResolver()
+        self.recorder: service.Recorder | None = None
+        self.default_allow = default_allow
+        self.snapshot = snapshot
+        self.identity.update(snapshot.providers)
+
+    def install(self, snapshot: loader.Snapshot) -> None:
+        self.identity.update(snapshot.providers)
+        self.identity.start()
+        self.snapshot = snapshot
+
+
+def _fingerprint(config: pathlib.Path, extra: tuple[str, ...]) -> tuple[tuple[str, int, int, int], ...]:
+    """Cheap change detection: names, sizes, mtimes and inodes (ConfigMap updates swap symlinks)."""
+    out = []
+    for path in [*loader.config_files(config), *map(pathlib.Path, extra)] if config.exists() else []:
+        try:
+            stat = path.stat()
+        except OSError:
+            out.append((str(path), -1, -1, -1))
+            continue
+        out.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(sorted(out))
+
+
+async def watch(settings: ServerSettings, runtime: Runtime) -> None:
+    """Reload the configuration whenever its files change; keep the last good one on error."""
+    seen = _fingerprint(settings.config, runtime.snapshot.files)
+    while True:
+        await asyncio.sleep(settings.reload_interval)
+        current = _fingerprint(settings.config, runtime.snapshot.files)
+        if current == seen:
+            continue
+        seen = current
+        try:
+            snapshot = await asyncio.to_thread(loader.load, settings.config)
+        except ConfigError as error:
+            _log.error("configuration rejected, keeping revision %s:\n%s", runtime.snapshot.revision, error)
+            continue
+        if snapshot.revision == runtime.snapshot.revision and snapshot.files == runtime.snapshot.files:
+            continue
+        runtime.install(snapshot)
+        _log.info("configuration revision %s in force: %d policies, %d identity providers",
+                  snapshot.revision, len(snapshot.policies), len(snapshot.providers))
+
+
+def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+async def start(settings: ServerSettings, runtime: Runtime) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """Build and start the server; return it, its health servicer and the bound port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    server.add_generic_rpc_handlers((service.AuthorizationService(runtime).handler(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (service.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    credentials = _credentials(settings)
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
+    if port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    await server.start()
+    runtime.identity.start()
+    for name in ("", service.SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer, port
+
+
+async def serve(settings: ServerSettings, runtime: Runtime, *, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain."""
+    server, health_servicer, port = await start(settings, runtime)
+    _log.info("listening on %s (port %d), configuration revision %s, %d policies",
+              settings.listen, port, runtime.snapshot.revision, len(runtime.snapshot.policies))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    watcher = loop.create_task(watch(settings, runtime)) if settings.reload_interval > 0 else None
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    _log.info("shutting down: draining for up to %.1fs", settings.grace)
+    await health_servicer.enter_graceful_shutdown()
+    if watcher is not None:
+        watcher.cancel()
+    await server.stop(settings.grace)
+    await runtime.identity.close()
+    if runtime.recorder is not None and hasattr(runtime.recorder, "close"):
+        await runtime.recorder.close()
+    _log.info("stopped")

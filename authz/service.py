@@ -1,0 +1,91 @@
+"""``envoy.service.auth.v3.Authorization/Check``: transport only.
+
+Bytes in, bytes out. The request is parsed here with our own deserializer so that a message the
+protobuf runtime rejects (e.g. invalid UTF-8 in a string field) still gets an answer — a deny
+with reason ``request_parse_error`` — instead of a gRPC error and a traceback in the log. The
+decision itself is made in :mod:`authz.decision`, the response built in :mod:`authz.response`,
+and exactly one record per Check is handed to the recorder in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf import message as protobuf_message
+
+from authz import decision as decision_model
+from authz import response
+
+__all__ = ["SERVICE_NAME", "AuthorizationService", "Recorder", "Runtime"]
+
+SERVICE_NAME = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+_log = logging.getLogger(__name__)
+
+
+class _Unparseable:
+    """Stands in for a CheckRequest the protobuf runtime could not parse."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+class Recorder(Protocol):
+    async def record(self, decision: decision_model.Decision) -> None: ...
+
+
+class Runtime(Protocol):
+    """What the service reads per request; the server swaps ``snapshot`` on reload."""
+
+    snapshot: Any
+    identity: decision_model.IdentityStage
+    recorder: Recorder | None
+    default_allow: bool
+
+
+def _parse(data: bytes) -> external_auth_pb2.CheckRequest | _Unparseable:
+    try:
+        return external_auth_pb2.CheckRequest.FromString(data)
+    except protobuf_message.DecodeError as error:
+        return _Unparseable(str(error))
+
+
+class AuthorizationService:
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self.check,
+                    request_deserializer=_parse,
+                    response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+                )
+            },
+        )
+
+    async def check(
+        self, check_request: external_auth_pb2.CheckRequest | _Unparseable, context: Any
+    ) -> external_auth_pb2.CheckResponse:
+        runtime = self._runtime
+        decision: decision_model.Decision | None = None
+        try:
+            if isinstance(check_request, _Unparseable):
+                decision = decision_model.Decision(
+                    decision_id=decision_model.new_id(), revision=runtime.snapshot.revision,
+                    status=400, reason="request_parse_error", message="CheckRequest could not be parsed",
+                )
+            else:
+                decision = await decision_model.decide(
+                    check_request, runtime.snapshot, runtime.identity, server_default_allow=runtime.default_allow
+                )
+            return response.to_check_response(decision)
+        finally:
+            if runtime.recorder is not None and decision is not None:
+                await runtime.recorder.record(decision)
