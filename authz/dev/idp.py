@@ -86,6 +86,7 @@ class DevIdentityProvider:
     def __init__(self, state_dir: pathlib.Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.state_dir = state_dir
         self.mode = "ok"  # "ok" | "garbage" | "oversized" | "error" — fault injection for tests
+        self.delay = 0.0  # seconds to wait before answering (a slow provider)
         self.max_age = 300
         self.requests = 0
         provider = self
@@ -93,6 +94,8 @@ class DevIdentityProvider:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 provider.requests += 1
+                if provider.delay:
+                    time.sleep(provider.delay)
                 if self.path == "/.well-known/openid-configuration":
                     body = json.dumps({"issuer": provider.issuer, "jwks_uri": provider.issuer + "/jwks.json",
                                        "id_token_signing_alg_values_supported": ["RS256"]}).encode()

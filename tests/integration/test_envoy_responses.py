@@ -1,0 +1,109 @@
+"""What clients and upstreams see through a real Envoy: trusted identity headers (never spoofable),
+deny bodies and challenges, and the decision in Envoy's access log via dynamic metadata."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from authz import response
+from authz.dev import harness, idp, upstream
+
+pytestmark = pytest.mark.envoy
+
+POLICIES = """
+apiVersion: tollgate.dev/v1alpha1
+kind: IdentityProvider
+metadata: {name: dev}
+spec:
+  type: jwt
+  jwt: {issuer: "ISSUER", audiences: [tollgate-demo]}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: app, namespace: demo}
+spec:
+  hosts: [app.test]
+  rules:
+    - {name: public, action: Allow, to: {paths: [/public]}}
+    - {name: staff, action: Allow, to: {paths: [/staff]}, from: {groups: [staff]}}
+"""
+
+SPOOFED = {name: "spoofed" for name in response.IDENTITY_HEADERS}
+
+
+def _config(directory: pathlib.Path, provider: idp.DevIdentityProvider) -> pathlib.Path:
+    path = directory / "policies.yaml"
+    path.write_text(POLICIES.replace("ISSUER", provider.issuer))
+    return path
+
+
+def test_identity_headers_cannot_be_spoofed(tmp_path: pathlib.Path, dev_idp: idp.DevIdentityProvider,
+                                            echo_upstream: upstream.EchoUpstream,
+                                            tollgate: Callable[..., harness.TollgateProcess],
+                                            envoy: Callable[..., harness.Envoy], http: Callable[..., Any]) -> None:
+    authz = tollgate(_config(tmp_path, dev_idp))
+    proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
+
+    anonymous = http(proxy.port, "GET", "/public", host="app.test", headers=SPOOFED)
+    assert anonymous.status == 200
+    seen = anonymous.json()["headers"]
+    for name in (response.SUBJECT, response.GROUPS, response.ROLES, response.METHOD, response.PRINCIPAL):
+        assert name not in seen, f"client-sent {name} reached the upstream"
+    assert seen[response.DECISION_ID][0] != "spoofed" and len(seen[response.DECISION_ID]) == 1
+    assert seen[response.REQUEST_ID] == seen["x-request-id"]
+
+    token = dev_idp.token("alice", groups=["staff", "ops"])
+    signed_in = http(proxy.port, "GET", "/staff", host="app.test",
+                     headers={**SPOOFED, "Authorization": f"Bearer {token}"})
+    assert signed_in.status == 200
+    seen = signed_in.json()["headers"]
+    assert seen[response.SUBJECT] == ["alice"]
+    assert seen[response.GROUPS] == ["staff,ops"]
+    assert seen[response.METHOD] == ["jwt"]
+    assert "spoofed" not in str(seen)
+
+
+def test_deny_bodies_and_status(tmp_path: pathlib.Path, dev_idp: idp.DevIdentityProvider,
+                                echo_upstream: upstream.EchoUpstream,
+                                tollgate: Callable[..., harness.TollgateProcess],
+                                envoy: Callable[..., harness.Envoy], http: Callable[..., Any]) -> None:
+    authz = tollgate(_config(tmp_path, dev_idp))
+    proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
+
+    unauthenticated = http(proxy.port, "GET", "/staff", host="app.test", headers={"x-request-id": "rid-1"})
+    assert unauthenticated.status == 401
+    assert unauthenticated.headers["www-authenticate"].startswith("Bearer")
+    assert unauthenticated.headers["content-type"] == "application/json"
+    assert unauthenticated.json() == {"error": "unauthenticated", "reason": "default_deny", "request_id": "rid-1"}
+
+    outsider = dev_idp.token("mallory", groups=["guests"])
+    forbidden = http(proxy.port, "GET", "/staff", host="app.test", headers={"Authorization": f"Bearer {outsider}"})
+    assert forbidden.status == 403
+    assert "www-authenticate" not in forbidden.headers
+    assert forbidden.json()["error"] == "forbidden"
+    assert set(forbidden.json()) == {"error", "reason", "request_id"}
+
+
+def test_decision_in_envoy_access_log(tmp_path: pathlib.Path, dev_idp: idp.DevIdentityProvider,
+                                      echo_upstream: upstream.EchoUpstream,
+                                      tollgate: Callable[..., harness.TollgateProcess],
+                                      envoy: Callable[..., harness.Envoy], http: Callable[..., Any]) -> None:
+    authz = tollgate(_config(tmp_path, dev_idp))
+    proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port, access_log=True)
+    assert http(proxy.port, "GET", "/public", host="app.test").status == 200
+    assert http(proxy.port, "GET", "/secret", host="app.test").status == 401
+    proxy.stop()  # Envoy buffers its access log; stopping flushes it
+    text = (tmp_path / "envoy.log").read_text()
+    assert "GET /public 200 policy=demo/app reason=rule_allow" in text
+    assert "GET /secret 401 policy=demo/app reason=default_deny" in text
+
+
+def test_unreachable_tollgate_fails_closed(echo_upstream: upstream.EchoUpstream,
+                                           envoy: Callable[..., harness.Envoy], http: Callable[..., Any]) -> None:
+    proxy = envoy(authz_port=harness.free_port(), upstream_port=echo_upstream.port)
+    reply = http(proxy.port, "GET", "/public", host="app.test")
+    assert reply.status == 403  # Envoy's failure_mode_allow=false: nothing reaches the upstream

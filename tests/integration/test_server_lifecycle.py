@@ -1,0 +1,177 @@
+"""`tollgate serve` as a real process: start-up errors, hot reload under load, SIGTERM drain."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from authz.dev import checks, harness, idp, upstream
+
+pytestmark = pytest.mark.envoy
+
+POLICY = """
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: app}}
+spec:
+  hosts: [app.test]
+  rules:
+    - {{name: open, action: Allow, to: {{paths: [{path}]}}}}
+"""
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_invalid_config_at_start_exits_2_naming_the_field(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(POLICY.format(path="'/a*b'"))
+    result = subprocess.run([sys.executable, "-m", "authz", "serve", "--config", str(path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"{path}: document 1 (AccessPolicy default/app): spec.rules[0].to.paths[0]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_flags_from_environment(tmp_path: pathlib.Path, tollgate: Callable[..., harness.TollgateProcess]) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY.format(path="/x"))
+    port = harness.free_port()
+    process = harness.TollgateProcess(path, log_to=tmp_path / "env.log", port=port)
+    process.args = [sys.executable, "-m", "authz", "serve"]  # everything from TOLLGATE_*
+    process.env.update(TOLLGATE_CONFIG=str(path), TOLLGATE_LISTEN=f"127.0.0.1:{port}", TOLLGATE_DEFAULT_ACTION="Allow")
+    process.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(
+                checks.check_request(host="uncovered.test"), timeout=5)
+        assert reply.HasField("ok_response")  # TOLLGATE_DEFAULT_ACTION=Allow took effect
+    finally:
+        process.stop()
+
+
+def test_hot_reload_under_load_and_bad_config_keeps_last_good(
+        tmp_path: pathlib.Path, echo_upstream: upstream.EchoUpstream,
+        tollgate: Callable[..., harness.TollgateProcess], envoy: Callable[..., harness.Envoy],
+        http: Callable[..., Any]) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    policy = config / "app.yaml"
+    policy.write_text(POLICY.format(path="/v1"))
+    authz = tollgate(config, "--reload-interval", "0.2")
+    proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
+    assert http(proxy.port, "GET", "/v1", host="app.test").status == 200
+    assert http(proxy.port, "GET", "/v2", host="app.test").status == 401
+
+    # Load: /always is allowed by every revision below, so any failure is a reload fault.
+    policy.write_text(POLICY.format(path="/always").replace("paths: [/always]", "paths: [/always, /v1]"))
+    _wait_for(lambda: http(proxy.port, "GET", "/always", host="app.test").status == 200)
+    stop = threading.Event()
+    failures: list[int] = []
+    counts = [0]
+
+    def hammer() -> None:
+        while not stop.is_set():
+            status = http(proxy.port, "GET", "/always", host="app.test").status
+            counts[0] += 1
+            if status != 200:
+                failures.append(status)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        workers = [pool.submit(hammer) for _ in range(4)]
+        for revision in range(6):
+            target = f"/r{revision}"
+            policy.write_text(POLICY.format(path="/always").replace("paths: [/always]", f"paths: [/always, {target}]"))
+            _wait_for(lambda t=target: http(proxy.port, "GET", t, host="app.test").status == 200)  # type: ignore[misc]
+        stop.set()
+        for worker in workers:
+            worker.result()
+    assert counts[0] > 50
+    assert failures == []
+
+    # An invalid change is rejected with file and field in the log; the last good config stays.
+    (config / "broken.yaml").write_text(POLICY.format(path="'/bad*path*'").replace("name: app", "name: other"))
+    _wait_for(lambda: "configuration rejected" in (tmp_path / "tollgate.log").read_text())
+    log = (tmp_path / "tollgate.log").read_text()
+    assert "broken.yaml: document 1 (AccessPolicy default/other): spec.rules[0].to.paths[0]" in log
+    assert http(proxy.port, "GET", "/r5", host="app.test").status == 200
+    assert http(proxy.port, "GET", "/always", host="app.test").status == 200
+    # Fixing it is picked up again.
+    (config / "broken.yaml").unlink()
+    policy.write_text(POLICY.format(path="/fixed"))
+    _wait_for(lambda: http(proxy.port, "GET", "/fixed", host="app.test").status == 200)
+    assert http(proxy.port, "GET", "/always", host="app.test").status == 401
+
+
+PROVIDER = """
+apiVersion: tollgate.dev/v1alpha1
+kind: IdentityProvider
+metadata: {{name: dev}}
+spec:
+  type: jwt
+  jwt: {{issuer: "{issuer}", audiences: [tollgate-demo], refresh: {{unknownKidSeconds: 0.1, timeoutSeconds: 10}}}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: app}}
+spec:
+  hosts: [app.test]
+  rules: [{{name: users, action: Allow, from: {{authenticated: true}}}}]
+"""
+
+
+def test_sigterm_drains_in_flight_requests(tmp_path: pathlib.Path) -> None:
+    provider = idp.DevIdentityProvider(tmp_path / "idp").start()
+    config = tmp_path / "config.yaml"
+    config.write_text(PROVIDER.format(issuer=provider.issuer))
+    authz = harness.TollgateProcess(config, extra=["--grace", "10"], log_to=tmp_path / "tollgate.log").start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{authz.port}")
+        stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+        warm = checks.check_request(host="app.test", headers={"authorization": f"Bearer {provider.token('alice')}"})
+        # Keys arrive in the background after start; until then the answer is identity_unavailable.
+        _wait_for(lambda: stub.Check(warm, timeout=10).HasField("ok_response"))
+        # A token signed by a key the server has not seen yet makes it refetch the JWKS, and the
+        # provider is slow: the Check is genuinely in flight when SIGTERM arrives.
+        provider.rotate()
+        provider.delay = 2.0
+        token = provider.token("bob")
+        future = stub.Check.future(checks.check_request(host="app.test", headers={
+            "authorization": f"Bearer {token}"}), timeout=15)
+        time.sleep(0.5)
+        assert authz.process is not None
+        authz.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        health = health_pb2_grpc.HealthStub(channel)
+        try:
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        except grpc.RpcError as refused:  # already refusing new RPCs: also correct
+            assert refused.code() == grpc.StatusCode.UNAVAILABLE
+        reply = future.result()
+        assert reply.HasField("ok_response"), reply
+        assert authz.process.wait(15) == 0
+        channel.close()
+        with pytest.raises(grpc.RpcError), grpc.insecure_channel(f"127.0.0.1:{authz.port}") as fresh:
+            external_auth_pb2_grpc.AuthorizationStub(fresh).Check(checks.check_request(), timeout=1)
+    finally:
+        authz.stop()
+        provider.stop()
