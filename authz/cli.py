@@ -23,7 +23,8 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from authz import loader
+from authz import loader, server
+from authz.dev import commands as dev_commands
 from authz.errors import ConfigError
 from authz.identity import apikey
 from authz.identity import model as identity_model
@@ -49,20 +50,36 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the ext_authz gRPC server")
     serve.add_argument("--config", default=_env("config"), help="YAML file or directory [TOLLGATE_CONFIG]")
     serve.add_argument("--listen", default=_env("listen", "127.0.0.1:9001"), help="HOST:PORT [TOLLGATE_LISTEN]")
-    serve.add_argument("--default-action", choices=["Allow", "Deny"], default=_env("default_action", "Deny"),
-                       help="decision for hosts no policy covers [TOLLGATE_DEFAULT_ACTION]")
-    serve.add_argument("--reload-interval", type=float, default=float(_env("reload_interval", "2") or 2),
-                       help="seconds between config change checks, 0 disables [TOLLGATE_RELOAD_INTERVAL]")
-    serve.add_argument("--grace", type=float, default=float(_env("grace", "10") or 10),
-                       help="seconds to drain in-flight requests on SIGTERM [TOLLGATE_GRACE]")
+    serve.add_argument(
+        "--default-action",
+        choices=["Allow", "Deny"],
+        default=_env("default_action", "Deny"),
+        help="decision for hosts no policy covers [TOLLGATE_DEFAULT_ACTION]",
+    )
+    serve.add_argument(
+        "--reload-interval",
+        type=float,
+        default=float(_env("reload_interval", "2") or 2),
+        help="seconds between config change checks, 0 disables [TOLLGATE_RELOAD_INTERVAL]",
+    )
+    serve.add_argument(
+        "--grace",
+        type=float,
+        default=float(_env("grace", "10") or 10),
+        help="seconds to drain in-flight requests on SIGTERM [TOLLGATE_GRACE]",
+    )
     serve.add_argument("--tls-cert", default=_env("tls_cert"), help="server certificate (PEM) [TOLLGATE_TLS_CERT]")
     serve.add_argument("--tls-key", default=_env("tls_key"), help="server key (PEM) [TOLLGATE_TLS_KEY]")
-    serve.add_argument("--tls-client-ca", default=_env("tls_client_ca"),
-                       help="CA for client certificates: enables mTLS [TOLLGATE_TLS_CLIENT_CA]")
+    serve.add_argument(
+        "--tls-client-ca",
+        default=_env("tls_client_ca"),
+        help="CA for client certificates: enables mTLS [TOLLGATE_TLS_CLIENT_CA]",
+    )
     serve.add_argument("--log-level", default=_env("log_level", "INFO"), help="[TOLLGATE_LOG_LEVEL]")
 
-    policy = commands.add_parser("policy", help="check and explain policies").add_subparsers(dest="policy_command",
-                                                                                              required=True)
+    policy = commands.add_parser("policy", help="check and explain policies").add_subparsers(
+        dest="policy_command", required=True
+    )
     check = policy.add_parser("check", help="validate a configuration file or directory")
     check.add_argument("path")
     explain = policy.add_parser("explain", help="show the decision for one request and why")
@@ -80,8 +97,6 @@ def _parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="print a new key and the hash line for the keys file")
     create.add_argument("--id", required=True)
 
-    from authz.dev import commands as dev_commands
-
     dev_commands.add_parser(commands)
     return parser
 
@@ -92,8 +107,6 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from authz import server
-
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.config:
         return _fail("--config (or TOLLGATE_CONFIG) is required", 2)
@@ -133,8 +146,10 @@ def _policy_check(args: argparse.Namespace) -> int:
         return 1
     for conflict in snapshot.conflicts:
         print(f"warning: {conflict.host}: {conflict.message}")
-    print(f"ok: {len(snapshot.policies)} AccessPolicy, {len(snapshot.providers)} IdentityProvider "
-          f"(revision {snapshot.revision})")
+    print(
+        f"ok: {len(snapshot.policies)} AccessPolicy, {len(snapshot.providers)} IdentityProvider "
+        f"(revision {snapshot.revision})"
+    )
     return 0
 
 
@@ -154,8 +169,16 @@ def _policy_explain(args: argparse.Namespace) -> int:
     for item in args.header:
         name, _, value = item.partition("=")
         headers[name.strip().lower()] = value.strip()
-    request = HttpRequest(method=args.method.upper(), host=canonical_host(args.host), path=path, raw_path=raw_path,
-                          query=query, headers=headers, source_ip=args.source_ip, source_principal=args.principal)
+    request = HttpRequest(
+        method=args.method.upper(),
+        host=canonical_host(args.host),
+        path=path,
+        raw_path=raw_path,
+        query=query,
+        headers=headers,
+        source_ip=args.source_ip,
+        source_principal=args.principal,
+    )
     identity = identity_model.ANONYMOUS
     if args.claims:
         try:
@@ -165,16 +188,23 @@ def _policy_explain(args: argparse.Namespace) -> int:
         if not isinstance(claims, dict):
             return _fail("--claims: must be a JSON object")
         identity = identity_model.Identity(
-            authenticated=True, method="jwt", subject=str(claims.get("sub", "")),
-            groups=identity_model.claim_values(claims, "groups"), roles=identity_model.claim_values(claims, "roles"),
-            mfa="mfa" in identity_model.claim_values(claims, "amr"), claims=claims, principal=args.principal,
+            authenticated=True,
+            method="jwt",
+            subject=str(claims.get("sub", "")),
+            groups=identity_model.claim_values(claims, "groups"),
+            roles=identity_model.claim_values(claims, "roles"),
+            mfa="mfa" in identity_model.claim_values(claims, "amr"),
+            claims=claims,
+            principal=args.principal,
         )
     elif args.principal:
-        identity = identity_model.Identity(authenticated=True, method="mtls", subject=args.principal,
-                                           principal=args.principal)
+        identity = identity_model.Identity(
+            authenticated=True, method="mtls", subject=args.principal, principal=args.principal
+        )
     host = snapshot.index.lookup(request.host)
-    verdict = evaluate.evaluate(host, compiled.Context(request, identity),
-                                server_default_allow=args.default_action == "Allow")
+    verdict = evaluate.evaluate(
+        host, compiled.Context(request, identity), server_default_allow=args.default_action == "Allow"
+    )
     status = 200 if verdict.allowed else (403 if identity.authenticated else 401)
     print(f"decision: {'allow' if verdict.allowed else 'deny'} ({status})")
     print(f"reason:   {verdict.reason}")
@@ -184,8 +214,10 @@ def _policy_explain(args: argparse.Namespace) -> int:
     print(f"policies: {', '.join(host.policies) if host else '(none cover this host)'}")
     if verdict.dry_run is not None:
         would = verdict.dry_run
-        print(f"dry-run:  would {'allow' if would.allowed else 'deny'} ({would.reason} "
-              f"{would.policy}{'#' + would.rule if would.rule else ''})")
+        print(
+            f"dry-run:  would {'allow' if would.allowed else 'deny'} ({would.reason} "
+            f"{would.policy}{'#' + would.rule if would.rule else ''})"
+        )
     return 0
 
 
@@ -208,8 +240,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _policy_check(args) if args.policy_command == "check" else _policy_explain(args)
     if args.command == "apikey":
         return _apikey_create(args)
-    from authz.dev import commands as dev_commands
-
     return dev_commands.run(args)
 
 

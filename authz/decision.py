@@ -36,7 +36,7 @@ _log = logging.getLogger(__name__)
 
 class IdentityStage(Protocol):
     async def resolve(
-        self, request: request_model.HttpRequest, providers: frozenset[str] | None
+        self, request: request_model.HttpRequest, scope: frozenset[str] | None
     ) -> identity_model.Identity: ...
 
 

@@ -63,8 +63,7 @@ def config_files(path: pathlib.Path) -> list[pathlib.Path]:
     """The YAML files ``path`` names, in a fixed order."""
     if path.is_dir():
         return sorted(
-            p for p in path.iterdir()
-            if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+            p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
         )
     return [path]
 
@@ -98,7 +97,9 @@ def read_documents(path: pathlib.Path) -> tuple[list[Document], str]:
             if body is None:
                 continue
             if not isinstance(body, Mapping):
-                errors.append(ConfigError("a document must be a mapping", file=str(file), document=f"document {position}"))
+                errors.append(
+                    ConfigError("a document must be a mapping", file=str(file), document=f"document {position}")
+                )
                 continue
             documents.append(Document(str(file), position, body))
     if errors:
@@ -135,14 +136,17 @@ def build_snapshot(documents: Iterable[Document], revision: str) -> Snapshot:
             errors.append(error.located(file=document.file, document=document.label))
     known = {p.name for p in providers}
     for policy in policies:
-        for index, name in enumerate(policy.providers or ()):
+        for item, name in enumerate(policy.providers or ()):
             if name not in known:
                 file, _, position = policy.ref.source.rpartition("#")
-                errors.append(ConfigError(
-                    f"no IdentityProvider named {name!r} is defined",
-                    file=file, document=f"document {position} (AccessPolicy {policy.ref})",
-                    field=f"spec.identity.providers[{index}]",
-                ))
+                errors.append(
+                    ConfigError(
+                        f"no IdentityProvider named {name!r} is defined",
+                        file=file,
+                        document=f"document {position} (AccessPolicy {policy.ref})",
+                        field=f"spec.identity.providers[{item}]",
+                    )
+                )
     if errors:
         raise ConfigErrors(errors)
     index, conflicts = compiled.compile_policies(policies)
@@ -170,8 +174,9 @@ def _read_provider_files(spec: identity_providers.ProviderSpec, base: pathlib.Pa
         try:
             secret = pathlib.Path(secret_file).read_bytes().strip()
         except OSError as error:
-            raise ConfigError(f"cannot read {spec.jwt.hmac_secret_file}: {error.strerror}",
-                              field="spec.jwt.hmacSecretFile") from error
+            raise ConfigError(
+                f"cannot read {spec.jwt.hmac_secret_file}: {error.strerror}", field="spec.jwt.hmacSecretFile"
+            ) from error
         if len(secret) < 32:
             raise ConfigError("an HMAC secret must be at least 32 bytes", field="spec.jwt.hmacSecretFile")
         return dataclasses.replace(
@@ -195,7 +200,9 @@ def load(path: pathlib.Path) -> Snapshot:
 
 def _check_header(body: Mapping[str, Any]) -> str:
     if body.get("apiVersion") != model.API_VERSION:
-        raise ConfigError(f"apiVersion must be {model.API_VERSION!r}, got {body.get('apiVersion')!r}", field="apiVersion")
+        raise ConfigError(
+            f"apiVersion must be {model.API_VERSION!r}, got {body.get('apiVersion')!r}", field="apiVersion"
+        )
     kind = body.get("kind")
     if kind not in _KINDS:
         raise ConfigError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}", field="kind")

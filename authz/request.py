@@ -123,17 +123,16 @@ def canonical_path(path: str) -> str:
     last_index = len(segments) - 1
     out: list[str] = []
     trailing_slash = False
-    for index, segment in enumerate(segments[1:], start=1):
-        semicolon = segment.find(";")
-        if semicolon != -1:
-            segment = segment[:semicolon]
+    for index, raw_segment in enumerate(segments[1:], start=1):
+        semicolon = raw_segment.find(";")
+        segment = raw_segment[:semicolon] if semicolon != -1 else raw_segment
         if "%" in segment:
             segment = _decode_unreserved(segment)
         if index == last_index:
             # "/admin/", "/admin/." and "/a/admin/.." all name a directory (RFC 3986 §5.2.4);
             # routers treat "/admin/" and "/admin" differently, so the slash is kept.
             trailing_slash = segment in ("", ".", "..")
-        if segment == "." or segment == "":
+        if segment in (".", ""):
             continue
         if segment == "..":
             if out:

@@ -33,10 +33,13 @@ DECISION_ID = "x-tollgate-decision-id"
 IDENTITY_HEADERS = (SUBJECT, GROUPS, ROLES, METHOD, PRINCIPAL, REQUEST_ID, DECISION_ID)
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_ERROR_NAMES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 500: "internal_error",
-                503: "unavailable"}
-_RPC_CODES = {400: code_pb2.INVALID_ARGUMENT, 401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED,
-              503: code_pb2.UNAVAILABLE}
+_ERROR_NAMES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 500: "internal_error", 503: "unavailable"}
+_RPC_CODES = {
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    503: code_pb2.UNAVAILABLE,
+}
 _JSON = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="content-type", value="application/json"))
 _CHALLENGE = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="www-authenticate", value='Bearer realm="tollgate"')
@@ -88,7 +91,8 @@ def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
     }
     headers = [
         base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=_clean(value)), append_action=_OVERWRITE)
-        for name, value in values.items() if value
+        for name, value in values.items()
+        if value
     ]
     # Removal is used only for names we do not set: Envoy applies `headers` and `headers_to_remove`
     # independently, and a name in both would lose Tollgate's own value.

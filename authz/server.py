@@ -21,7 +21,8 @@ import pathlib
 import signal
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (health.aio)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from authz import loader, service
@@ -91,8 +92,12 @@ async def watch(settings: ServerSettings, runtime: Runtime) -> None:
         if snapshot.revision == runtime.snapshot.revision and snapshot.files == runtime.snapshot.files:
             continue
         runtime.install(snapshot)
-        _log.info("configuration revision %s in force: %d policies, %d identity providers",
-                  snapshot.revision, len(snapshot.policies), len(snapshot.providers))
+        _log.info(
+            "configuration revision %s in force: %d policies, %d identity providers",
+            snapshot.revision,
+            len(snapshot.policies),
+            len(snapshot.providers),
+        )
 
 
 def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
@@ -106,7 +111,7 @@ def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
     )
 
 
-async def start(settings: ServerSettings, runtime: Runtime) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+async def start(settings: ServerSettings, runtime: Runtime) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
     """Build and start the server; return it, its health servicer and the bound port."""
     server = grpc.aio.server(
         options=[
@@ -115,7 +120,7 @@ async def start(settings: ServerSettings, runtime: Runtime) -> tuple[grpc.aio.Se
         ]
     )
     server.add_generic_rpc_handlers((service.AuthorizationService(runtime).handler(),))
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (service.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -138,8 +143,13 @@ async def start(settings: ServerSettings, runtime: Runtime) -> tuple[grpc.aio.Se
 async def serve(settings: ServerSettings, runtime: Runtime, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     server, health_servicer, port = await start(settings, runtime)
-    _log.info("listening on %s (port %d), configuration revision %s, %d policies",
-              settings.listen, port, runtime.snapshot.revision, len(runtime.snapshot.policies))
+    _log.info(
+        "listening on %s (port %d), configuration revision %s, %d policies",
+        settings.listen,
+        port,
+        runtime.snapshot.revision,
+        len(runtime.snapshot.policies),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -41,10 +41,14 @@ class Recorder(Protocol):
 class Runtime(Protocol):
     """What the service reads per request; the server swaps ``snapshot`` on reload."""
 
-    snapshot: Any
-    identity: decision_model.IdentityStage
-    recorder: Recorder | None
-    default_allow: bool
+    @property
+    def snapshot(self) -> Any: ...
+    @property
+    def identity(self) -> decision_model.IdentityStage: ...
+    @property
+    def recorder(self) -> Recorder | None: ...
+    @property
+    def default_allow(self) -> bool: ...
 
 
 def _parse(data: bytes) -> external_auth_pb2.CheckRequest | _Unparseable:
@@ -58,7 +62,7 @@ class AuthorizationService:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def handler(self) -> grpc.GenericRpcHandler:
+    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
@@ -78,8 +82,11 @@ class AuthorizationService:
         try:
             if isinstance(check_request, _Unparseable):
                 decision = decision_model.Decision(
-                    decision_id=decision_model.new_id(), revision=runtime.snapshot.revision,
-                    status=400, reason="request_parse_error", message="CheckRequest could not be parsed",
+                    decision_id=decision_model.new_id(),
+                    revision=runtime.snapshot.revision,
+                    status=400,
+                    reason="request_parse_error",
+                    message="CheckRequest could not be parsed",
                 )
             else:
                 decision = await decision_model.decide(

@@ -30,8 +30,15 @@ class Reply:
         return json.loads(self.body)
 
 
-def send(port: int, method: str, path: str, *, host: str = "example.com",
-         headers: dict[str, str] | None = None, timeout: float = 10.0) -> Reply:
+def send(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    host: str = "example.com",
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> Reply:
     connection = http_client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)

@@ -20,21 +20,29 @@ def check_request(
     principal: str = "",
     request_id: str = "req-1",
 ) -> external_auth_pb2.CheckRequest:
-    all_headers = {":method": method, ":path": path, ":authority": host, "x-request-id": request_id,
-                   **(headers or {})}
+    all_headers = {":method": method, ":path": path, ":authority": host, "x-request-id": request_id, **(headers or {})}
     context = attribute_context_pb2.AttributeContext
     return external_auth_pb2.CheckRequest(
         attributes=context(
             source=context.Peer(
-                address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=source_ip, port_value=40000)),
+                address=address_pb2.Address(
+                    socket_address=address_pb2.SocketAddress(address=source_ip, port_value=40000)
+                ),
                 principal=principal,
             ),
             destination=context.Peer(
-                address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=8080)),
+                address=address_pb2.Address(
+                    socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=8080)
+                ),
             ),
             request=context.Request(
                 http=context.HttpRequest(
-                    id="1", method=method, path=path, host=host, headers=all_headers, protocol="HTTP/1.1",
+                    id="1",
+                    method=method,
+                    path=path,
+                    host=host,
+                    headers=all_headers,
+                    protocol="HTTP/1.1",
                     scheme="http",
                 )
             ),

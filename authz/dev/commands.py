@@ -7,11 +7,14 @@ claims it is asked for.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import pathlib
 import signal
 import sys
 import threading
 from typing import Any
+
+from authz.dev import idp
 
 __all__ = ["add_parser", "run"]
 
@@ -35,32 +38,43 @@ def add_parser(commands: Any) -> None:
     idp.add_argument("--listen", default="127.0.0.1:9400")
 
 
-def run(args: argparse.Namespace) -> int:
-    from authz.dev import idp
+def _split(text: str) -> list[str]:
+    return [item for item in text.split(",") if item]
 
+
+def run(args: argparse.Namespace) -> int:
     state_dir = pathlib.Path(args.state)
     if args.dev_command == "token":
         if not (state_dir / "idp.json").exists():
-            print(f"tollgate: no dev identity provider state in {state_dir}; run 'tollgate dev idp' first",
-                  file=sys.stderr)
+            print(
+                f"tollgate: no dev identity provider state in {state_dir}; run 'tollgate dev idp' first",
+                file=sys.stderr,
+            )
             return 1
         state = idp.load_state(state_dir)
         if "issuer" not in state:
             print("tollgate: the dev identity provider has never run; run 'tollgate dev idp' first", file=sys.stderr)
             return 1
-        split = lambda text: [item for item in text.split(",") if item]  # noqa: E731
         print("# DEVELOPMENT ONLY: signed by the local test identity provider", file=sys.stderr)
-        print(idp.sign_token(state, args.sub, groups=split(args.groups), roles=split(args.roles), mfa=args.mfa,
-                             email=args.email, audience=args.audience, lifetime=args.lifetime))
+        print(
+            idp.sign_token(
+                state,
+                args.sub,
+                groups=_split(args.groups),
+                roles=_split(args.roles),
+                mfa=args.mfa,
+                email=args.email,
+                audience=args.audience,
+                lifetime=args.lifetime,
+            )
+        )
         return 0
     host, _, port = args.listen.rpartition(":")
     provider = idp.DevIdentityProvider(state_dir, host=host or "127.0.0.1", port=int(port)).start()
     print(f"DEVELOPMENT ONLY identity provider: issuer {provider.issuer}, keys in {state_dir}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
-    except KeyboardInterrupt:
-        pass
     provider.stop()
     return 0

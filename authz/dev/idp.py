@@ -30,8 +30,9 @@ AUDIENCE = "tollgate-demo"
 
 def _new_key() -> dict[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     return {"kid": "dev-" + secrets.token_hex(4), "pem": pem}
 
 
@@ -71,8 +72,15 @@ def sign_token(
     entry = state["keys"][0]
     now = int(time.time())
     claims: dict[str, Any] = {
-        "iss": state["issuer"], "sub": subject, "aud": audience, "iat": now, "nbf": now, "exp": now + lifetime,
-        "groups": list(groups), "roles": list(roles), "amr": ["pwd", "mfa"] if mfa else ["pwd"],
+        "iss": state["issuer"],
+        "sub": subject,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + lifetime,
+        "groups": list(groups),
+        "roles": list(roles),
+        "amr": ["pwd", "mfa"] if mfa else ["pwd"],
     }
     if email:
         claims["email"] = email
@@ -97,8 +105,13 @@ class DevIdentityProvider:
                 if provider.delay:
                     time.sleep(provider.delay)
                 if self.path == "/.well-known/openid-configuration":
-                    body = json.dumps({"issuer": provider.issuer, "jwks_uri": provider.issuer + "/jwks.json",
-                                       "id_token_signing_alg_values_supported": ["RS256"]}).encode()
+                    body = json.dumps(
+                        {
+                            "issuer": provider.issuer,
+                            "jwks_uri": provider.issuer + "/jwks.json",
+                            "id_token_signing_alg_values_supported": ["RS256"],
+                        }
+                    ).encode()
                 elif self.path == "/jwks.json":
                     body = provider._jwks_body()
                 else:

@@ -73,13 +73,19 @@ def load_keys(path: str) -> tuple[ApiKeyEntry, ...]:
         if not _ID.match(key_id) or key_id in seen:
             raise ConfigError(f"{where}.id: missing, invalid or duplicate id {key_id!r}", field="spec.apiKey.keysFile")
         if not _HEX64.match(digest):
-            raise ConfigError(f"{where}.sha256: must be 64 hex characters (plain keys are never stored)",
-                              field="spec.apiKey.keysFile")
+            raise ConfigError(
+                f"{where}.sha256: must be 64 hex characters (plain keys are never stored)", field="spec.apiKey.keysFile"
+            )
         seen.add(key_id)
-        entries.append(ApiKeyEntry(
-            key_id=key_id, sha256=bytes.fromhex(digest), subject=str(raw.get("subject") or f"apikey:{key_id}"),
-            groups=tuple(map(str, raw.get("groups", []))), roles=tuple(map(str, raw.get("roles", []))),
-        ))
+        entries.append(
+            ApiKeyEntry(
+                key_id=key_id,
+                sha256=bytes.fromhex(digest),
+                subject=str(raw.get("subject") or f"apikey:{key_id}"),
+                groups=tuple(map(str, raw.get("groups", []))),
+                roles=tuple(map(str, raw.get("roles", []))),
+            )
+        )
     return tuple(entries)
 
 
@@ -106,6 +112,11 @@ class ApiKeyVerifier:
         if not hmac.compare_digest(presented, expected) or entry is None:
             raise model.IdentityFailure("apikey_invalid", "API key is not valid", provider=self.name)
         return model.Identity(
-            authenticated=True, method="apiKey", subject=entry.subject, provider=self.name,
-            groups=entry.groups, roles=entry.roles, key_id=entry.key_id,
+            authenticated=True,
+            method="apiKey",
+            subject=entry.subject,
+            provider=self.name,
+            groups=entry.groups,
+            roles=entry.roles,
+            key_id=entry.key_id,
         )

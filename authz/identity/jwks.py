@@ -97,8 +97,10 @@ class KeySet:
                 await self._shared_fetch(wait=0.0)
             if not self.usable():
                 raise model.IdentityFailure(
-                    "identity_unavailable", "the identity provider's keys are not available",
-                    status=503, provider=self.provider,
+                    "identity_unavailable",
+                    "the identity provider's keys are not available",
+                    status=503,
+                    provider=self.provider,
                 )
         key = self._lookup(kid)
         if key is not None:
@@ -110,8 +112,9 @@ class KeySet:
             key = self._lookup(kid)
             if key is not None:
                 return key
-        raise model.IdentityFailure("token_unknown_kid", "the token's key id is not in the provider's key set",
-                                    provider=self.provider)
+        raise model.IdentityFailure(
+            "token_unknown_kid", "the token's key id is not in the provider's key set", provider=self.provider
+        )
 
     def _lookup(self, kid: str | None) -> jwt.PyJWK | None:
         if kid is not None:
@@ -139,8 +142,10 @@ class KeySet:
             _log.warning("jwks refresh failed for provider %s: %s%s", self.provider, error, stale)
             return
         self.last_error = ""
-        clamped = min(max(max_age if max_age is not None else self.refresh.max_seconds, self.refresh.min_seconds),
-                      self.refresh.max_seconds)
+        clamped = min(
+            max(max_age if max_age is not None else self.refresh.max_seconds, self.refresh.min_seconds),
+            self.refresh.max_seconds,
+        )
         self._next_refresh = time.monotonic() + clamped
 
     def _fetch_blocking(self) -> int | None:

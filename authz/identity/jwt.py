@@ -119,16 +119,18 @@ class JwtVerifier:
         """Verify a token whose (unverified) header was already parsed; return identity and exp."""
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in self.settings.algorithms:
-            raise model.IdentityFailure("token_algorithm_not_allowed", f"algorithm {algorithm!r} is not allowed",
-                                        provider=self.name)
+            raise model.IdentityFailure(
+                "token_algorithm_not_allowed", f"algorithm {algorithm!r} is not allowed", provider=self.name
+            )
         if algorithm in providers.HMAC_ALGORITHMS:
             key: Any = self._hmac_secret
         else:
             kid = header.get("kid")
             jwk = await self.keys.key_for(kid if isinstance(kid, str) else None)
             if jwk.key_type != _KEY_TYPES.get(algorithm[:2]):
-                raise model.IdentityFailure("token_key_mismatch", "the key's type does not fit the token's algorithm",
-                                            provider=self.name)
+                raise model.IdentityFailure(
+                    "token_key_mismatch", "the key's type does not fit the token's algorithm", provider=self.name
+                )
             key = jwk.key
         settings = self.settings
         try:
@@ -152,8 +154,9 @@ class JwtVerifier:
         settings = self.settings
         subject = model.claim_values(claims, settings.subject_claim)
         if not subject:
-            raise model.IdentityFailure("token_missing_claim", f"token has no {settings.subject_claim!r} claim",
-                                        provider=self.name)
+            raise model.IdentityFailure(
+                "token_missing_claim", f"token has no {settings.subject_claim!r} claim", provider=self.name
+            )
         amr = set(model.claim_values(claims, "amr"))
         acr = set(model.claim_values(claims, "acr"))
         email = model.claim_values(claims, settings.email_claim)
@@ -215,8 +218,9 @@ async def verify_request(
         raise model.IdentityFailure("token_unknown_issuer", "no identity provider in scope issues this token")
     if "crit" in header:
         # RFC 7515 §4.1.11: a recipient that does not understand a critical extension must reject.
-        raise model.IdentityFailure("token_unsupported_crit", "token requires unsupported extensions (crit)",
-                                    provider=verifier.name)
+        raise model.IdentityFailure(
+            "token_unsupported_crit", "token requires unsupported extensions (crit)", provider=verifier.name
+        )
     identity, expires = await verifier.verify(token, header)
     cache.put(digest, identity, expires, verifier.name, verifier.keys.generation)
     return identity

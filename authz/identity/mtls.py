@@ -33,10 +33,15 @@ class MtlsVerifier:
         domain = spiffe_trust_domain(principal)
         if self._domains and domain not in self._domains:
             raise model.IdentityFailure(
-                "mtls_untrusted_domain", "client certificate is outside the trusted SPIFFE domains",
+                "mtls_untrusted_domain",
+                "client certificate is outside the trusted SPIFFE domains",
                 provider=self.name,
             )
         return model.Identity(
-            authenticated=True, method="mtls", subject=principal, issuer=domain, provider=self.name,
+            authenticated=True,
+            method="mtls",
+            subject=principal,
+            issuer=domain,
+            provider=self.name,
             principal=principal,
         )

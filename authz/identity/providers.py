@@ -140,11 +140,25 @@ def _strings(section: Mapping[str, Any], key: str, field: str) -> tuple[str, ...
     return tuple(value)
 
 
-_JWT_KEYS = {"issuer", "audiences", "jwksUri", "algorithms", "hmacSecretFile", "claims", "tokenSources",
-             "leewaySeconds", "refresh"}
+_JWT_KEYS = {
+    "issuer",
+    "audiences",
+    "jwksUri",
+    "algorithms",
+    "hmacSecretFile",
+    "claims",
+    "tokenSources",
+    "leewaySeconds",
+    "refresh",
+}
 _CLAIM_KEYS = {"subject", "email", "groups", "roles"}
-_REFRESH_KEYS = {"minSeconds": "min_seconds", "maxSeconds": "max_seconds", "staleSeconds": "stale_seconds",
-                 "unknownKidSeconds": "unknown_kid_seconds", "timeoutSeconds": "timeout_seconds"}
+_REFRESH_KEYS = {
+    "minSeconds": "min_seconds",
+    "maxSeconds": "max_seconds",
+    "staleSeconds": "stale_seconds",
+    "unknownKidSeconds": "unknown_kid_seconds",
+    "timeoutSeconds": "timeout_seconds",
+}
 
 
 def _jwt(section: Mapping[str, Any]) -> JwtSettings:
@@ -174,16 +188,23 @@ def _jwt(section: Mapping[str, Any]) -> JwtSettings:
     sources = []
     for index, raw in enumerate(section.get("tokenSources", [{"header": "authorization", "prefix": "Bearer "}])):
         if not isinstance(raw, Mapping) or ("header" in raw) == ("cookie" in raw):
-            raise ConfigError("a token source names exactly one of header or cookie",
-                              field=f"spec.jwt.tokenSources[{index}]")
-        sources.append(TokenSource(header=str(raw.get("header", "")).lower(), prefix=str(raw.get("prefix", "")),
-                                   cookie=str(raw.get("cookie", ""))))
+            raise ConfigError(
+                "a token source names exactly one of header or cookie", field=f"spec.jwt.tokenSources[{index}]"
+            )
+        sources.append(
+            TokenSource(
+                header=str(raw.get("header", "")).lower(),
+                prefix=str(raw.get("prefix", "")),
+                cookie=str(raw.get("cookie", "")),
+            )
+        )
     refresh_raw = section.get("refresh", {})
     refresh_args: dict[str, float] = {}
-    for key, value in (refresh_raw.items() if isinstance(refresh_raw, Mapping) else [("?", None)]):
+    for key, value in refresh_raw.items() if isinstance(refresh_raw, Mapping) else [("?", None)]:
         if key not in _REFRESH_KEYS or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError("refresh takes positive numbers: " + ", ".join(_REFRESH_KEYS),
-                              field=f"spec.jwt.refresh.{key}")
+            raise ConfigError(
+                "refresh takes positive numbers: " + ", ".join(_REFRESH_KEYS), field=f"spec.jwt.refresh.{key}"
+            )
         refresh_args[_REFRESH_KEYS[key]] = float(value)
     refresh = RefreshSettings(**refresh_args)  # type: ignore[arg-type]
     if refresh.min_seconds > refresh.max_seconds:

@@ -38,20 +38,22 @@ class IdentityResolver:
 
     def update(self, specs: Iterable[providers.ProviderSpec]) -> None:
         """Swap in a new provider set; verifiers whose spec did not change are kept as they are."""
-        specs = {spec.name: spec for spec in specs}
+        by_name = {spec.name: spec for spec in specs}
         jwt_verifiers: dict[str, jwt.JwtVerifier] = {}
         api_keys: dict[str, apikey.ApiKeyVerifier] = {}
         mtls_verifiers: dict[str, mtls.MtlsVerifier] = {}
-        for name, spec in sorted(specs.items()):
+        for name, spec in sorted(by_name.items()):
             unchanged = self._specs.get(name) == spec
             if spec.jwt is not None:
-                jwt_verifiers[name] = self._jwt[name] if unchanged and name in self._jwt else jwt.JwtVerifier(name, spec.jwt)
+                jwt_verifiers[name] = (
+                    self._jwt[name] if unchanged and name in self._jwt else jwt.JwtVerifier(name, spec.jwt)
+                )
             elif spec.api_key is not None:
                 api_keys[name] = apikey.ApiKeyVerifier(name, spec.api_key)
             elif spec.mtls is not None:
                 mtls_verifiers[name] = mtls.MtlsVerifier(name, spec.mtls)
         retired = [v for n, v in self._jwt.items() if jwt_verifiers.get(n) is not v]
-        self._jwt, self._api_keys, self._mtls, self._specs = jwt_verifiers, api_keys, mtls_verifiers, specs
+        self._jwt, self._api_keys, self._mtls, self._specs = jwt_verifiers, api_keys, mtls_verifiers, by_name
         for verifier in retired:
             verifier.close()
 

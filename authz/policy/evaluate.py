@@ -40,9 +40,7 @@ _NO_POLICY_ALLOW = Verdict(allowed=True, reason="no_policy")
 _NO_POLICY_DENY = Verdict(allowed=False, reason="no_policy")
 
 
-def evaluate(
-    host: compiled.HostPolicies | None, context: compiled.Context, *, server_default_allow: bool
-) -> Verdict:
+def evaluate(host: compiled.HostPolicies | None, context: compiled.Context, *, server_default_allow: bool) -> Verdict:
     """Decide one request. ``host`` is the index entry for the request's host (None: no policy)."""
     if host is None:
         return _NO_POLICY_ALLOW if server_default_allow else _NO_POLICY_DENY

@@ -24,12 +24,12 @@ from authz import request as canonical
 from authz.errors import ConfigError
 
 __all__ = [
+    "AccessPolicy",
     "Action",
     "Condition",
     "Mode",
     "PolicyRef",
     "Rule",
-    "AccessPolicy",
     "parse_access_policy",
 ]
 
@@ -211,9 +211,7 @@ def check_pattern(value: str, field: str) -> None:
     """A pattern is exact, ``prefix*``, ``*suffix`` or ``*``; a ``*`` anywhere else is an error."""
     inner = value[1:-1] if len(value) > 1 else ""
     if "*" in inner or value == "**":
-        raise ConfigError(
-            f"{value!r}: '*' may only stand alone, at the start, or at the end of a pattern", field=field
-        )
+        raise ConfigError(f"{value!r}: '*' may only stand alone, at the start, or at the end of a pattern", field=field)
 
 
 def _patterns(values: list[str], field: str) -> tuple[str, ...]:
@@ -244,9 +242,7 @@ def _paths(values: list[str], field: str) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _networks(
-    values: list[str], field: str
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(values: list[str], field: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     out = []
     for index, value in enumerate(values):
         try:

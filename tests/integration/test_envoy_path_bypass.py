@@ -13,7 +13,6 @@ Zero bypasses means no allowed request ever reaches ``/admin`` (deny-list) or an
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,11 +42,36 @@ spec:
 """
 
 ATTACKS = [
-    "/admin", "/admin/", "/admin/users", "/admin/../public", "/public/../admin", "//admin", "///admin//users",
-    "/%2e%2e/admin", "/public/%2e%2e/admin", "/public/.%2e/admin", "/ADMIN", "/Admin/users", "/admin;x",
-    "/admin;jsessionid=1/users", "/public/..;/admin", "/admin%2Fx", "/public%2F..%2Fadmin", "/public/..%5Cadmin",
-    "/admin%00", "/admin?x=/public", "/public?x=/admin", "/%61dmin", "/./admin", "/public/./../admin",
-    "/public//../admin", "/admin%", "/admin%zz", "/public/..", "/public", "/public/x",
+    "/admin",
+    "/admin/",
+    "/admin/users",
+    "/admin/../public",
+    "/public/../admin",
+    "//admin",
+    "///admin//users",
+    "/%2e%2e/admin",
+    "/public/%2e%2e/admin",
+    "/public/.%2e/admin",
+    "/ADMIN",
+    "/Admin/users",
+    "/admin;x",
+    "/admin;jsessionid=1/users",
+    "/public/..;/admin",
+    "/admin%2Fx",
+    "/public%2F..%2Fadmin",
+    "/public/..%5Cadmin",
+    "/admin%00",
+    "/admin?x=/public",
+    "/public?x=/admin",
+    "/%61dmin",
+    "/./admin",
+    "/public/./../admin",
+    "/public//../admin",
+    "/admin%",
+    "/admin%zz",
+    "/public/..",
+    "/public",
+    "/public/x",
 ]
 
 
@@ -75,11 +99,17 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
 
 @pytest.mark.parametrize("merge_slashes", [True, False], ids=["merge", "no-merge"])
 @pytest.mark.parametrize("normalize_path", [True, False], ids=["normalize", "no-normalize"])
-def test_no_path_bypass(backend: tuple[int, int], envoy: Callable[..., harness.Envoy], http: Callable[..., Any],
-                        normalize_path: bool, merge_slashes: bool) -> None:
+def test_no_path_bypass(
+    backend: tuple[int, int],
+    envoy: Callable[..., harness.Envoy],
+    http: Callable[..., Any],
+    normalize_path: bool,
+    merge_slashes: bool,
+) -> None:
     authz_port, upstream_port = backend
-    proxy = envoy(authz_port=authz_port, upstream_port=upstream_port, normalize_path=normalize_path,
-                  merge_slashes=merge_slashes)
+    proxy = envoy(
+        authz_port=authz_port, upstream_port=upstream_port, normalize_path=normalize_path, merge_slashes=merge_slashes
+    )
     outcomes = {}
     for host in ("deny.test", "allow.test"):
         for attack in ATTACKS:

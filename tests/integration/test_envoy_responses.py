@@ -41,10 +41,14 @@ def _config(directory: pathlib.Path, provider: idp.DevIdentityProvider) -> pathl
     return path
 
 
-def test_identity_headers_cannot_be_spoofed(tmp_path: pathlib.Path, dev_idp: idp.DevIdentityProvider,
-                                            echo_upstream: upstream.EchoUpstream,
-                                            tollgate: Callable[..., harness.TollgateProcess],
-                                            envoy: Callable[..., harness.Envoy], http: Callable[..., Any]) -> None:
+def test_identity_headers_cannot_be_spoofed(
+    tmp_path: pathlib.Path,
+    dev_idp: idp.DevIdentityProvider,
+    echo_upstream: upstream.EchoUpstream,
+    tollgate: Callable[..., harness.TollgateProcess],
+    envoy: Callable[..., harness.Envoy],
+    http: Callable[..., Any],
+) -> None:
     authz = tollgate(_config(tmp_path, dev_idp))
     proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
 
@@ -57,8 +61,9 @@ def test_identity_headers_cannot_be_spoofed(tmp_path: pathlib.Path, dev_idp: idp
     assert seen[response.REQUEST_ID] == seen["x-request-id"]
 
     token = dev_idp.token("alice", groups=["staff", "ops"])
-    signed_in = http(proxy.port, "GET", "/staff", host="app.test",
-                     headers={**SPOOFED, "Authorization": f"Bearer {token}"})
+    signed_in = http(
+        proxy.port, "GET", "/staff", host="app.test", headers={**SPOOFED, "Authorization": f"Bearer {token}"}
+    )
     assert signed_in.status == 200
     seen = signed_in.json()["headers"]
     assert seen[response.SUBJECT] == ["alice"]
@@ -67,10 +72,14 @@ def test_identity_headers_cannot_be_spoofed(tmp_path: pathlib.Path, dev_idp: idp
     assert "spoofed" not in str(seen)
 
 
-def test_deny_bodies_and_status(tmp_path: pathlib.Path, dev_idp: idp.DevIdentityProvider,
-                                echo_upstream: upstream.EchoUpstream,
-                                tollgate: Callable[..., harness.TollgateProcess],
-                                envoy: Callable[..., harness.Envoy], http: Callable[..., Any]) -> None:
+def test_deny_bodies_and_status(
+    tmp_path: pathlib.Path,
+    dev_idp: idp.DevIdentityProvider,
+    echo_upstream: upstream.EchoUpstream,
+    tollgate: Callable[..., harness.TollgateProcess],
+    envoy: Callable[..., harness.Envoy],
+    http: Callable[..., Any],
+) -> None:
     authz = tollgate(_config(tmp_path, dev_idp))
     proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
 
@@ -88,10 +97,14 @@ def test_deny_bodies_and_status(tmp_path: pathlib.Path, dev_idp: idp.DevIdentity
     assert set(forbidden.json()) == {"error", "reason", "request_id"}
 
 
-def test_decision_in_envoy_access_log(tmp_path: pathlib.Path, dev_idp: idp.DevIdentityProvider,
-                                      echo_upstream: upstream.EchoUpstream,
-                                      tollgate: Callable[..., harness.TollgateProcess],
-                                      envoy: Callable[..., harness.Envoy], http: Callable[..., Any]) -> None:
+def test_decision_in_envoy_access_log(
+    tmp_path: pathlib.Path,
+    dev_idp: idp.DevIdentityProvider,
+    echo_upstream: upstream.EchoUpstream,
+    tollgate: Callable[..., harness.TollgateProcess],
+    envoy: Callable[..., harness.Envoy],
+    http: Callable[..., Any],
+) -> None:
     authz = tollgate(_config(tmp_path, dev_idp))
     proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port, access_log=True)
     assert http(proxy.port, "GET", "/public", host="app.test").status == 200
@@ -102,8 +115,9 @@ def test_decision_in_envoy_access_log(tmp_path: pathlib.Path, dev_idp: idp.DevId
     assert "GET /secret 401 policy=demo/app reason=default_deny" in text
 
 
-def test_unreachable_tollgate_fails_closed(echo_upstream: upstream.EchoUpstream,
-                                           envoy: Callable[..., harness.Envoy], http: Callable[..., Any]) -> None:
+def test_unreachable_tollgate_fails_closed(
+    echo_upstream: upstream.EchoUpstream, envoy: Callable[..., harness.Envoy], http: Callable[..., Any]
+) -> None:
     proxy = envoy(authz_port=harness.free_port(), upstream_port=echo_upstream.port)
     reply = http(proxy.port, "GET", "/public", host="app.test")
     assert reply.status == 403  # Envoy's failure_mode_allow=false: nothing reaches the upstream

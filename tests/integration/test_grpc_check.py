@@ -77,7 +77,8 @@ async def _check(port: int, request: external_auth_pb2.CheckRequest) -> external
 async def test_health_and_reflection(running: Running) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="envoy.service.auth.v3.Authorization"), timeout=5)
+            health_pb2.HealthCheckRequest(service="envoy.service.auth.v3.Authorization"), timeout=5
+        )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
@@ -92,9 +93,14 @@ async def test_allow_and_deny(running: Running) -> None:
     denied = await _check(running.port, checks.check_request(host="site.test", path="/private", request_id="r-9"))
     assert denied.status.code == 16  # UNAUTHENTICATED
     assert denied.denied_response.status.code == 401
-    assert json.loads(denied.denied_response.body) == {"error": "unauthenticated", "reason": "default_deny",
-                                                       "request_id": "r-9"}
-    assert {h.header.key: h.header.value for h in denied.denied_response.headers}["www-authenticate"].startswith("Bearer")
+    assert json.loads(denied.denied_response.body) == {
+        "error": "unauthenticated",
+        "reason": "default_deny",
+        "request_id": "r-9",
+    }
+    assert {h.header.key: h.header.value for h in denied.denied_response.headers}["www-authenticate"].startswith(
+        "Bearer"
+    )
 
 
 async def test_unparseable_bytes_get_a_deny_not_an_error(running: Running) -> None:
@@ -102,21 +108,26 @@ async def test_unparseable_bytes_get_a_deny_not_an_error(running: Running) -> No
     assert good.count(b"AAAA") == 1
     broken = good.replace(b"AAAA", b"\xff\xfe\xfd\xfc")  # invalid UTF-8 in a proto3 string field
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        call = channel.unary_unary("/envoy.service.auth.v3.Authorization/Check",
-                                   request_serializer=lambda raw: raw,
-                                   response_deserializer=external_auth_pb2.CheckResponse.FromString)
+        call = channel.unary_unary(
+            "/envoy.service.auth.v3.Authorization/Check",
+            request_serializer=lambda raw: raw,
+            response_deserializer=external_auth_pb2.CheckResponse.FromString,
+        )
         reply = await call(broken, timeout=5)
     assert reply.denied_response.status.code == 400
     assert json.loads(reply.denied_response.body)["reason"] == "request_parse_error"
     assert running.runtime.recorder.decisions[-1].reason == "request_parse_error"  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize(("request_", "reason"), [
-    (external_auth_pb2.CheckRequest(), "request_missing_http"),
-    (checks.check_request(host="site.test", headers={"x-big": "b" * 100_000}), "request_headers_too_large"),
-    (checks.check_request(host="site.test", path="/public%2F..%2Fadmin"), "path_encoded_slash"),
-    (checks.check_request(host="site.test", path="/public/\\admin"), "path_backslash"),
-])
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        (external_auth_pb2.CheckRequest(), "request_missing_http"),
+        (checks.check_request(host="site.test", headers={"x-big": "b" * 100_000}), "request_headers_too_large"),
+        (checks.check_request(host="site.test", path="/public%2F..%2Fadmin"), "path_encoded_slash"),
+        (checks.check_request(host="site.test", path="/public/\\admin"), "path_backslash"),
+    ],
+)
 async def test_malformed_requests(running: Running, request_: external_auth_pb2.CheckRequest, reason: str) -> None:
     reply = await _check(running.port, request_)
     assert reply.HasField("denied_response") and not reply.HasField("ok_response")
@@ -126,7 +137,7 @@ async def test_malformed_requests(running: Running, request_: external_auth_pb2.
 class BrokenIdentity:
     """Fault injection: an internal bug in the identity stage (cannot be caused from outside)."""
 
-    async def resolve(self, request: Any, providers: Any) -> Any:
+    async def resolve(self, request: Any, scope: Any) -> Any:
         raise RuntimeError("bug")
 
 
@@ -135,8 +146,11 @@ async def test_internal_fault_fails_closed_with_distinct_reason(running: Running
     reply = await _check(running.port, checks.check_request(host="site.test", path="/public"))
     assert not reply.HasField("ok_response")
     assert reply.denied_response.status.code == 500
-    assert json.loads(reply.denied_response.body) == {"error": "internal_error", "reason": "authz_error",
-                                                      "request_id": "req-1"}
+    assert json.loads(reply.denied_response.body) == {
+        "error": "internal_error",
+        "reason": "authz_error",
+        "request_id": "req-1",
+    }
     assert b"bug" not in reply.SerializeToString()  # no internals leak
 
 
@@ -150,8 +164,9 @@ async def test_one_record_per_check_whatever_happens(running: Running) -> None:
     assert len({d.decision_id for d in recorder.decisions}) == 3
 
 
-def _certificate(name: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.EllipticCurvePrivateKey,
-                 issuer: str, *, ca: bool) -> x509.Certificate:
+def _certificate(
+    name: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.EllipticCurvePrivateKey, issuer: str, *, ca: bool
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -171,8 +186,9 @@ def _certificate(name: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.Elli
 def _pem(item: Any) -> bytes:
     if isinstance(item, x509.Certificate):
         return item.public_bytes(serialization.Encoding.PEM)
-    return bytes(item.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    return bytes(
+        item.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 async def test_mtls_listener(tmp_path: pathlib.Path) -> None:
@@ -187,20 +203,23 @@ async def test_mtls_listener(tmp_path: pathlib.Path) -> None:
     }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
-    running = await _start(tmp_path, tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server.key",
-                           tls_client_ca=tmp_path / "ca.pem")
+    running = await _start(
+        tmp_path, tls_cert=tmp_path / "server.pem", tls_key=tmp_path / "server.key", tls_client_ca=tmp_path / "ca.pem"
+    )
     try:
         options = (("grpc.ssl_target_name_override", "localhost"),)
         with_cert = grpc.ssl_channel_credentials(files["ca.pem"], files["client.key"], files["client.pem"])
         async with grpc.aio.secure_channel(f"127.0.0.1:{running.port}", with_cert, options=options) as channel:
             reply = await external_auth_pb2_grpc.AuthorizationStub(channel).Check(
-                checks.check_request(host="site.test", path="/public"), timeout=5)
+                checks.check_request(host="site.test", path="/public"), timeout=5
+            )
             assert reply.HasField("ok_response")
         without_cert = grpc.ssl_channel_credentials(files["ca.pem"])
         async with grpc.aio.secure_channel(f"127.0.0.1:{running.port}", without_cert, options=options) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await external_auth_pb2_grpc.AuthorizationStub(channel).Check(
-                    checks.check_request(host="site.test", path="/public"), timeout=5)
+                    checks.check_request(host="site.test", path="/public"), timeout=5
+                )
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await running.server.stop(None)

@@ -44,8 +44,13 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
 def test_invalid_config_at_start_exits_2_naming_the_field(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(POLICY.format(path="'/a*b'"))
-    result = subprocess.run([sys.executable, "-m", "authz", "serve", "--config", str(path)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "authz", "serve", "--config", str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert f"{path}: document 1 (AccessPolicy default/app): spec.rules[0].to.paths[0]" in result.stderr
     assert "Traceback" not in result.stderr
@@ -62,16 +67,20 @@ def test_flags_from_environment(tmp_path: pathlib.Path, tollgate: Callable[..., 
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(
-                checks.check_request(host="uncovered.test"), timeout=5)
+                checks.check_request(host="uncovered.test"), timeout=5
+            )
         assert reply.HasField("ok_response")  # TOLLGATE_DEFAULT_ACTION=Allow took effect
     finally:
         process.stop()
 
 
 def test_hot_reload_under_load_and_bad_config_keeps_last_good(
-        tmp_path: pathlib.Path, echo_upstream: upstream.EchoUpstream,
-        tollgate: Callable[..., harness.TollgateProcess], envoy: Callable[..., harness.Envoy],
-        http: Callable[..., Any]) -> None:
+    tmp_path: pathlib.Path,
+    echo_upstream: upstream.EchoUpstream,
+    tollgate: Callable[..., harness.TollgateProcess],
+    envoy: Callable[..., harness.Envoy],
+    http: Callable[..., Any],
+) -> None:
     config = tmp_path / "config"
     config.mkdir()
     policy = config / "app.yaml"
@@ -154,8 +163,9 @@ def test_sigterm_drains_in_flight_requests(tmp_path: pathlib.Path) -> None:
         provider.rotate()
         provider.delay = 2.0
         token = provider.token("bob")
-        future = stub.Check.future(checks.check_request(host="app.test", headers={
-            "authorization": f"Bearer {token}"}), timeout=15)
+        future = stub.Check.future(
+            checks.check_request(host="app.test", headers={"authorization": f"Bearer {token}"}), timeout=15
+        )
         time.sleep(0.5)
         assert authz.process is not None
         authz.process.send_signal(signal.SIGTERM)

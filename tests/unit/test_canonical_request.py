@@ -64,13 +64,16 @@ def test_rejected(raw: str, code: str) -> None:
     assert caught.value.code == code
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("Orders.Example.COM", "orders.example.com"),
-    ("orders.example.com:8443", "orders.example.com"),
-    ("orders.example.com.", "orders.example.com"),
-    ("[::1]:8080", "[::1]"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Orders.Example.COM", "orders.example.com"),
+        ("orders.example.com:8443", "orders.example.com"),
+        ("orders.example.com.", "orders.example.com"),
+        ("[::1]:8080", "[::1]"),
+        ("", ""),
+    ],
+)
 def test_canonical_host(raw: str, expected: str) -> None:
     assert canonical_host(raw) == expected
 

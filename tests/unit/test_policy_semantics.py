@@ -253,7 +253,7 @@ class StaticIdentity:
     def __init__(self, identity: identity_model.Identity) -> None:
         self.identity = identity
 
-    async def resolve(self, request: Any, providers: Any) -> identity_model.Identity:
+    async def resolve(self, request: Any, scope: Any) -> identity_model.Identity:
         return self.identity
 
 
