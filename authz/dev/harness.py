@@ -107,8 +107,13 @@ def envoy_config(
     authz_timeout: str = "2s",
     tracing_port: int | None = None,
     access_log: bool = False,
+    tls: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A static Envoy bootstrap: one listener, ext_authz (when ``authz_port``), one route.
+
+    ``tls={"cert": ..., "key": ..., "client_ca": ...}`` terminates TLS on the listener and requires
+    a client certificate verified against ``client_ca``; Envoy then sends the peer's principal
+    (URI SAN, e.g. a SPIFFE id) to Tollgate as ``source.principal``.
 
     ``upstream_port=None`` answers with ``direct_response`` (used by the benchmarks so the
     upstream never dominates the measurement).
@@ -182,6 +187,23 @@ def envoy_config(
         clusters.append(_cluster("upstream", upstream_port))
     if tracing_port is not None:
         clusters.append(_cluster("otlp", tracing_port, http2=True))
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]
+    }
+    if tls is not None:
+        chain["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": True,
+                "common_tls_context": {
+                    "tls_certificates": [
+                        {"certificate_chain": {"filename": tls["cert"]}, "private_key": {"filename": tls["key"]}}
+                    ],
+                    "validation_context": {"trusted_ca": {"filename": tls["client_ca"]}},
+                },
+            },
+        }
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
@@ -189,13 +211,7 @@ def envoy_config(
                 {
                     "name": "ingress",
                     "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}
-                            ]
-                        }
-                    ],
+                    "filter_chains": [chain],
                 }
             ],
             "clusters": clusters,

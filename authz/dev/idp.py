@@ -95,6 +95,8 @@ class DevIdentityProvider:
         self.state_dir = state_dir
         self.mode = "ok"  # "ok" | "garbage" | "oversized" | "error" — fault injection for tests
         self.delay = 0.0  # seconds to wait before answering (a slow provider)
+        self.extra_keys: list[dict[str, Any]] = []  # further public JWKs to publish (e.g. of another type)
+        self.discovery_issuer = ""  # overrides the issuer the discovery document claims
         self.max_age = 300
         self.requests = 0
         provider = self
@@ -107,7 +109,7 @@ class DevIdentityProvider:
                 if self.path == "/.well-known/openid-configuration":
                     body = json.dumps(
                         {
-                            "issuer": provider.issuer,
+                            "issuer": provider.discovery_issuer or provider.issuer,
                             "jwks_uri": provider.issuer + "/jwks.json",
                             "id_token_signing_alg_values_supported": ["RS256"],
                         }
@@ -142,7 +144,7 @@ class DevIdentityProvider:
             return b"<html>this is not a key set</html>"
         if self.mode == "oversized":
             return b'{"keys": [' + b'{"kty": "oct", "k": "' + b"A" * 2_000_000 + b'"}]}'
-        return json.dumps({"keys": [_public_jwk(k) for k in self.state["keys"]]}).encode()
+        return json.dumps({"keys": [_public_jwk(k) for k in self.state["keys"]] + self.extra_keys}).encode()
 
     def rotate(self, *, keep_old: bool = True) -> None:
         """Put a new key first (it signs from now on); keep or drop the old ones."""

@@ -86,6 +86,10 @@ class KeySet:
                 delay = max(self._next_refresh - time.monotonic(), self.refresh.min_seconds)
             await asyncio.sleep(delay)
 
+    def next_refresh_in(self) -> float:
+        """Seconds until the next scheduled refresh of a healthy key set."""
+        return self._next_refresh - time.monotonic()
+
     # -- lookup ----------------------------------------------------------------------------
     def usable(self) -> bool:
         return self.fetched_at is not None and time.monotonic() - self.fetched_at <= self.refresh.stale_seconds

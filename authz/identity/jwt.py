@@ -15,7 +15,8 @@ Called by :mod:`authz.identity.resolve`. Verification order, each step with its 
     token_wrong_audience, token_missing_claim, token_invalid
 
 Verified tokens are cached (bounded LRU, keyed by SHA-256 of the token) until the earlier of
-their ``exp`` and a change of the provider's key set.
+their ``exp`` and a change of the provider's key set — including the key set going past its
+stale-while-error bound, after which nothing verified with it is trusted.
 """
 
 from __future__ import annotations
@@ -90,8 +91,18 @@ class JwtVerifier:
         self.keys = jwks.KeySet(name, settings.issuer, settings.jwks_uri, settings.refresh)
         self._hmac_secret = settings.hmac_secret
 
+    @property
+    def uses_jwks(self) -> bool:
+        return any(a not in providers.HMAC_ALGORITHMS for a in self.settings.algorithms)
+
+    def generation(self) -> int:
+        """Identifies the key set cached verifications were made with; -1 once it is past trusting."""
+        if self.uses_jwks and not self.keys.usable():
+            return -1
+        return self.keys.generation
+
     def start(self) -> None:
-        if any(a not in providers.HMAC_ALGORITHMS for a in self.settings.algorithms):
+        if self.uses_jwks:
             self.keys.start()
 
     def close(self) -> None:
@@ -204,7 +215,7 @@ async def verify_request(
         raise model.IdentityFailure("token_ambiguous", "the request carries more than one different token")
     token = found.pop()
     digest = hashlib.sha256(token.encode()).digest()
-    generations = {v.name: v.keys.generation for v in verifiers}
+    generations = {v.name: v.generation() for v in verifiers}
     cached = cache.get(digest, generations)
     if cached is not None:
         return cached
@@ -222,5 +233,5 @@ async def verify_request(
             "token_unsupported_crit", "token requires unsupported extensions (crit)", provider=verifier.name
         )
     identity, expires = await verifier.verify(token, header)
-    cache.put(digest, identity, expires, verifier.name, verifier.keys.generation)
+    cache.put(digest, identity, expires, verifier.name, verifier.generation())
     return identity
