@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
+import random
 import time
 from typing import Any, Protocol
 
 from authz import request as request_model
 from authz.identity import model as identity_model
 from authz.policy import compile as compiled
-from authz.policy import evaluate
+from authz.policy import evaluate, verdict
 
 __all__ = ["Decision", "IdentityStage", "decide", "new_id"]
 
@@ -61,17 +61,26 @@ class Decision:
     rule: str = ""
     request: request_model.HttpRequest | None = None
     identity: identity_model.Identity = identity_model.ANONYMOUS
-    dry_run: evaluate.DryRunVerdict | None = None
+    dry_run: verdict.DryRunVerdict | None = None
     provider: str = ""
     started_ns: int = 0
     duration_ns: int = 0
 
 
+# Seeded from os.urandom. Decision ids must be unique, not secret: nothing is authorized by one.
+_random = random.Random()  # noqa: S311
+
+
 def new_id() -> str:
     """A UUIDv7 (RFC 9562): time-ordered, so decision ids sort by time in any log."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10)) & ((1 << 80) - 1)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    bits = _random.getrandbits(74)
+    value = (
+        (time.time_ns() // 1_000_000) << 80  # 48-bit Unix time in ms
+        | 0x7 << 76  # version 7
+        | (bits >> 62) << 64  # 12 random bits (rand_a)
+        | 0x2 << 62  # RFC 9562 variant
+        | (bits & ((1 << 62) - 1))  # 62 random bits (rand_b)
+    )
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
@@ -91,16 +100,16 @@ async def decide(
         host = snapshot.index.lookup(request.host)
         identity = await identity_stage.resolve(request, host.providers if host else None)
         decision.identity = identity
-        verdict = evaluate.evaluate(
+        outcome = evaluate.evaluate(
             host, compiled.Context(request, identity), server_default_allow=server_default_allow
         )
-        decision.allowed = verdict.allowed
-        decision.reason = verdict.reason
-        decision.policy = verdict.policy
-        decision.rule = verdict.rule
-        decision.dry_run = verdict.dry_run
+        decision.allowed = outcome.allowed
+        decision.reason = outcome.reason
+        decision.policy = outcome.policy
+        decision.rule = outcome.rule
+        decision.dry_run = outcome.dry_run
         # Deny of a caller we could not identify is "who are you?" (401), of a known one "no" (403).
-        decision.status = 200 if verdict.allowed else (403 if identity.authenticated else 401)
+        decision.status = 200 if outcome.allowed else (403 if identity.authenticated else 401)
     except request_model.RequestRejected as rejected:
         decision.allowed = False
         decision.request = rejected.request

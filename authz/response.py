@@ -26,11 +26,10 @@ GROUPS = "x-tollgate-groups"
 ROLES = "x-tollgate-roles"
 METHOD = "x-tollgate-auth-method"
 PRINCIPAL = "x-tollgate-principal"
-REQUEST_ID = "x-tollgate-request-id"
-DECISION_ID = "x-tollgate-decision-id"
+DECISION_ID = "x-tollgate-decision-id"  # the audit record's id; the request id is Envoy's x-request-id
 # Every header Tollgate vouches for. Whatever a client sends under these names never reaches the
 # upstream: each is either overwritten with Tollgate's value or removed.
-IDENTITY_HEADERS = (SUBJECT, GROUPS, ROLES, METHOD, PRINCIPAL, REQUEST_ID, DECISION_ID)
+IDENTITY_HEADERS = (SUBJECT, GROUPS, ROLES, METHOD, PRINCIPAL, DECISION_ID)
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _ERROR_NAMES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 500: "internal_error", 503: "unavailable"}
@@ -54,21 +53,16 @@ def _clean(value: str) -> str:
     return "".join(ch for ch in value if ch.isprintable())[:1024]
 
 
-def _metadata(decision: decision_model.Decision) -> struct_pb2.Struct:
-    metadata = struct_pb2.Struct()
-    fields = {
-        "decision_id": decision.decision_id,
-        "decision": "allow" if decision.allowed else "deny",
-        "reason": decision.reason,
-        "policy": decision.policy,
-        "rule": decision.rule,
-        "revision": decision.revision,
-    }
+def _metadata(decision: decision_model.Decision, metadata: struct_pb2.Struct) -> None:
+    # Assigning fields one by one is about twice as fast as Struct.update() on this hot path.
+    fields = metadata.fields
+    fields["decision_id"].string_value = decision.decision_id
+    fields["reason"].string_value = decision.reason
+    fields["policy"].string_value = decision.policy
+    fields["rule"].string_value = decision.rule
     if decision.dry_run is not None:
-        fields["dry_run_decision"] = "allow" if decision.dry_run.allowed else "deny"
-        fields["dry_run_rule"] = f"{decision.dry_run.policy}#{decision.dry_run.rule}".rstrip("#")
-    metadata.update(fields)
-    return metadata
+        fields["dry_run_decision"].string_value = "allow" if decision.dry_run.allowed else "deny"
+        fields["dry_run_rule"].string_value = f"{decision.dry_run.policy}#{decision.dry_run.rule}".rstrip("#")
 
 
 def to_check_response(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
@@ -79,29 +73,35 @@ def to_check_response(decision: decision_model.Decision) -> external_auth_pb2.Ch
 
 def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
     identity = decision.identity
-    request_id = decision.request.request_id if decision.request else ""
-    values = {
-        SUBJECT: identity.subject if identity.authenticated else "",
-        GROUPS: ",".join(identity.groups),
-        ROLES: ",".join(identity.roles),
-        METHOD: identity.method if identity.authenticated else "",
-        PRINCIPAL: identity.principal,
-        REQUEST_ID: request_id,
-        DECISION_ID: decision.decision_id,
-    }
-    headers = [
-        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=_clean(value)), append_action=_OVERWRITE)
-        for name, value in values.items()
-        if value
-    ]
-    # Removal is used only for names we do not set: Envoy applies `headers` and `headers_to_remove`
-    # independently, and a name in both would lose Tollgate's own value.
-    remove = [name for name, value in values.items() if not value]
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.OK),
-        ok_response=external_auth_pb2.OkHttpResponse(headers=headers, headers_to_remove=remove),
-        dynamic_metadata=_metadata(decision),
-    )
+    reply = external_auth_pb2.CheckResponse()
+    reply.status.code = code_pb2.OK
+    ok = reply.ok_response
+    if identity.authenticated:
+        values = (
+            (SUBJECT, identity.subject),
+            (GROUPS, ",".join(identity.groups)),
+            (ROLES, ",".join(identity.roles)),
+            (METHOD, identity.method),
+            (PRINCIPAL, identity.principal),
+            (DECISION_ID, decision.decision_id),
+        )
+    else:
+        values = (*_ANONYMOUS_VALUES, (DECISION_ID, decision.decision_id))
+    for name, value in values:
+        if value:
+            option = ok.headers.add()
+            option.header.key = name
+            option.header.value = _clean(value)
+            option.append_action = _OVERWRITE
+        else:
+            # Removal is used only for names we do not set: Envoy applies `headers` and
+            # `headers_to_remove` independently, and a name in both would lose Tollgate's value.
+            ok.headers_to_remove.append(name)
+    _metadata(decision, reply.dynamic_metadata)
+    return reply
+
+
+_ANONYMOUS_VALUES = ((SUBJECT, ""), (GROUPS, ""), (ROLES, ""), (METHOD, ""), (PRINCIPAL, ""))
 
 
 def _denied(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
@@ -117,10 +117,11 @@ def _denied(decision: decision_model.Decision) -> external_auth_pb2.CheckRespons
     headers = [_JSON, _NO_STORE]
     if status == 401:
         headers.append(_CHALLENGE)
-    return external_auth_pb2.CheckResponse(
+    reply = external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=_RPC_CODES.get(status, code_pb2.INTERNAL)),
         denied_response=external_auth_pb2.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=status), headers=headers, body=body
         ),
-        dynamic_metadata=_metadata(decision),
     )
+    _metadata(decision, reply.dynamic_metadata)
+    return reply

@@ -73,6 +73,8 @@ class IdentityResolver:
     async def resolve(
         self, request: request_model.HttpRequest, scope: frozenset[str] | None
     ) -> identity_model.Identity:
+        if not self._specs:
+            return identity_model.ANONYMOUS  # no provider configured: nobody can be identified
         principal = request.source_principal
         identity: identity_model.Identity | None = None
         token_verifiers = [v for n, v in self._jwt.items() if scope is None or n in scope]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from authz import request as request_model
 from authz.identity import model as identity_model
 from authz.policy import model
+from authz.policy.verdict import Verdict
 
 __all__ = ["CompiledRule", "Conflict", "HostPolicies", "Patterns", "PolicyIndex", "compile_policies"]
 
@@ -88,6 +89,8 @@ class CompiledRule:
     name: str
     allow: bool
     checks: tuple[Check, ...]
+    methods: frozenset[str] | None = None  # None: any method; matched by the host's method index
+    verdict: Verdict | None = None  # what a match decides: built once by _compile_rule
 
     def matches(self, context: Context) -> bool:
         # A plain loop, not all(<generator>): this runs for every rule of every request.
@@ -97,14 +100,23 @@ class CompiledRule:
         return True
 
 
+RulePair = tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]  # (Deny rules, Allow rules)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class HostPolicies:
-    """Everything that applies to one host: Deny rules, then Allow rules, then the default."""
+    """Everything that applies to one host: Deny rules, then Allow rules, then the default.
 
-    deny_rules: tuple[CompiledRule, ...]
-    allow_rules: tuple[CompiledRule, ...]
+    Rules are pre-sorted by HTTP method: ``by_method[m]`` holds the rules whose ``to.methods``
+    admit ``m``, ``other`` those for a method no rule names; so a rule's method never needs
+    checking at request time, and rules for other methods are never looked at.
+    """
+
+    by_method: dict[str, RulePair]
+    other: RulePair
     default_allow: bool
     default_policy: str
+    default_verdict: Verdict
     enforced: bool  # False: only DryRun policies cover this host
     policies: tuple[str, ...]
     dry_run: HostPolicies | None  # the outcome if the DryRun policies were enforced too
@@ -204,6 +216,12 @@ def _combine(
     policies: list[model.AccessPolicy], rules: dict[str, tuple[CompiledRule, ...]], *, enforced: bool
 ) -> HostPolicies:
     compiled = [rule for p in policies for rule in rules[str(p.ref)]]
+    named = sorted({m for rule in compiled if rule.methods is not None for m in rule.methods})
+
+    def for_method(method: str | None) -> RulePair:
+        admitted = [r for r in compiled if r.methods is None or (method is not None and method in r.methods)]
+        return tuple(r for r in admitted if not r.allow), tuple(r for r in admitted if r.allow)
+
     deniers = [p for p in policies if p.default_action is model.Action.DENY]
     # Fixed order, as in Istio: any Deny rule, then any Allow rule, then the default. A host's
     # default is Deny as soon as one applicable policy says Deny (the safe side of a conflict).
@@ -214,10 +232,13 @@ def _combine(
     if scopes and all(scope is not None for scope in scopes):
         providers = frozenset(name for scope in scopes if scope is not None for name in scope)
     return HostPolicies(
-        deny_rules=tuple(r for r in compiled if not r.allow),
-        allow_rules=tuple(r for r in compiled if r.allow),
+        by_method={method: for_method(method) for method in named},
+        other=for_method(None),
         default_allow=default_allow,
         default_policy=default_policy,
+        default_verdict=Verdict(
+            allowed=default_allow, reason="default_allow" if default_allow else "default_deny", policy=default_policy
+        ),
         enforced=enforced,
         policies=tuple(str(p.ref) for p in policies),
         dry_run=None,
@@ -237,9 +258,7 @@ def _conflicts(host: str, policies: list[model.AccessPolicy]) -> list[Conflict]:
 def _compile_rule(policy: str, rule: model.Rule) -> CompiledRule:
     """Turn one rule into a tuple of checks, cheapest first, so most non-matches exit early."""
     checks: list[Check] = []
-    if rule.methods and "*" not in rule.methods:
-        methods = frozenset(rule.methods)
-        checks.append(lambda c: c.request.method in methods)
+    methods = frozenset(rule.methods) if rule.methods and "*" not in rule.methods else None
     if rule.not_methods:
         not_methods = frozenset(rule.not_methods)
         checks.append(lambda c: c.request.method not in not_methods and "*" not in not_methods)
@@ -273,7 +292,11 @@ def _compile_rule(policy: str, rule: model.Rule) -> CompiledRule:
         checks.append(lambda c: c.source is not None and not any(c.source in b for b in not_blocks))
     for condition in rule.when:
         checks.append(_compile_condition(condition))
-    return CompiledRule(policy=policy, name=rule.name, allow=rule.action is model.Action.ALLOW, checks=tuple(checks))
+    allow = rule.action is model.Action.ALLOW
+    verdict = Verdict(allowed=allow, reason="rule_allow" if allow else "rule_deny", policy=policy, rule=rule.name)
+    return CompiledRule(
+        policy=policy, name=rule.name, allow=allow, checks=tuple(checks), methods=methods, verdict=verdict
+    )
 
 
 def _compile_condition(condition: model.Condition) -> Check:

@@ -13,27 +13,9 @@ from __future__ import annotations
 import dataclasses
 
 from authz.policy import compile as compiled
+from authz.policy.verdict import DryRunVerdict, Verdict
 
 __all__ = ["DryRunVerdict", "Verdict", "evaluate"]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DryRunVerdict:
-    """What would have happened had the host's DryRun policies been enforced too."""
-
-    allowed: bool
-    reason: str
-    policy: str
-    rule: str
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Verdict:
-    allowed: bool
-    reason: str  # rule_allow | rule_deny | default_allow | default_deny | no_policy | dry_run_only
-    policy: str = ""
-    rule: str = ""
-    dry_run: DryRunVerdict | None = None
 
 
 _NO_POLICY_ALLOW = Verdict(allowed=True, reason="no_policy")
@@ -55,12 +37,13 @@ def evaluate(host: compiled.HostPolicies | None, context: compiled.Context, *, s
 
 
 def _decide(host: compiled.HostPolicies, context: compiled.Context) -> Verdict:
-    for rule in host.deny_rules:
+    deny_rules, allow_rules = host.by_method.get(context.request.method, host.other)
+    for rule in deny_rules:
         if rule.matches(context):
-            return Verdict(allowed=False, reason="rule_deny", policy=rule.policy, rule=rule.name)
-    for rule in host.allow_rules:
+            assert rule.verdict is not None
+            return rule.verdict
+    for rule in allow_rules:
         if rule.matches(context):
-            return Verdict(allowed=True, reason="rule_allow", policy=rule.policy, rule=rule.name)
-    if host.default_allow:
-        return Verdict(allowed=True, reason="default_allow", policy=host.default_policy)
-    return Verdict(allowed=False, reason="default_deny", policy=host.default_policy)
+            assert rule.verdict is not None
+            return rule.verdict
+    return host.default_verdict

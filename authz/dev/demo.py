@@ -1,0 +1,149 @@
+"""``make demo``: Envoy + Tollgate + a demo upstream + the local identity provider, then sample
+requests with real tokens, each decision printed; keeps running until Ctrl-C
+(``DEMO_ONESHOT=1`` exits after the samples, non-zero if any sample was decided unexpectedly).
+
+Ports (override with environment variables): Envoy DEMO_ENVOY_PORT=10000, Tollgate
+DEMO_TOLLGATE_PORT=9001, identity provider 9400 (fixed: examples/policies/identity.yaml names it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import pathlib
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from authz.dev import harness, idp, upstream
+
+_EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "policies"
+_IDP_PORT = 9400
+_COLOURS = ("\033[1m", "\033[32m", "\033[31m", "\033[2m", "\033[0m")
+_BOLD, _GREEN, _RED, _DIM, _RESET = _COLOURS if sys.stdout.isatty() else ("",) * 5
+
+
+def _request(port: int, method: str, host: str, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.putrequest(method, path, skip_host=True)
+        connection.putheader("Host", host)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read()
+        try:
+            return response.status, json.loads(body)
+        except ValueError:
+            return response.status, {}
+    finally:
+        connection.close()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _samples(provider: idp.DevIdentityProvider) -> Iterator[tuple[str, str, str, str, dict[str, str], int]]:
+    """(who, method, host, path, headers, expected status)."""
+    alice = provider.token("alice", groups=["staff"], email="alice@example.com")
+    bob = provider.token("bob", groups=["staff"])
+    carol = provider.token("carol", groups=["admins"])
+    carol_mfa = provider.token("carol", groups=["admins"], mfa=True)
+    yield "anyone", "GET", "www.example.com", "/", {}, 200
+    yield "anyone", "POST", "www.example.com", "/contact", {}, 200
+    yield "anyone", "GET", "www.example.com", "/admin", {}, 401
+    yield "anyone", "GET", "www.example.com", "/public/..;/admin", {}, 401
+    yield "anyone", "GET", "orders.example.com", "/healthz", {}, 200
+    yield "no token", "GET", "orders.example.com", "/orders", {}, 401
+    yield "bad token", "GET", "orders.example.com", "/orders", bearer(alice[:-4] + "AAAA"), 401
+    yield "alice", "GET", "orders.example.com", "/orders", bearer(alice), 200
+    spoofing = {**bearer(alice), "x-tollgate-subject": "root"}
+    yield "alice (spoofing)", "GET", "orders.example.com", "/orders/7", spoofing, 200
+    yield "bob", "POST", "orders.example.com", "/orders/7", bearer(bob), 403
+    yield "carol (admin, no MFA)", "POST", "orders.example.com", "/orders/7", bearer(carol), 403
+    yield "carol (admin, MFA)", "POST", "orders.example.com", "/orders/7", bearer(carol_mfa), 200
+    yield "alice", "GET", "orders.example.com", "//orders/internal/../internal/report", bearer(alice), 403
+    yield "alice", "GET", "orders.example.com", "/orders%2Finternal", bearer(alice), 400
+
+
+def run_samples(envoy_port: int, provider: idp.DevIdentityProvider) -> int:
+    unexpected = 0
+    print(f"\n{_BOLD}Sample requests through Envoy (127.0.0.1:{envoy_port}){_RESET}\n")
+    for who, method, host, path, headers, expected in _samples(provider):
+        status, body = _request(envoy_port, method, host, path, headers)
+        if status == 200:
+            seen = body.get("headers", {})
+            subject = seen.get("x-tollgate-subject", ["-"])[0]
+            detail = f"allowed → upstream saw subject={subject} groups={seen.get('x-tollgate-groups', ['-'])[0]}"
+            colour = _GREEN
+        else:
+            detail = f"denied: {body.get('error', '?')} ({body.get('reason', '?')})"
+            colour = _RED
+        mark = "" if status == expected else f"  {_RED}UNEXPECTED (wanted {expected}){_RESET}"
+        unexpected += status != expected
+        print(f"  {colour}{status}{_RESET}  {method:6} {host}{path}  {_DIM}as {who}{_RESET}\n       {detail}{mark}")
+    return unexpected
+
+
+def main() -> int:
+    oneshot = os.environ.get("DEMO_ONESHOT") == "1"
+    work = pathlib.Path(tempfile.mkdtemp(prefix="tollgate-demo-"))
+    config = work / "policies"
+    shutil.copytree(_EXAMPLES, config)
+    envoy_port = int(os.environ.get("DEMO_ENVOY_PORT", "10000"))
+    tollgate_port = int(os.environ.get("DEMO_TOLLGATE_PORT", "9001"))
+    try:
+        provider = idp.DevIdentityProvider(work / "idp", port=_IDP_PORT)
+    except OSError as error:
+        print(f"demo: cannot listen on 127.0.0.1:{_IDP_PORT} for the identity provider: {error}", file=sys.stderr)
+        return 2
+    echo = upstream.EchoUpstream()
+    authz = harness.TollgateProcess(config, log_to=work / "tollgate.log", port=tollgate_port)
+    proxy = harness.Envoy(authz_port=authz.port, upstream_port=echo.port, log_to=work / "envoy.log")
+    proxy.port = envoy_port
+    proxy.config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = envoy_port
+    print(f"{_BOLD}Tollgate demo{_RESET}  (work directory {work})")
+    print(f"  identity provider  {provider.issuer}   DEVELOPMENT ONLY")
+    print(f"  upstream (echo)    http://127.0.0.1:{echo.port}")
+    print(f"  tollgate (gRPC)    127.0.0.1:{authz.port}   config {config}")
+    print(f"  envoy              http://127.0.0.1:{envoy_port}")
+    with harness.running(provider, echo, authz, proxy):
+        _wait_for_keys(envoy_port, provider)
+        unexpected = run_samples(envoy_port, provider)
+        if oneshot:
+            print(f"\n{'all samples decided as expected' if not unexpected else f'{unexpected} unexpected'}")
+            return 1 if unexpected else 0
+        token = provider.token("alice", groups=["staff"])
+        print(f"\nTry it yourself (Ctrl-C to stop):\n  curl -H 'Host: orders.example.com' "
+              f"-H 'Authorization: Bearer {token[:24]}…' http://127.0.0.1:{envoy_port}/orders")
+        print(f"  .venv/bin/tollgate dev token --state {work / 'idp'} --sub alice --groups staff")
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    print("stopped")
+    return 0
+
+
+def _wait_for_keys(port: int, provider: idp.DevIdentityProvider) -> None:
+    """Tollgate fetches the provider's keys in the background right after it starts."""
+    token = provider.token("probe")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        _, body = _request(port, "GET", "orders.example.com", "/orders", bearer(token))
+        if body.get("reason") != "identity_unavailable":
+            return
+        time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""The baseline: a do-nothing grpc.aio ext_authz server that allows everything.
+
+Same gRPC stack and server options as Tollgate, no parsing beyond protobuf, no decision, an empty
+OK response: the cost of "an ext_authz server in Python" that Tollgate is compared against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.rpc import code_pb2, status_pb2
+
+_OK = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK),
+                                      ok_response=external_auth_pb2.OkHttpResponse())
+
+
+class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):
+    async def Check(self, request: external_auth_pb2.CheckRequest, context: object) -> external_auth_pb2.CheckResponse:
+        return _OK
+
+
+async def main(port: int) -> None:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 0)])
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AllowAll(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1])))

@@ -1,0 +1,220 @@
+"""``make bench``: load through a real Envoy with wrk, then the micro-benchmarks.
+
+Every scenario runs in this one process's run, one after the other, on the same machine, behind
+the same Envoy configuration (``direct_response``, so no upstream is measured):
+
+    envoy-only           Envoy without ext_authz (the ceiling)
+    noop-authz           a do-nothing Python grpc.aio ext_authz server (the baseline)
+    tollgate-1           Tollgate, 1 policy
+    tollgate-1000        Tollgate, 1,000 policies (10,000 rules)
+    tollgate-jwt-1000    Tollgate, 1,000 policies, RS256 bearer token (warm cache)
+
+All backends and their Envoys start first; then short measurements are interleaved round by round
+(A, B, C, A, B, C, ...) and the median of the rounds is reported, so machine drift hits every
+scenario alike. Ratios are computed between scenarios of this one run only: numbers from different
+runs are not comparable. Results: bench/results/latest.json and .md.
+
+Environment: BENCH_DURATION (seconds per measurement, default 5), BENCH_ROUNDS (default 3),
+BENCH_CONNECTIONS (default "4,16,64"), BENCH_SCENARIOS (comma-separated subset; "micro" for the
+micro-benchmarks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from authz.dev import harness, idp  # noqa: E402
+from bench import micro, policies  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("wrk not found: installing Debian's wrk package", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False)
+        found = shutil.which("wrk")
+        if found:
+            return found
+    sys.exit("bench: wrk is required (Debian/Ubuntu: sudo apt-get install wrk; macOS: brew install wrk)")
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
+    if not match:
+        raise ValueError(f"cannot read wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(wrk: str, url: str, host: str, connections: int, duration: int, headers: dict[str, str]) -> dict[str, Any]:
+    command = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {host}"]
+    for name, value in headers.items():
+        command += ["-H", f"{name}: {value}"]
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    latency = {q: _ms(v) for q, v in re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE)}
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    return {"rps": rps, "p50_ms": latency["50"], "p99_ms": latency["99"],
+            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0, "socket_errors": errors.group(1) if errors else ""}
+
+
+class Backend:
+    """An ext_authz server process for one scenario (or none)."""
+
+    def __init__(self, start: Callable[[], Any] | None) -> None:
+        self._start = start
+        self.process: Any = None
+
+    def __enter__(self) -> int | None:
+        if self._start is None:
+            return None
+        self.process, port = self._start()
+        return port  # type: ignore[no-any-return]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+class _Noop:
+    def __init__(self) -> None:
+        self.port = harness.free_port()
+        self._process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "noop_authz.py"), str(self.port)],
+                                         cwd=ROOT)
+        harness.wait_for_port(self.port)
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(10)
+
+
+@contextlib.contextmanager
+def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict[str, str]]]]:
+    provider = idp.DevIdentityProvider(work / "idp").start()
+    try:
+        one = work / "one"
+        one_host = policies.write_policies(one, hosts=1, rules_per_host=10)
+        many = work / "many"
+        many_host = policies.write_policies(many, hosts=1000, rules_per_host=10)
+        jwt_dir = work / "jwt"
+        jwt_host = policies.write_policies(jwt_dir, hosts=1000, rules_per_host=10, provider_issuer=provider.issuer)
+        token = provider.token("alice", groups=["staff"], lifetime=24 * 3600)
+
+        def tollgate(config: pathlib.Path) -> Callable[[], Any]:
+            def start() -> Any:
+                process = harness.TollgateProcess(config, extra=["--reload-interval", "0", "--log-level", "WARNING"],
+                                                  log_to=work / "tollgate.log").start()
+                return process, process.port
+            return start
+
+        def noop() -> Any:
+            server = _Noop()
+            return server, server.port
+
+        yield [
+            ("envoy-only", Backend(None), one_host, {}),
+            ("noop-authz", Backend(noop), one_host, {}),
+            ("tollgate-1", Backend(tollgate(one)), one_host, {}),
+            ("tollgate-1000", Backend(tollgate(many)), many_host, {}),
+            ("tollgate-jwt-1000", Backend(tollgate(jwt_dir)), jwt_host, {"Authorization": f"Bearer {token}"}),
+        ]
+    finally:
+        provider.stop()
+
+
+def main() -> int:
+    wrk = ensure_wrk()
+    duration = int(os.environ.get("BENCH_DURATION", "5"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    connection_counts = [int(c) for c in os.environ.get("BENCH_CONNECTIONS", "4,16,64").split(",")]
+    wanted = set(filter(None, os.environ.get("BENCH_SCENARIOS", "").split(",")))
+    results: dict[str, Any] = {"duration_s": duration, "rounds": rounds, "cpus": os.cpu_count(), "load": {},
+                               "micro": {}}
+    with contextlib.ExitStack() as stack:
+        directory = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tollgate-bench-")))
+        plan = [p for p in stack.enter_context(scenarios(directory)) if not wanted or p[0] in wanted]
+        running = []
+        for name, backend, host, headers in plan:
+            authz_port = stack.enter_context(backend)
+            proxy = harness.Envoy(authz_port=authz_port, upstream_port=None).start()
+            stack.callback(proxy.stop)
+            url = f"{proxy.url}/api/orders"
+            run_wrk(wrk, url, host, 16, 2, headers)  # warm-up: connections, caches, keys
+            running.append((name, url, host, headers))
+        # Interleaved rounds: every scenario sees the same machine drift; medians are reported.
+        samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for connections in connection_counts:
+            for round_number in range(rounds):
+                for name, url, host, headers in running:
+                    numbers = run_wrk(wrk, url, host, connections, duration, headers)
+                    samples.setdefault((name, connections), []).append(numbers)
+                    flag = f"  NON-2xx: {numbers['non_2xx']}" if numbers["non_2xx"] else ""
+                    print(f"round {round_number + 1}  {name:20} c={connections:<3} {numbers['rps']:9.0f} rps  "
+                          f"p50 {numbers['p50_ms']:7.2f} ms  p99 {numbers['p99_ms']:7.2f} ms{flag}", flush=True)
+        for (name, connections), runs in samples.items():
+            results["load"].setdefault(name, {})[str(connections)] = {
+                "rps": statistics.median(r["rps"] for r in runs),
+                "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+                "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                "non_2xx": sum(r["non_2xx"] for r in runs),
+                "rounds_rps": [r["rps"] for r in runs],
+            }
+    if not wanted or "micro" in wanted:
+        results["micro"] = micro.run()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    report = render(results)
+    (RESULTS / "latest.md").write_text(report)
+    print("\n" + report)
+    return 0
+
+
+def render(results: dict[str, Any]) -> str:
+    load = results["load"]
+    lines = ["| scenario | conns | rps (median) | p50 ms | p99 ms | non-2xx | rps per round |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for name, by_connections in load.items():
+        for connections, n in by_connections.items():
+            per_round = ", ".join(f"{r:.0f}" for r in n["rounds_rps"])
+            lines.append(f"| {name} | {connections} | {n['rps']:.0f} | {n['p50_ms']:.2f} | {n['p99_ms']:.2f} "
+                         f"| {n['non_2xx']} | {per_round} |")
+    baseline = load.get("noop-authz", {})
+    ratios = []
+    for name in load:
+        if name.startswith("tollgate") and baseline:
+            for connections, n in load[name].items():
+                if connections in baseline:
+                    ratios.append(f"| {name} / noop-authz | {connections} | "
+                                  f"{100 * n['rps'] / baseline[connections]['rps']:.1f} % |")
+    if ratios:
+        lines += ["", "| ratio (same run) | conns | rps ratio |", "|---|---:|---:|", *ratios]
+    if results.get("micro"):
+        lines += ["", "| micro-benchmark | p50 µs | p99 µs |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v['p50_us']:.2f} | {v['p99_us']:.2f} |" for k, v in results["micro"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
