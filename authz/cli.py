@@ -24,6 +24,9 @@ import sys
 from collections.abc import Sequence
 
 from authz import loader, server
+from authz.audit import commands as audit_commands
+from authz.audit import log as audit_log
+from authz.audit import note, pseudonym, recorder
 from authz.dev import commands as dev_commands
 from authz.errors import ConfigError
 from authz.identity import apikey
@@ -76,6 +79,64 @@ def _parser() -> argparse.ArgumentParser:
         help="CA for client certificates: enables mTLS [TOLLGATE_TLS_CLIENT_CA]",
     )
     serve.add_argument("--log-level", default=_env("log_level", "INFO"), help="[TOLLGATE_LOG_LEVEL]")
+    audit = serve.add_argument_group("audit trail (docs/audit.md)")
+    audit.add_argument(
+        "--audit-dir",
+        default=_env("audit_dir"),
+        help="log directory; unset disables the audit trail [TOLLGATE_AUDIT_DIR]",
+    )
+    audit.add_argument(
+        "--audit-signing-key",
+        default=_env("audit_signing_key"),
+        help="checkpoint signing key file (tollgate audit keygen) [TOLLGATE_AUDIT_SIGNING_KEY]",
+    )
+    audit.add_argument(
+        "--audit-pseudonym-keys",
+        default=_env("audit_pseudonym_keys"),
+        help="HMAC key file for pseudonyms [TOLLGATE_AUDIT_PSEUDONYM_KEYS]",
+    )
+    audit.add_argument(
+        "--audit-mode",
+        choices=["async", "sync"],
+        default=_env("audit_mode", "async"),
+        help="async: never wait on disk; sync: answer after fsync, deny if the log cannot be "
+        "written [TOLLGATE_AUDIT_MODE]",
+    )
+    audit.add_argument(
+        "--audit-instance",
+        default=_env("audit_instance") or _hostname(),
+        help="instance name (default: host name, the pod name) [TOLLGATE_AUDIT_INSTANCE]",
+    )
+    audit.add_argument("--audit-queue-size", type=int, default=int(_env("audit_queue_size", "10000") or 10000))
+    audit.add_argument(
+        "--audit-checkpoint-every",
+        type=int,
+        default=int(_env("audit_checkpoint_every", "1000") or 1000),
+        help="records per checkpoint",
+    )
+    audit.add_argument(
+        "--audit-checkpoint-seconds",
+        type=float,
+        default=float(_env("audit_checkpoint_seconds", "10") or 10),
+        help="seconds between checkpoints, and the idle heartbeat",
+    )
+    audit.add_argument(
+        "--audit-segment-max-bytes", type=int, default=int(_env("audit_segment_max_bytes", str(64 << 20)) or 64 << 20)
+    )
+    audit.add_argument(
+        "--audit-segment-max-seconds", type=float, default=float(_env("audit_segment_max_seconds", "3600") or 3600)
+    )
+    audit.add_argument(
+        "--audit-retain-segments",
+        type=int,
+        default=int(_env("audit_retain_segments", "0") or 0),
+        help="keep this many newest segments per instance (0: all)",
+    )
+    audit.add_argument(
+        "--audit-archive-dir",
+        default=_env("audit_archive_dir"),
+        help="retention moves old segments here instead of deleting them",
+    )
 
     policy = commands.add_parser("policy", help="check and explain policies").add_subparsers(
         dest="policy_command", required=True
@@ -97,8 +158,39 @@ def _parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="print a new key and the hash line for the keys file")
     create.add_argument("--id", required=True)
 
+    audit_commands.add_parser(commands)
     dev_commands.add_parser(commands)
     return parser
+
+
+def _hostname() -> str:
+    import socket  # noqa: PLC0415 - only for this default
+
+    return socket.gethostname().split(".")[0] or "tollgate"
+
+
+def _audit_recorder(args: argparse.Namespace) -> recorder.AuditRecorder | None:
+    """Build the recorder from the --audit-* flags (None when the audit trail is off)."""
+    if not args.audit_dir:
+        logging.getLogger("authz.audit").warning("audit trail disabled (no --audit-dir): decisions are not recorded")
+        return None
+    if not args.audit_signing_key or not args.audit_pseudonym_keys:
+        raise ConfigError("--audit-dir needs --audit-signing-key and --audit-pseudonym-keys")
+    try:
+        signer = note.Signer.from_skey(pathlib.Path(args.audit_signing_key).read_text())
+    except (OSError, note.NoteError) as error:
+        raise ConfigError(f"cannot use the signing key: {error}", file=args.audit_signing_key) from error
+    pseudonyms = pseudonym.load_keys(pathlib.Path(args.audit_pseudonym_keys))
+    settings = audit_log.LogSettings(
+        segment_max_bytes=args.audit_segment_max_bytes,
+        segment_max_seconds=args.audit_segment_max_seconds,
+        checkpoint_every=args.audit_checkpoint_every,
+        checkpoint_seconds=args.audit_checkpoint_seconds,
+        retain_segments=args.audit_retain_segments,
+        archive_dir=pathlib.Path(args.audit_archive_dir) if args.audit_archive_dir else None,
+    )
+    log = audit_log.AuditLog(pathlib.Path(args.audit_dir), signer, instance=args.audit_instance, settings=settings)
+    return recorder.AuditRecorder(log, pseudonyms, mode=args.audit_mode, queue_size=args.audit_queue_size)
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -124,11 +216,15 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         snapshot = loader.load(settings.config)
+        audit_recorder = _audit_recorder(args)
     except ConfigError as error:
         return _fail(f"invalid configuration, not starting:\n{error}", 2)
 
     async def run() -> None:
         runtime = server.Runtime(snapshot, default_allow=settings.default_allow)
+        if audit_recorder is not None:
+            await audit_recorder.start()
+            runtime.recorder = audit_recorder
         await server.serve(settings, runtime)
 
     try:
@@ -240,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _policy_check(args) if args.policy_command == "check" else _policy_explain(args)
     if args.command == "apikey":
         return _apikey_create(args)
+    if args.command == "audit":
+        return audit_commands.run(args)
     return dev_commands.run(args)
 
 

@@ -12,7 +12,8 @@ Reason codes and their HTTP status:
     deny    rule_deny, default_deny, no_policy (server default Deny)                      → 401/403
     400     request_* and path_* (the request cannot be canonicalized)
     401     token_* and other credential failures (see authz.identity)
-    503     identity_unavailable (the provider's keys cannot be had)
+    503     identity_unavailable (the provider's keys cannot be had),
+            audit_unavailable (durable audit mode and the log cannot be written; see authz.service)
     500     authz_error (a fault in Tollgate itself)
 """
 
@@ -63,6 +64,8 @@ class Decision:
     identity: identity_model.Identity = identity_model.ANONYMOUS
     dry_run: verdict.DryRunVerdict | None = None
     provider: str = ""
+    trace_id: str = ""
+    span_id: str = ""
     started_ns: int = 0
     duration_ns: int = 0
 

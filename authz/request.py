@@ -185,8 +185,10 @@ def from_check_request(check_request: Any) -> HttpRequest:
     headers: Mapping[str, str] = http.headers
     # ByteSize() is computed in C; it bounds every header, the path and the rest of the request.
     if len(headers) > _MAX_HEADER_COUNT or http.ByteSize() > _MAX_HEADER_BYTES:
-        raise RequestRejected("request_headers_too_large", f"request headers exceed {_MAX_HEADER_BYTES} bytes "
-                              f"or {_MAX_HEADER_COUNT} headers")
+        raise RequestRejected(
+            "request_headers_too_large",
+            f"request headers exceed {_MAX_HEADER_BYTES} bytes or {_MAX_HEADER_COUNT} headers",
+        )
     if not headers and len(http.header_map.headers):
         # Envoy sends raw header bytes here when `encode_raw_headers` is on.
         try:

@@ -35,7 +35,11 @@ class _Unparseable:
 
 
 class Recorder(Protocol):
-    async def record(self, decision: decision_model.Decision) -> None: ...
+    @property
+    def durable(self) -> bool:
+        """True: :meth:`record` returns only once the record is on disk, and False if it cannot be."""
+
+    async def record(self, decision: decision_model.Decision) -> bool: ...
 
 
 class Runtime(Protocol):
@@ -78,7 +82,9 @@ class AuthorizationService:
         self, check_request: external_auth_pb2.CheckRequest | _Unparseable, context: Any
     ) -> external_auth_pb2.CheckResponse:
         runtime = self._runtime
+        recorder = runtime.recorder
         decision: decision_model.Decision | None = None
+        recorded = False
         try:
             if isinstance(check_request, _Unparseable):
                 decision = decision_model.Decision(
@@ -92,7 +98,18 @@ class AuthorizationService:
                 decision = await decision_model.decide(
                     check_request, runtime.snapshot, runtime.identity, server_default_allow=runtime.default_allow
                 )
+            if recorder is not None and recorder.durable:
+                # Durable mode: the answer waits for the record, and no record means no access.
+                recorded = True
+                if not await recorder.record(decision):
+                    decision = _audit_unavailable(decision)
             return response.to_check_response(decision)
         finally:
-            if runtime.recorder is not None and decision is not None:
-                await runtime.recorder.record(decision)
+            if recorder is not None and decision is not None and not recorded:
+                await recorder.record(decision)
+
+
+def _audit_unavailable(decision: decision_model.Decision) -> decision_model.Decision:
+    decision.allowed = False
+    decision.status, decision.reason, decision.message = 503, "audit_unavailable", "the audit log cannot be written"
+    return decision

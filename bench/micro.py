@@ -70,8 +70,12 @@ def engine(iterations: int = 200_000) -> dict[str, dict[str, float]]:
     rng = random.Random(7)
     identity = model.Identity(authenticated=True, method="jwt", subject="alice", groups=("team-3", "staff"))
     requests = [
-        HttpRequest(method=rng.choice(["GET", "POST"]), host=f"svc-{rng.randrange(1000)}.bench.test",
-                    path=rng.choice(["/api/orders", "/svc3/x", "/svc8/y/z", "/other"]), source_ip="10.0.0.1")
+        HttpRequest(
+            method=rng.choice(["GET", "POST"]),
+            host=f"svc-{rng.randrange(1000)}.bench.test",
+            path=rng.choice(["/api/orders", "/svc3/x", "/svc8/y/z", "/other"]),
+            source_ip="10.0.0.1",
+        )
         for _ in range(1024)
     ]
     position = [0]
@@ -79,8 +83,9 @@ def engine(iterations: int = 200_000) -> dict[str, dict[str, float]]:
     def decide_policy() -> None:
         request = requests[position[0] & 1023]
         position[0] += 1
-        evaluate.evaluate(snapshot.index.lookup(request.host), compiled.Context(request, identity),
-                          server_default_allow=False)
+        evaluate.evaluate(
+            snapshot.index.lookup(request.host), compiled.Context(request, identity), server_default_allow=False
+        )
 
     protos = [checks.check_request(method=r.method, host=r.host, path=r.path) for r in requests]
     stage = _Static(identity)
@@ -90,8 +95,10 @@ def engine(iterations: int = 200_000) -> dict[str, dict[str, float]]:
         position[0] += 1
         _run(decision.decide(proto, snapshot, stage))
 
-    return {"policy_decision_10k_rules": _time(decide_policy, iterations),
-            "decide_from_checkrequest_10k_rules": _time(decide_full, iterations // 2)}
+    return {
+        "policy_decision_10k_rules": _time(decide_policy, iterations),
+        "decide_from_checkrequest_10k_rules": _time(decide_full, iterations // 2),
+    }
 
 
 def tokens(iterations: int = 100_000) -> dict[str, dict[str, float]]:
@@ -120,8 +127,15 @@ def tokens(iterations: int = 100_000) -> dict[str, dict[str, float]]:
 
 
 def _provider_spec(issuer: str) -> Any:
-    return providers.parse_provider({"metadata": {"name": "bench"}, "spec": {"type": "jwt", "jwt": {
-        "issuer": issuer, "audiences": ["tollgate-demo"], "jwksUri": issuer + "/jwks.json"}}})
+    return providers.parse_provider(
+        {
+            "metadata": {"name": "bench"},
+            "spec": {
+                "type": "jwt",
+                "jwt": {"issuer": issuer, "audiences": ["tollgate-demo"], "jwksUri": issuer + "/jwks.json"},
+            },
+        }
+    )
 
 
 def run() -> dict[str, dict[str, float]]:

@@ -76,8 +76,13 @@ def run_wrk(wrk: str, url: str, host: str, connections: int, duration: int, head
     latency = {q: _ms(v) for q, v in re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE)}
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     errors = re.search(r"Socket errors: (.*)", output)
-    return {"rps": rps, "p50_ms": latency["50"], "p99_ms": latency["99"],
-            "non_2xx": int(non_2xx.group(1)) if non_2xx else 0, "socket_errors": errors.group(1) if errors else ""}
+    return {
+        "rps": rps,
+        "p50_ms": latency["50"],
+        "p99_ms": latency["99"],
+        "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
 
 
 class Backend:
@@ -101,8 +106,9 @@ class Backend:
 class _Noop:
     def __init__(self) -> None:
         self.port = harness.free_port()
-        self._process = subprocess.Popen([sys.executable, str(ROOT / "bench" / "noop_authz.py"), str(self.port)],
-                                         cwd=ROOT)
+        self._process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "noop_authz.py"), str(self.port)], cwd=ROOT
+        )
         harness.wait_for_port(self.port)
 
     def stop(self) -> None:
@@ -124,9 +130,11 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
 
         def tollgate(config: pathlib.Path) -> Callable[[], Any]:
             def start() -> Any:
-                process = harness.TollgateProcess(config, extra=["--reload-interval", "0", "--log-level", "WARNING"],
-                                                  log_to=work / "tollgate.log").start()
+                process = harness.TollgateProcess(
+                    config, extra=["--reload-interval", "0", "--log-level", "WARNING"], log_to=work / "tollgate.log"
+                ).start()
                 return process, process.port
+
             return start
 
         def noop() -> Any:
@@ -150,8 +158,13 @@ def main() -> int:
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
     connection_counts = [int(c) for c in os.environ.get("BENCH_CONNECTIONS", "4,16,64").split(",")]
     wanted = set(filter(None, os.environ.get("BENCH_SCENARIOS", "").split(",")))
-    results: dict[str, Any] = {"duration_s": duration, "rounds": rounds, "cpus": os.cpu_count(), "load": {},
-                               "micro": {}}
+    results: dict[str, Any] = {
+        "duration_s": duration,
+        "rounds": rounds,
+        "cpus": os.cpu_count(),
+        "load": {},
+        "micro": {},
+    }
     with contextlib.ExitStack() as stack:
         directory = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tollgate-bench-")))
         plan = [p for p in stack.enter_context(scenarios(directory)) if not wanted or p[0] in wanted]
@@ -171,8 +184,11 @@ def main() -> int:
                     numbers = run_wrk(wrk, url, host, connections, duration, headers)
                     samples.setdefault((name, connections), []).append(numbers)
                     flag = f"  NON-2xx: {numbers['non_2xx']}" if numbers["non_2xx"] else ""
-                    print(f"round {round_number + 1}  {name:20} c={connections:<3} {numbers['rps']:9.0f} rps  "
-                          f"p50 {numbers['p50_ms']:7.2f} ms  p99 {numbers['p99_ms']:7.2f} ms{flag}", flush=True)
+                    print(
+                        f"round {round_number + 1}  {name:20} c={connections:<3} {numbers['rps']:9.0f} rps  "
+                        f"p50 {numbers['p50_ms']:7.2f} ms  p99 {numbers['p99_ms']:7.2f} ms{flag}",
+                        flush=True,
+                    )
         for (name, connections), runs in samples.items():
             results["load"].setdefault(name, {})[str(connections)] = {
                 "rps": statistics.median(r["rps"] for r in runs),
@@ -193,21 +209,27 @@ def main() -> int:
 
 def render(results: dict[str, Any]) -> str:
     load = results["load"]
-    lines = ["| scenario | conns | rps (median) | p50 ms | p99 ms | non-2xx | rps per round |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| scenario | conns | rps (median) | p50 ms | p99 ms | non-2xx | rps per round |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for name, by_connections in load.items():
         for connections, n in by_connections.items():
             per_round = ", ".join(f"{r:.0f}" for r in n["rounds_rps"])
-            lines.append(f"| {name} | {connections} | {n['rps']:.0f} | {n['p50_ms']:.2f} | {n['p99_ms']:.2f} "
-                         f"| {n['non_2xx']} | {per_round} |")
+            lines.append(
+                f"| {name} | {connections} | {n['rps']:.0f} | {n['p50_ms']:.2f} | {n['p99_ms']:.2f} "
+                f"| {n['non_2xx']} | {per_round} |"
+            )
     baseline = load.get("noop-authz", {})
     ratios = []
     for name in load:
         if name.startswith("tollgate") and baseline:
             for connections, n in load[name].items():
                 if connections in baseline:
-                    ratios.append(f"| {name} / noop-authz | {connections} | "
-                                  f"{100 * n['rps'] / baseline[connections]['rps']:.1f} % |")
+                    ratios.append(
+                        f"| {name} / noop-authz | {connections} | "
+                        f"{100 * n['rps'] / baseline[connections]['rps']:.1f} % |"
+                    )
     if ratios:
         lines += ["", "| ratio (same run) | conns | rps ratio |", "|---|---:|---:|", *ratios]
     if results.get("micro"):

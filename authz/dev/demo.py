@@ -123,8 +123,10 @@ def main() -> int:
             print(f"\n{'all samples decided as expected' if not unexpected else f'{unexpected} unexpected'}")
             return 1 if unexpected else 0
         token = provider.token("alice", groups=["staff"])
-        print(f"\nTry it yourself (Ctrl-C to stop):\n  curl -H 'Host: orders.example.com' "
-              f"-H 'Authorization: Bearer {token[:24]}…' http://127.0.0.1:{envoy_port}/orders")
+        print(
+            f"\nTry it yourself (Ctrl-C to stop):\n  curl -H 'Host: orders.example.com' "
+            f"-H 'Authorization: Bearer {token[:24]}…' http://127.0.0.1:{envoy_port}/orders"
+        )
         print(f"  .venv/bin/tollgate dev token --state {work / 'idp'} --sub alice --groups staff")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

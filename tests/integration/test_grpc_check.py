@@ -38,11 +38,14 @@ spec:
 
 
 class ListRecorder:
+    durable = False
+
     def __init__(self) -> None:
         self.decisions: list[decision.Decision] = []
 
-    async def record(self, item: decision.Decision) -> None:
+    async def record(self, item: decision.Decision) -> bool:
         self.decisions.append(item)
+        return True
 
 
 class Running:

@@ -1,0 +1,222 @@
+"""``tollgate audit ...``: keys, verification, proofs, search, export and reports.
+
+tollgate audit keygen --name NAME --out DIR          Ed25519 checkpoint signing key + verifier key
+tollgate audit pseudonym-key --file F --id ID        create or rotate the HMAC pseudonym key file
+tollgate audit verify DIR --key VKEY [--trusted CHECKPOINT]
+tollgate audit prove DIR --record ID [--out FILE]
+tollgate audit verify-proof FILE --key VKEY
+tollgate audit query DIR [--since --until --subject --decision --host --path-prefix --reason]
+                     [--format table|json|csv] [--pseudonym-keys F]
+tollgate audit report DIR [--since --until] [--threshold N --window S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import tqdm
+
+from authz.audit import note, proof, pseudonym, query
+from authz.audit import verify as audit_verify
+from authz.errors import ConfigError
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="the audit trail: verify, prove, search, export")
+    sub = audit.add_subparsers(dest="audit_command", required=True)
+
+    keygen = sub.add_parser("keygen", help="create the checkpoint signing key and its verifier key")
+    keygen.add_argument("--name", required=True, help="key name, e.g. tollgate.dev/audit/prod")
+    keygen.add_argument("--out", required=True, help="directory for signing.key and verifier.key")
+
+    pkey = sub.add_parser("pseudonym-key", help="create, or rotate in a new current key of, a pseudonym key file")
+    pkey.add_argument("--file", required=True)
+    pkey.add_argument("--id", required=True)
+
+    verify = sub.add_parser("verify", help="verify a log directory offline with a pinned key")
+    verify.add_argument("directory")
+    verify.add_argument("--key", required=True, help="verifier key file (or the key itself)")
+    verify.add_argument("--trusted", help="a signed checkpoint kept elsewhere: the log must still contain it")
+    verify.add_argument("--progress", action="store_true", help="show a progress bar (default: on a terminal)")
+
+    prove = sub.add_parser("prove", help="export one record with its inclusion proof")
+    prove.add_argument("directory")
+    prove.add_argument("--record", required=True, help="record id (the decision id)")
+    prove.add_argument("--out", help="file to write (default: standard output)")
+
+    check = sub.add_parser("verify-proof", help="check a proof file with nothing but the verifier key")
+    check.add_argument("file")
+    check.add_argument("--key", required=True)
+
+    for name, help_text in (("query", "search and export records"), ("report", "summarize denials and failures")):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("directory")
+        command.add_argument("--since", help="RFC 3339 time, epoch ms, or an age like 15m, 2h, 7d")
+        command.add_argument("--until")
+        command.add_argument("--subject", help="a subject (with --pseudonym-keys) or its pseudonym")
+        command.add_argument("--pseudonym-keys", help="the pseudonym key file, to search by real subject")
+        command.add_argument("--decision", choices=["allow", "deny", "error"])
+        command.add_argument("--host")
+        command.add_argument("--path-prefix")
+        command.add_argument("--reason")
+        command.add_argument("--progress", action="store_true")
+        if name == "query":
+            command.add_argument("--format", choices=["table", "json", "csv"], default="table")
+            command.add_argument("--out", help="file to write (default: standard output)")
+        else:
+            command.add_argument("--threshold", type=int, default=5, help="failed authentications that make a burst")
+            command.add_argument("--window", type=int, default=60, help="seconds a burst must fit in")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"tollgate audit: {message}", file=sys.stderr)
+    return code
+
+
+def _verifier(value: str) -> note.Verifier:
+    path = pathlib.Path(value)
+    text = path.read_text() if path.exists() else value
+    return note.Verifier(text)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None] | None]:
+    if not (enabled or sys.stderr.isatty()):
+        yield None
+        return
+    with tqdm.tqdm(total=total, unit="B", unit_scale=True, desc=label, file=sys.stderr) as bar:
+
+        def advance(done: int) -> None:
+            bar.update(done)
+
+        yield advance
+
+
+def run(args: argparse.Namespace) -> int:
+    command = args.audit_command
+    try:
+        if command == "keygen":
+            return _keygen(args)
+        if command == "pseudonym-key":
+            pseudonym.generate_key_file(pathlib.Path(args.file), args.id)
+            print(f"{args.file}: current pseudonym key is now {args.id!r}")
+            return 0
+        if command == "verify":
+            return _verify(args)
+        if command == "prove":
+            return _prove(args)
+        if command == "verify-proof":
+            return _verify_proof(args)
+        return _query(args)
+    except note.NoteError as error:
+        return _fail(f"--key: {error}")
+    except ConfigError as error:
+        return _fail(str(error))
+    except OSError as error:
+        return _fail(f"{error.filename or ''}: {error.strerror}")
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skey, vkey = note.generate(args.name)
+    signing = out / "signing.key"
+    if signing.exists():
+        return _fail(f"{signing} exists; refusing to overwrite a signing key")
+    signing.write_text(skey + "\n")
+    signing.chmod(0o600)
+    (out / "verifier.key").write_text(vkey + "\n")
+    print(f"signing key:  {signing} (keep secret; give to tollgate serve --audit-signing-key)")
+    print(f"verifier key: {out / 'verifier.key'} (give to auditors: {vkey})")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    directory = pathlib.Path(args.directory)
+    verifier = _verifier(args.key)
+    trusted = None
+    if args.trusted:
+        trusted = note.parse_checkpoint(verifier.open(pathlib.Path(args.trusted).read_text()))
+    total = sum(p.stat().st_size for p in query.segments(directory)) if directory.is_dir() else 0
+    with _progress(args.progress, total, "verifying") as progress:
+        report = audit_verify.verify_directory(directory, verifier, progress=progress, trusted=trusted)
+    for finding in report.findings:
+        print(str(finding), file=sys.stderr if finding.severity != "info" else sys.stdout)
+    verdict = {
+        0: "OK",
+        1: "FAILED: the log was tampered with or is incomplete",
+        3: "INCOMPLETE: crash artefacts only (no sign of tampering)",
+    }[report.exit_code]
+    print(
+        f"{verdict} — {report.sessions} session(s), {report.records} record(s), "
+        f"{report.checkpoints} signed checkpoint(s)"
+    )
+    return report.exit_code
+
+
+def _prove(args: argparse.Namespace) -> int:
+    try:
+        made = proof.make_proof(pathlib.Path(args.directory), args.record)
+    except proof.ProofError as error:
+        return _fail(str(error), 1)
+    text = json.dumps(made, indent=2) + "\n"
+    if args.out:
+        pathlib.Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _verify_proof(args: argparse.Namespace) -> int:
+    try:
+        document = json.loads(pathlib.Path(args.file).read_text())
+        proven = proof.check_proof(document, _verifier(args.key))
+    except (ValueError, proof.ProofError) as error:
+        print(f"FAILED: {error}", file=sys.stderr)
+        return 1
+    print(f"OK: record {proven['id']} (seq {proven['seq']}) is in {proven['origin']} under a signed checkpoint")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    directory = pathlib.Path(args.directory)
+    if not directory.is_dir():
+        return _fail(f"{directory}: not a directory")
+    now = time.time_ns() // 1_000_000
+    try:
+        since = query.parse_time(args.since, now) if args.since else None
+        until = query.parse_time(args.until, now) if args.until else None
+    except ValueError as error:
+        return _fail(f"--since/--until: {error}")
+    keys = pseudonym.load_keys(pathlib.Path(args.pseudonym_keys)) if args.pseudonym_keys else None
+    filters = query.Filters(
+        since_ms=since,
+        until_ms=until,
+        decision=args.decision,
+        host=args.host,
+        path_prefix=args.path_prefix,
+        reason=args.reason,
+        subjects=query.subject_pseudonyms(args.subject, keys) if args.subject else frozenset(),
+    )
+    total = sum(p.stat().st_size for p in query.segments(directory))
+    with _progress(args.progress, total, "reading") as progress:
+        items = query.iter_records(directory, filters, progress)
+        if args.audit_command == "report":
+            sys.stdout.write(query.report(items, threshold=args.threshold, window_s=args.window))
+            return 0
+        if args.out:
+            with open(args.out, "w", newline="") as output:
+                count = query.write(items, output, args.format)
+            print(f"{count} record(s) written to {args.out}", file=sys.stderr)
+        else:
+            query.write(items, sys.stdout, args.format)
+    return 0

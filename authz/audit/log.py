@@ -1,0 +1,241 @@
+"""The append-only audit log of one server instance and boot session.
+
+Layout::
+
+    <dir>/<instance>/<session>/segment-00000001.jsonl   records, one canonical JSON line each
+                              /segment-00000002.jsonl   (rotated by size or age)
+                              /checkpoints.jsonl        signed checkpoints, one per line
+
+Every line is a leaf of an RFC 6962 Merkle tree (leaf index = ``seq``) and carries the SHA-256 of
+the line before it (``prev``): editing, removing, reordering or re-serializing any record breaks
+both. Checkpoints sign (origin, size, root, time) with Ed25519 every N records or T seconds, and
+periodically when idle, so a silent period is provably silent. Each session starts with a
+``session_start`` record naming the previous session's last checkpoint; each segment starts with a
+``segment_start`` record carrying the Merkle frontier, so segments removed by retention leave the
+rest verifiable.
+
+Not thread-safe: one writer (:mod:`authz.audit.recorder`) owns it. Durability is the caller's
+choice (:meth:`flush` with or without fsync); a checkpoint never covers unsynced records.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import time
+from typing import IO, Any
+
+from authz import decision as decision_model
+from authz.audit import merkle, note, record
+
+__all__ = ["AuditLog", "LogSettings", "origin_for"]
+
+SEGMENT_GLOB = "segment-*.jsonl"
+CHECKPOINTS = "checkpoints.jsonl"
+
+
+def origin_for(instance: str, session: str) -> str:
+    return f"tollgate.dev/audit/{instance}/{session}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LogSettings:
+    segment_max_bytes: int = 64 * 1024 * 1024
+    segment_max_seconds: float = 3600.0
+    checkpoint_every: int = 1000  # records
+    checkpoint_seconds: float = 10.0  # also the idle heartbeat interval
+    retain_segments: int = 0  # 0: keep everything; else keep this many newest segments per instance
+    archive_dir: pathlib.Path | None = None  # set: retention moves segments here instead of deleting
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class AuditLog:
+    def __init__(self, directory: pathlib.Path, signer: note.Signer, *, instance: str, settings: LogSettings) -> None:
+        if not instance or "/" in instance or instance.startswith("."):
+            raise ValueError("an instance name is a non-empty path segment")
+        self.directory = directory
+        self.instance = instance
+        self.signer = signer
+        self.settings = settings
+        self.session = decision_model.new_id()
+        self.origin = origin_for(instance, self.session)
+        self.session_dir = directory / instance / self.session
+        self.tree = merkle.CompactRange()
+        self.size = 0
+        self.checkpointed_size = -1
+        self.last_checkpoint_ms = 0
+        self._prev = ""
+        self._segment_number = 0
+        self._segment: IO[bytes] | None = None
+        self._segment_bytes = 0
+        self._segment_started = 0.0
+        self._checkpoints: IO[bytes] | None = None
+        self._dirty = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> None:
+        previous = self._previous_checkpoint()
+        self.session_dir.mkdir(parents=True, exist_ok=False)
+        self._checkpoints = open(self.session_dir / CHECKPOINTS, "ab")  # noqa: SIM115 - owned until close()
+        self._open_segment(first=True)
+        now = _now_ms()
+        self.append(
+            {
+                "v": record.SCHEMA_VERSION,
+                "kind": "session_start",
+                "id": decision_model.new_id(),
+                "time": record.format_time(now),
+                "time_ms": now,
+                "previous": previous,
+                "server": {"instance": self.instance, "session": self.session, "version": _version()},
+            }
+        )
+        self.checkpoint()
+
+    def close(self) -> None:
+        if self._segment is None:
+            return
+        now = _now_ms()
+        self.append(
+            {
+                "v": record.SCHEMA_VERSION,
+                "kind": "session_end",
+                "id": decision_model.new_id(),
+                "time": record.format_time(now),
+                "time_ms": now,
+            }
+        )
+        self.checkpoint()
+        self._segment.close()
+        self._segment = None
+        if self._checkpoints is not None:
+            self._checkpoints.close()
+
+    # -- writing ---------------------------------------------------------------------------
+    def append(self, entry: dict[str, Any]) -> bytes:
+        """Add one record (seq, origin and prev are filled in here); return its line."""
+        assert self._segment is not None, "log is not open"
+        entry["seq"] = self.size
+        entry["origin"] = self.origin
+        entry["prev"] = self._prev
+        line = record.canonical(entry)
+        self._segment.write(line)
+        self._segment_bytes += len(line)
+        self._prev = hashlib.sha256(line).hexdigest()
+        self.tree.append(merkle.leaf_hash(line))
+        self.size += 1
+        self._dirty = True
+        return line
+
+    def flush(self, *, fsync: bool) -> None:
+        assert self._segment is not None
+        self._segment.flush()
+        if fsync and self._dirty:
+            os.fsync(self._segment.fileno())
+            self._dirty = False
+
+    def checkpoint(self) -> str:
+        """Sign the tree as it is now (also when unchanged: an idle heartbeat) and persist it."""
+        assert self._checkpoints is not None
+        self.flush(fsync=True)  # never sign what is not on disk
+        now = _now_ms()
+        signed = self.signer.sign(note.Checkpoint(self.origin, self.size, self.tree.root(), now).text())
+        self._checkpoints.write(json.dumps({"note": signed, "size": self.size}, sort_keys=True).encode() + b"\n")
+        self._checkpoints.flush()
+        os.fsync(self._checkpoints.fileno())
+        self.checkpointed_size = self.size
+        self.last_checkpoint_ms = now
+        return signed
+
+    def checkpoint_due(self) -> bool:
+        return (
+            self.size - self.checkpointed_size >= self.settings.checkpoint_every
+            or _now_ms() - self.last_checkpoint_ms >= self.settings.checkpoint_seconds * 1000
+        )
+
+    def rotate_if_due(self) -> None:
+        too_big = self._segment_bytes >= self.settings.segment_max_bytes
+        too_old = time.monotonic() - self._segment_started >= self.settings.segment_max_seconds
+        if too_big or too_old:
+            self.checkpoint()
+            assert self._segment is not None
+            self._segment.close()
+            self._open_segment(first=False)
+            self.apply_retention()
+
+    def _open_segment(self, *, first: bool) -> None:
+        self._segment_number += 1
+        path = self.session_dir / f"segment-{self._segment_number:08d}.jsonl"
+        self._segment = open(path, "ab")  # noqa: SIM115 - owned until rotation or close()
+        self._segment_bytes = 0
+        self._segment_started = time.monotonic()
+        if not first:
+            now = _now_ms()
+            state = {"size": self.tree.size, "hashes": [base64.b64encode(h).decode() for h in self.tree.hashes]}
+            self.append(
+                {
+                    "v": record.SCHEMA_VERSION,
+                    "kind": "segment_start",
+                    "id": decision_model.new_id(),
+                    "time": record.format_time(now),
+                    "time_ms": now,
+                    "tree": state,
+                }
+            )
+
+    # -- sessions and retention ------------------------------------------------------------
+    def _previous_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint of this instance's most recent earlier session, if any."""
+        instance_dir = self.directory / self.instance
+        if not instance_dir.is_dir():
+            return None
+        for session_dir in sorted((p for p in instance_dir.iterdir() if p.is_dir()), reverse=True):
+            path = session_dir / CHECKPOINTS
+            lines = path.read_bytes().splitlines() if path.exists() else []
+            for line in reversed(lines):
+                try:
+                    entry = json.loads(line)
+                    checkpoint = note.parse_checkpoint(entry["note"].split("\n\n")[0] + "\n")
+                except (ValueError, KeyError, note.NoteError):
+                    continue  # a torn last line after a crash: the one before it is the last good one
+                return {
+                    "origin": checkpoint.origin,
+                    "size": checkpoint.size,
+                    "root": base64.b64encode(checkpoint.root).decode(),
+                }
+        return None
+
+    def apply_retention(self) -> list[pathlib.Path]:
+        """Remove (or archive) whole segments beyond the newest ``retain_segments`` of this instance."""
+        keep = self.settings.retain_segments
+        if keep <= 0:
+            return []
+        instance_dir = self.directory / self.instance
+        segments = sorted(instance_dir.glob(f"*/{SEGMENT_GLOB}"))
+        current = self.session_dir / f"segment-{self._segment_number:08d}.jsonl"
+        removed = []
+        for path in segments[: max(0, len(segments) - keep)]:
+            if path == current:
+                continue
+            if self.settings.archive_dir is not None:
+                target = self.settings.archive_dir / self.instance / path.parent.name
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(path), target / path.name)
+            else:
+                path.unlink()
+            removed.append(path)
+        return removed
+
+
+def _version() -> str:
+    from authz import __version__  # noqa: PLC0415 - avoid a cycle at import time
+
+    return __version__

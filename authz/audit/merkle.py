@@ -1,0 +1,117 @@
+"""RFC 6962 Merkle trees: leaf and node hashes, an append-only compact range, inclusion proofs.
+
+Used by the audit log (:mod:`authz.audit.log`) to maintain the root while appending, and by the
+verifier and the proof tools (:mod:`authz.audit.verify`, :mod:`authz.audit.proof`).
+
+    leaf hash  = SHA-256(0x00 || leaf bytes)
+    node hash  = SHA-256(0x01 || left || right)
+    MTH(D[n])  = split at the largest power of two k < n (RFC 6962 §2.1)
+
+The compact range (the "frontier") is the list of roots of the perfect subtrees that make up the
+tree so far, largest first: enough to append the next leaf and compute the root in O(log n).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+__all__ = ["CompactRange", "inclusion_proof", "leaf_hash", "node_hash", "root_of", "verify_inclusion"]
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+class CompactRange:
+    """The right edge of a growing tree: ``size`` leaves summarised by ≤ log2(size)+1 hashes."""
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        if bin(size).count("1") != len(hashes):
+            raise ValueError("a compact range has one hash per set bit of its size")
+        self.size = size
+        self.hashes = list(hashes)  # perfect subtree roots, largest (leftmost) first
+
+    def append(self, leaf: bytes) -> None:
+        """Append a leaf *hash*."""
+        node = leaf
+        size = self.size
+        # Merge with equal-sized subtrees on the right edge, as a binary counter carries.
+        while size & 1:
+            node = node_hash(self.hashes.pop(), node)
+            size >>= 1
+        self.hashes.append(node)
+        self.size += 1
+
+    def root(self) -> bytes:
+        if not self.hashes:
+            return EMPTY_ROOT
+        node = self.hashes[-1]
+        for left in reversed(self.hashes[:-1]):
+            node = node_hash(left, node)
+        return node
+
+    def copy(self) -> CompactRange:
+        return CompactRange(self.size, self.hashes)
+
+
+def root_of(leaves: Sequence[bytes]) -> bytes:
+    """MTH over leaf hashes (reference definition, recursive)."""
+    n = len(leaves)
+    if n == 0:
+        return EMPTY_ROOT
+    if n == 1:
+        return leaves[0]
+    k = 1 << ((n - 1).bit_length() - 1)
+    return node_hash(root_of(leaves[:k]), root_of(leaves[k:]))
+
+
+def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
+    """The audit path for leaf ``index`` in the tree of ``leaves`` (RFC 6962 §2.1.1), in O(n).
+
+    Built level by level; an unpaired last node moves up unchanged, which yields exactly the
+    RFC's tree (split at the largest power of two).
+    """
+    if not 0 <= index < len(leaves):
+        raise IndexError("leaf index outside the tree")
+    proof = []
+    level = list(leaves)
+    position = index
+    while len(level) > 1:
+        sibling = position ^ 1
+        if sibling < len(level):
+            proof.append(level[sibling])
+        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+        position //= 2
+    return proof
+
+
+def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
+    """Check an audit path (RFC 9162 §2.1.3.2) without any other part of the tree."""
+    if not 0 <= index < size:
+        return False
+    fn, sn = index, size - 1
+    node = leaf
+    for sibling in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            node = node_hash(sibling, node)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            node = node_hash(node, sibling)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and node == root

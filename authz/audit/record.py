@@ -1,0 +1,107 @@
+"""One decision → one audit record (a plain dict), and the canonical JSON bytes of a record.
+
+Called by the recorder off the request path. What is written, and what never is:
+
+- Subject, email and source IP are pseudonymized (:mod:`authz.audit.pseudonym`).
+- No header values except the User-Agent; no query values (parameter names only); never a
+  token, an Authorization or Cookie header, an API key or a certificate.
+- The path is the canonical one the decision was made on.
+
+Canonical JSON: ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+encoded as UTF-8 plus a newline; the verifier re-encodes every record and rejects any line
+that differs (a re-serialized record).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib import parse
+
+from authz import decision as decision_model
+from authz.audit import pseudonym
+
+__all__ = ["SCHEMA_VERSION", "canonical", "decision_record", "format_time"]
+
+SCHEMA_VERSION = 1
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def format_time(time_ms: int) -> str:
+    moment = datetime.datetime.fromtimestamp(time_ms / 1000, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_ms % 1000:03d}Z"
+
+
+def _outcome(decision: decision_model.Decision) -> str:
+    if decision.allowed:
+        return "allow"
+    # Failures of Tollgate or its dependencies are errors, not policy decisions.
+    return "error" if decision.status >= 500 else "deny"
+
+
+def _query_names(query: str) -> list[str]:
+    names = [parse.unquote_plus(pair.split("=", 1)[0]) for pair in query.split("&") if pair]
+    return sorted(set(names))
+
+
+def decision_record(
+    decision: decision_model.Decision, time_ms: int, pseudonyms: pseudonym.Pseudonymizer
+) -> dict[str, Any]:
+    """Every field but the log's own (seq, prev, origin), which the log adds when it appends."""
+    identity = decision.identity
+    request = decision.request
+    dry = decision.dry_run
+    record: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "kind": "decision",
+        "id": decision.decision_id,
+        "time": format_time(time_ms),
+        "time_ms": time_ms,
+        "decision": _outcome(decision),
+        "status": decision.status,
+        "reason": decision.reason,
+        "message": decision.message,
+        "policy": decision.policy,
+        "rule": decision.rule,
+        "revision": decision.revision,
+        "identity": {
+            "authenticated": identity.authenticated,
+            "subject": pseudonyms(identity.subject),
+            "email": pseudonyms(identity.email),
+            "issuer": identity.issuer,
+            "method": identity.method,
+            "provider": identity.provider or decision.provider,
+            "groups": list(identity.groups),
+            "roles": list(identity.roles),
+            "mfa": identity.mfa,
+            "principal": identity.principal,
+            "key_id": identity.key_id,
+        },
+        "request": {
+            "method": request.method if request else "",
+            "host": request.host if request else "",
+            "path": request.path if request else "",
+            "query_params": _query_names(request.query) if request else [],
+            "protocol": request.protocol if request else "",
+            "request_id": request.request_id if request else "",
+            "user_agent": request.headers.get("user-agent", "")[:512] if request else "",
+            "source_ip": pseudonyms(request.source_ip) if request else "",
+            "destination": request.destination if request else "",
+        },
+        "trace": {"trace_id": decision.trace_id, "span_id": decision.span_id},
+        "latency_us": decision.duration_ns // 1000,
+        "pseudonym_key": pseudonyms.key_id,
+    }
+    if dry is not None:
+        record["dry_run"] = {
+            "decision": "allow" if dry.allowed else "deny",
+            "reason": dry.reason,
+            "policy": dry.policy,
+            "rule": dry.rule,
+        }
+    return record

@@ -1,0 +1,188 @@
+"""Recording decisions from the server: asynchronous by default, group-committed when durable.
+
+Called by :mod:`authz.service` once per Check.
+
+- ``async`` (default): :meth:`record` puts the decision on a bounded queue and returns at once;
+  a background task writes batches. Check never waits on disk. When the queue is full the
+  decision is not recorded, but counted: the next write begins with a ``loss`` record
+  ("n decisions between <time> and <time> could not be recorded: queue_full").
+- ``sync``: group commit. :meth:`record` returns only once the record is on disk (fsync'd with
+  its batch). If the log cannot be written (disk full, permissions), it returns False and the
+  service denies the request with ``audit_unavailable``; those decisions are counted and a
+  ``loss`` record is written once writing works again.
+
+Checkpoints are signed every N records or T seconds, and at least every T seconds when idle.
+On close (SIGTERM) the queue is drained and the session closed with a final checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from authz import decision as decision_model
+from authz.audit import log as audit_log
+from authz.audit import pseudonym, record
+
+__all__ = ["AuditRecorder"]
+
+_log = logging.getLogger(__name__)
+_BATCH = 512
+
+
+class AuditRecorder:
+    def __init__(
+        self,
+        log: audit_log.AuditLog,
+        pseudonyms: pseudonym.Pseudonymizer,
+        *,
+        mode: str = "async",
+        queue_size: int = 10_000,
+    ) -> None:
+        if mode not in ("async", "sync"):
+            raise ValueError("audit mode is async or sync")
+        self.log = log
+        self.pseudonyms = pseudonyms
+        self.durable = mode == "sync"
+        self._queue: asyncio.Queue[tuple[decision_model.Decision, int, asyncio.Future[bool] | None]] = asyncio.Queue(
+            maxsize=queue_size
+        )
+        self._writer: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._lost = 0
+        self._lost_reason = ""
+        self._lost_first_ms = 0
+        self._lost_last_ms = 0
+        self.lost_total = 0
+        self.written = 0
+        self._healthy = True
+        self._lock = asyncio.Lock()  # one of writer or heartbeat touches the log at a time
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self.log.open)
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._write_loop(), name="audit-writer")
+        self._heartbeat = loop.create_task(self._heartbeat_loop(), name="audit-heartbeat")
+
+    async def close(self) -> None:
+        """Drain everything queued, then close the session with a final checkpoint."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self._queue.join()
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        if self._lost:
+            self._write_loss()
+        await asyncio.to_thread(self.log.close)
+
+    # -- the request path ------------------------------------------------------------------
+    async def record(self, decision: decision_model.Decision) -> bool:
+        """Hand one decision over; with ``sync``, wait until it is durable (False: it is not)."""
+        now = time.time_ns() // 1_000_000
+        if not self.durable:
+            try:
+                self._queue.put_nowait((decision, now, None))
+            except asyncio.QueueFull:
+                self._count_loss(now, "queue_full")
+            return True
+        if not self._healthy:
+            self._count_loss(now, "write_failed")
+            return False
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await self._queue.put((decision, now, done))
+        return await done
+
+    def _count_loss(self, now: int, reason: str) -> None:
+        if not self._lost:
+            self._lost_first_ms = now
+        self._lost += 1
+        self.lost_total += 1
+        self._lost_last_ms = now
+        self._lost_reason = reason
+
+    # -- the writer ------------------------------------------------------------------------
+    async def _write_loop(self) -> None:
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < _BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                async with self._lock:
+                    await self._write(batch)
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    async def _write(self, batch: list[tuple[decision_model.Decision, int, asyncio.Future[bool] | None]]) -> None:
+        try:
+            if self._lost:
+                self._write_loss()
+            for decision, time_ms, _ in batch:
+                self.log.append(record.decision_record(decision, time_ms, self.pseudonyms))
+                self.log.rotate_if_due()
+            if self.durable:
+                await asyncio.to_thread(self.log.flush, fsync=True)
+            else:
+                self.log.flush(fsync=False)
+            if self.log.checkpoint_due():
+                await asyncio.to_thread(self.log.checkpoint)
+        except OSError as error:
+            self._healthy = False
+            _log.error("audit log cannot be written (%s): %s", error.strerror, error.filename or self.log.session_dir)
+            for _, time_ms, done in batch:
+                self._count_loss(time_ms, "write_failed")
+                if done is not None and not done.done():
+                    done.set_result(False)
+            asyncio.get_running_loop().call_later(1.0, self._probe)
+            return
+        self.written += len(batch)
+        for _, _, done in batch:
+            if done is not None and not done.done():
+                done.set_result(True)
+
+    def _probe(self) -> None:
+        """After a write failure, let the next batch try again (the disk may have recovered)."""
+        self._healthy = True
+
+    def _write_loss(self) -> None:
+        now = time.time_ns() // 1_000_000
+        self.log.append(
+            {
+                "v": record.SCHEMA_VERSION,
+                "kind": "loss",
+                "id": decision_model.new_id(),
+                "time": record.format_time(now),
+                "time_ms": now,
+                "loss": {
+                    "count": self._lost,
+                    "reason": self._lost_reason,
+                    "first_time_ms": self._lost_first_ms,
+                    "last_time_ms": self._lost_last_ms,
+                },
+            }
+        )
+        _log.warning(
+            "audit: %d decisions could not be recorded (%s); loss record written", self._lost, self._lost_reason
+        )
+        self._lost = 0
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.log.settings.checkpoint_seconds
+        while True:
+            await asyncio.sleep(interval / 2)
+            if self._queue.empty() and self.log.checkpoint_due():
+                async with self._lock:
+                    try:
+                        await asyncio.to_thread(self.log.checkpoint)
+                    except OSError as error:
+                        _log.error("audit heartbeat checkpoint failed: %s", error)
+
+    def stats(self) -> dict[str, Any]:
+        return {"written": self.written, "lost": self.lost_total, "size": self.log.size}

@@ -1,0 +1,384 @@
+"""``tollgate audit verify DIR --key VKEY``: check an audit directory offline, with a pinned key.
+
+Findings, each with a precise message naming the session, file, line and sequence number:
+
+    integrity (exit 1)   edited, re-serialized, deleted, swapped or duplicated records; records
+                         from another instance or session; a broken hash chain; a checkpoint that
+                         does not match the records; a truncated tail; forged or altered
+                         checkpoints or the wrong key; two different checkpoints for one size;
+                         a broken or rolled-back session chain; records no checkpoint covers in a
+                         session that was closed; schema violations
+    crash (exit 3)       a torn last line, or records after the last checkpoint, in a session that
+                         never closed: what a power cut leaves behind, reported as such
+    ok (exit 0)
+
+The verifier trusts nothing in the directory but what the pinned key signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from google.protobuf import json_format
+
+from authz.audit import log as audit_log
+from authz.audit import merkle, note, record
+from authz.audit.schema.tollgate.audit.v1 import audit_pb2
+
+__all__ = ["Finding", "Report", "verify_directory"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Finding:
+    severity: str  # "integrity" | "crash" | "info"
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.severity.upper()}: {self.where}: {self.message}"
+
+
+@dataclasses.dataclass
+class SessionResult:
+    directory: pathlib.Path
+    origin: str
+    size: int = 0  # records read
+    closed: bool = False
+    last_checkpoint: note.Checkpoint | None = None
+    previous: dict[str, Any] | None = None
+    roots: dict[int, bytes] = dataclasses.field(default_factory=dict)
+    first_seq: int = 0
+
+
+@dataclasses.dataclass
+class Report:
+    findings: list[Finding] = dataclasses.field(default_factory=list)
+    sessions: int = 0
+    records: int = 0
+    checkpoints: int = 0
+
+    def add(self, severity: str, where: str, message: str) -> None:
+        self.findings.append(Finding(severity, where, message))
+
+    @property
+    def exit_code(self) -> int:
+        if any(f.severity == "integrity" for f in self.findings):
+            return 1
+        if any(f.severity == "crash" for f in self.findings):
+            return 3
+        return 0
+
+
+def sessions_of(directory: pathlib.Path) -> Iterator[tuple[str, list[pathlib.Path]]]:
+    """(instance, [session directories oldest first]) for every instance under ``directory``."""
+    for instance_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
+        sessions = sorted(p for p in instance_dir.iterdir() if p.is_dir())
+        if sessions:
+            yield instance_dir.name, sessions
+
+
+def verify_directory(
+    directory: pathlib.Path,
+    verifier: note.Verifier,
+    *,
+    progress: Callable[[int], None] | None = None,
+    trusted: note.Checkpoint | None = None,
+) -> Report:
+    report = Report()
+    if not directory.is_dir():
+        report.add("integrity", str(directory), "not a directory")
+        return report
+    results: dict[str, SessionResult] = {}
+    for instance, session_dirs in sessions_of(directory):
+        previous: SessionResult | None = None
+        for session_dir in session_dirs:
+            wanted = {trusted.size} if trusted is not None else set()
+            result = _verify_session(session_dir, instance, verifier, report, progress=progress, wanted=wanted)
+            results[result.origin] = result
+            report.sessions += 1
+            _check_session_link(previous, result, report)
+            previous = result
+    if report.sessions == 0:
+        report.add("integrity", str(directory), "no audit sessions found")
+    if trusted is not None:
+        _check_trusted(trusted, results, report)
+    return report
+
+
+def _check_session_link(previous: SessionResult | None, current: SessionResult, report: Report) -> None:
+    where = current.directory.name
+    committed = current.previous
+    if previous is None:
+        if committed is not None:
+            report.add(
+                "info",
+                where,
+                f"first session here commits to {committed['origin']} at size "
+                f"{committed['size']}, which is not present (removed by retention?)",
+            )
+        return
+    if committed is None:
+        report.add(
+            "integrity",
+            where,
+            f"session does not commit to the previous session {previous.directory.name}: the session chain is broken",
+        )
+        return
+    last = previous.last_checkpoint
+    if (
+        last is None
+        or committed["origin"] != last.origin
+        or committed["size"] != last.size
+        or committed["root"] != base64.b64encode(last.root).decode()
+    ):
+        have = f"{last.origin} size {last.size}" if last else "no checkpoint"
+        report.add(
+            "integrity",
+            where,
+            f"session commits to {committed['origin']} size {committed['size']}, but the "
+            f"previous session's last checkpoint is {have}: previous session truncated, rolled back or replaced",
+        )
+
+
+def _check_trusted(trusted: note.Checkpoint, results: dict[str, SessionResult], report: Report) -> None:
+    result = results.get(trusted.origin)
+    if result is None:
+        report.add("integrity", trusted.origin, "the trusted checkpoint's session is missing from the directory")
+    elif result.size < trusted.size:
+        report.add(
+            "integrity",
+            trusted.origin,
+            f"the trusted checkpoint covers {trusted.size} records but only "
+            f"{result.size} remain: the log was truncated or rolled back",
+        )
+    elif result.roots.get(trusted.size) != trusted.root:
+        report.add(
+            "integrity",
+            trusted.origin,
+            f"the records do not match the trusted checkpoint at size {trusted.size}: the log was rewritten",
+        )
+
+
+def _load_checkpoints(
+    session_dir: pathlib.Path, origin: str, verifier: note.Verifier, report: Report
+) -> dict[int, note.Checkpoint]:
+    by_size: dict[int, note.Checkpoint] = {}
+    path = session_dir / audit_log.CHECKPOINTS
+    if not path.exists():
+        report.add("integrity", str(path), "no checkpoints file")
+        return by_size
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    torn_tail = lines[-1] != b""
+    last_time = 0
+    for number, line in enumerate(lines[:-1] if not torn_tail else lines, start=1):
+        where = f"{path}:{number}"
+        if torn_tail and number == len(lines):
+            report.add("crash", where, "torn last checkpoint line (interrupted write)")
+            break
+        try:
+            entry = json.loads(line)
+            text = verifier.open(entry["note"])
+            checkpoint = note.parse_checkpoint(text)
+        except note.NoteError as error:
+            report.add("integrity", where, f"checkpoint rejected: {error} (forged, altered, or signed by another key)")
+            continue
+        except (ValueError, KeyError, TypeError):
+            report.add("integrity", where, "checkpoint line is not valid JSON")
+            continue
+        if checkpoint.origin != origin:
+            report.add("integrity", where, f"checkpoint belongs to {checkpoint.origin}, not this session")
+            continue
+        if entry.get("size") != checkpoint.size:
+            report.add("integrity", where, "checkpoint line's size differs from its signed size")
+        known = by_size.get(checkpoint.size)
+        if known is not None and known.root != checkpoint.root:
+            report.add(
+                "integrity",
+                where,
+                f"two different signed checkpoints for tree size {checkpoint.size} (the log was forked or rewritten)",
+            )
+        if checkpoint.time_ms < last_time:
+            report.add("integrity", where, "checkpoint time goes backwards")
+        last_time = max(last_time, checkpoint.time_ms)
+        by_size.setdefault(checkpoint.size, checkpoint)
+        report.checkpoints += 1
+    return by_size
+
+
+@dataclasses.dataclass
+class _Walk:
+    """Where the walk through one session's records stands."""
+
+    origin: str
+    tree: merkle.CompactRange | None = None
+    prev: str = ""
+    expected: int = 0
+
+
+def _verify_session(
+    session_dir: pathlib.Path,
+    instance: str,
+    verifier: note.Verifier,
+    report: Report,
+    *,
+    progress: Callable[[int], None] | None,
+    wanted: set[int],
+) -> SessionResult:
+    origin = audit_log.origin_for(instance, session_dir.name)
+    result = SessionResult(session_dir, origin)
+    checkpoints = _load_checkpoints(session_dir, origin, verifier, report)
+    wanted = wanted | set(checkpoints)  # the tree sizes whose roots must be compared
+    segments = sorted(session_dir.glob(audit_log.SEGMENT_GLOB))
+    if not segments:
+        report.add("integrity", str(session_dir), "no segment files")
+        return result
+    walk = _Walk(origin)
+    for segment_index, segment in enumerate(segments):
+        data = segment.read_bytes()
+        if progress is not None:
+            progress(len(data))
+        lines = data.split(b"\n")
+        if lines[-1] != b"":
+            if segment_index == len(segments) - 1:
+                report.add(
+                    "crash",
+                    f"{segment}:{len(lines)}",
+                    "torn last record (interrupted write, e.g. a crash); it is ignored",
+                )
+            else:
+                report.add("integrity", f"{segment}:{len(lines)}", "segment does not end with a complete record")
+        for number, line in enumerate(lines[:-1], start=1):
+            _check_record(line, f"{segment.name}:{number}", walk, result, report, wanted=wanted)
+    _match_checkpoints(result, checkpoints, report)
+    return result
+
+
+def _check_record(
+    line: bytes, where: str, walk: _Walk, result: SessionResult, report: Report, *, wanted: set[int]
+) -> None:
+    parsed = _parse(line, where, report)
+    if parsed is None:
+        return
+    seq = parsed.get("seq")
+    if not isinstance(seq, int):
+        report.add("integrity", where, "record has no sequence number")
+        return
+    if walk.tree is None:
+        walk.tree, walk.prev, walk.expected = _start(parsed, where, report, result)
+        if walk.tree.size:
+            # The frontier a segment_start carries must match the checkpoint signed at that size.
+            result.roots[walk.tree.size] = walk.tree.root()
+    where = f"{where} seq {seq}"
+    if parsed.get("origin") != walk.origin:
+        report.add(
+            "integrity",
+            where,
+            f"record belongs to {parsed.get('origin')!r}: spliced in from another instance or session",
+        )
+    if seq != walk.expected:
+        if seq == walk.expected - 1:
+            report.add("integrity", where, "duplicate sequence number")
+        elif seq < walk.expected:
+            report.add(
+                "integrity", where, f"sequence goes backwards (expected {walk.expected}): records swapped or replayed"
+            )
+        else:
+            report.add("integrity", where, f"records {walk.expected}..{seq - 1} are missing (deleted)")
+    if parsed.get("prev") != walk.prev:
+        report.add(
+            "integrity", where, "hash chain broken: this record or the one before it was edited, removed or reordered"
+        )
+    walk.prev = hashlib.sha256(line + b"\n").hexdigest()
+    walk.tree.append(merkle.leaf_hash(line + b"\n"))
+    walk.expected = seq + 1
+    result.size = walk.tree.size
+    if walk.tree.size in wanted:
+        result.roots[walk.tree.size] = walk.tree.root()
+    kind = parsed.get("kind")
+    if kind == "session_end":
+        result.closed = True
+    elif kind == "session_start":
+        result.previous = parsed.get("previous")
+    report.records += 1
+
+
+def _start(
+    parsed: dict[str, Any], where: str, report: Report, result: SessionResult
+) -> tuple[merkle.CompactRange, str, int]:
+    """Tree, chain and sequence state at the first record present in a session."""
+    seq = parsed["seq"]
+    if seq == 0:
+        if parsed.get("kind") != "session_start":
+            report.add("integrity", where, "a session must begin with a session_start record")
+        return merkle.CompactRange(), "", 0
+    state = parsed.get("tree") or {}
+    if parsed.get("kind") != "segment_start" or state.get("size") != seq:
+        report.add("integrity", where, f"log begins at seq {seq} without segment state: earlier records are missing")
+        return merkle.CompactRange(), parsed.get("prev", ""), seq
+    report.add("info", where, f"earlier segments removed (retention); verifying from seq {seq}")
+    result.first_seq = seq
+    try:
+        hashes = [base64.b64decode(h) for h in state["hashes"]]
+        return merkle.CompactRange(seq, hashes), parsed.get("prev", ""), seq
+    except (ValueError, KeyError):
+        report.add("integrity", where, "segment_start carries an unusable tree state")
+        return merkle.CompactRange(), "", seq
+
+
+def _parse(line: bytes, where: str, report: Report) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(line)
+    except ValueError:
+        report.add("integrity", where, "record is not valid JSON (corrupted or edited)")
+        return None
+    if not isinstance(parsed, dict):
+        report.add("integrity", where, "record is not a JSON object")
+        return None
+    if record.canonical(parsed) != line + b"\n":
+        report.add("integrity", where, "record is not in canonical form: it was re-serialized or edited")
+    try:
+        json_format.ParseDict(parsed, audit_pb2.AuditRecord())
+    except json_format.ParseError as error:
+        report.add("integrity", where, f"record does not match the audit schema: {error}")
+    return parsed
+
+
+def _match_checkpoints(result: SessionResult, checkpoints: dict[int, note.Checkpoint], report: Report) -> None:
+    where = result.directory.name
+    if not checkpoints:
+        report.add("integrity", where, "no valid signed checkpoint")
+        return
+    for size, checkpoint in sorted(checkpoints.items()):
+        if size > result.size:
+            report.add(
+                "integrity",
+                where,
+                f"a signed checkpoint covers {size} records but only {result.size} are "
+                f"present: the tail was truncated (records {result.size}..{size - 1} removed)",
+            )
+        elif size < result.first_seq or (size == 0 and result.size == 0):
+            continue  # covers only segments removed by retention
+        elif result.roots.get(size) != checkpoint.root:
+            report.add(
+                "integrity",
+                where,
+                f"the records do not match the signed checkpoint at size {size}: records "
+                "were altered, inserted or removed",
+            )
+    result.last_checkpoint = checkpoints[max(checkpoints)]
+    covered = max(checkpoints)
+    if result.size > covered:
+        missing = f"records {covered}..{result.size - 1} are not covered by any signed checkpoint"
+        if result.closed:
+            report.add("integrity", where, f"{missing}, yet the session was closed: checkpoints were removed")
+        else:
+            report.add("crash", where, f"{missing} (the session never closed: a crash, or a truncated checkpoint file)")
+    elif not result.closed:
+        report.add("crash", where, "session never closed (crash or still running)")
