@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -332,11 +332,18 @@ class TollgateProcess:
         ]
         self.env = {**os.environ, **(env or {})}
         self.log_to = log_to
+        self.preexec: Callable[[], None] | None = None  # runs in the child before exec (e.g. rlimits)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> TollgateProcess:
         with _output(self.log_to) as output:
-            self.process = subprocess.Popen(self.args, stdout=output, stderr=subprocess.STDOUT, env=self.env)
+            self.process = subprocess.Popen(
+                self.args,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                preexec_fn=self.preexec,  # noqa: PLW1509
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
