@@ -23,7 +23,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from authz import loader, server
+from authz import loader, server, telemetry
 from authz.audit import commands as audit_commands
 from authz.audit import log as audit_log
 from authz.audit import note, pseudonym, recorder
@@ -222,6 +222,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         runtime = server.Runtime(snapshot, default_allow=settings.default_allow)
+        runtime.tracing = telemetry.Tracing.from_environment()
         if audit_recorder is not None:
             await audit_recorder.start()
             runtime.recorder = audit_recorder

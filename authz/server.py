@@ -26,7 +26,7 @@ from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (h
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz import loader, service
+from authz import loader, service, telemetry
 from authz.errors import ConfigError
 from authz.identity import resolve
 
@@ -53,6 +53,7 @@ class Runtime:
     def __init__(self, snapshot: loader.Snapshot, *, default_allow: bool) -> None:
         self.identity = resolve.IdentityResolver()
         self.recorder: service.Recorder | None = None
+        self.tracing = telemetry.Tracing(None)
         self.default_allow = default_allow
         self.snapshot = snapshot
         self.identity.update(snapshot.providers)
@@ -181,4 +182,5 @@ async def serve(settings: ServerSettings, runtime: Runtime, *, ready: asyncio.Ev
     await runtime.identity.close()
     if runtime.recorder is not None and hasattr(runtime.recorder, "close"):
         await runtime.recorder.close()
+    runtime.tracing.shutdown()
     _log.info("stopped")

@@ -17,7 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import message as protobuf_message
 
 from authz import decision as decision_model
-from authz import response
+from authz import response, telemetry
 
 __all__ = ["SERVICE_NAME", "AuthorizationService", "Recorder", "Runtime"]
 
@@ -53,6 +53,11 @@ class Runtime(Protocol):
     def recorder(self) -> Recorder | None: ...
     @property
     def default_allow(self) -> bool: ...
+    @property
+    def tracing(self) -> telemetry.Tracing: ...
+
+
+_NO_HEADERS: dict[str, str] = {}
 
 
 def _parse(data: bytes) -> external_auth_pb2.CheckRequest | _Unparseable:
@@ -83,10 +88,14 @@ class AuthorizationService:
     ) -> external_auth_pb2.CheckResponse:
         runtime = self._runtime
         recorder = runtime.recorder
+        unparseable = isinstance(check_request, _Unparseable)
+        headers = _NO_HEADERS if unparseable else check_request.attributes.request.http.headers  # type: ignore[union-attr]
+        headers = _trace_carrier(headers, context)
+        span = runtime.tracing.start(headers)
         decision: decision_model.Decision | None = None
         recorded = False
         try:
-            if isinstance(check_request, _Unparseable):
+            if isinstance(check_request, _Unparseable):  # (repeated for the type checker)
                 decision = decision_model.Decision(
                     decision_id=decision_model.new_id(),
                     revision=runtime.snapshot.revision,
@@ -101,12 +110,32 @@ class AuthorizationService:
             if recorder is not None and recorder.durable:
                 # Durable mode: the answer waits for the record, and no record means no access.
                 recorded = True
+                runtime.tracing.annotate(decision, headers, span)
                 if not await recorder.record(decision):
                     decision = _audit_unavailable(decision)
             return response.to_check_response(decision)
         finally:
-            if recorder is not None and decision is not None and not recorded:
-                await recorder.record(decision)
+            if decision is not None and not recorded:
+                runtime.tracing.annotate(decision, headers, span)
+                if recorder is not None:
+                    await recorder.record(decision)
+            if span is not None:
+                span.end()
+
+
+_TRACE_KEYS = ("traceparent", "b3", "x-b3-traceid")
+
+
+def _trace_carrier(headers: Any, context: Any) -> Any:
+    """Where the caller's trace context is: Envoy's ext_authz client puts its span in the gRPC
+    metadata of the Check call (the exact parent); other callers may only have it in the HTTP
+    headers of the CheckRequest."""
+    metadata = context.invocation_metadata() if context is not None else None
+    if metadata:
+        carrier = {item[0]: item[1] for item in metadata if item[0] in _TRACE_KEYS or item[0].startswith("x-b3-")}
+        if carrier:
+            return carrier
+    return headers
 
 
 def _audit_unavailable(decision: decision_model.Decision) -> decision_model.Decision:
