@@ -8,6 +8,8 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
     tollgate-1           Tollgate, 1 policy
     tollgate-1000        Tollgate, 1,000 policies (10,000 rules)
     tollgate-jwt-1000    Tollgate, 1,000 policies, RS256 bearer token (warm cache)
+    audit-async-1000     tollgate-1000 with the audit trail, async mode (default)
+    audit-sync-1000      tollgate-1000 with the audit trail, sync mode (fsync'd group commit)
 
 All backends and their Envoys start first; then short measurements are interleaved round by round
 (A, B, C, A, B, C, ...) and the median of the rounds is reported, so machine drift hits every
@@ -37,6 +39,7 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from authz.audit import note, pseudonym  # noqa: E402
 from authz.dev import harness, idp  # noqa: E402
 from bench import micro, policies  # noqa: E402
 
@@ -128,11 +131,26 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
         jwt_host = policies.write_policies(jwt_dir, hosts=1000, rules_per_host=10, provider_issuer=provider.issuer)
         token = provider.token("alice", groups=["staff"], lifetime=24 * 3600)
 
-        def tollgate(config: pathlib.Path) -> Callable[[], Any]:
+        skey, _ = note.generate("tollgate.dev/audit/bench")
+        (work / "signing.key").write_text(skey)
+        pseudonym.generate_key_file(work / "pseudonyms.yaml", "bench")
+
+        def tollgate(config: pathlib.Path, audit: str = "") -> Callable[[], Any]:
+            extra = ["--reload-interval", "0", "--log-level", "WARNING"]
+            if audit:
+                extra += [
+                    "--audit-dir",
+                    str(work / f"audit-{audit}"),
+                    "--audit-mode",
+                    audit,
+                    "--audit-signing-key",
+                    str(work / "signing.key"),
+                    "--audit-pseudonym-keys",
+                    str(work / "pseudonyms.yaml"),
+                ]
+
             def start() -> Any:
-                process = harness.TollgateProcess(
-                    config, extra=["--reload-interval", "0", "--log-level", "WARNING"], log_to=work / "tollgate.log"
-                ).start()
+                process = harness.TollgateProcess(config, extra=extra, log_to=work / "tollgate.log").start()
                 return process, process.port
 
             return start
@@ -147,6 +165,8 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             ("tollgate-1", Backend(tollgate(one)), one_host, {}),
             ("tollgate-1000", Backend(tollgate(many)), many_host, {}),
             ("tollgate-jwt-1000", Backend(tollgate(jwt_dir)), jwt_host, {"Authorization": f"Bearer {token}"}),
+            ("audit-async-1000", Backend(tollgate(many, "async")), many_host, {}),
+            ("audit-sync-1000", Backend(tollgate(many, "sync")), many_host, {}),
         ]
     finally:
         provider.stop()
@@ -220,15 +240,15 @@ def render(results: dict[str, Any]) -> str:
                 f"| {name} | {connections} | {n['rps']:.0f} | {n['p50_ms']:.2f} | {n['p99_ms']:.2f} "
                 f"| {n['non_2xx']} | {per_round} |"
             )
-    baseline = load.get("noop-authz", {})
+    pairs = [(name, "noop-authz") for name in load if name.startswith("tollgate")]
+    pairs += [("audit-async-1000", "tollgate-1000"), ("audit-sync-1000", "audit-async-1000")]
     ratios = []
-    for name in load:
-        if name.startswith("tollgate") and baseline:
+    for name, base in pairs:
+        if name in load and base in load:
             for connections, n in load[name].items():
-                if connections in baseline:
+                if connections in load[base]:
                     ratios.append(
-                        f"| {name} / noop-authz | {connections} | "
-                        f"{100 * n['rps'] / baseline[connections]['rps']:.1f} % |"
+                        f"| {name} / {base} | {connections} | {100 * n['rps'] / load[base][connections]['rps']:.1f} % |"
                     )
     if ratios:
         lines += ["", "| ratio (same run) | conns | rps ratio |", "|---|---:|---:|", *ratios]

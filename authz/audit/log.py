@@ -126,7 +126,7 @@ class AuditLog:
         entry["seq"] = self.size
         entry["origin"] = self.origin
         entry["prev"] = self._prev
-        line = record.canonical(entry)
+        line = record.encode(entry)
         self._segment.write(line)
         self._segment_bytes += len(line)
         self._prev = hashlib.sha256(line).hexdigest()
@@ -179,7 +179,7 @@ class AuditLog:
         self._segment_started = time.monotonic()
         if not first:
             now = _now_ms()
-            state = {"size": self.tree.size, "hashes": [base64.b64encode(h).decode() for h in self.tree.hashes]}
+            state = {"hashes": [base64.b64encode(h).decode() for h in self.tree.hashes], "size": self.tree.size}
             self.append(
                 {
                     "v": record.SCHEMA_VERSION,
@@ -208,8 +208,8 @@ class AuditLog:
                     continue  # a torn last line after a crash: the one before it is the last good one
                 return {
                     "origin": checkpoint.origin,
-                    "size": checkpoint.size,
                     "root": base64.b64encode(checkpoint.root).decode(),
+                    "size": checkpoint.size,
                 }
         return None
 

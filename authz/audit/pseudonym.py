@@ -17,7 +17,6 @@ Key file (YAML)::
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import pathlib
 import re
@@ -32,21 +31,32 @@ __all__ = ["Pseudonymizer", "generate_key_file", "load_keys"]
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+_CACHE_SIZE = 65_536
+
+
 class Pseudonymizer:
     def __init__(self, keys: list[tuple[str, bytes]]) -> None:
         if not keys:
             raise ValueError("at least one pseudonym key is needed")
         self.keys = dict(keys)
         self.key_id, self._key = keys[0]
+        # The same callers and addresses recur: remember recent pseudonyms (bounded, in memory only).
+        self._cache: dict[str, str] = {}
 
     def __call__(self, value: str) -> str:
         if not value:
             return ""
-        return hmac.new(self._key, value.encode(), hashlib.sha256).hexdigest()[:32]
+        found = self._cache.get(value)
+        if found is None:
+            found = hmac.digest(self._key, value.encode(), "sha256").hex()[:32]
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[value] = found
+        return found
 
     def with_key(self, key_id: str, value: str) -> str:
         """The pseudonym ``value`` had (or has) under key ``key_id``: for searching old records."""
-        return hmac.new(self.keys[key_id], value.encode(), hashlib.sha256).hexdigest()[:32] if value else ""
+        return hmac.digest(self.keys[key_id], value.encode(), "sha256").hex()[:32] if value else ""
 
 
 def load_keys(path: pathlib.Path) -> Pseudonymizer:

@@ -23,13 +23,21 @@ from urllib import parse
 from authz import decision as decision_model
 from authz.audit import pseudonym
 
-__all__ = ["SCHEMA_VERSION", "canonical", "decision_record", "format_time"]
+__all__ = ["SCHEMA_VERSION", "canonical", "decision_record", "encode", "format_time"]
 
 SCHEMA_VERSION = 1
 
 
 def canonical(record: Mapping[str, Any]) -> bytes:
+    """The reference encoding: what the verifier demands of every line."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def encode(record: Mapping[str, Any]) -> bytes:
+    """The writer's encoding, equal to :func:`canonical` for records whose nested objects are built
+    with their keys in sorted order (all of this module's and the log's are); it sorts the top
+    level only, which halves the cost of every record written. Tests compare the two."""
+    return json.dumps(dict(sorted(record.items())), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 def format_time(time_ms: int) -> str:
@@ -56,6 +64,7 @@ def decision_record(
     identity = decision.identity
     request = decision.request
     dry = decision.dry_run
+    # Nested objects are written with their keys in sorted order: see encode().
     record: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "kind": "decision",
@@ -71,37 +80,37 @@ def decision_record(
         "revision": decision.revision,
         "identity": {
             "authenticated": identity.authenticated,
-            "subject": pseudonyms(identity.subject),
             "email": pseudonyms(identity.email),
-            "issuer": identity.issuer,
-            "method": identity.method,
-            "provider": identity.provider or decision.provider,
             "groups": list(identity.groups),
-            "roles": list(identity.roles),
+            "issuer": identity.issuer,
+            "key_id": identity.key_id,
+            "method": identity.method,
             "mfa": identity.mfa,
             "principal": identity.principal,
-            "key_id": identity.key_id,
+            "provider": identity.provider or decision.provider,
+            "roles": list(identity.roles),
+            "subject": pseudonyms(identity.subject),
         },
         "request": {
-            "method": request.method if request else "",
-            "host": request.host if request else "",
-            "path": request.path if request else "",
-            "query_params": _query_names(request.query) if request else [],
-            "protocol": request.protocol if request else "",
-            "request_id": request.request_id if request else "",
-            "user_agent": request.headers.get("user-agent", "")[:512] if request else "",
-            "source_ip": pseudonyms(request.source_ip) if request else "",
             "destination": request.destination if request else "",
+            "host": request.host if request else "",
+            "method": request.method if request else "",
+            "path": request.path if request else "",
+            "protocol": request.protocol if request else "",
+            "query_params": _query_names(request.query) if request and request.query else [],
+            "request_id": request.request_id if request else "",
+            "source_ip": pseudonyms(request.source_ip) if request else "",
+            "user_agent": request.headers.get("user-agent", "")[:512] if request else "",
         },
-        "trace": {"trace_id": decision.trace_id, "span_id": decision.span_id},
+        "trace": {"span_id": decision.span_id, "trace_id": decision.trace_id},
         "latency_us": decision.duration_ns // 1000,
         "pseudonym_key": pseudonyms.key_id,
     }
     if dry is not None:
         record["dry_run"] = {
             "decision": "allow" if dry.allowed else "deny",
-            "reason": dry.reason,
             "policy": dry.policy,
+            "reason": dry.reason,
             "rule": dry.rule,
         }
     return record

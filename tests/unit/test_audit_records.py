@@ -1,0 +1,84 @@
+"""Audit records: the writer's fast encoding equals the reference canonical form for every kind of
+record the log writes, and records carry what docs/audit.md promises (and nothing more)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import pathlib
+
+from authz import decision, loader
+from authz.audit import log as audit_log
+from authz.audit import note, pseudonym, record, recorder
+from authz.dev import checks
+from authz.identity import model
+
+POLICIES = """
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: live}
+spec: {hosts: [a.test], defaultAction: Allow}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: trial}
+spec: {hosts: [a.test], mode: DryRun, rules: [{name: only-get, action: Allow, to: {methods: [GET]}}]}
+"""
+
+
+class Alice:
+    async def resolve(self, request: object, scope: object) -> model.Identity:
+        return model.Identity(
+            authenticated=True, method="jwt", subject="alice", email="a@example.com", groups=("g",), mfa=True
+        )
+
+
+def test_every_record_kind_is_written_canonically(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "p.yaml").write_text(POLICIES)
+    snapshot = loader.load(tmp_path / "p.yaml")
+    pseudonym.generate_key_file(tmp_path / "keys.yaml", "k1")
+    keys = pseudonym.load_keys(tmp_path / "keys.yaml")
+    skey, _ = note.generate("tollgate.dev/audit/unit")
+    settings = audit_log.LogSettings(segment_max_bytes=2000, checkpoint_every=3)
+
+    async def write() -> None:
+        for _ in range(2):  # two sessions: the second's session_start carries `previous`
+            log = audit_log.AuditLog(tmp_path / "audit", note.Signer.from_skey(skey), instance="i", settings=settings)
+            audit = recorder.AuditRecorder(log, keys, queue_size=2)
+            await audit.start()
+            for method in ("GET", "POST", "DELETE") * 3:
+                result = await decision.decide(
+                    checks.check_request(method=method, host="a.test", path="/p?x=1&y=2"), snapshot, Alice()
+                )
+                await audit.record(result)  # the tiny queue overflows: loss records too
+            await audit.close()
+
+    asyncio.run(write())
+    kinds = set()
+    for segment in (tmp_path / "audit").rglob("segment-*.jsonl"):
+        for line in segment.read_bytes().splitlines(keepends=True):
+            parsed = json.loads(line)
+            kinds.add(parsed["kind"])
+            assert record.canonical(parsed) == line, parsed["kind"]
+            if parsed["kind"] == "decision":
+                assert "dry_run" in parsed and parsed["identity"]["subject"] == keys("alice")
+                assert parsed["identity"]["email"] == keys("a@example.com")
+                assert parsed["request"]["query_params"] == ["x", "y"]
+    assert kinds == {"session_start", "segment_start", "decision", "loss", "session_end"}
+
+
+def test_outcomes() -> None:
+    def outcome(allowed: bool, status: int) -> str:
+        return record._outcome(decision.Decision(decision_id="x", revision="r", allowed=allowed, status=status))
+
+    assert outcome(True, 200) == "allow"
+    assert outcome(False, 403) == "deny" and outcome(False, 401) == "deny" and outcome(False, 400) == "deny"
+    assert outcome(False, 500) == "error" and outcome(False, 503) == "error"
+
+
+def test_time_format() -> None:
+    moment = datetime.datetime(2026, 11, 23, 20, 51, 37, 944000, tzinfo=datetime.UTC)
+    time_ms = int(moment.timestamp() * 1000)
+    assert record.format_time(time_ms) == "2026-11-23T20:51:37.944Z"
+    assert record.format_time(time_ms - 940).endswith(":37.004Z")
