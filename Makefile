@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint lock clean venv
+.PHONY: demo test bench lint lock proto clean venv
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## bench: load through a real Envoy with wrk, plus engine micro-benchmarks (see docs/performance.md)
+## bench: load through a real Envoy with wrk, engine micro-benchmarks, audit tools on 1M records
+##        (see docs/performance.md)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/audit_query.py
+
+## proto: regenerate the audit schema code from proto/ with the pinned grpcio-tools
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=authz/audit/schema --pyi_out=authz/audit/schema \
+		proto/tollgate/audit/v1/audit.proto
 
 ## lint: ruff and mypy (strict)
 lint: $(STAMP)

@@ -88,10 +88,12 @@ class AuthorizationService:
     ) -> external_auth_pb2.CheckResponse:
         runtime = self._runtime
         recorder = runtime.recorder
-        unparseable = isinstance(check_request, _Unparseable)
-        headers = _NO_HEADERS if unparseable else check_request.attributes.request.http.headers  # type: ignore[union-attr]
-        headers = _trace_carrier(headers, context)
-        span = runtime.tracing.start(headers)
+        tracing = runtime.tracing
+        traced = tracing.enabled or recorder is not None  # else nobody reads the trace ids
+        headers: Any = _NO_HEADERS
+        if traced and not isinstance(check_request, _Unparseable):
+            headers = _trace_carrier(check_request.attributes.request.http.headers, context)
+        span = tracing.start(headers)
         decision: decision_model.Decision | None = None
         recorded = False
         try:
@@ -110,13 +112,13 @@ class AuthorizationService:
             if recorder is not None and recorder.durable:
                 # Durable mode: the answer waits for the record, and no record means no access.
                 recorded = True
-                runtime.tracing.annotate(decision, headers, span)
+                tracing.annotate(decision, headers, span)
                 if not await recorder.record(decision):
                     decision = _audit_unavailable(decision)
             return response.to_check_response(decision)
         finally:
-            if decision is not None and not recorded:
-                runtime.tracing.annotate(decision, headers, span)
+            if decision is not None and not recorded and traced:
+                tracing.annotate(decision, headers, span)
                 if recorder is not None:
                     await recorder.record(decision)
             if span is not None:
