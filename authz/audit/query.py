@@ -57,6 +57,10 @@ class Filters:
     reason: str | None = None
     kinds: frozenset[str] = frozenset({"decision"})
 
+    def subject_needles(self) -> list[bytes]:
+        """A matching line contains one of these (any of the subject's pseudonyms)."""
+        return [f'"subject":{json.dumps(subject)}'.encode() for subject in sorted(self.subjects)]
+
     def prefilter(self) -> list[bytes]:
         """Byte strings every matching line must contain (canonical JSON makes this exact)."""
         needles = []
@@ -120,6 +124,7 @@ def iter_records(
     directory: pathlib.Path, filters: Filters, progress: Callable[[int], None] | None = None
 ) -> Iterator[dict[str, Any]]:
     needles = filters.prefilter()
+    any_of = filters.subject_needles()
     for segment in segments(directory):
         size = segment.stat().st_size
         if filters.since_ms is not None and _last_time_ms(segment) < filters.since_ms:
@@ -131,6 +136,8 @@ def iter_records(
                 if progress:
                     progress(len(line))
                 if needles and not all(needle in line for needle in needles):
+                    continue
+                if any_of and not any(needle in line for needle in any_of):
                     continue
                 try:
                     item = json.loads(line)

@@ -25,7 +25,7 @@ import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import descriptor
 
 from authz.audit import log as audit_log
 from authz.audit import merkle, note, record
@@ -343,11 +343,48 @@ def _parse(line: bytes, where: str, report: Report) -> dict[str, Any] | None:
         return None
     if record.canonical(parsed) != line + b"\n":
         report.add("integrity", where, "record is not in canonical form: it was re-serialized or edited")
-    try:
-        json_format.ParseDict(parsed, audit_pb2.AuditRecord())
-    except json_format.ParseError as error:
-        report.add("integrity", where, f"record does not match the audit schema: {error}")
+    problem = _schema_problem(parsed, audit_pb2.AuditRecord.DESCRIPTOR, "")
+    if problem:
+        report.add("integrity", where, f"record does not match the audit schema: {problem}")
     return parsed
+
+
+_SCALARS = {
+    descriptor.FieldDescriptor.TYPE_STRING: (str,),
+    descriptor.FieldDescriptor.TYPE_BOOL: (bool,),
+}
+
+
+def _schema_problem(value: dict[str, Any], message: Any, path: str) -> str:
+    """The first way ``value`` departs from the proto's JSON mapping (names and types), or "".
+
+    Equivalent, for the types the audit schema uses, to ``json_format.ParseDict`` — which is pure
+    Python and made verifying a million records take minutes.
+    """
+    fields = message.fields_by_name
+    for key, item in value.items():
+        field = fields.get(key)
+        where = f"{path}{key}"
+        if field is None:
+            return f"unknown field {where!r}"
+        if item is None and field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
+            continue  # JSON null: field unset
+        if field.is_repeated and not isinstance(item, list):
+            return f"{where!r} must be a list"
+        items = item if field.is_repeated else [item]
+        for element in items:
+            if field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
+                if not isinstance(element, dict):
+                    return f"{where!r} must be an object"
+                problem = _schema_problem(element, field.message_type, where + ".")
+                if problem:
+                    return problem
+            elif field.type in _SCALARS:
+                if not isinstance(element, _SCALARS[field.type]):
+                    return f"{where!r} has the wrong type"
+            elif not isinstance(element, int) or isinstance(element, bool):
+                return f"{where!r} must be an integer"
+    return ""
 
 
 def _match_checkpoints(result: SessionResult, checkpoints: dict[int, note.Checkpoint], report: Report) -> None:

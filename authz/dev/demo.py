@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from authz.audit import note, pseudonym, query
+from authz.audit import verify as audit_verify
 from authz.dev import harness, idp, upstream
 
 _EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples" / "policies"
@@ -107,7 +109,8 @@ def main() -> int:
         print(f"demo: cannot listen on 127.0.0.1:{_IDP_PORT} for the identity provider: {error}", file=sys.stderr)
         return 2
     echo = upstream.EchoUpstream()
-    authz = harness.TollgateProcess(config, log_to=work / "tollgate.log", port=tollgate_port)
+    audit_dir, audit_flags, verifier_key = _audit_setup(work)
+    authz = harness.TollgateProcess(config, extra=audit_flags, log_to=work / "tollgate.log", port=tollgate_port)
     proxy = harness.Envoy(authz_port=authz.port, upstream_port=echo.port, log_to=work / "envoy.log")
     proxy.port = envoy_port
     proxy.config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = envoy_port
@@ -116,24 +119,68 @@ def main() -> int:
     print(f"  upstream (echo)    http://127.0.0.1:{echo.port}")
     print(f"  tollgate (gRPC)    127.0.0.1:{authz.port}   config {config}")
     print(f"  envoy              http://127.0.0.1:{envoy_port}")
+    print(f"  audit log          {audit_dir}")
     with harness.running(provider, echo, authz, proxy):
         _wait_for_keys(envoy_port, provider)
         unexpected = run_samples(envoy_port, provider)
+        show_audit(audit_dir)
         if oneshot:
+            authz.stop()  # SIGTERM: the audit session is closed with a final signed checkpoint
+            intact = verify_audit(audit_dir, verifier_key)
             print(f"\n{'all samples decided as expected' if not unexpected else f'{unexpected} unexpected'}")
-            return 1 if unexpected else 0
+            return 1 if unexpected or not intact else 0
         token = provider.token("alice", groups=["staff"])
         print(
             f"\nTry it yourself (Ctrl-C to stop):\n  curl -H 'Host: orders.example.com' "
             f"-H 'Authorization: Bearer {token[:24]}…' http://127.0.0.1:{envoy_port}/orders"
         )
         print(f"  .venv/bin/tollgate dev token --state {work / 'idp'} --sub alice --groups staff")
+        print(f"  .venv/bin/tollgate audit query {audit_dir} --since 10m")
+        print(f"  .venv/bin/tollgate audit verify {audit_dir} --key {verifier_key}   (after Ctrl-C)")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
     print("stopped")
     return 0
+
+
+def _audit_setup(work: pathlib.Path) -> tuple[pathlib.Path, list[str], pathlib.Path]:
+    """Fresh development keys for the demo's audit trail (never reuse them elsewhere)."""
+    keys = work / "audit-keys"
+    keys.mkdir()
+    skey, vkey = note.generate("tollgate.dev/audit/demo")
+    (keys / "signing.key").write_text(skey)
+    (keys / "verifier.key").write_text(vkey)
+    pseudonym.generate_key_file(keys / "pseudonyms.yaml", "demo")
+    audit_dir = work / "audit"
+    flags = ["--audit-dir", str(audit_dir), "--audit-signing-key", str(keys / "signing.key"),
+             "--audit-pseudonym-keys", str(keys / "pseudonyms.yaml"), "--audit-instance", "demo",
+             "--audit-checkpoint-seconds", "1"]
+    return audit_dir, flags, keys / "verifier.key"
+
+
+def show_audit(audit_dir: pathlib.Path) -> None:
+    """What the audit trail recorded, including what the DryRun policy would have done."""
+    time.sleep(0.5)  # records are written in batches a few milliseconds apart
+    records = list(query.iter_records(audit_dir, query.Filters()))
+    print(f"\n{_BOLD}Audit trail{_RESET}: {len(records)} decision records (subjects and addresses pseudonymized)")
+    for item in records:
+        dry = item.get("dry_run")
+        if dry:
+            request = item["request"]
+            print(f"  {item['decision']:5} {request['method']:6} {request['host']}{request['path']}  "
+                  f"{_DIM}dry-run {dry['policy']}: would {dry['decision']} ({dry['reason']}){_RESET}")
+
+
+def verify_audit(audit_dir: pathlib.Path, verifier_key: pathlib.Path) -> bool:
+    report = audit_verify.verify_directory(audit_dir, note.Verifier(verifier_key.read_text()))
+    for finding in report.findings:
+        print(f"  {finding}")
+    verdict = "intact" if report.exit_code == 0 else "NOT intact"
+    print(f"\n{_BOLD}Audit log verified offline{_RESET}: {verdict} — {report.records} records, "
+          f"{report.checkpoints} signed checkpoints")
+    return report.exit_code == 0
 
 
 def _wait_for_keys(port: int, provider: idp.DevIdentityProvider) -> None:

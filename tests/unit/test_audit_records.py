@@ -8,9 +8,12 @@ import datetime
 import json
 import pathlib
 
+import jsonschema
+
 from authz import decision, loader
 from authz.audit import log as audit_log
-from authz.audit import note, pseudonym, record, recorder
+from authz.audit import note, pseudonym, record, recorder, verify
+from authz.audit.schema.tollgate.audit.v1 import audit_pb2
 from authz.dev import checks
 from authz.identity import model
 
@@ -82,3 +85,28 @@ def test_time_format() -> None:
     time_ms = int(moment.timestamp() * 1000)
     assert record.format_time(time_ms) == "2026-11-23T20:51:37.944Z"
     assert record.format_time(time_ms - 940).endswith(":37.004Z")
+
+
+def test_schema_check_catches_what_the_proto_forbids() -> None:
+    good = {"v": 1, "kind": "decision", "seq": 3, "identity": {"groups": ["a"], "mfa": True}, "previous": None}
+    assert verify._schema_problem(good, audit_pb2.AuditRecord.DESCRIPTOR, "") == ""
+    for bad, message in (
+        ({"bogus": 1}, "unknown field 'bogus'"),
+        ({"seq": "3"}, "'seq' must be an integer"),
+        ({"seq": True}, "'seq' must be an integer"),
+        ({"identity": {"groups": "a"}}, "'identity.groups' must be a list"),
+        ({"identity": {"mfa": "yes"}}, "'identity.mfa' has the wrong type"),
+        ({"request": ["x"]}, "'request' must be an object"),
+        ({"identity": {"extra": 1}}, "unknown field 'identity.extra'"),
+    ):
+        assert verify._schema_problem(bad, audit_pb2.AuditRecord.DESCRIPTOR, "") == message
+
+
+def test_records_match_the_published_json_schema(tmp_path: pathlib.Path) -> None:
+    schema = json.loads((pathlib.Path(__file__).parents[2] / "docs" / "audit-record.schema.json").read_text())
+    test_every_record_kind_is_written_canonically(tmp_path)
+    validator = jsonschema.Draft202012Validator(schema)
+    for segment in (tmp_path / "audit").rglob("segment-*.jsonl"):
+        for line in segment.read_bytes().splitlines():
+            errors = list(validator.iter_errors(json.loads(line)))
+            assert not errors, errors[0].message
