@@ -82,7 +82,6 @@ class HttpRequest(NamedTuple):
     scheme: str = ""
     source_ip: str = ""
     source_principal: str = ""
-    source_certificate: str = ""
     destination: str = ""
 
 
@@ -227,6 +226,5 @@ def _build(
         scheme=http.scheme,
         source_ip=source.address.socket_address.address,
         source_principal=source.principal,
-        source_certificate=source.certificate,
         destination=attributes.destination.address.socket_address.address,
     )

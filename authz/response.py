@@ -18,6 +18,7 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from authz import decision as decision_model
+from authz.identity import model as identity_model
 
 __all__ = ["IDENTITY_HEADERS", "to_check_response"]
 
@@ -72,36 +73,56 @@ def to_check_response(decision: decision_model.Decision) -> external_auth_pb2.Ch
 
 
 def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
-    identity = decision.identity
     reply = external_auth_pb2.CheckResponse()
     reply.status.code = code_pb2.OK
     ok = reply.ok_response
+    identity = decision.identity
     if identity.authenticated:
-        values = (
-            (SUBJECT, identity.subject),
-            (GROUPS, ",".join(identity.groups)),
-            (ROLES, ",".join(identity.roles)),
-            (METHOD, identity.method),
-            (PRINCIPAL, identity.principal),
-            (DECISION_ID, decision.decision_id),
-        )
+        values, removals = _identity_headers(identity)
     else:
-        values = (*_ANONYMOUS_VALUES, (DECISION_ID, decision.decision_id))
+        values, removals = (), _ALL_IDENTITY
     for name, value in values:
-        if value:
-            option = ok.headers.add()
-            option.header.key = name
-            option.header.value = _clean(value)
-            option.append_action = _OVERWRITE
-        else:
-            # Removal is used only for names we do not set: Envoy applies `headers` and
-            # `headers_to_remove` independently, and a name in both would lose Tollgate's value.
-            ok.headers_to_remove.append(name)
+        _set(ok, name, value)
+    # Removal is used only for names we do not set: Envoy applies `headers` and
+    # `headers_to_remove` independently, and a name in both would lose Tollgate's value.
+    ok.headers_to_remove.extend(removals)
+    _set(ok, DECISION_ID, decision.decision_id)
     _metadata(decision, reply.dynamic_metadata)
     return reply
 
 
-_ANONYMOUS_VALUES = ((SUBJECT, ""), (GROUPS, ""), (ROLES, ""), (METHOD, ""), (PRINCIPAL, ""))
+def _set(ok: external_auth_pb2.OkHttpResponse, name: str, value: str) -> None:
+    option = ok.headers.add()
+    option.header.key = name
+    option.header.value = value
+    option.append_action = _OVERWRITE
+
+
+_ALL_IDENTITY = (SUBJECT, GROUPS, ROLES, METHOD, PRINCIPAL)
+Headers = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
+# Verified identities are reused (the token cache returns the same object for the same token), so
+# their header values are worked out once. Keyed by id(); the entry holds the identity itself, so
+# the id cannot be reused by another object while the entry exists.
+_identity_cache: dict[int, tuple[identity_model.Identity, Headers]] = {}
+
+
+def _identity_headers(identity: identity_model.Identity) -> Headers:
+    cached = _identity_cache.get(id(identity))
+    if cached is not None and cached[0] is identity:
+        return cached[1]
+    candidates = (
+        (SUBJECT, identity.subject),
+        (GROUPS, ",".join(identity.groups)),
+        (ROLES, ",".join(identity.roles)),
+        (METHOD, identity.method),
+        (PRINCIPAL, identity.principal),
+    )
+    values = tuple((name, _clean(value)) for name, value in candidates if value)
+    removals = tuple(name for name, value in candidates if not value)
+    if len(_identity_cache) >= 10_000:
+        _identity_cache.clear()
+    _identity_cache[id(identity)] = (identity, (values, removals))
+    return values, removals
 
 
 def _denied(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:

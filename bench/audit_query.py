@@ -30,8 +30,7 @@ def write_log(directory: pathlib.Path, count: int) -> pathlib.Path:
     (directory / "verifier.key").write_text(vkey)
     pseudonym.generate_key_file(directory / "pseudonyms.yaml", "bench")
     keys = pseudonym.load_keys(directory / "pseudonyms.yaml")
-    settings = audit_log.LogSettings(checkpoint_every=10_000, checkpoint_seconds=3600,
-                                     segment_max_bytes=64 << 20)
+    settings = audit_log.LogSettings(checkpoint_every=10_000, checkpoint_seconds=3600, segment_max_bytes=64 << 20)
     log = audit_log.AuditLog(directory / "audit", note.Signer.from_skey(skey), instance="bench", settings=settings)
     log.open()
     rng = random.Random(1)
@@ -40,11 +39,19 @@ def write_log(directory: pathlib.Path, count: int) -> pathlib.Path:
         user = f"user-{rng.randrange(1000)}"
         allowed = rng.random() < 0.8
         item = decision.Decision(
-            decision_id=decision.new_id(), revision="bench", allowed=allowed, status=200 if allowed else 403,
-            reason="rule_allow" if allowed else "default_deny", policy="bench/app",
-            request=HttpRequest(method="GET", host=f"svc-{rng.randrange(50)}.bench.test",
-                                path=f"/api/orders/{index % 977}", source_ip=f"10.0.{rng.randrange(256)}.7",
-                                request_id=f"r{index}"),
+            decision_id=decision.new_id(),
+            revision="bench",
+            allowed=allowed,
+            status=200 if allowed else 403,
+            reason="rule_allow" if allowed else "default_deny",
+            policy="bench/app",
+            request=HttpRequest(
+                method="GET",
+                host=f"svc-{rng.randrange(50)}.bench.test",
+                path=f"/api/orders/{index % 977}",
+                source_ip=f"10.0.{rng.randrange(256)}.7",
+                request_id=f"r{index}",
+            ),
             identity=model.Identity(authenticated=True, method="jwt", subject=user, groups=("staff",)),
         )
         log.append(record.decision_record(item, start_ms + index, keys))
@@ -74,10 +81,27 @@ def main() -> int:
         runs = {
             "verify": [*tool, "verify", str(audit), "--key", str(directory / "verifier.key")],
             "query --decision deny --host svc-7.bench.test (json)": [
-                *tool, "query", str(audit), "--decision", "deny", "--host", "svc-7.bench.test", "--format", "json"],
+                *tool,
+                "query",
+                str(audit),
+                "--decision",
+                "deny",
+                "--host",
+                "svc-7.bench.test",
+                "--format",
+                "json",
+            ],
             "query --subject user-42 (csv, pseudonym keys)": [
-                *tool, "query", str(audit), "--subject", "user-42", "--pseudonym-keys",
-                str(directory / "pseudonyms.yaml"), "--format", "csv"],
+                *tool,
+                "query",
+                str(audit),
+                "--subject",
+                "user-42",
+                "--pseudonym-keys",
+                str(directory / "pseudonyms.yaml"),
+                "--format",
+                "csv",
+            ],
             "query --since 10s (last 1%)": [*tool, "query", str(audit), "--since", "10s", "--format", "json"],
             "query (export everything as csv)": [*tool, "query", str(audit), "--format", "csv"],
             "report": [*tool, "report", str(audit)],

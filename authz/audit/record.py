@@ -23,7 +23,7 @@ from urllib import parse
 from authz import decision as decision_model
 from authz.audit import pseudonym
 
-__all__ = ["SCHEMA_VERSION", "canonical", "decision_record", "encode", "format_time"]
+__all__ = ["SCHEMA_VERSION", "canonical", "decision_record", "encode", "format_time", "is_canonical"]
 
 SCHEMA_VERSION = 1
 
@@ -55,6 +55,22 @@ def _outcome(decision: decision_model.Decision) -> str:
 def _query_names(query: str) -> list[str]:
     names = [parse.unquote_plus(pair.split("=", 1)[0]) for pair in query.split("&") if pair]
     return sorted(set(names))
+
+
+def _sorted_everywhere(value: Any) -> bool:
+    if isinstance(value, dict):
+        keys = list(value)
+        return keys == sorted(keys) and all(_sorted_everywhere(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_sorted_everywhere(v) for v in value)
+    return True
+
+
+def is_canonical(line: bytes, parsed: Mapping[str, Any]) -> bool:
+    """``canonical(parsed) == line``, computed faster: nested objects must already be in key order
+    (json.loads keeps the order of the line), then only the top level needs sorting."""
+    nested_sorted = all(_sorted_everywhere(v) for v in parsed.values())
+    return nested_sorted and encode(parsed) == line
 
 
 def decision_record(

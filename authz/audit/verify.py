@@ -341,7 +341,7 @@ def _parse(line: bytes, where: str, report: Report) -> dict[str, Any] | None:
     if not isinstance(parsed, dict):
         report.add("integrity", where, "record is not a JSON object")
         return None
-    if record.canonical(parsed) != line + b"\n":
+    if not record.is_canonical(line + b"\n", parsed):
         report.add("integrity", where, "record is not in canonical form: it was re-serialized or edited")
     problem = _schema_problem(parsed, audit_pb2.AuditRecord.DESCRIPTOR, "")
     if problem:

@@ -154,9 +154,18 @@ def _audit_setup(work: pathlib.Path) -> tuple[pathlib.Path, list[str], pathlib.P
     (keys / "verifier.key").write_text(vkey)
     pseudonym.generate_key_file(keys / "pseudonyms.yaml", "demo")
     audit_dir = work / "audit"
-    flags = ["--audit-dir", str(audit_dir), "--audit-signing-key", str(keys / "signing.key"),
-             "--audit-pseudonym-keys", str(keys / "pseudonyms.yaml"), "--audit-instance", "demo",
-             "--audit-checkpoint-seconds", "1"]
+    flags = [
+        "--audit-dir",
+        str(audit_dir),
+        "--audit-signing-key",
+        str(keys / "signing.key"),
+        "--audit-pseudonym-keys",
+        str(keys / "pseudonyms.yaml"),
+        "--audit-instance",
+        "demo",
+        "--audit-checkpoint-seconds",
+        "1",
+    ]
     return audit_dir, flags, keys / "verifier.key"
 
 
@@ -169,8 +178,10 @@ def show_audit(audit_dir: pathlib.Path) -> None:
         dry = item.get("dry_run")
         if dry:
             request = item["request"]
-            print(f"  {item['decision']:5} {request['method']:6} {request['host']}{request['path']}  "
-                  f"{_DIM}dry-run {dry['policy']}: would {dry['decision']} ({dry['reason']}){_RESET}")
+            print(
+                f"  {item['decision']:5} {request['method']:6} {request['host']}{request['path']}  "
+                f"{_DIM}dry-run {dry['policy']}: would {dry['decision']} ({dry['reason']}){_RESET}"
+            )
 
 
 def verify_audit(audit_dir: pathlib.Path, verifier_key: pathlib.Path) -> bool:
@@ -178,8 +189,10 @@ def verify_audit(audit_dir: pathlib.Path, verifier_key: pathlib.Path) -> bool:
     for finding in report.findings:
         print(f"  {finding}")
     verdict = "intact" if report.exit_code == 0 else "NOT intact"
-    print(f"\n{_BOLD}Audit log verified offline{_RESET}: {verdict} — {report.records} records, "
-          f"{report.checkpoints} signed checkpoints")
+    print(
+        f"\n{_BOLD}Audit log verified offline{_RESET}: {verdict} — {report.records} records, "
+        f"{report.checkpoints} signed checkpoints"
+    )
     return report.exit_code == 0
 
 

@@ -61,12 +61,18 @@ class TokenCache:
             collections.OrderedDict()
         )
 
-    def get(self, digest: bytes, generations: Mapping[str, int]) -> model.Identity | None:
+    def get(self, digest: bytes, verifiers: Sequence[JwtVerifier]) -> model.Identity | None:
+        """The cached identity, if its provider is among ``verifiers`` and its key set unchanged."""
         entry = self._entries.get(digest)
         if entry is None:
             return None
         identity, expires, provider, generation = entry
-        if expires <= time.time() or generations.get(provider) != generation:
+        for verifier in verifiers:
+            if verifier.name == provider:
+                break
+        else:
+            return None  # verified by a provider out of scope here: verify again (and fail)
+        if expires <= time.time() or verifier.generation() != generation:
             del self._entries[digest]
             return None
         self._entries.move_to_end(digest)
@@ -90,10 +96,7 @@ class JwtVerifier:
         self.issuer = settings.issuer.rstrip("/")
         self.keys = jwks.KeySet(name, settings.issuer, settings.jwks_uri, settings.refresh)
         self._hmac_secret = settings.hmac_secret
-
-    @property
-    def uses_jwks(self) -> bool:
-        return any(a not in providers.HMAC_ALGORITHMS for a in self.settings.algorithms)
+        self.uses_jwks = any(a not in providers.HMAC_ALGORITHMS for a in settings.algorithms)
 
     def generation(self) -> int:
         """Identifies the key set cached verifications were made with; -1 once it is past trusting."""
@@ -114,8 +117,10 @@ class JwtVerifier:
         for source in self.settings.sources:
             if source.header:
                 value = headers.get(source.header, "")
-                if value and (not source.prefix or value[: len(source.prefix)].lower() == source.prefix.lower()):
-                    found.append(value[len(source.prefix) :].strip())
+                prefix = source.prefix
+                # The scheme is case-insensitive (RFC 9110 §11.1): "Bearer", "bearer", "BEARER".
+                if value and (not prefix or value.startswith(prefix) or value[: len(prefix)].lower() == prefix.lower()):
+                    found.append(value[len(prefix) :].strip())
             elif source.cookie and "cookie" in headers:
                 jar = cookies.SimpleCookie()
                 try:
@@ -215,8 +220,7 @@ async def verify_request(
         raise model.IdentityFailure("token_ambiguous", "the request carries more than one different token")
     token = found.pop()
     digest = hashlib.sha256(token.encode()).digest()
-    generations = {v.name: v.generation() for v in verifiers}
-    cached = cache.get(digest, generations)
+    cached = cache.get(digest, verifiers)
     if cached is not None:
         return cached
     limit = min(v.settings.max_token_bytes for v in verifiers)

@@ -14,10 +14,15 @@ pytestmark = pytest.mark.envoy
 
 
 def test_demo_oneshot() -> None:
-    env = {**os.environ, "DEMO_ONESHOT": "1", "DEMO_ENVOY_PORT": str(harness.free_port()),
-           "DEMO_TOLLGATE_PORT": str(harness.free_port())}
-    result = subprocess.run([sys.executable, "-m", "authz.dev.demo"], env=env, capture_output=True, text=True,
-                            timeout=120, check=False)
+    env = {
+        **os.environ,
+        "DEMO_ONESHOT": "1",
+        "DEMO_ENVOY_PORT": str(harness.free_port()),
+        "DEMO_TOLLGATE_PORT": str(harness.free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "authz.dev.demo"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all samples decided as expected" in result.stdout
     assert "Audit log verified offline: intact" in result.stdout

@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import json
 import pathlib
+import random
 
 import jsonschema
 
@@ -110,3 +111,27 @@ def test_records_match_the_published_json_schema(tmp_path: pathlib.Path) -> None
         for line in segment.read_bytes().splitlines():
             errors = list(validator.iter_errors(json.loads(line)))
             assert not errors, errors[0].message
+
+
+def test_fast_canonical_check_agrees_with_the_reference() -> None:
+    rng = random.Random(3)
+    base = {"b": 1, "a": {"y": [1, {"q": 1, "p": 2}], "x": "é"}, "c": [], "d": None}
+    for _ in range(200):
+
+        def shuffle(value: object) -> object:
+            if isinstance(value, dict):
+                items = list(value.items())
+                rng.shuffle(items)
+                return {k: shuffle(v) for k, v in items}
+            if isinstance(value, list):
+                return [shuffle(v) for v in value]
+            return value
+
+        candidate = shuffle(base)
+        for line in (
+            record.canonical(candidate),
+            record.encode(candidate),
+            json.dumps(candidate, separators=(",", ":"), ensure_ascii=False).encode() + b"\n",
+        ):
+            parsed = json.loads(line)
+            assert record.is_canonical(line, parsed) == (record.canonical(parsed) == line)

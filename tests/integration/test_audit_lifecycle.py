@@ -1,0 +1,112 @@
+"""The log writer's own lifecycle: idle heartbeats, rotation by age, retention and archiving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+
+import pytest
+
+from authz import cli, decision, loader
+from authz.audit import log as audit_log
+from authz.audit import note, pseudonym, recorder
+from authz.dev import checks
+from authz.identity import model
+
+POLICY = """
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: app}
+spec: {hosts: [app.test], defaultAction: Allow}
+"""
+
+
+class Anonymous:
+    async def resolve(self, request: object, scope: object) -> model.Identity:
+        return model.ANONYMOUS
+
+
+@pytest.fixture
+def keys(tmp_path: pathlib.Path) -> pathlib.Path:
+    directory = tmp_path / "keys"
+    skey, vkey = note.generate("tollgate.dev/audit/lifecycle")
+    directory.mkdir()
+    (directory / "signing.key").write_text(skey)
+    (directory / "verifier.key").write_text(vkey)
+    pseudonym.generate_key_file(directory / "pseudonyms.yaml", "k")
+    (directory / "policy.yaml").write_text(POLICY)
+    return directory
+
+
+async def _run(
+    keys: pathlib.Path, directory: pathlib.Path, settings: audit_log.LogSettings, count: int, idle: float = 0.0
+) -> recorder.AuditRecorder:
+    snapshot = loader.load(keys / "policy.yaml")
+    log = audit_log.AuditLog(
+        directory, note.Signer.from_skey((keys / "signing.key").read_text()), instance="pod", settings=settings
+    )
+    audit = recorder.AuditRecorder(log, pseudonym.load_keys(keys / "pseudonyms.yaml"))
+    await audit.start()
+    for index in range(count):
+        result = await decision.decide(checks.check_request(host="app.test", path=f"/{index}"), snapshot, Anonymous())
+        await audit.record(result)
+        if index % 10 == 0:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(idle)
+    await audit.close()
+    return audit
+
+
+def _checkpoints(directory: pathlib.Path) -> list[dict[str, object]]:
+    return [json.loads(line) for path in directory.rglob("checkpoints.jsonl") for line in path.read_text().splitlines()]
+
+
+def test_idle_heartbeats_prove_silence(
+    tmp_path: pathlib.Path, keys: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "audit"
+    settings = audit_log.LogSettings(checkpoint_every=1000, checkpoint_seconds=0.2)
+    asyncio.run(_run(keys, directory, settings, count=5, idle=1.2))
+    entries = _checkpoints(directory)
+    sizes = [entry["size"] for entry in entries]
+    # While nothing happened, checkpoints of the same size kept coming, each freshly signed.
+    assert sizes.count(6) >= 3, sizes
+    times = [
+        note.parse_checkpoint(note.Verifier((keys / "verifier.key").read_text()).open(str(e["note"]))).time_ms
+        for e in entries
+        if e["size"] == 6
+    ]
+    assert len(set(times)) == len(times) and times == sorted(times)
+    assert cli.main(["audit", "verify", str(directory), "--key", str(keys / "verifier.key")]) == 0
+    capsys.readouterr()
+
+
+def test_rotation_by_age_and_retention_with_archive(
+    tmp_path: pathlib.Path, keys: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory, archive = tmp_path / "audit", tmp_path / "archive"
+    settings = audit_log.LogSettings(
+        segment_max_seconds=0.02, checkpoint_every=5, retain_segments=3, archive_dir=archive
+    )
+    asyncio.run(_run(keys, directory, settings, count=300))
+    kept = sorted(directory.rglob("segment-*.jsonl"))
+    archived = sorted(archive.rglob("segment-*.jsonl"))
+    assert len(kept) <= 4 and archived, (kept, archived)  # the newest 3, plus the one being written
+    code = cli.main(["audit", "verify", str(directory), "--key", str(keys / "verifier.key")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "earlier segments removed (retention)" in out
+    first = json.loads(kept[0].read_text().splitlines()[0])
+    assert first["kind"] == "segment_start" and first["tree"]["size"] == first["seq"]
+
+
+def test_query_progress_bar(tmp_path: pathlib.Path, keys: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    directory = tmp_path / "audit"
+    asyncio.run(_run(keys, directory, audit_log.LogSettings(), count=20))
+    assert cli.main(["audit", "query", str(directory), "--format", "json", "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 20
+    assert "reading" in captured.err and "100%" in captured.err
+    assert cli.main(["audit", "verify", str(directory), "--key", str(keys / "verifier.key"), "--progress"]) == 0
+    assert "verifying" in capsys.readouterr().err
