@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# xds-protos ships its own, older copies of opentelemetry/proto/*; whichever installs last
+	# wins. Reinstall the real opentelemetry-proto last so the OTLP exporter gets its own files.
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps -c constraints.txt opentelemetry-proto
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -217,12 +217,15 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         snapshot = loader.load(settings.config)
         audit_recorder = _audit_recorder(args)
+        tracing = telemetry.Tracing.from_environment()
     except ConfigError as error:
         return _fail(f"invalid configuration, not starting:\n{error}", 2)
+    except telemetry.TracingUnavailable as error:
+        return _fail(str(error), 2)
 
     async def run() -> None:
         runtime = server.Runtime(snapshot, default_allow=settings.default_allow)
-        runtime.tracing = telemetry.Tracing.from_environment()
+        runtime.tracing = tracing
         if audit_recorder is not None:
             await audit_recorder.start()
             runtime.recorder = audit_recorder

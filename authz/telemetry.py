@@ -31,7 +31,7 @@ from opentelemetry.trace.propagation import tracecontext
 
 from authz import decision as decision_model
 
-__all__ = ["Tracing", "ids_from_headers"]
+__all__ = ["Tracing", "TracingUnavailable", "ids_from_headers"]
 
 _log = logging.getLogger(__name__)
 _SPAN_NAME = "envoy.service.auth.v3.Authorization/Check"
@@ -59,6 +59,10 @@ def ids_from_headers(headers: Mapping[str, str]) -> tuple[str, str]:
     return "", ""
 
 
+class TracingUnavailable(Exception):
+    """Tracing is configured (OTEL_* variables) but cannot work; the server must not start."""
+
+
 class Tracing:
     def __init__(self, tracer: trace.Tracer | None) -> None:
         self._tracer = tracer
@@ -79,7 +83,14 @@ class Tracing:
         if not configured or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
             return cls(None)
         # Imported only when tracing is on: the SDK and exporter are not needed otherwise.
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+        except ImportError as error:
+            raise TracingUnavailable(
+                f"OTLP tracing is configured but its exporter cannot load ({error}). If xds-protos was "
+                "installed after opentelemetry-proto, it overwrote opentelemetry/proto/*: run "
+                "'pip install --force-reinstall --no-deps opentelemetry-proto'"
+            ) from error
         from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
         from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
         from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
