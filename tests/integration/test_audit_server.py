@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,14 +43,6 @@ spec:
 """
 
 
-@pytest.fixture
-def audit_keys(tmp_path: pathlib.Path) -> pathlib.Path:
-    keys = tmp_path / "keys"
-    assert cli.main(["audit", "keygen", "--name", "tollgate.dev/audit/it", "--out", str(keys)]) == 0
-    assert cli.main(["audit", "pseudonym-key", "--file", str(keys / "pseudonyms.yaml"), "--id", "k1"]) == 0
-    return keys
-
-
 def _audit_flags(keys: pathlib.Path, directory: pathlib.Path, *extra: str) -> list[str]:
     return [
         "--audit-dir",
@@ -66,15 +57,6 @@ def _audit_flags(keys: pathlib.Path, directory: pathlib.Path, *extra: str) -> li
     ]
 
 
-def _wait_ok(check: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError("not reached in time")
-
-
 def test_audit_through_envoy_is_private_searchable_and_verifiable(
     tmp_path: pathlib.Path,
     audit_keys: pathlib.Path,
@@ -84,6 +66,7 @@ def test_audit_through_envoy_is_private_searchable_and_verifiable(
     envoy: Callable[..., harness.Envoy],
     http: Callable[..., Any],
     capsys: pytest.CaptureFixture[str],
+    eventually: Callable[..., None],
 ) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(issuer=dev_idp.issuer))
@@ -92,7 +75,7 @@ def test_audit_through_envoy_is_private_searchable_and_verifiable(
     proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
     alice = dev_idp.token("alice-7731", groups=["staff"], email="alice.secret@corp.example")
     mallory = dev_idp.token("mallory-0042", groups=["guests"], email="mallory.secret@corp.example")
-    _wait_ok(
+    eventually(
         lambda: (
             http(proxy.port, "GET", "/orders", host="app.test", headers={"Authorization": f"Bearer {alice}"}).status
             == 200
@@ -249,7 +232,10 @@ class Load:
 
 
 def test_sync_mode_survives_sigkill_without_losing_an_acknowledged_record(
-    tmp_path: pathlib.Path, audit_keys: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: pathlib.Path,
+    audit_keys: pathlib.Path,
+    capsys: pytest.CaptureFixture[str],
+    eventually: Callable[..., None],
 ) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(issuer="http://127.0.0.1:1"))
@@ -261,7 +247,7 @@ def test_sync_mode_survives_sigkill_without_losing_an_acknowledged_record(
     ).start()
     load = Load(authz.port)
     done = load.run()
-    _wait_ok(lambda: len(load.acknowledged) > 300, timeout=30)
+    eventually(lambda: len(load.acknowledged) > 300, timeout=30)
     assert authz.process is not None
     authz.process.send_signal(signal.SIGKILL)
     authz.process.wait(10)
@@ -318,7 +304,9 @@ def test_sync_mode_fails_closed_when_the_log_cannot_be_written(
     assert "audit log cannot be written" in (tmp_path / "tollgate.log").read_text()
 
 
-def test_async_overflow_is_counted_in_a_loss_record(tmp_path: pathlib.Path, audit_keys: pathlib.Path) -> None:
+def test_async_overflow_is_counted_in_a_loss_record(
+    tmp_path: pathlib.Path, audit_keys: pathlib.Path, eventually: Callable[..., None]
+) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(issuer="http://127.0.0.1:1"))
     audit_dir = tmp_path / "audit"
@@ -327,7 +315,7 @@ def test_async_overflow_is_counted_in_a_loss_record(tmp_path: pathlib.Path, audi
     ).start()
     load = Load(process.port)
     done = load.run(workers=8)
-    _wait_ok(lambda: len(load.acknowledged) > 400, timeout=30)
+    eventually(lambda: len(load.acknowledged) > 400, timeout=30)
     load.stop.set()
     done.result(timeout=30)
     assert process.stop() == 0

@@ -35,23 +35,23 @@ spec:
 SPOOFED = {name: "spoofed" for name in response.IDENTITY_HEADERS}
 
 
-def _config(directory: pathlib.Path, provider: idp.DevIdentityProvider) -> pathlib.Path:
-    path = directory / "policies.yaml"
-    path.write_text(POLICIES.replace("ISSUER", provider.issuer))
-    return path
-
-
-def test_identity_headers_cannot_be_spoofed(
+@pytest.fixture
+def proxy(
     tmp_path: pathlib.Path,
     dev_idp: idp.DevIdentityProvider,
     echo_upstream: upstream.EchoUpstream,
     tollgate: Callable[..., harness.TollgateProcess],
     envoy: Callable[..., harness.Envoy],
-    http: Callable[..., Any],
-) -> None:
-    authz = tollgate(_config(tmp_path, dev_idp))
-    proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
+) -> harness.Envoy:
+    """Envoy in front of the echo upstream, with Tollgate on this module's policies."""
+    path = tmp_path / "policies.yaml"
+    path.write_text(POLICIES.replace("ISSUER", dev_idp.issuer))
+    return envoy(authz_port=tollgate(path).port, upstream_port=echo_upstream.port, access_log=True)
 
+
+def test_identity_headers_cannot_be_spoofed(
+    proxy: harness.Envoy, dev_idp: idp.DevIdentityProvider, http: Callable[..., Any]
+) -> None:
     anonymous = http(proxy.port, "GET", "/public", host="app.test", headers=SPOOFED)
     assert anonymous.status == 200
     seen = anonymous.json()["headers"]
@@ -73,16 +73,8 @@ def test_identity_headers_cannot_be_spoofed(
 
 
 def test_deny_bodies_and_status(
-    tmp_path: pathlib.Path,
-    dev_idp: idp.DevIdentityProvider,
-    echo_upstream: upstream.EchoUpstream,
-    tollgate: Callable[..., harness.TollgateProcess],
-    envoy: Callable[..., harness.Envoy],
-    http: Callable[..., Any],
+    proxy: harness.Envoy, dev_idp: idp.DevIdentityProvider, http: Callable[..., Any]
 ) -> None:
-    authz = tollgate(_config(tmp_path, dev_idp))
-    proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
-
     unauthenticated = http(proxy.port, "GET", "/staff", host="app.test", headers={"x-request-id": "rid-1"})
     assert unauthenticated.status == 401
     assert unauthenticated.headers["www-authenticate"].startswith("Bearer")
@@ -97,16 +89,7 @@ def test_deny_bodies_and_status(
     assert set(forbidden.json()) == {"error", "reason", "request_id"}
 
 
-def test_decision_in_envoy_access_log(
-    tmp_path: pathlib.Path,
-    dev_idp: idp.DevIdentityProvider,
-    echo_upstream: upstream.EchoUpstream,
-    tollgate: Callable[..., harness.TollgateProcess],
-    envoy: Callable[..., harness.Envoy],
-    http: Callable[..., Any],
-) -> None:
-    authz = tollgate(_config(tmp_path, dev_idp))
-    proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port, access_log=True)
+def test_decision_in_envoy_access_log(tmp_path: pathlib.Path, proxy: harness.Envoy, http: Callable[..., Any]) -> None:
     assert http(proxy.port, "GET", "/public", host="app.test").status == 200
     assert http(proxy.port, "GET", "/secret", host="app.test").status == 401
     proxy.stop()  # Envoy buffers its access log; stopping flushes it

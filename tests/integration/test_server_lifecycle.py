@@ -32,15 +32,6 @@ spec:
 """
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_invalid_config_at_start_exits_2_naming_the_field(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(POLICY.format(path="'/a*b'"))
@@ -80,6 +71,7 @@ def test_hot_reload_under_load_and_bad_config_keeps_last_good(
     tollgate: Callable[..., harness.TollgateProcess],
     envoy: Callable[..., harness.Envoy],
     http: Callable[..., Any],
+    eventually: Callable[..., None],
 ) -> None:
     config = tmp_path / "config"
     config.mkdir()
@@ -92,7 +84,7 @@ def test_hot_reload_under_load_and_bad_config_keeps_last_good(
 
     # Load: /always is allowed by every revision below, so any failure is a reload fault.
     policy.write_text(POLICY.format(path="/always").replace("paths: [/always]", "paths: [/always, /v1]"))
-    _wait_for(lambda: http(proxy.port, "GET", "/always", host="app.test").status == 200)
+    eventually(lambda: http(proxy.port, "GET", "/always", host="app.test").status == 200)
     stop = threading.Event()
     failures: list[int] = []
     counts = [0]
@@ -109,7 +101,7 @@ def test_hot_reload_under_load_and_bad_config_keeps_last_good(
         for revision in range(6):
             target = f"/r{revision}"
             policy.write_text(POLICY.format(path="/always").replace("paths: [/always]", f"paths: [/always, {target}]"))
-            _wait_for(lambda t=target: http(proxy.port, "GET", t, host="app.test").status == 200)  # type: ignore[misc]
+            eventually(lambda t=target: http(proxy.port, "GET", t, host="app.test").status == 200)  # type: ignore[misc]
         stop.set()
         for worker in workers:
             worker.result()
@@ -118,7 +110,7 @@ def test_hot_reload_under_load_and_bad_config_keeps_last_good(
 
     # An invalid change is rejected with file and field in the log; the last good config stays.
     (config / "broken.yaml").write_text(POLICY.format(path="'/bad*path*'").replace("name: app", "name: other"))
-    _wait_for(lambda: "configuration rejected" in (tmp_path / "tollgate.log").read_text())
+    eventually(lambda: "configuration rejected" in (tmp_path / "tollgate.log").read_text())
     log = (tmp_path / "tollgate.log").read_text()
     assert "broken.yaml: document 1 (AccessPolicy default/other): spec.rules[0].to.paths[0]" in log
     assert http(proxy.port, "GET", "/r5", host="app.test").status == 200
@@ -126,7 +118,7 @@ def test_hot_reload_under_load_and_bad_config_keeps_last_good(
     # Fixing it is picked up again.
     (config / "broken.yaml").unlink()
     policy.write_text(POLICY.format(path="/fixed"))
-    _wait_for(lambda: http(proxy.port, "GET", "/fixed", host="app.test").status == 200)
+    eventually(lambda: http(proxy.port, "GET", "/fixed", host="app.test").status == 200)
     assert http(proxy.port, "GET", "/always", host="app.test").status == 401
 
 
@@ -147,7 +139,7 @@ spec:
 """
 
 
-def test_sigterm_drains_in_flight_requests(tmp_path: pathlib.Path) -> None:
+def test_sigterm_drains_in_flight_requests(tmp_path: pathlib.Path, eventually: Callable[..., None]) -> None:
     provider = idp.DevIdentityProvider(tmp_path / "idp").start()
     config = tmp_path / "config.yaml"
     config.write_text(PROVIDER.format(issuer=provider.issuer))
@@ -157,7 +149,7 @@ def test_sigterm_drains_in_flight_requests(tmp_path: pathlib.Path) -> None:
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         warm = checks.check_request(host="app.test", headers={"authorization": f"Bearer {provider.token('alice')}"})
         # Keys arrive in the background after start; until then the answer is identity_unavailable.
-        _wait_for(lambda: stub.Check(warm, timeout=10).HasField("ok_response"))
+        eventually(lambda: stub.Check(warm, timeout=10).HasField("ok_response"))
         # A token signed by a key the server has not seen yet makes it refetch the JWKS, and the
         # provider is slow: the Check is genuinely in flight when SIGTERM arrives.
         provider.rotate()

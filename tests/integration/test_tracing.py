@@ -16,7 +16,6 @@ import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from authz import cli
 from authz.dev import harness, upstream
 
 pytestmark = pytest.mark.envoy
@@ -67,11 +66,10 @@ def test_check_span_is_parented_on_envoy_and_matches_the_audit_record(
     tollgate: Callable[..., harness.TollgateProcess],
     envoy: Callable[..., harness.Envoy],
     http: Callable[..., Any],
+    audit_keys: pathlib.Path,
 ) -> None:
     sink, port = receiver
-    keys = tmp_path / "keys"
-    assert cli.main(["audit", "keygen", "--name", "tollgate.dev/audit/t", "--out", str(keys)]) == 0
-    assert cli.main(["audit", "pseudonym-key", "--file", str(keys / "p.yaml"), "--id", "k"]) == 0
+    keys = audit_keys
     config = tmp_path / "policy.yaml"
     config.write_text(POLICY)
     audit_dir = tmp_path / "audit"
@@ -88,7 +86,7 @@ def test_check_span_is_parented_on_envoy_and_matches_the_audit_record(
         "--audit-signing-key",
         str(keys / "signing.key"),
         "--audit-pseudonym-keys",
-        str(keys / "p.yaml"),
+        str(keys / "pseudonyms.yaml"),
         env=env,
     )
     proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port, tracing_port=port)
