@@ -15,6 +15,7 @@ Reason codes and their HTTP status:
     503     identity_unavailable (the provider's keys cannot be had),
             audit_unavailable (durable audit mode and the log cannot be written; see authz.service)
     500     authz_error (a fault in Tollgate itself)
+    504     request_cancelled (the caller gave up before the decision; recorded, never answered)
 """
 
 from __future__ import annotations

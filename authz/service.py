@@ -9,6 +9,8 @@ and exactly one record per Check is handed to the recorder in a ``finally``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any, Protocol
 
@@ -17,6 +19,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import message as protobuf_message
 
 from authz import decision as decision_model
+from authz import request as request_model
 from authz import response, telemetry
 
 __all__ = ["SERVICE_NAME", "AuthorizationService", "Recorder", "Runtime"]
@@ -116,6 +119,18 @@ class AuthorizationService:
                 if not await recorder.record(decision):
                     decision = _audit_unavailable(decision)
             return response.to_check_response(decision)
+        except asyncio.CancelledError:
+            # The caller gave up (Envoy's ext_authz timeout) while the decision was pending, e.g. on
+            # a slow key refetch. Envoy denies on its side; the audit trail still gets its record.
+            if decision is None or not recorded:
+                decision = decision_model.Decision(
+                    decision_id=decision_model.new_id(), revision=runtime.snapshot.revision, status=504,
+                    reason="request_cancelled", message="the caller cancelled the check before it was decided",
+                )
+                if not isinstance(check_request, _Unparseable):
+                    with contextlib.suppress(request_model.RequestRejected):
+                        decision.request = request_model.from_check_request(check_request)
+            raise
         finally:
             if decision is not None and not recorded and traced:
                 tracing.annotate(decision, headers, span)

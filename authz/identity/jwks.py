@@ -17,7 +17,6 @@ mode reported against other ext_authz servers:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -131,8 +130,15 @@ class KeySet:
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.get_running_loop().create_task(self.fetch_once())
         if wait > 0:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            try:
                 await asyncio.wait_for(asyncio.shield(self._inflight), timeout=wait)
+            except TimeoutError:
+                pass  # still fetching: answer with what we have
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # our caller gave up: never swallow that
+                # otherwise the fetch itself was cancelled (provider closed): carry on
 
     # -- fetching --------------------------------------------------------------------------
     async def fetch_once(self) -> None:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -329,3 +330,39 @@ def test_async_overflow_is_counted_in_a_loss_record(
     lost = sum(r["loss"]["count"] for r in losses)
     assert losses and all(r["loss"]["reason"] == "queue_full" for r in losses)
     assert len(decisions) + lost == len(load.acknowledged)  # every decision is either recorded or counted
+
+
+def test_a_check_cancelled_by_the_caller_is_still_recorded(
+    tmp_path: pathlib.Path, audit_keys: pathlib.Path, eventually: Callable[..., None]
+) -> None:
+    provider = idp.DevIdentityProvider(tmp_path / "idp").start()
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(issuer=provider.issuer))
+    audit_dir = tmp_path / "audit"
+    process = harness.TollgateProcess(
+        config, extra=_audit_flags(audit_keys, audit_dir), log_to=tmp_path / "tollgate.log"
+    ).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{process.port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            warm = checks.check_request(host="app.test", headers={"authorization": f"Bearer {provider.token('a')}"})
+            eventually(lambda: stub.Check(warm, timeout=5).dynamic_metadata["reason"] != "identity_unavailable")
+            provider.rotate()  # a new key the server has not fetched yet...
+            provider.delay = 3.0  # ...from a slow provider: the Check waits for the refetch
+            slow = checks.check_request(
+                host="app.test", request_id="slow-one", headers={"authorization": f"Bearer {provider.token('b')}"}
+            )
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.Check(slow, timeout=0.5)  # the caller gives up, as Envoy does at its timeout
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.3)
+    finally:
+        assert process.stop() == 0
+        provider.stop()
+    records = [
+        json.loads(line) for segment in audit_dir.rglob("segment-*.jsonl") for line in segment.read_bytes().splitlines()
+    ]
+    cancelled = [r for r in records if r.get("reason") == "request_cancelled"]
+    assert len(cancelled) == 1 and cancelled[0]["decision"] == "error" and cancelled[0]["status"] == 504
+    assert cancelled[0]["request"]["request_id"] == "slow-one" and cancelled[0]["request"]["host"] == "app.test"
+    assert not [r for r in records if r.get("request", {}).get("request_id") == "slow-one" and r is not cancelled[0]]
