@@ -53,6 +53,10 @@ class IdentityResolver:
             elif spec.mtls is not None:
                 mtls_verifiers[name] = mtls.MtlsVerifier(name, spec.mtls)
         retired = [v for n, v in self._jwt.items() if jwt_verifiers.get(n) is not v]
+        if retired:
+            # A provider's settings changed (say, a new HMAC secret, or another issuer): nothing it
+            # verified before may be served from the cache.
+            self.token_cache = jwt.TokenCache()
         self._jwt, self._api_keys, self._mtls, self._specs = jwt_verifiers, api_keys, mtls_verifiers, by_name
         for verifier in retired:
             verifier.close()
