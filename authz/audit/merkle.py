@@ -57,9 +57,6 @@ class CompactRange:
             node = node_hash(left, node)
         return node
 
-    def copy(self) -> CompactRange:
-        return CompactRange(self.size, self.hashes)
-
 
 def root_of(leaves: Sequence[bytes]) -> bytes:
     """MTH over leaf hashes (reference definition, recursive)."""

@@ -22,7 +22,6 @@ import collections
 import contextlib
 import logging
 import time
-from typing import Any
 
 from authz import decision as decision_model
 from authz.audit import log as audit_log
@@ -195,6 +194,3 @@ class AuditRecorder:
                         await asyncio.to_thread(self.log.checkpoint)
                     except OSError as error:
                         _log.error("audit heartbeat checkpoint failed: %s", error)
-
-    def stats(self) -> dict[str, Any]:
-        return {"written": self.written, "lost": self.lost_total, "size": self.log.size}
