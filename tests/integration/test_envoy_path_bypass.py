@@ -67,6 +67,8 @@ ATTACKS = [
     "/./admin",
     "/public/./../admin",
     "/public//../admin",
+    "/%252e%252e/admin",
+    "/public/%252e%252e/admin",
     "/admin%",
     "/admin%zz",
     "/public/..",

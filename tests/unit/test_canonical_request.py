@@ -32,6 +32,7 @@ SAME = [
     ("/a/b/..", "/a/"),
     ("/a/./b/.", "/a/b/"),
     ("/ADMIN", "/ADMIN"),
+    ("/%252e%252e/admin", "/%252e%252e/admin"),  # decoded once: a literal segment, not a dot-dot
     ("/.well-known/openid-configuration", "/.well-known/openid-configuration"),
 ]
 
