@@ -137,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
         default=_env("audit_archive_dir"),
         help="retention moves old segments here instead of deleting them",
     )
+    audit.add_argument(
+        "--audit-otel-logs",
+        action="store_true",
+        default=_flag_bool(_env("audit_otel_logs")),
+        help="also send every record as an OpenTelemetry log record over OTLP (a copy: integrity lives in the "
+        "files) [TOLLGATE_AUDIT_OTEL_LOGS]",
+    )
 
     policy = commands.add_parser("policy", help="check and explain policies").add_subparsers(
         dest="policy_command", required=True
@@ -190,7 +197,12 @@ def _audit_recorder(args: argparse.Namespace) -> recorder.AuditRecorder | None:
         archive_dir=pathlib.Path(args.audit_archive_dir) if args.audit_archive_dir else None,
     )
     log = audit_log.AuditLog(pathlib.Path(args.audit_dir), signer, instance=args.audit_instance, settings=settings)
-    return recorder.AuditRecorder(log, pseudonyms, mode=args.audit_mode, queue_size=args.audit_queue_size)
+    audit = recorder.AuditRecorder(log, pseudonyms, mode=args.audit_mode, queue_size=args.audit_queue_size)
+    if args.audit_otel_logs:
+        from authz.audit import otel_export  # noqa: PLC0415 - the logs SDK loads only when asked for
+
+        audit.exporter = otel_export.LogExport()
+    return audit
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -216,8 +228,8 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         snapshot = loader.load(settings.config)
-        audit_recorder = _audit_recorder(args)
         tracing = telemetry.Tracing.from_environment()
+        audit_recorder = _audit_recorder(args)
     except ConfigError as error:
         return _fail(f"invalid configuration, not starting:\n{error}", 2)
     except telemetry.TracingUnavailable as error:

@@ -3,7 +3,8 @@
 Called by :mod:`authz.service` around each decision. Configuration is the standard one:
 
 - Tracing is on when an OTLP endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
-  ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) and ``OTEL_SDK_DISABLED`` is not ``true``; the exporter,
+  ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), ``OTEL_SDK_DISABLED`` is not ``true`` and
+  ``OTEL_TRACES_EXPORTER`` is not ``none``; the exporter,
   batching and sampling read the other ``OTEL_*`` variables themselves (``OTEL_SERVICE_NAME``
   defaults to ``tollgate``).
 - The parent context is the one Envoy sends: its ext_authz client span, in the gRPC metadata of
@@ -80,7 +81,11 @@ class Tracing:
         configured = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
         )
-        if not configured or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        if (
+            not configured
+            or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true"
+            or os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower() == "none"
+        ):
             return cls(None)
         # Imported only when tracing is on: the SDK and exporter are not needed otherwise.
         try:

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import logging
 import time
+from typing import Any
 
 from authz import decision as decision_model
 from authz.audit import log as audit_log
@@ -62,6 +63,7 @@ class AuditRecorder:
         self.written = 0
         self._healthy = True
         self._lock = asyncio.Lock()  # one of writer or heartbeat touches the log at a time
+        self.exporter: Any = None  # optional copy of every record (authz.audit.otel_export.LogExport)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -86,6 +88,8 @@ class AuditRecorder:
             if self._lost:
                 self._write_loss()
             await asyncio.to_thread(self.log.close)
+        if self.exporter is not None:
+            self.exporter.shutdown()
 
     # -- the request path ------------------------------------------------------------------
     async def record(self, decision: decision_model.Decision) -> bool:
@@ -136,7 +140,10 @@ class AuditRecorder:
             if self._lost:
                 self._write_loss()
             for decision, time_ms, _ in batch:
-                self.log.append(record.decision_record(decision, time_ms, self.pseudonyms))
+                entry = record.decision_record(decision, time_ms, self.pseudonyms)
+                line = self.log.append(entry)
+                if self.exporter is not None:
+                    self.exporter.emit(entry, line)
                 self.log.rotate_if_due()
             if self.durable:
                 await asyncio.to_thread(self.log.flush, fsync=True)
@@ -164,21 +171,22 @@ class AuditRecorder:
 
     def _write_loss(self) -> None:
         now = time.time_ns() // 1_000_000
-        self.log.append(
-            {
-                "v": record.SCHEMA_VERSION,
-                "kind": "loss",
-                "id": decision_model.new_id(),
-                "time": record.format_time(now),
-                "time_ms": now,
-                "loss": {  # keys in sorted order: see record.encode
-                    "count": self._lost,
-                    "first_time_ms": self._lost_first_ms,
-                    "last_time_ms": self._lost_last_ms,
-                    "reason": self._lost_reason,
-                },
-            }
-        )
+        entry = {
+            "v": record.SCHEMA_VERSION,
+            "kind": "loss",
+            "id": decision_model.new_id(),
+            "time": record.format_time(now),
+            "time_ms": now,
+            "loss": {  # keys in sorted order: see record.encode
+                "count": self._lost,
+                "first_time_ms": self._lost_first_ms,
+                "last_time_ms": self._lost_last_ms,
+                "reason": self._lost_reason,
+            },
+        }
+        line = self.log.append(entry)
+        if self.exporter is not None:
+            self.exporter.emit(entry, line)
         _log.warning(
             "audit: %d decisions could not be recorded (%s); loss record written", self._lost, self._lost_reason
         )

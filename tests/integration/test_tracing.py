@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from authz.dev import harness, upstream
@@ -121,3 +122,77 @@ def test_check_span_is_parented_on_envoy_and_matches_the_audit_record(
     exported = {(s.trace_id.hex(), s.span_id.hex()) for s in ours}
     assert {(r["trace"]["trace_id"], r["trace"]["span_id"]) for r in decisions} <= exported
     assert len(decisions) == 2
+
+
+class LogsReceiver(logs_service_pb2_grpc.LogsServiceServicer):
+    """A minimal OTLP/gRPC logs receiver: keeps every log record it is sent."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+        self._lock = threading.Lock()
+
+    def Export(self, request: Any, context: Any) -> Any:
+        with self._lock:
+            for resource_logs in request.resource_logs:
+                for scope in resource_logs.scope_logs:
+                    self.records.extend(scope.log_records)
+        return logs_service_pb2.ExportLogsServiceResponse()
+
+
+def test_audit_records_as_otel_log_records(
+    tmp_path: pathlib.Path,
+    echo_upstream: upstream.EchoUpstream,
+    tollgate: Callable[..., harness.TollgateProcess],
+    envoy: Callable[..., harness.Envoy],
+    http: Callable[..., Any],
+    audit_keys: pathlib.Path,
+    eventually: Callable[..., None],
+) -> None:
+    sink = LogsReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(sink, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        config = tmp_path / "policy.yaml"
+        config.write_text(POLICY)
+        audit_dir = tmp_path / "audit"
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": "true",
+            "OTEL_BLRP_SCHEDULE_DELAY": "100",
+            "OTEL_TRACES_EXPORTER": "none",
+            "OTEL_SDK_DISABLED": "false",
+        }
+        authz = tollgate(
+            config,
+            "--audit-dir",
+            str(audit_dir),
+            "--audit-signing-key",
+            str(audit_keys / "signing.key"),
+            "--audit-pseudonym-keys",
+            str(audit_keys / "pseudonyms.yaml"),
+            "--audit-otel-logs",
+            env=env,
+        )
+        proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
+        assert http(proxy.port, "GET", "/public", host="app.test").status == 200
+        assert http(proxy.port, "GET", "/private", host="app.test").status == 401
+        eventually(lambda: len(sink.records) >= 2)
+        assert authz.stop() == 0
+    finally:
+        server.stop(None)
+    lines = [
+        line.decode()
+        for segment in audit_dir.rglob("segment-*.jsonl")
+        for line in segment.read_bytes().splitlines()
+        if b'"kind":"decision"' in line
+    ]
+    bodies = [r.body.string_value for r in sink.records]
+    assert sorted(bodies) == sorted(lines)  # exact copies of the signed lines
+    for log_record in sink.records:
+        entry = json.loads(log_record.body.string_value)
+        assert log_record.trace_id.hex() == entry["trace"]["trace_id"]
+        attributes = {a.key: a.value for a in log_record.attributes}
+        assert attributes["tollgate.decision"].string_value == entry["decision"]
+        assert attributes["tollgate.audit.seq"].int_value == entry["seq"]
