@@ -122,10 +122,15 @@ class AuthorizationService:
         except asyncio.CancelledError:
             # The caller gave up (Envoy's ext_authz timeout) while the decision was pending, e.g. on
             # a slow key refetch. Envoy denies on its side; the audit trail still gets its record.
-            if decision is None or not recorded:
+            # Only an await can be cancelled: inside decide() (no decision yet) or, in durable mode,
+            # while waiting for the record (already handed over). So only the first needs a record.
+            if decision is None:
                 decision = decision_model.Decision(
-                    decision_id=decision_model.new_id(), revision=runtime.snapshot.revision, status=504,
-                    reason="request_cancelled", message="the caller cancelled the check before it was decided",
+                    decision_id=decision_model.new_id(),
+                    revision=runtime.snapshot.revision,
+                    status=504,
+                    reason="request_cancelled",
+                    message="the caller cancelled the check before it was decided",
                 )
                 if not isinstance(check_request, _Unparseable):
                     with contextlib.suppress(request_model.RequestRejected):
@@ -140,7 +145,18 @@ class AuthorizationService:
                 span.end()
 
 
-_TRACE_KEYS = ("traceparent", "b3", "x-b3-traceid")
+_TRACE_KEYS = frozenset(
+    {
+        "traceparent",
+        "tracestate",
+        "b3",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "x-b3-sampled",
+        "x-b3-flags",
+        "x-b3-parentspanid",
+    }
+)
 
 
 def _trace_carrier(headers: Any, context: Any) -> Any:
@@ -149,7 +165,7 @@ def _trace_carrier(headers: Any, context: Any) -> Any:
     headers of the CheckRequest."""
     metadata = context.invocation_metadata() if context is not None else None
     if metadata:
-        carrier = {item[0]: item[1] for item in metadata if item[0] in _TRACE_KEYS or item[0].startswith("x-b3-")}
+        carrier = {item[0]: item[1] for item in metadata if item[0] in _TRACE_KEYS}
         if carrier:
             return carrier
     return headers

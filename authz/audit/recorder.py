@@ -59,7 +59,6 @@ class AuditRecorder:
         self._lost_reason = ""
         self._lost_first_ms = 0
         self._lost_last_ms = 0
-        self.lost_total = 0
         self.written = 0
         self._healthy = True
         self._lock = asyncio.Lock()  # one of writer or heartbeat touches the log at a time
@@ -116,7 +115,6 @@ class AuditRecorder:
         if not self._lost:
             self._lost_first_ms = now
         self._lost += 1
-        self.lost_total += 1
         self._lost_last_ms = now
         self._lost_reason = reason
 

@@ -46,13 +46,11 @@ class KeySet:
     def __init__(self, provider: str, issuer: str, jwks_uri: str, refresh: providers.RefreshSettings) -> None:
         self.provider = provider
         self.issuer = issuer.rstrip("/")
-        self.configured_uri = jwks_uri
         self.refresh = refresh
         self.keys: dict[str, jwt.PyJWK] = {}
         self.generation = 0  # bumped whenever the set of keys changes: invalidates cached tokens
         self.fetched_at: float | None = None  # monotonic time of the last successful fetch
         self.refresh_failures = 0
-        self.fetches = 0
         self.last_error = ""
         self._jwks_uri = jwks_uri
         self._raw_keys = ""
@@ -142,7 +140,6 @@ class KeySet:
 
     # -- fetching --------------------------------------------------------------------------
     async def fetch_once(self) -> None:
-        self.fetches += 1
         try:
             max_age = await asyncio.to_thread(self._fetch_blocking)
         except FetchError as error:

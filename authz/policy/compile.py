@@ -85,12 +85,10 @@ Check = Callable[[Context], bool]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CompiledRule:
-    policy: str
     name: str
-    allow: bool
     checks: tuple[Check, ...]
+    verdict: Verdict  # what a match decides (allow or deny, policy, rule): built once, returned as is
     methods: frozenset[str] | None = None  # None: any method; matched by the host's method index
-    verdict: Verdict | None = None  # what a match decides: built once by _compile_rule
 
     def matches(self, context: Context) -> bool:
         # A plain loop, not all(<generator>): this runs for every rule of every request.
@@ -114,9 +112,7 @@ class HostPolicies:
 
     by_method: dict[str, RulePair]
     other: RulePair
-    default_allow: bool
-    default_policy: str
-    default_verdict: Verdict
+    default_verdict: Verdict  # default_allow or default_deny, naming the policy that set it
     enforced: bool  # False: only DryRun policies cover this host
     policies: tuple[str, ...]
     dry_run: HostPolicies | None  # the outcome if the DryRun policies were enforced too
@@ -220,7 +216,7 @@ def _combine(
 
     def for_method(method: str | None) -> RulePair:
         admitted = [r for r in compiled if r.methods is None or (method is not None and method in r.methods)]
-        return tuple(r for r in admitted if not r.allow), tuple(r for r in admitted if r.allow)
+        return tuple(r for r in admitted if not r.verdict.allowed), tuple(r for r in admitted if r.verdict.allowed)
 
     deniers = [p for p in policies if p.default_action is model.Action.DENY]
     # Fixed order, as in Istio: any Deny rule, then any Allow rule, then the default. A host's
@@ -234,8 +230,6 @@ def _combine(
     return HostPolicies(
         by_method={method: for_method(method) for method in named},
         other=for_method(None),
-        default_allow=default_allow,
-        default_policy=default_policy,
         default_verdict=Verdict(
             allowed=default_allow, reason="default_allow" if default_allow else "default_deny", policy=default_policy
         ),
@@ -294,9 +288,7 @@ def _compile_rule(policy: str, rule: model.Rule) -> CompiledRule:
         checks.append(_compile_condition(condition))
     allow = rule.action is model.Action.ALLOW
     verdict = Verdict(allowed=allow, reason="rule_allow" if allow else "rule_deny", policy=policy, rule=rule.name)
-    return CompiledRule(
-        policy=policy, name=rule.name, allow=allow, checks=tuple(checks), methods=methods, verdict=verdict
-    )
+    return CompiledRule(name=rule.name, checks=tuple(checks), verdict=verdict, methods=methods)
 
 
 def _compile_condition(condition: model.Condition) -> Check:

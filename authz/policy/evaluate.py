@@ -40,10 +40,8 @@ def _decide(host: compiled.HostPolicies, context: compiled.Context) -> Verdict:
     deny_rules, allow_rules = host.by_method.get(context.request.method, host.other)
     for rule in deny_rules:
         if rule.matches(context):
-            assert rule.verdict is not None
             return rule.verdict
     for rule in allow_rules:
         if rule.matches(context):
-            assert rule.verdict is not None
             return rule.verdict
     return host.default_verdict
