@@ -154,18 +154,7 @@ def _audit_setup(work: pathlib.Path) -> tuple[pathlib.Path, list[str], pathlib.P
     (keys / "verifier.key").write_text(vkey)
     pseudonym.generate_key_file(keys / "pseudonyms.yaml", "demo")
     audit_dir = work / "audit"
-    flags = [
-        "--audit-dir",
-        str(audit_dir),
-        "--audit-signing-key",
-        str(keys / "signing.key"),
-        "--audit-pseudonym-keys",
-        str(keys / "pseudonyms.yaml"),
-        "--audit-instance",
-        "demo",
-        "--audit-checkpoint-seconds",
-        "1",
-    ]
+    flags = harness.audit_flags(keys, audit_dir, "--audit-instance", "demo", "--audit-checkpoint-seconds", "1")
     return audit_dir, flags, keys / "verifier.key"
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-__all__ = ["Envoy", "TollgateProcess", "envoy_binary", "envoy_config", "free_port", "wait_for_port"]
+__all__ = ["Envoy", "TollgateProcess", "audit_flags", "envoy_binary", "envoy_config", "free_port", "wait_for_port"]
 
 
 _TYPE = "type.googleapis.com/"
@@ -53,6 +53,20 @@ def _output(path: pathlib.Path | None) -> Iterator[Any]:
         return
     with open(path, "ab") as handle:
         yield handle
+
+
+def audit_flags(keys: pathlib.Path, directory: pathlib.Path, *extra: str) -> list[str]:
+    """``tollgate serve`` flags for an audit log in ``directory`` with the keys in ``keys``
+    (``signing.key`` and ``pseudonyms.yaml``, as ``tollgate audit keygen`` / ``pseudonym-key`` write them)."""
+    return [
+        "--audit-dir",
+        str(directory),
+        "--audit-signing-key",
+        str(keys / "signing.key"),
+        "--audit-pseudonym-keys",
+        str(keys / "pseudonyms.yaml"),
+        *extra,
+    ]
 
 
 def envoy_binary() -> str:

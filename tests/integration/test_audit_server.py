@@ -44,20 +44,6 @@ spec:
 """
 
 
-def _audit_flags(keys: pathlib.Path, directory: pathlib.Path, *extra: str) -> list[str]:
-    return [
-        "--audit-dir",
-        str(directory),
-        "--audit-signing-key",
-        str(keys / "signing.key"),
-        "--audit-pseudonym-keys",
-        str(keys / "pseudonyms.yaml"),
-        "--audit-instance",
-        "pod-1",
-        *extra,
-    ]
-
-
 def test_audit_through_envoy_is_private_searchable_and_verifiable(
     tmp_path: pathlib.Path,
     audit_keys: pathlib.Path,
@@ -72,7 +58,10 @@ def test_audit_through_envoy_is_private_searchable_and_verifiable(
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(issuer=dev_idp.issuer))
     audit_dir = tmp_path / "audit"
-    authz = tollgate(config, *_audit_flags(audit_keys, audit_dir, "--audit-checkpoint-every", "5"))
+    authz = tollgate(
+        config,
+        *harness.audit_flags(audit_keys, audit_dir, "--audit-instance", "pod-1", "--audit-checkpoint-every", "5"),
+    )
     proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
     alice = dev_idp.token("alice-7731", groups=["staff"], email="alice.secret@corp.example")
     mallory = dev_idp.token("mallory-0042", groups=["guests"], email="mallory.secret@corp.example")
@@ -243,7 +232,9 @@ def test_sync_mode_survives_sigkill_without_losing_an_acknowledged_record(
     audit_dir = tmp_path / "audit"
     authz = harness.TollgateProcess(
         config,
-        extra=_audit_flags(audit_keys, audit_dir, "--audit-mode", "sync", "--audit-checkpoint-every", "50"),
+        extra=harness.audit_flags(
+            audit_keys, audit_dir, "--audit-instance", "pod-1", "--audit-mode", "sync", "--audit-checkpoint-every", "50"
+        ),
         log_to=tmp_path / "tollgate.log",
     ).start()
     load = Load(authz.port)
@@ -283,7 +274,9 @@ def test_sync_mode_fails_closed_when_the_log_cannot_be_written(
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     process = harness.TollgateProcess(
-        config, extra=_audit_flags(audit_keys, audit_dir, "--audit-mode", "sync"), log_to=tmp_path / "tollgate.log"
+        config,
+        extra=harness.audit_flags(audit_keys, audit_dir, "--audit-instance", "pod-1", "--audit-mode", "sync"),
+        log_to=tmp_path / "tollgate.log",
     )
     process.preexec = small_files
     process.start()
@@ -312,7 +305,9 @@ def test_async_overflow_is_counted_in_a_loss_record(
     config.write_text(CONFIG.format(issuer="http://127.0.0.1:1"))
     audit_dir = tmp_path / "audit"
     process = harness.TollgateProcess(
-        config, extra=_audit_flags(audit_keys, audit_dir, "--audit-queue-size", "1"), log_to=tmp_path / "tollgate.log"
+        config,
+        extra=harness.audit_flags(audit_keys, audit_dir, "--audit-instance", "pod-1", "--audit-queue-size", "1"),
+        log_to=tmp_path / "tollgate.log",
     ).start()
     load = Load(process.port)
     done = load.run(workers=8)
@@ -340,7 +335,9 @@ def test_a_check_cancelled_by_the_caller_is_still_recorded(
     config.write_text(CONFIG.format(issuer=provider.issuer))
     audit_dir = tmp_path / "audit"
     process = harness.TollgateProcess(
-        config, extra=_audit_flags(audit_keys, audit_dir), log_to=tmp_path / "tollgate.log"
+        config,
+        extra=harness.audit_flags(audit_keys, audit_dir, "--audit-instance", "pod-1"),
+        log_to=tmp_path / "tollgate.log",
     ).start()
     try:
         with grpc.insecure_channel(f"127.0.0.1:{process.port}") as channel:

@@ -29,8 +29,9 @@ async def test_rotating_an_hmac_secret_invalidates_cached_tokens(tmp_path: pathl
     resolver = resolve.IdentityResolver()
     resolver.update(loader.load(tmp_path / "config.yaml").providers)
     now = int(time.time())
-    token = jwt.encode({"iss": "https://internal.example", "sub": "svc", "exp": now + 600}, old_secret,
-                       algorithm="HS256")
+    token = jwt.encode(
+        {"iss": "https://internal.example", "sub": "svc", "exp": now + 600}, old_secret, algorithm="HS256"
+    )
     request = HttpRequest(method="GET", host="a", path="/", headers={"authorization": f"Bearer {token}"})
     assert (await resolver.resolve(request, None)).subject == "svc"
     assert (await resolver.resolve(request, None)).subject == "svc"  # now from the cache

@@ -70,7 +70,6 @@ def test_check_span_is_parented_on_envoy_and_matches_the_audit_record(
     audit_keys: pathlib.Path,
 ) -> None:
     sink, port = receiver
-    keys = audit_keys
     config = tmp_path / "policy.yaml"
     config.write_text(POLICY)
     audit_dir = tmp_path / "audit"
@@ -82,12 +81,7 @@ def test_check_span_is_parented_on_envoy_and_matches_the_audit_record(
     }
     authz = tollgate(
         config,
-        "--audit-dir",
-        str(audit_dir),
-        "--audit-signing-key",
-        str(keys / "signing.key"),
-        "--audit-pseudonym-keys",
-        str(keys / "pseudonyms.yaml"),
+        *harness.audit_flags(audit_keys, audit_dir),
         env=env,
     )
     proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port, tracing_port=port)
@@ -162,16 +156,10 @@ def test_audit_records_as_otel_log_records(
             "OTEL_EXPORTER_OTLP_INSECURE": "true",
             "OTEL_BLRP_SCHEDULE_DELAY": "100",
             "OTEL_TRACES_EXPORTER": "none",
-            "OTEL_SDK_DISABLED": "false",
         }
         authz = tollgate(
             config,
-            "--audit-dir",
-            str(audit_dir),
-            "--audit-signing-key",
-            str(audit_keys / "signing.key"),
-            "--audit-pseudonym-keys",
-            str(audit_keys / "pseudonyms.yaml"),
+            *harness.audit_flags(audit_keys, audit_dir),
             "--audit-otel-logs",
             env=env,
         )
