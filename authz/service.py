@@ -74,17 +74,19 @@ class AuthorizationService:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def handler(self) -> grpc.GenericRpcHandler[Any, Any]:
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {
-                "Check": grpc.unary_unary_rpc_method_handler(
-                    self.check,
-                    request_deserializer=_parse,
-                    response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
-                )
-            },
-        )
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """``{"Check": handler}``, for both ``add_registered_method_handlers`` and a generic handler.
+
+        Registering the method (as the generated ``add_..._to_server`` functions do) lets gRPC core
+        route each call itself instead of a Python lookup per call: measurably cheaper per Check.
+        """
+        return {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                self.check,
+                request_deserializer=_parse,
+                response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+            )
+        }
 
     async def check(
         self, check_request: external_auth_pb2.CheckRequest | _Unparseable, context: Any
