@@ -4,6 +4,8 @@ upstream servers disagree on, which are rejected with their own reason."""
 from __future__ import annotations
 
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 from authz import request
 from authz.dev import checks
@@ -104,3 +106,49 @@ def test_oversized_headers_are_rejected() -> None:
     many = checks.check_request(headers={f"x-h{i}": "v" for i in range(300)})
     with pytest.raises(RequestRejected):
         request.from_check_request(many)
+
+
+def test_repeated_targets_give_the_same_answer_and_rejections_stay_rejections() -> None:
+    # The canonical form of each (authority, target) is remembered; asking twice must not change
+    # the answer, and a rejected target must be rejected (with what was sent) every time.
+    for _ in range(2):
+        parsed = request.from_check_request(checks.check_request(host="B.test:8443", path="/x/%2e%2e/y?z"))
+        assert (parsed.host, parsed.path, parsed.raw_path, parsed.query) == ("b.test", "/y", "/x/%2e%2e/y", "z")
+        with pytest.raises(RequestRejected) as caught:
+            request.from_check_request(checks.check_request(path="/a%5Cb", request_id="rid-8"))
+        assert caught.value.code == "path_encoded_backslash"
+        assert caught.value.request is not None and caught.value.request.request_id == "rid-8"
+    long_target = "/" + "a/" * 600 + "../b"
+    assert request.from_check_request(checks.check_request(path=long_target)).path == "/" + "a/" * 599 + "b"
+
+
+def _raw_headers_request(headers: dict[str, bytes]) -> external_auth_pb2.CheckRequest:
+    """What Envoy sends with ``encode_raw_headers``: no ``headers`` map, no method/path/host fields."""
+    context = attribute_context_pb2.AttributeContext
+    raw = [base_pb2.HeaderValue(key=k, raw_value=v) for k, v in headers.items()]
+    http = context.HttpRequest(id="9", header_map=base_pb2.HeaderMap(headers=raw), protocol="HTTP/2")
+    return external_auth_pb2.CheckRequest(attributes=context(request=context.Request(http=http)))
+
+
+def test_raw_header_bytes_are_read_from_the_header_map() -> None:
+    parsed = request.from_check_request(
+        _raw_headers_request(
+            {":method": b"post", ":path": b"//api/./orders?id=1", ":authority": b"Shop.test:443", "X-Tenant": b"acme"}
+        )
+    )
+    assert (parsed.method, parsed.host, parsed.path, parsed.query) == ("POST", "shop.test", "/api/orders", "id=1")
+    assert parsed.headers["x-tenant"] == "acme"
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({":method": b"GET", ":path": b"/", "x-bad": b"\xff\xfe"}, "request_bad_encoding"),
+        ({":path": b"/", ":authority": b"a.test"}, "request_missing_method"),
+        ({":method": b"GET", ":authority": b"a.test"}, "request_missing_path"),
+    ],
+)
+def test_raw_header_map_failures_have_their_own_reason(headers: dict[str, bytes], code: str) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        request.from_check_request(_raw_headers_request(headers))
+    assert caught.value.code == code
