@@ -3,7 +3,7 @@
 Bytes in, bytes out. The request is parsed here with our own deserializer so that a message the
 protobuf runtime rejects (e.g. invalid UTF-8 in a string field) still gets an answer — a deny
 with reason ``request_parse_error`` — instead of a gRPC error and a traceback in the log. The
-decision itself is made in :mod:`authz.decision`, the response built in :mod:`authz.response`,
+decision itself is made in :mod:`authz.decision`, the response built and serialized in :mod:`authz.response`,
 and exactly one record per Check is handed to the recorder in a ``finally``.
 """
 
@@ -84,13 +84,13 @@ class AuthorizationService:
             "Check": grpc.unary_unary_rpc_method_handler(
                 self.check,
                 request_deserializer=_parse,
-                response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+                response_serializer=None,  # check() answers with the serialized CheckResponse
             )
         }
 
     async def check(
         self, check_request: external_auth_pb2.CheckRequest | _Unparseable, context: Any
-    ) -> external_auth_pb2.CheckResponse:
+    ) -> bytes:
         runtime = self._runtime
         recorder = runtime.recorder
         tracing = runtime.tracing
@@ -120,7 +120,7 @@ class AuthorizationService:
                 tracing.annotate(decision, headers, span)
                 if not await recorder.record(decision):
                     decision = _audit_unavailable(decision)
-            return response.to_check_response(decision)
+            return response.encode(decision)
         except asyncio.CancelledError:
             # The caller gave up (Envoy's ext_authz timeout) while the decision was pending, e.g. on
             # a slow key refetch. Envoy denies on its side; the audit trail still gets its record.
