@@ -213,12 +213,12 @@ async def verify_request(
     verifiers: Sequence[JwtVerifier], request: request_model.HttpRequest, cache: TokenCache
 ) -> model.Identity | None:
     """The caller's identity from a bearer token, None when the request carries no token."""
-    found = {token for verifier in verifiers for token in verifier.tokens(request)}
+    found = verifiers[0].tokens(request) if len(verifiers) == 1 else [t for v in verifiers for t in v.tokens(request)]
     if not found:
         return None
-    if len(found) > 1:
+    token = found[0]
+    if len(found) > 1 and any(other != token for other in found):
         raise model.IdentityFailure("token_ambiguous", "the request carries more than one different token")
-    token = found.pop()
     digest = hashlib.sha256(token.encode()).digest()
     cached = cache.get(digest, verifiers)
     if cached is not None:

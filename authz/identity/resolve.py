@@ -34,6 +34,8 @@ class IdentityResolver:
         self._api_keys: dict[str, apikey.ApiKeyVerifier] = {}
         self._mtls: dict[str, mtls.MtlsVerifier] = {}
         self._specs: dict[str, providers.ProviderSpec] = {}
+        # The JWT verifiers for each scope (a host's provider set; None: all): hosts share few scopes.
+        self._scoped: dict[frozenset[str] | None, list[jwt.JwtVerifier]] = {}
         self.token_cache = jwt.TokenCache()
 
     def update(self, specs: Iterable[providers.ProviderSpec]) -> None:
@@ -58,6 +60,7 @@ class IdentityResolver:
             # verified before may be served from the cache.
             self.token_cache = jwt.TokenCache()
         self._jwt, self._api_keys, self._mtls, self._specs = jwt_verifiers, api_keys, mtls_verifiers, by_name
+        self._scoped = {}
         for verifier in retired:
             verifier.close()
 
@@ -81,7 +84,9 @@ class IdentityResolver:
             return identity_model.ANONYMOUS  # no provider configured: nobody can be identified
         principal = request.source_principal
         identity: identity_model.Identity | None = None
-        token_verifiers = [v for n, v in self._jwt.items() if scope is None or n in scope]
+        token_verifiers = self._scoped.get(scope)
+        if token_verifiers is None:
+            token_verifiers = self._scoped[scope] = [v for n, v in self._jwt.items() if scope is None or n in scope]
         if token_verifiers:
             identity = await jwt.verify_request(token_verifiers, request, self.token_cache)
         if identity is None:
