@@ -39,9 +39,10 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=authz/audit/schema --pyi_out=authz/audit/schema \
 		proto/tollgate/audit/v1/audit.proto
 
-## lint: ruff and mypy (strict)
+## lint: ruff (checks and formatting) and mypy (strict)
 lint: $(STAMP)
 	$(BIN)/ruff check authz tests bench
+	$(BIN)/ruff format --check authz tests bench
 	$(BIN)/mypy
 
 ## lock: re-pin every dependency into constraints.txt from a fresh resolution

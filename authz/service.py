@@ -88,9 +88,7 @@ class AuthorizationService:
             )
         }
 
-    async def check(
-        self, check_request: external_auth_pb2.CheckRequest | _Unparseable, context: Any
-    ) -> bytes:
+    async def check(self, check_request: external_auth_pb2.CheckRequest | _Unparseable, context: Any) -> bytes:
         runtime = self._runtime
         recorder = runtime.recorder
         tracing = runtime.tracing
