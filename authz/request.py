@@ -172,7 +172,8 @@ def _decode_unreserved(segment: str) -> str:
 
 
 # Canonical (host, path, raw path, query) per (authority, request target) already seen: a pure
-# function of its key, and most traffic repeats a few hundred targets. Bounded in count and size.
+# function of its key, and most traffic repeats a few hundred targets. Bounded in count and in the
+# size of each key (authority and target together), so at most 4,096 x 512 bytes of keys.
 _targets: dict[tuple[str, str], tuple[str, str, str, str]] = {}
 _MAX_TARGETS = 4096
 _MAX_CACHED_TARGET = 512
@@ -199,7 +200,7 @@ def from_check_request(check_request: Any) -> HttpRequest:
     canonical = _targets.get((authority, target))
     if canonical is None:
         canonical = _canonical_target(attributes, http, headers, method, authority=authority, target=target)
-        if len(target) <= _MAX_CACHED_TARGET:
+        if len(target) + len(authority) <= _MAX_CACHED_TARGET:
             if len(_targets) >= _MAX_TARGETS:
                 _targets.clear()
             _targets[(authority, target)] = canonical

@@ -122,6 +122,14 @@ def test_repeated_targets_give_the_same_answer_and_rejections_stay_rejections() 
     assert request.from_check_request(checks.check_request(path=long_target)).path == "/" + "a/" * 599 + "b"
 
 
+def test_only_small_targets_are_remembered() -> None:
+    # Memory stays bounded whatever clients send: long authorities or targets are not remembered.
+    for host, path in [("h.test", "/" + "a" * 600), ("h" * 600 + ".test", "/a"), ("h.test", "/small")]:
+        parsed = request.from_check_request(checks.check_request(host=host, path=path))
+        assert parsed.path == path
+        assert ((host, path) in request._targets) == (len(host) + len(path) <= 512)
+
+
 def _raw_headers_request(headers: dict[str, bytes]) -> external_auth_pb2.CheckRequest:
     """What Envoy sends with ``encode_raw_headers``: no ``headers`` map, no method/path/host fields."""
     context = attribute_context_pb2.AttributeContext
