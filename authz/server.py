@@ -135,7 +135,8 @@ async def start(settings: ServerSettings, runtime: Runtime) -> tuple[grpc.aio.Se
     )
     handlers = service.AuthorizationService(runtime).method_handlers()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.SERVICE_NAME, handlers),))
-    server.add_registered_method_handlers(service.SERVICE_NAME, handlers)  # type: ignore[attr-defined]  # grpcio 1.63+, not in the stubs yet
+    # As the generated add_..._to_server does (grpcio >= 1.63; not in the type stubs yet).
+    server.add_registered_method_handlers(service.SERVICE_NAME, handlers)  # type: ignore[attr-defined]
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -3,8 +3,8 @@
 Bytes in, bytes out. The request is parsed here with our own deserializer so that a message the
 protobuf runtime rejects (e.g. invalid UTF-8 in a string field) still gets an answer — a deny
 with reason ``request_parse_error`` — instead of a gRPC error and a traceback in the log. The
-decision itself is made in :mod:`authz.decision`, the response built and serialized in :mod:`authz.response`,
-and exactly one record per Check is handed to the recorder in a ``finally``.
+decision itself is made in :mod:`authz.decision`, the answer built and serialized in
+:mod:`authz.response`, and exactly one record per Check is handed to the recorder in a ``finally``.
 """
 
 from __future__ import annotations
