@@ -70,7 +70,8 @@ def _settle_memory() -> None:
 
     Each Check allocates short-lived objects only; without this, every full collection walks
     every compiled rule of every policy. ``gc.freeze`` (Python 3.7+) is the documented tool for
-    exactly this; the young-generation threshold is raised so collections run less often.
+    exactly this. The collection thresholds stay at Python's defaults: raising them (tried:
+    20,000/50/100) made each collection longer and the p99 latency under load worse.
     """
     gc.collect()
     gc.freeze()
@@ -160,7 +161,6 @@ async def start(settings: ServerSettings, runtime: Runtime) -> tuple[grpc.aio.Se
 async def serve(settings: ServerSettings, runtime: Runtime, *, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     server, health_servicer, port = await start(settings, runtime)
-    gc.set_threshold(20_000, 50, 100)
     _settle_memory()
     _log.info(
         "listening on %s (port %d), configuration revision %s, %d policies",
