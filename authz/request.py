@@ -189,7 +189,11 @@ def from_check_request(check_request: Any) -> HttpRequest:
     http = attributes.request.http
     headers: Mapping[str, str] = http.headers
     # ByteSize() is computed in C; it bounds every header, the path and the rest of the request.
-    if len(headers) > _MAX_HEADER_COUNT or http.ByteSize() > _MAX_HEADER_BYTES:
+    size = http.ByteSize()
+    if size > _MAX_HEADER_BYTES:
+        # A body Envoy buffered for the check (`with_request_body`) is not part of the headers.
+        size -= len(http.body.encode()) + len(http.raw_body)
+    if len(headers) > _MAX_HEADER_COUNT or size > _MAX_HEADER_BYTES:
         raise RequestRejected(
             "request_headers_too_large",
             f"request headers exceed {_MAX_HEADER_BYTES} bytes or {_MAX_HEADER_COUNT} headers",

@@ -44,6 +44,7 @@ def send(
     *,
     host: str = "example.com",
     headers: dict[str, str] | None = None,
+    body: bytes = b"",
     timeout: float = 10.0,
 ) -> Reply:
     connection = http_client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -52,7 +53,9 @@ def send(
         connection.putheader("Host", host)
         for name, value in (headers or {}).items():
             connection.putheader(name, value)
-        connection.endheaders()
+        if body:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body or None)
         response = connection.getresponse()
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
     finally:

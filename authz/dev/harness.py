@@ -119,6 +119,7 @@ def envoy_config(
     normalize_path: bool = True,
     merge_slashes: bool = True,
     authz_timeout: str = "2s",
+    request_body_bytes: int | None = None,
     tracing_port: int | None = None,
     access_log: bool = False,
     tls: dict[str, str] | None = None,
@@ -130,7 +131,8 @@ def envoy_config(
     (URI SAN, e.g. a SPIFFE id) to Tollgate as ``source.principal``.
 
     ``upstream_port=None`` answers with ``direct_response`` (used by the benchmarks so the
-    upstream never dominates the measurement).
+    upstream never dominates the measurement). ``request_body_bytes`` makes Envoy buffer request
+    bodies up to that size and send them with the check (``with_request_body``).
     """
     route: dict[str, Any] = {"match": {"prefix": "/"}}
     if upstream_port is None:
@@ -139,18 +141,16 @@ def envoy_config(
         route["route"] = {"cluster": "upstream"}
     filters: list[dict[str, Any]] = []
     if authz_port is not None:
-        filters.append(
-            {
-                "name": "envoy.filters.http.ext_authz",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                    "transport_api_version": "V3",
-                    "failure_mode_allow": False,  # fail closed if Tollgate is unreachable
-                    "include_peer_certificate": True,
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "tollgate"}, "timeout": authz_timeout},
-                },
-            }
-        )
+        ext_authz: dict[str, Any] = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,  # fail closed if Tollgate is unreachable
+            "include_peer_certificate": True,
+            "grpc_service": {"envoy_grpc": {"cluster_name": "tollgate"}, "timeout": authz_timeout},
+        }
+        if request_body_bytes is not None:
+            ext_authz["with_request_body"] = {"max_request_bytes": request_body_bytes}
+        filters.append({"name": "envoy.filters.http.ext_authz", "typed_config": ext_authz})
     filters.append(
         {
             "name": "envoy.filters.http.router",

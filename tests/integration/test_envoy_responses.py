@@ -30,6 +30,7 @@ spec:
   rules:
     - {name: public, action: Allow, to: {paths: [/public]}}
     - {name: staff, action: Allow, to: {paths: [/staff]}, from: {groups: [staff]}}
+    - {name: upload, action: Allow, to: {methods: [POST], paths: [/upload]}}
 """
 
 SPOOFED = {name: "spoofed" for name in response.IDENTITY_HEADERS}
@@ -104,3 +105,21 @@ def test_unreachable_tollgate_fails_closed(
     proxy = envoy(authz_port=harness.free_port(), upstream_port=echo_upstream.port)
     reply = http(proxy.port, "GET", "/public", host="app.test")
     assert reply.status == 403  # Envoy's failure_mode_allow=false: nothing reaches the upstream
+
+
+def test_a_large_buffered_body_is_not_mistaken_for_large_headers(
+    tmp_path: pathlib.Path,
+    dev_idp: idp.DevIdentityProvider,
+    echo_upstream: upstream.EchoUpstream,
+    tollgate: Callable[..., harness.TollgateProcess],
+    envoy: Callable[..., harness.Envoy],
+    http: Callable[..., Any],
+) -> None:
+    # With `with_request_body`, Envoy sends the buffered body inside the CheckRequest; Tollgate's
+    # header-size bound must not count it.
+    path = tmp_path / "policies.yaml"
+    path.write_text(POLICIES.replace("ISSUER", dev_idp.issuer))
+    proxy = envoy(authz_port=tollgate(path).port, upstream_port=echo_upstream.port, request_body_bytes=256 * 1024)
+    reply = http(proxy.port, "POST", "/upload", host="app.test", body=b"x" * 100_000)
+    assert reply.status == 200, reply.body
+    assert reply.json()["method"] == "POST"

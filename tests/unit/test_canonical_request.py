@@ -108,6 +108,19 @@ def test_oversized_headers_are_rejected() -> None:
         request.from_check_request(many)
 
 
+def test_a_buffered_body_is_not_counted_as_headers() -> None:
+    # Envoy's `with_request_body` puts the body into the CheckRequest; a large one must not make
+    # an ordinary request look like one with oversized headers.
+    for field, value in [("body", "x" * 200_000), ("raw_body", b"\x00" * 200_000)]:
+        message = checks.check_request(path="/upload")
+        setattr(message.attributes.request.http, field, value)
+        assert request.from_check_request(message).path == "/upload"
+        message.attributes.request.http.headers["x-big"] = "a" * 70_000
+        with pytest.raises(RequestRejected) as caught:
+            request.from_check_request(message)
+        assert caught.value.code == "request_headers_too_large"
+
+
 def test_repeated_targets_give_the_same_answer_and_rejections_stay_rejections() -> None:
     # The canonical form of each (authority, target) is remembered; asking twice must not change
     # the answer, and a rejected target must be rejected (with what was sent) every time.
