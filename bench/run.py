@@ -5,6 +5,7 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
 
     envoy-only           Envoy without ext_authz (the ceiling)
     noop-authz           a do-nothing Python grpc.aio ext_authz server (the baseline)
+    noop-authz-jwt       the same, sent the same bearer-token requests as tollgate-jwt-1000
     tollgate-1           Tollgate, 1 policy
     tollgate-1000        Tollgate, 1,000 policies (10,000 rules)
     tollgate-jwt-1000    Tollgate, 1,000 policies, RS256 bearer token (warm cache)
@@ -166,6 +167,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             ("noop-authz", Backend(noop), one_host, {}),
             ("tollgate-1", Backend(tollgate(one)), one_host, {}),
             ("tollgate-1000", Backend(tollgate(many)), many_host, {}),
+            ("noop-authz-jwt", Backend(noop), jwt_host, {"Authorization": f"Bearer {token}"}),
             ("tollgate-jwt-1000", Backend(tollgate(jwt_dir)), jwt_host, {"Authorization": f"Bearer {token}"}),
             ("audit-async-1000", Backend(tollgate(many, "async")), many_host, {}),
             ("audit-sync-1000", Backend(tollgate(many, "sync")), many_host, {}),
@@ -243,6 +245,7 @@ def render(results: dict[str, Any]) -> str:
                 f"| {n['non_2xx']} | {per_round} |"
             )
     pairs = [(name, "noop-authz") for name in load if name.startswith("tollgate")]
+    pairs += [("tollgate-jwt-1000", "noop-authz-jwt")]
     pairs += [("audit-async-1000", "tollgate-1000"), ("audit-sync-1000", "audit-async-1000")]
     ratios = []
     for name, base in pairs:
