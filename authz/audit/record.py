@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib import parse
 
+import orjson
+
 from authz import decision as decision_model
 from authz.audit import pseudonym
 
@@ -33,11 +35,18 @@ def canonical(record: Mapping[str, Any]) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
+_ORJSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE
+
+
 def encode(record: Mapping[str, Any]) -> bytes:
-    """The writer's encoding, equal to :func:`canonical` for records whose nested objects are built
-    with their keys in sorted order (all of this module's and the log's are); it sorts the top
-    level only, which halves the cost of every record written. Tests compare the two."""
-    return json.dumps(dict(sorted(record.items())), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """The writer's encoding: byte for byte :func:`canonical`, by orjson (several times faster than
+    the standard library's encoder; tests compare the two on every kind of record and on
+    generated text). What orjson cannot represent (integers beyond 64 bits, lone surrogates) takes
+    the reference path."""
+    try:
+        return orjson.dumps(record, option=_ORJSON_OPTIONS)
+    except TypeError:
+        return canonical(record)
 
 
 def format_time(time_ms: int) -> str:
@@ -57,20 +66,12 @@ def _query_names(query: str) -> list[str]:
     return sorted(set(names))
 
 
-def _sorted_everywhere(value: Any) -> bool:
-    if isinstance(value, dict):
-        keys = list(value)
-        return keys == sorted(keys) and all(_sorted_everywhere(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_sorted_everywhere(v) for v in value)
-    return True
-
-
 def is_canonical(line: bytes, parsed: Mapping[str, Any]) -> bool:
-    """``canonical(parsed) == line``, computed faster: nested objects must already be in key order
-    (json.loads keeps the order of the line), then only the top level needs sorting."""
-    nested_sorted = all(_sorted_everywhere(v) for v in parsed.values())
-    return nested_sorted and encode(parsed) == line
+    """``canonical(parsed) == line`` (json.loads keeps the line's key order, so a record whose keys
+    were reordered, or that was re-serialized in any other way, compares unequal). The fast
+    encoding decides the usual case; a mismatch is confirmed with the reference itself, so values
+    the writer never produces (floats, say) are judged exactly as the reference would."""
+    return encode(parsed) == line or canonical(parsed) == line
 
 
 def decision_record(

@@ -175,7 +175,7 @@ class AuditRecorder:
             "id": decision_model.new_id(),
             "time": record.format_time(now),
             "time_ms": now,
-            "loss": {  # keys in sorted order: see record.encode
+            "loss": {
                 "count": self._lost,
                 "first_time_ms": self._lost_first_ms,
                 "last_time_ms": self._lost_last_ms,

@@ -135,3 +135,16 @@ def test_fast_canonical_check_agrees_with_the_reference() -> None:
         ):
             parsed = json.loads(line)
             assert record.is_canonical(line, parsed) == (record.canonical(parsed) == line)
+
+
+def test_writer_encoding_is_the_reference_for_any_text() -> None:
+    # The writer encodes with orjson, the verifier demands json.dumps' canonical form: they must
+    # agree byte for byte on whatever a request or token can put into a record.
+    rng = random.Random(11)
+    alphabet = [chr(i) for i in range(0x250)] + ["\u2028", "\u2029", "\ufeff", "\u0085", "😀", "\U0010ffff", "中"]
+    for _ in range(20_000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+        item = {"s": text, "l": [text, 0, -1, 2**63, True, None], "d": {text: 1, "z": {"k": text}}}
+        assert record.encode(item) == record.canonical(item), repr(text)
+    for awkward in ({"big": 2**70}, {"neg": -(2**70)}):  # beyond orjson: the reference path
+        assert record.encode(awkward) == record.canonical(awkward)
