@@ -79,11 +79,13 @@ def run_wrk(wrk: str, url: str, host: str, connections: int, duration: int, head
         command += ["-H", f"{name}: {value}"]
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     latency = {q: _ms(v) for q, v in re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE)}
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     errors = re.search(r"Socket errors: (.*)", output)
     return {
         "rps": rps,
+        "requests": requests,
         "p50_ms": latency["50"],
         "p99_ms": latency["99"],
         "non_2xx": int(non_2xx.group(1)) if non_2xx else 0,
@@ -108,18 +110,44 @@ class Backend:
         if self.process is not None:
             self.process.stop()
 
+    @property
+    def pid(self) -> int | None:
+        """The ext_authz server's process id (TollgateProcess and _Noop both hold a Popen)."""
+        return self.process.process.pid if self.process is not None else None
+
 
 class _Noop:
     def __init__(self) -> None:
         self.port = harness.free_port()
-        self._process = subprocess.Popen(
+        self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "noop_authz.py"), str(self.port)], cwd=ROOT
         )
         harness.wait_for_port(self.port)
 
     def stop(self) -> None:
-        self._process.terminate()
-        self._process.wait(10)
+        self.process.terminate()
+        self.process.wait(10)
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process and all its threads so far (Linux /proc), else None."""
+    if pid is None:
+        return None
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def cpu_per_request(before: float | None, after: float | None, requests: int) -> float | None:
+    """Microseconds of CPU per request between two readings, if both exist."""
+    if before is None or after is None or not requests:
+        return None
+    return 1e6 * (after - before) / requests
 
 
 @contextlib.contextmanager
@@ -199,13 +227,21 @@ def main() -> int:
             stack.callback(proxy.stop)
             url = f"{proxy.url}/api/orders"
             run_wrk(wrk, url, host, 16, 2, headers)  # warm-up: connections, caches, keys
-            running.append((name, url, host, headers))
+            running.append((name, url, host, headers, backend.pid, proxy.pid))
         # Interleaved rounds: every scenario sees the same machine drift; medians are reported.
         samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for connections in connection_counts:
             for round_number in range(rounds):
-                for name, url, host, headers in running:
+                for name, url, host, headers, authz_pid, envoy_pid in running:
+                    cpu_before = cpu_seconds(authz_pid), cpu_seconds(envoy_pid)
                     numbers = run_wrk(wrk, url, host, connections, duration, headers)
+                    # CPU per request is far less noisy than rps here: it is what a change costs.
+                    numbers["authz_cpu_us"] = cpu_per_request(
+                        cpu_before[0], cpu_seconds(authz_pid), numbers["requests"]
+                    )
+                    numbers["envoy_cpu_us"] = cpu_per_request(
+                        cpu_before[1], cpu_seconds(envoy_pid), numbers["requests"]
+                    )
                     samples.setdefault((name, connections), []).append(numbers)
                     flag = f"  NON-2xx: {numbers['non_2xx']}" if numbers["non_2xx"] else ""
                     print(
@@ -220,6 +256,8 @@ def main() -> int:
                 "p99_ms": statistics.median(r["p99_ms"] for r in runs),
                 "non_2xx": sum(r["non_2xx"] for r in runs),
                 "rounds_rps": [r["rps"] for r in runs],
+                "authz_cpu_us": _median_or_none([r["authz_cpu_us"] for r in runs]),
+                "envoy_cpu_us": _median_or_none([r["envoy_cpu_us"] for r in runs]),
             }
     if not wanted or "micro" in wanted:
         results["micro"] = micro.run()
@@ -231,18 +269,28 @@ def main() -> int:
     return 0
 
 
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _us(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
 def render(results: dict[str, Any]) -> str:
     load = results["load"]
     lines = [
-        "| scenario | conns | rps (median) | p50 ms | p99 ms | non-2xx | rps per round |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| scenario | conns | rps (median) | p50 ms | p99 ms | non-2xx | ext_authz CPU µs/req | Envoy CPU µs/req "
+        "| rps per round |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, by_connections in load.items():
         for connections, n in by_connections.items():
             per_round = ", ".join(f"{r:.0f}" for r in n["rounds_rps"])
             lines.append(
                 f"| {name} | {connections} | {n['rps']:.0f} | {n['p50_ms']:.2f} | {n['p99_ms']:.2f} "
-                f"| {n['non_2xx']} | {per_round} |"
+                f"| {n['non_2xx']} | {_us(n.get('authz_cpu_us'))} | {_us(n.get('envoy_cpu_us'))} | {per_round} |"
             )
     pairs = [(name, "noop-authz") for name in load if name.startswith("tollgate")]
     pairs += [("tollgate-jwt-1000", "noop-authz-jwt")]

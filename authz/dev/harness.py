@@ -263,6 +263,10 @@ class Envoy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = 30.0) -> Envoy:
         path = pathlib.Path(self._dir.name) / "envoy.json"
         path.write_text(json.dumps(self.config))
