@@ -31,7 +31,7 @@ from authz.identity import model as identity_model
 from authz.policy import compile as compiled
 from authz.policy import evaluate, verdict
 
-__all__ = ["Decision", "IdentityStage", "decide", "new_id"]
+__all__ = ["Decision", "IdentityStage", "decide", "new_id", "undecided"]
 
 _log = logging.getLogger(__name__)
 
@@ -89,6 +89,11 @@ def new_id() -> str:
         text = f"{now_ms:012x}"
         _clock_ms, _clock_text = now_ms, f"{text[:8]}-{text[8:]}-7"
     return "%s%03x-%04x-%012x" % (_clock_text, _bits(12), 0x8000 | _bits(14), _bits(48))  # noqa: UP031
+
+
+def undecided(revision: str, status: int, reason: str, message: str) -> Decision:
+    """The Decision for a Check that never reached :func:`decide` (unparseable, or cancelled)."""
+    return Decision(decision_id=new_id(), revision=revision, status=status, reason=reason, message=message)
 
 
 async def decide(

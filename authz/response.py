@@ -83,8 +83,10 @@ _MAX_TEMPLATES = 10_000
 def encode(decision: decision_model.Decision) -> bytes:
     """The serialized ``CheckResponse`` for ``decision``: the same bytes' meaning as
     ``to_check_response(decision).SerializeToString()``, cheaper for allowed requests."""
+    if not decision.allowed:
+        return _serialized(decision)
     decision_id = decision.decision_id.encode()
-    if not decision.allowed or len(decision_id) != _ID_BYTES:
+    if len(decision_id) != _ID_BYTES:
         return _serialized(decision)
     identity = decision.identity
     key = (

@@ -101,12 +101,8 @@ class AuthorizationService:
         recorded = False
         try:
             if isinstance(check_request, _Unparseable):  # (repeated for the type checker)
-                decision = decision_model.Decision(
-                    decision_id=decision_model.new_id(),
-                    revision=runtime.snapshot.revision,
-                    status=400,
-                    reason="request_parse_error",
-                    message="CheckRequest could not be parsed",
+                decision = decision_model.undecided(
+                    runtime.snapshot.revision, 400, "request_parse_error", "CheckRequest could not be parsed"
                 )
             else:
                 decision = await decision_model.decide(
@@ -125,12 +121,11 @@ class AuthorizationService:
             # Only an await can be cancelled: inside decide() (no decision yet) or, in durable mode,
             # while waiting for the record (already handed over). So only the first needs a record.
             if decision is None:
-                decision = decision_model.Decision(
-                    decision_id=decision_model.new_id(),
-                    revision=runtime.snapshot.revision,
-                    status=504,
-                    reason="request_cancelled",
-                    message="the caller cancelled the check before it was decided",
+                decision = decision_model.undecided(
+                    runtime.snapshot.revision,
+                    504,
+                    "request_cancelled",
+                    "the caller cancelled the check before it was decided",
                 )
                 if not isinstance(check_request, _Unparseable):
                     with contextlib.suppress(request_model.RequestRejected):
