@@ -255,7 +255,10 @@ def _compile_rule(policy: str, rule: model.Rule) -> CompiledRule:
     methods = frozenset(rule.methods) if rule.methods and "*" not in rule.methods else None
     if rule.not_methods:
         not_methods = frozenset(rule.not_methods)
-        checks.append(lambda c: c.request.method not in not_methods and "*" not in not_methods)
+        if "*" in not_methods:
+            checks.append(lambda c: False)  # every method is excluded: the rule never matches
+        else:
+            checks.append(lambda c: c.request.method not in not_methods)
     if rule.paths:
         paths = Patterns(rule.paths)
         checks.append(lambda c: paths.match(c.request.path))
@@ -302,7 +305,12 @@ def _compile_condition(condition: model.Condition) -> Check:
 
     if condition.header is not None:
         header = condition.header
-        return lambda c: judge((c.request.headers[header],) if header in c.request.headers else ())
+
+        def header_check(c: Context) -> bool:
+            value = c.request.headers.get(header)  # one lookup in the request's header map
+            return judge(() if value is None else (value,))
+
+        return header_check
     claim = condition.claim or ""
     if claim == "mfa":
         # "mfa" is derived by the identity stage from amr/acr; it is not a raw token claim.

@@ -31,6 +31,7 @@ spec:
     - {name: suffix, action: Allow, to: {methods: [GET], paths: ["*.png"]}}
     - {name: not-paths, action: Allow, to: {methods: [GET], paths: [/np/*], notPaths: [/np/secret/*]}}
     - {name: not-methods, action: Allow, to: {notMethods: [DELETE], paths: [/nm]}}
+    - {name: not-any-method, action: Allow, to: {notMethods: ["*"], paths: [/nm-all]}}
     - {name: any-method, action: Allow, to: {paths: [/anything]}}
 ---
 apiVersion: tollgate.dev/v1alpha1
@@ -283,6 +284,19 @@ CASES: list[tuple[Any, ...]] = [
         "DELETE",
         "a.test",
         "/nm",
+        ANON,
+        "1.2.3.4",
+        {},
+        False,
+        "default_deny",
+        "t/to-matching#",
+        401,
+    ),
+    (
+        "not-methods-star-excludes-everything",
+        "GET",
+        "a.test",
+        "/nm-all",
         ANON,
         "1.2.3.4",
         {},
