@@ -37,17 +37,19 @@ SPOOFED = {name: "spoofed" for name in response.IDENTITY_HEADERS}
 
 
 @pytest.fixture
-def proxy(
-    tmp_path: pathlib.Path,
-    dev_idp: idp.DevIdentityProvider,
-    echo_upstream: upstream.EchoUpstream,
-    tollgate: Callable[..., harness.TollgateProcess],
-    envoy: Callable[..., harness.Envoy],
-) -> harness.Envoy:
-    """Envoy in front of the echo upstream, with Tollgate on this module's policies."""
+def authz_port(
+    tmp_path: pathlib.Path, dev_idp: idp.DevIdentityProvider, tollgate: Callable[..., harness.TollgateProcess]
+) -> int:
+    """Tollgate on this module's policies."""
     path = tmp_path / "policies.yaml"
     path.write_text(POLICIES.replace("ISSUER", dev_idp.issuer))
-    return envoy(authz_port=tollgate(path).port, upstream_port=echo_upstream.port, access_log=True)
+    return tollgate(path).port
+
+
+@pytest.fixture
+def proxy(authz_port: int, echo_upstream: upstream.EchoUpstream, envoy: Callable[..., harness.Envoy]) -> harness.Envoy:
+    """Envoy in front of the echo upstream, with Tollgate on this module's policies."""
+    return envoy(authz_port=authz_port, upstream_port=echo_upstream.port, access_log=True)
 
 
 def test_identity_headers_cannot_be_spoofed(
@@ -108,18 +110,14 @@ def test_unreachable_tollgate_fails_closed(
 
 
 def test_a_large_buffered_body_is_not_mistaken_for_large_headers(
-    tmp_path: pathlib.Path,
-    dev_idp: idp.DevIdentityProvider,
+    authz_port: int,
     echo_upstream: upstream.EchoUpstream,
-    tollgate: Callable[..., harness.TollgateProcess],
     envoy: Callable[..., harness.Envoy],
     http: Callable[..., Any],
 ) -> None:
     # With `with_request_body`, Envoy sends the buffered body inside the CheckRequest; Tollgate's
     # header-size bound must not count it.
-    path = tmp_path / "policies.yaml"
-    path.write_text(POLICIES.replace("ISSUER", dev_idp.issuer))
-    proxy = envoy(authz_port=tollgate(path).port, upstream_port=echo_upstream.port, request_body_bytes=256 * 1024)
+    proxy = envoy(authz_port=authz_port, upstream_port=echo_upstream.port, request_body_bytes=256 * 1024)
     reply = http(proxy.port, "POST", "/upload", host="app.test", body=b"x" * 100_000)
     assert reply.status == 200, reply.body
     assert reply.json()["method"] == "POST"
