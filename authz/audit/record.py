@@ -49,9 +49,18 @@ def encode(record: Mapping[str, Any]) -> bytes:
         return canonical(record)
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted: records come many per second
+
+
 def format_time(time_ms: int) -> str:
-    moment = datetime.datetime.fromtimestamp(time_ms / 1000, tz=datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_ms % 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds: ``2026-11-23T20:51:37.944Z``."""
+    global _second  # noqa: PLW0603 - a one-entry cache, replaced as one tuple (never seen half-set)
+    second, millis = divmod(time_ms, 1000)
+    cached_second, text = _second
+    if second != cached_second:
+        text = datetime.datetime.fromtimestamp(second, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second = (second, text)
+    return f"{text}{millis:03d}Z"
 
 
 def _outcome(decision: decision_model.Decision) -> str:
@@ -81,7 +90,6 @@ def decision_record(
     identity = decision.identity
     request = decision.request
     dry = decision.dry_run
-    # Nested objects are written with their keys in sorted order: see encode().
     record: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "kind": "decision",

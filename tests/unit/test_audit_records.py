@@ -86,6 +86,14 @@ def test_time_format() -> None:
     time_ms = int(moment.timestamp() * 1000)
     assert record.format_time(time_ms) == "2026-11-23T20:51:37.944Z"
     assert record.format_time(time_ms - 940).endswith(":37.004Z")
+    # The second is formatted once and remembered: going back and forth across seconds (and
+    # across a day) must give what formatting from scratch gives.
+    rng = random.Random(5)
+    for candidate in [time_ms, time_ms + 56, time_ms - 1000, time_ms + 1, 0, 999, 1000] + [
+        rng.randrange(0, 4_000_000_000_000) for _ in range(2000)
+    ]:
+        moment = datetime.datetime.fromtimestamp(candidate / 1000, tz=datetime.UTC)
+        assert record.format_time(candidate) == moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{candidate % 1000:03d}Z"
 
 
 def test_schema_check_catches_what_the_proto_forbids() -> None:
