@@ -21,8 +21,9 @@ Reason codes and their HTTP status:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-import random
+import secrets
 import time
 from typing import Any, Protocol
 
@@ -37,6 +38,11 @@ _log = logging.getLogger(__name__)
 
 
 class IdentityStage(Protocol):
+    def resolve_now(
+        self, request: request_model.HttpRequest, scope: frozenset[str] | None
+    ) -> identity_model.Identity | None:
+        """The identity if known without waiting (e.g. a cached token); None: call resolve()."""
+
     async def resolve(
         self, request: request_model.HttpRequest, scope: frozenset[str] | None
     ) -> identity_model.Identity: ...
@@ -51,7 +57,10 @@ class SnapshotView(Protocol):
 
 @dataclasses.dataclass(slots=True)
 class Decision:
-    """The outcome of one Check, with everything the response and the audit record need."""
+    """The outcome of one Check, with everything the response and the audit record need.
+
+    :func:`decide` builds it positionally: keep the field order in step with it.
+    """
 
     decision_id: str
     revision: str
@@ -71,8 +80,11 @@ class Decision:
     duration_ns: int = 0
 
 
-# Seeded from os.urandom. Decision ids must be unique, not secret: nothing is authorized by one.
-_bits = random.Random().getrandbits  # noqa: S311
+# Decision ids must be unique, not secret: nothing is authorized by one. So after the time come
+# 26 bits drawn once per process and a 48-bit counter from a random start (RFC 9562 §6.2,
+# method 1): unique within the process, ordered within a millisecond, apart from other replicas'.
+_sequence = itertools.count(secrets.randbits(48))
+_process_bits = "%03x-%04x-" % (secrets.randbits(12), 0x8000 | secrets.randbits(14))  # noqa: UP031
 _clock_ms = -1
 _clock_text = ""
 
@@ -80,15 +92,14 @@ _clock_text = ""
 def new_id() -> str:
     """A UUIDv7 (RFC 9562): time-ordered, so decision ids sort by time in any log.
 
-    48-bit Unix time in ms, version 7, 12 random bits, the RFC variant, 62 random bits. The time
-    part is formatted once per millisecond.
+    48-bit Unix time in ms, version 7, 12 + 14 bits fixed per process around the RFC variant,
+    then the counter. Everything but the counter is formatted once per millisecond.
     """
     global _clock_ms, _clock_text  # a one-entry cache on the hot path
     now_ms = time.time_ns() // 1_000_000
     if now_ms != _clock_ms:
-        text = f"{now_ms:012x}"
-        _clock_ms, _clock_text = now_ms, f"{text[:8]}-{text[8:]}-7"
-    return "%s%03x-%04x-%012x" % (_clock_text, _bits(12), 0x8000 | _bits(14), _bits(48))  # noqa: UP031
+        _clock_ms, _clock_text = now_ms, "%08x-%04x-7%s" % (now_ms >> 16, now_ms & 0xFFFF, _process_bits)  # noqa: UP031
+    return "%s%012x" % (_clock_text, next(_sequence) & 0xFFFFFFFFFFFF)  # noqa: UP031
 
 
 def undecided(revision: str, status: int, reason: str, message: str) -> Decision:
@@ -102,37 +113,53 @@ async def decide(
     identity_stage: IdentityStage,
     *,
     server_default_allow: bool = False,
+    wire_size: int | None = None,
 ) -> Decision:
-    """Decide one CheckRequest against one configuration snapshot. Never raises."""
-    decision = Decision(decision_id=new_id(), revision=snapshot.revision, started_ns=time.perf_counter_ns())
+    """Decide one CheckRequest against one configuration snapshot. Never raises.
+
+    ``wire_size``: the serialized request's length, if known (see ``request.from_check_request``).
+    """
+    decision_id, revision, started = new_id(), snapshot.revision, time.perf_counter_ns()
+    request: request_model.HttpRequest | None = None
     try:
-        request = request_model.from_check_request(check_request)
-        decision.request = request
+        request = request_model.from_check_request(check_request, wire_size)
         host = snapshot.index.lookup(request.host)
-        identity = await identity_stage.resolve(request, host.providers if host else None)
-        decision.identity = identity
+        scope = host.providers if host else None
+        identity = identity_stage.resolve_now(request, scope)
+        if identity is None:  # a token not verified before: may wait for the provider's keys
+            identity = await identity_stage.resolve(request, scope)
         outcome = evaluate.evaluate(
             host, compiled.Context(request, identity), server_default_allow=server_default_allow
         )
-        decision.allowed = outcome.allowed
-        decision.reason = outcome.reason
-        decision.policy = outcome.policy
-        decision.rule = outcome.rule
-        decision.dry_run = outcome.dry_run
         # Deny of a caller we could not identify is "who are you?" (401), of a known one "no" (403).
-        decision.status = 200 if outcome.allowed else (403 if identity.authenticated else 401)
+        status = 200 if outcome.allowed else (403 if identity.authenticated else 401)
+        # Positional, in field order: the one Decision of nearly every Check, built at half the cost.
+        return Decision(
+            decision_id,
+            revision,
+            outcome.allowed,
+            status,
+            outcome.reason,
+            "",
+            outcome.policy,
+            outcome.rule,
+            request,
+            identity,
+            outcome.dry_run,
+            "",
+            "",
+            "",
+            started,
+            time.perf_counter_ns() - started,
+        )
     except request_model.RequestRejected as rejected:
-        decision.allowed = False
+        decision = Decision(decision_id, revision, status=400, reason=rejected.code, message=rejected.message)
         decision.request = rejected.request
-        decision.status, decision.reason, decision.message = 400, rejected.code, rejected.message
     except identity_model.IdentityFailure as failure:
-        decision.allowed = False
-        decision.status, decision.reason, decision.message = failure.status, failure.code, failure.message
-        decision.provider = failure.provider
+        decision = Decision(decision_id, revision, status=failure.status, reason=failure.code, message=failure.message)
+        decision.request, decision.provider = request, failure.provider
     except Exception as error:  # fail closed: a fault in Tollgate must never become an allow
         _log.exception("decision failed: %s", error.__class__.__name__)
-        decision.allowed = False
-        decision.status, decision.reason, decision.message = 500, "authz_error", "internal error"
-    finally:
-        decision.duration_ns = time.perf_counter_ns() - decision.started_ns
+        decision = Decision(decision_id, revision, request=request)  # 500 authz_error, not allowed
+    decision.started_ns, decision.duration_ns = started, time.perf_counter_ns() - started
     return decision

@@ -179,8 +179,11 @@ _MAX_TARGETS = 4096
 _MAX_CACHED_TARGET = 512
 
 
-def from_check_request(check_request: Any) -> HttpRequest:
+def from_check_request(check_request: Any, wire_size: int | None = None) -> HttpRequest:
     """Build the canonical request from an Envoy ``CheckRequest`` (read by attribute, no protobuf import).
+
+    ``wire_size`` is the length of the serialized CheckRequest, when the caller has it: a message
+    that small cannot hold more header bytes than the bound, so their size need not be computed.
 
     Raises :class:`RequestRejected` for a request that is missing its HTTP attributes, is too large,
     or whose path cannot be canonicalized.
@@ -188,11 +191,13 @@ def from_check_request(check_request: Any) -> HttpRequest:
     attributes = check_request.attributes
     http = attributes.request.http
     headers: Mapping[str, str] = http.headers
-    # ByteSize() is computed in C; it bounds every header, the path and the rest of the request.
-    size = http.ByteSize()
-    if size > _MAX_HEADER_BYTES:
-        # A body Envoy buffered for the check (`with_request_body`) is not part of the headers.
-        size -= len(http.body.encode()) + len(http.raw_body)
+    size = 0
+    if wire_size is None or wire_size > _MAX_HEADER_BYTES:
+        # ByteSize() is computed in C (by encoding); it bounds every header, the path and the rest.
+        size = http.ByteSize()
+        if size > _MAX_HEADER_BYTES:
+            # A body Envoy buffered for the check (`with_request_body`) is not part of the headers.
+            size -= len(http.body.encode()) + len(http.raw_body)
     if len(headers) > _MAX_HEADER_COUNT or size > _MAX_HEADER_BYTES:
         raise RequestRejected(
             "request_headers_too_large",

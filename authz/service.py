@@ -63,9 +63,12 @@ class Runtime(Protocol):
 _NO_HEADERS: dict[str, str] = {}
 
 
-def _parse(data: bytes) -> external_auth_pb2.CheckRequest | _Unparseable:
+Parsed = tuple[external_auth_pb2.CheckRequest, int]  # the request and its serialized length
+
+
+def _parse(data: bytes) -> Parsed | _Unparseable:
     try:
-        return external_auth_pb2.CheckRequest.FromString(data)
+        return external_auth_pb2.CheckRequest.FromString(data), len(data)
     except protobuf_message.DecodeError as error:
         return _Unparseable(str(error))
 
@@ -88,25 +91,30 @@ class AuthorizationService:
             )
         }
 
-    async def check(self, check_request: external_auth_pb2.CheckRequest | _Unparseable, context: Any) -> bytes:
+    async def check(self, parsed: Parsed | _Unparseable, context: Any) -> bytes:
         runtime = self._runtime
         recorder = runtime.recorder
         tracing = runtime.tracing
         traced = tracing.enabled or recorder is not None  # else nobody reads the trace ids
+        check_request, wire_size = (None, 0) if isinstance(parsed, _Unparseable) else parsed
         headers: Any = _NO_HEADERS
-        if traced and not isinstance(check_request, _Unparseable):
+        if traced and check_request is not None:
             headers = _trace_carrier(check_request.attributes.request.http.headers, context)
         span = tracing.start(headers)
         decision: decision_model.Decision | None = None
         recorded = False
         try:
-            if isinstance(check_request, _Unparseable):  # (repeated for the type checker)
+            if check_request is None:
                 decision = decision_model.undecided(
                     runtime.snapshot.revision, 400, "request_parse_error", "CheckRequest could not be parsed"
                 )
             else:
                 decision = await decision_model.decide(
-                    check_request, runtime.snapshot, runtime.identity, server_default_allow=runtime.default_allow
+                    check_request,
+                    runtime.snapshot,
+                    runtime.identity,
+                    server_default_allow=runtime.default_allow,
+                    wire_size=wire_size,
                 )
             if recorder is not None and recorder.durable:
                 # Durable mode: the answer waits for the record, and no record means no access.
@@ -127,9 +135,9 @@ class AuthorizationService:
                     "request_cancelled",
                     "the caller cancelled the check before it was decided",
                 )
-                if not isinstance(check_request, _Unparseable):
+                if check_request is not None:
                     with contextlib.suppress(request_model.RequestRejected):
-                        decision.request = request_model.from_check_request(check_request)
+                        decision.request = request_model.from_check_request(check_request, wire_size)
             raise
         finally:
             if decision is not None and not recorded and traced:

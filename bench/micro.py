@@ -56,6 +56,9 @@ class _Static:
     def __init__(self, identity: model.Identity) -> None:
         self.identity = identity
 
+    def resolve_now(self, request: Any, scope: Any) -> model.Identity | None:
+        return self.identity
+
     async def resolve(self, request: Any, scope: Any) -> model.Identity:
         return self.identity
 

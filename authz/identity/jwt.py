@@ -36,7 +36,7 @@ import jwt as pyjwt
 from authz import request as request_model
 from authz.identity import jwks, model, providers
 
-__all__ = ["JwtVerifier", "TokenCache", "verify_request"]
+__all__ = ["JwtVerifier", "TokenCache", "cached_identity", "presented_token", "verify_request"]
 
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP", "HS": "oct"}
 _MFA_AMR = frozenset({"mfa"})
@@ -97,6 +97,7 @@ class JwtVerifier:
         self.keys = jwks.KeySet(name, settings.issuer, settings.jwks_uri, settings.refresh)
         self._hmac_secret = settings.hmac_secret
         self.uses_jwks = any(a not in providers.HMAC_ALGORITHMS for a in settings.algorithms)
+        self._sources = tuple((s.header, s.prefix, s.prefix.lower(), s.cookie) for s in settings.sources)
 
     def generation(self) -> int:
         """Identifies the key set cached verifications were made with; -1 once it is past trusting."""
@@ -112,24 +113,31 @@ class JwtVerifier:
         self.keys.close()
 
     def tokens(self, request: request_model.HttpRequest) -> list[str]:
+        """Every non-empty token the request carries in this provider's sources, in source order."""
         found = []
         headers = request.headers
-        for source in self.settings.sources:
-            if source.header:
-                value = headers.get(source.header, "")
-                prefix = source.prefix
-                # The scheme is case-insensitive (RFC 9110 §11.1): "Bearer", "bearer", "BEARER".
-                if value and (not prefix or value.startswith(prefix) or value[: len(prefix)].lower() == prefix.lower()):
-                    found.append(value[len(prefix) :].strip())
-            elif source.cookie and "cookie" in headers:
+        for header, prefix, prefix_lower, cookie in self._sources:
+            if header:
+                value = headers.get(header)
+                if not value:
+                    continue
+                if prefix:
+                    # The scheme is case-insensitive (RFC 9110 §11.1): "Bearer", "bearer", "BEARER".
+                    if not value.startswith(prefix) and value[: len(prefix)].lower() != prefix_lower:
+                        continue
+                    value = value[len(prefix) :]
+                value = value.strip()
+                if value:
+                    found.append(value)
+            elif cookie and "cookie" in headers:
                 jar = cookies.SimpleCookie()
                 try:
                     jar.load(headers["cookie"])
                 except cookies.CookieError:
                     continue
-                if source.cookie in jar:
-                    found.append(jar[source.cookie].value)
-        return [token for token in found if token]
+                if cookie in jar and jar[cookie].value:
+                    found.append(jar[cookie].value)
+        return found
 
     async def verify(self, token: str, header: Mapping[str, Any]) -> tuple[model.Identity, float]:
         """Verify a token whose (unverified) header was already parsed; return identity and exp."""
@@ -209,16 +217,29 @@ def _unverified_parts(token: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]
     return header, payload
 
 
-async def verify_request(
-    verifiers: Sequence[JwtVerifier], request: request_model.HttpRequest, cache: TokenCache
-) -> model.Identity | None:
-    """The caller's identity from a bearer token, None when the request carries no token."""
+def presented_token(verifiers: Sequence[JwtVerifier], request: request_model.HttpRequest) -> str | None:
+    """The token the request carries for these providers; None when it carries none."""
     found = verifiers[0].tokens(request) if len(verifiers) == 1 else [t for v in verifiers for t in v.tokens(request)]
     if not found:
         return None
     token = found[0]
     if len(found) > 1 and any(other != token for other in found):
         raise model.IdentityFailure("token_ambiguous", "the request carries more than one different token")
+    return token
+
+
+def cached_identity(token: str, verifiers: Sequence[JwtVerifier], cache: TokenCache) -> model.Identity | None:
+    """The identity of a token verified before (and still valid), without waiting; else None."""
+    return cache.get(hashlib.sha256(token.encode()).digest(), verifiers)
+
+
+async def verify_request(
+    verifiers: Sequence[JwtVerifier], request: request_model.HttpRequest, cache: TokenCache
+) -> model.Identity | None:
+    """The caller's identity from a bearer token, None when the request carries no token."""
+    token = presented_token(verifiers, request)
+    if token is None:
+        return None
     digest = hashlib.sha256(token.encode()).digest()
     cached = cache.get(digest, verifiers)
     if cached is not None:

@@ -77,18 +77,50 @@ class IdentityResolver:
     def jwt_verifiers(self) -> dict[str, jwt.JwtVerifier]:
         return self._jwt
 
+    def resolve_now(
+        self, request: request_model.HttpRequest, scope: frozenset[str] | None
+    ) -> identity_model.Identity | None:
+        """The caller's identity when it is known without waiting: the request carries no token,
+        or one verified before (the cache). None means a token must be verified: :meth:`resolve`.
+
+        The usual Check takes only this path, with no coroutine in between.
+        """
+        if not self._specs:
+            return identity_model.ANONYMOUS  # no provider configured: nobody can be identified
+        identity: identity_model.Identity | None = None
+        token_verifiers = self._token_verifiers(scope)
+        if token_verifiers:
+            token = jwt.presented_token(token_verifiers, request)
+            if token is not None:
+                identity = jwt.cached_identity(token, token_verifiers, self.token_cache)
+                if identity is None:
+                    return None
+        return self._complete(identity, request, scope)
+
     async def resolve(
         self, request: request_model.HttpRequest, scope: frozenset[str] | None
     ) -> identity_model.Identity:
-        if not self._specs:
-            return identity_model.ANONYMOUS  # no provider configured: nobody can be identified
+        """The caller's identity, verifying a token first if need be (which may wait for keys)."""
+        known = self.resolve_now(request, scope)
+        if known is not None:
+            return known
+        identity = await jwt.verify_request(self._token_verifiers(scope), request, self.token_cache)
+        return self._complete(identity, request, scope)
+
+    def _token_verifiers(self, scope: frozenset[str] | None) -> list[jwt.JwtVerifier]:
+        verifiers = self._scoped.get(scope)
+        if verifiers is None:
+            verifiers = self._scoped[scope] = [v for n, v in self._jwt.items() if scope is None or n in scope]
+        return verifiers
+
+    def _complete(
+        self,
+        identity: identity_model.Identity | None,
+        request: request_model.HttpRequest,
+        scope: frozenset[str] | None,
+    ) -> identity_model.Identity:
+        """No token: try API keys, then the client certificate. Attach the mTLS principal."""
         principal = request.source_principal
-        identity: identity_model.Identity | None = None
-        token_verifiers = self._scoped.get(scope)
-        if token_verifiers is None:
-            token_verifiers = self._scoped[scope] = [v for n, v in self._jwt.items() if scope is None or n in scope]
-        if token_verifiers:
-            identity = await jwt.verify_request(token_verifiers, request, self.token_cache)
         if identity is None:
             for name, verifier in self._api_keys.items():
                 if scope is None or name in scope:

@@ -23,6 +23,9 @@ spec: {hosts: [app.test], defaultAction: Allow}
 
 
 class Anonymous:
+    def resolve_now(self, request: object, scope: object) -> model.Identity | None:
+        return None  # always through the awaited path, as a token verified for the first time
+
     async def resolve(self, request: object, scope: object) -> model.Identity:
         return model.ANONYMOUS
 

@@ -140,6 +140,9 @@ async def test_malformed_requests(running: Running, request_: external_auth_pb2.
 class BrokenIdentity:
     """Fault injection: an internal bug in the identity stage (cannot be caused from outside)."""
 
+    def resolve_now(self, request: Any, scope: Any) -> Any:
+        raise RuntimeError("bug")
+
     async def resolve(self, request: Any, scope: Any) -> Any:
         raise RuntimeError("bug")
 

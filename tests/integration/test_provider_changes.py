@@ -7,6 +7,7 @@ import secrets
 import time
 
 import jwt
+import pytest
 
 from authz import loader
 from authz.identity import model, resolve
@@ -22,16 +23,18 @@ spec:
 """
 
 
-async def test_rotating_an_hmac_secret_invalidates_cached_tokens(tmp_path: pathlib.Path) -> None:
-    old_secret = secrets.token_hex(32)
-    (tmp_path / "secret.txt").write_text(old_secret)
-    (tmp_path / "config.yaml").write_text(CONFIG)
+def _configured(directory: pathlib.Path, secret: str) -> tuple[resolve.IdentityResolver, str]:
+    """A resolver for CONFIG with ``secret``, and a token it signed for "svc"."""
+    (directory / "secret.txt").write_text(secret)
+    (directory / "config.yaml").write_text(CONFIG)
     resolver = resolve.IdentityResolver()
-    resolver.update(loader.load(tmp_path / "config.yaml").providers)
-    now = int(time.time())
-    token = jwt.encode(
-        {"iss": "https://internal.example", "sub": "svc", "exp": now + 600}, old_secret, algorithm="HS256"
-    )
+    resolver.update(loader.load(directory / "config.yaml").providers)
+    claims = {"iss": "https://internal.example", "sub": "svc", "exp": int(time.time()) + 600}
+    return resolver, jwt.encode(claims, secret, algorithm="HS256")
+
+
+async def test_rotating_an_hmac_secret_invalidates_cached_tokens(tmp_path: pathlib.Path) -> None:
+    resolver, token = _configured(tmp_path, secrets.token_hex(32))
     request = HttpRequest(method="GET", host="a", path="/", headers={"authorization": f"Bearer {token}"})
     assert (await resolver.resolve(request, None)).subject == "svc"
     assert (await resolver.resolve(request, None)).subject == "svc"  # now from the cache
@@ -44,3 +47,26 @@ async def test_rotating_an_hmac_secret_invalidates_cached_tokens(tmp_path: pathl
         assert failure.code == "token_bad_signature"
     else:
         raise AssertionError("a token signed with the old secret was still accepted")
+
+
+async def test_only_a_token_never_verified_needs_the_awaited_path(tmp_path: pathlib.Path) -> None:
+    # resolve_now() answers without waiting when it can (no token, or a cached one) and returns
+    # None only when a token must be verified first; decide() relies on exactly that.
+    resolver, token = _configured(tmp_path, secrets.token_hex(32))
+    request = HttpRequest(
+        method="GET",
+        host="a",
+        path="/",
+        headers={"authorization": f"Bearer {token}"},
+        source_principal="spiffe://cluster.local/ns/a/sa/b",
+    )
+    assert resolver.resolve_now(HttpRequest(method="GET", host="a", path="/"), None) is model.ANONYMOUS
+    assert resolver.resolve_now(request, None) is None  # not verified yet
+    verified = await resolver.resolve(request, None)
+    assert (verified.subject, verified.principal) == ("svc", "spiffe://cluster.local/ns/a/sa/b")
+    assert resolver.resolve_now(request, None) == verified  # from the cache, principal attached
+    forged = HttpRequest(method="GET", host="a", path="/", headers={"authorization": f"Bearer {token}x"})
+    assert resolver.resolve_now(forged, None) is None  # another token: verified (and refused) first
+    with pytest.raises(model.IdentityFailure) as refused:
+        await resolver.resolve(forged, None)
+    assert refused.value.code == "token_bad_signature"

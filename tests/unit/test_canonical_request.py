@@ -108,6 +108,23 @@ def test_oversized_headers_are_rejected() -> None:
         request.from_check_request(many)
 
 
+def test_the_wire_size_skips_the_header_count_only_when_it_proves_the_bound() -> None:
+    # The service passes the serialized length: a small message cannot hold 64 KiB of headers,
+    # a large one is measured as before (headers and buffered body told apart).
+    small = checks.check_request(path="/x")
+    assert request.from_check_request(small, len(small.SerializeToString())).path == "/x"
+    big = checks.check_request(headers={"x-big": "a" * 70_000})
+    with pytest.raises(RequestRejected) as caught:
+        request.from_check_request(big, len(big.SerializeToString()))
+    assert caught.value.code == "request_headers_too_large"
+    upload = checks.check_request(path="/upload")
+    upload.attributes.request.http.body = "x" * 200_000
+    assert request.from_check_request(upload, len(upload.SerializeToString())).path == "/upload"
+    many = checks.check_request(headers={f"x-h{i}": "v" for i in range(300)})
+    with pytest.raises(RequestRejected):
+        request.from_check_request(many, len(many.SerializeToString()))
+
+
 def test_a_buffered_body_is_not_counted_as_headers() -> None:
     # Envoy's `with_request_body` puts the body into the CheckRequest; a large one must not make
     # an ordinary request look like one with oversized headers.

@@ -990,6 +990,9 @@ class StaticIdentity:
     def __init__(self, identity: identity_model.Identity) -> None:
         self.identity = identity
 
+    def resolve_now(self, request: Any, scope: Any) -> identity_model.Identity | None:
+        return self.identity
+
     async def resolve(self, request: Any, scope: Any) -> identity_model.Identity:
         return self.identity
 
