@@ -21,7 +21,7 @@ met only if both meet it. Results: bench/results/latest.json and .md.
 
 Environment: BENCH_DURATION (seconds per measurement, default 4), BENCH_ROUNDS (default 6),
 BENCH_CONNECTIONS (default "4,16,64"), BENCH_SCENARIOS (comma-separated subset; "micro" for the
-micro-benchmarks).
+micro-benchmarks), BENCH_PIN (1: the ext_authz server on a CPU of its own, see placement()).
 """
 
 from __future__ import annotations
@@ -73,11 +73,20 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(wrk: str, url: str, host: str, connections: int, duration: int, headers: dict[str, str]) -> dict[str, Any]:
+def run_wrk(
+    wrk: str,
+    url: str,
+    host: str,
+    connections: int,
+    duration: int,
+    headers: dict[str, str],
+    cpus: set[int] | None = None,
+) -> dict[str, Any]:
     command = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {host}"]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
-    output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
+    affinity = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    output = subprocess.run([*command, url], capture_output=True, text=True, check=True, preexec_fn=affinity).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     latency = {q: _ms(v) for q, v in re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE)}
@@ -130,6 +139,30 @@ class _Noop:
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def placement() -> tuple[set[int], set[int]] | None:
+    """BENCH_PIN=1: (CPUs for the ext_authz server, CPUs for Envoy and wrk), else None.
+
+    As deployed, the ext_authz service has CPUs of its own rather than sharing them with the proxy
+    and the clients; pinning also stops the scheduler from mixing the three differently per round.
+    The server gets the last CPU, everything else the rest.
+    """
+    if os.environ.get("BENCH_PIN", "0") in ("", "0"):
+        return None
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        sys.exit("bench: BENCH_PIN needs at least 2 CPUs")
+    return {available[-1]}, set(available[:-1])
+
+
+def pin(pid: int | None, cpus: set[int]) -> None:
+    """Move every thread of a running process onto ``cpus`` (threads it starts later inherit it)."""
+    if pid is None:
+        return
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(tid), cpus)
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -217,6 +250,9 @@ def main() -> int:
         "load": {},
         "micro": {},
     }
+    cpus = placement()
+    results["pinned"] = None if cpus is None else {"ext_authz": sorted(cpus[0]), "envoy_and_wrk": sorted(cpus[1])}
+    client_cpus = None if cpus is None else cpus[1]
     with contextlib.ExitStack() as stack:
         directory = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tollgate-bench-")))
         plan = [p for p in stack.enter_context(scenarios(directory)) if not wanted or p[0] in wanted]
@@ -225,8 +261,11 @@ def main() -> int:
             authz_port = stack.enter_context(backend)
             proxy = harness.Envoy(authz_port=authz_port, upstream_port=None).start()
             stack.callback(proxy.stop)
+            if cpus is not None:
+                pin(backend.pid, cpus[0])
+                pin(proxy.pid, cpus[1])
             url = f"{proxy.url}/api/orders"
-            run_wrk(wrk, url, host, 16, 2, headers)  # warm-up: connections, caches, keys
+            run_wrk(wrk, url, host, 16, 2, headers, client_cpus)  # warm-up: connections, caches, keys
             running.append((name, url, host, headers, backend.pid, proxy.pid))
         # Interleaved rounds: every scenario sees the same machine drift; medians are reported.
         samples: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -234,7 +273,7 @@ def main() -> int:
             for round_number in range(rounds):
                 for name, url, host, headers, authz_pid, envoy_pid in running:
                     cpu_before = cpu_seconds(authz_pid), cpu_seconds(envoy_pid)
-                    numbers = run_wrk(wrk, url, host, connections, duration, headers)
+                    numbers = run_wrk(wrk, url, host, connections, duration, headers, client_cpus)
                     # CPU per request is far less noisy than rps here: it is what a change costs.
                     numbers["authz_cpu_us"] = cpu_per_request(
                         cpu_before[0], cpu_seconds(authz_pid), numbers["requests"]
@@ -280,7 +319,15 @@ def _us(value: float | None) -> str:
 
 def render(results: dict[str, Any]) -> str:
     load = results["load"]
+    pinned = results.get("pinned")
+    where = (
+        f"Placement: ext_authz server on CPU {pinned['ext_authz']}, Envoy and wrk on CPU {pinned['envoy_and_wrk']}."
+        if pinned
+        else "Placement: not pinned (every process may run on every CPU)."
+    )
     lines = [
+        where,
+        "",
         "| scenario | conns | rps (median) | p50 ms | p99 ms | non-2xx | ext_authz CPU µs/req | Envoy CPU µs/req "
         "| rps per round |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
