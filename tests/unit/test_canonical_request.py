@@ -152,6 +152,21 @@ def test_repeated_targets_give_the_same_answer_and_rejections_stay_rejections() 
     assert request.from_check_request(checks.check_request(path=long_target)).path == "/" + "a/" * 599 + "b"
 
 
+def test_connection_details_are_read_from_envoys_attributes_when_asked_for() -> None:
+    message = checks.check_request(source_ip="203.0.113.9", principal="spiffe://c/ns/a/sa/b", request_id="r-5")
+    message.attributes.request.http.query = "legacy=1"  # Envoy leaves it empty; other clients may not
+    parsed = request.from_check_request(message)
+    assert (parsed.request_id, parsed.source_principal, parsed.query) == ("r-5", "spiffe://c/ns/a/sa/b", "legacy=1")
+    assert (parsed.source_ip, parsed.destination, parsed.protocol, parsed.scheme) == (
+        "203.0.113.9",
+        "127.0.0.1",
+        "HTTP/1.1",
+        "http",
+    )
+    given = request.HttpRequest("GET", "a.test", "/", source_ip="10.0.0.1", protocol="HTTP/2")
+    assert (given.source_ip, given.protocol, given.destination, given.scheme) == ("10.0.0.1", "HTTP/2", "", "")
+
+
 def test_only_small_targets_are_remembered() -> None:
     # Memory stays bounded whatever clients send: long authorities or targets are not remembered.
     for host, path in [("h.test", "/" + "a" * 600), ("h" * 600 + ".test", "/a"), ("h.test", "/small")]:
