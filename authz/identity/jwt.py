@@ -98,6 +98,9 @@ class JwtVerifier:
         self._hmac_secret = settings.hmac_secret
         self.uses_jwks = any(a not in providers.HMAC_ALGORITHMS for a in settings.algorithms)
         self._sources = tuple((s.header, s.prefix, s.prefix.lower(), s.cookie) for s in settings.sources)
+        # The usual configuration, one header (Authorization: Bearer): looked up without the loop.
+        only = self._sources[0] if len(self._sources) == 1 else None
+        self.single_header = (only[0], only[1], only[2]) if only and only[0] else None
 
     def generation(self) -> int:
         """Identifies the key set cached verifications were made with; -1 once it is past trusting."""
@@ -118,15 +121,7 @@ class JwtVerifier:
         headers = request.headers
         for header, prefix, prefix_lower, cookie in self._sources:
             if header:
-                value = headers.get(header)
-                if not value:
-                    continue
-                if prefix:
-                    # The scheme is case-insensitive (RFC 9110 §11.1): "Bearer", "bearer", "BEARER".
-                    if not value.startswith(prefix) and value[: len(prefix)].lower() != prefix_lower:
-                        continue
-                    value = value[len(prefix) :]
-                value = value.strip()
+                value = _from_header(headers.get(header), prefix, prefix_lower)
                 if value:
                     found.append(value)
             elif cookie and "cookie" in headers:
@@ -217,9 +212,27 @@ def _unverified_parts(token: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]
     return header, payload
 
 
+def _from_header(value: str | None, prefix: str, prefix_lower: str) -> str:
+    """The token in one header's value ("" if none): after the prefix, if one is configured."""
+    if not value:
+        return ""
+    if prefix:
+        # The scheme is case-insensitive (RFC 9110 §11.1): "Bearer", "bearer", "BEARER".
+        if not value.startswith(prefix) and value[: len(prefix)].lower() != prefix_lower:
+            return ""
+        value = value[len(prefix) :]
+    return value.strip()
+
+
 def presented_token(verifiers: Sequence[JwtVerifier], request: request_model.HttpRequest) -> str | None:
     """The token the request carries for these providers; None when it carries none."""
-    found = verifiers[0].tokens(request) if len(verifiers) == 1 else [t for v in verifiers for t in v.tokens(request)]
+    if len(verifiers) == 1:
+        single = verifiers[0].single_header
+        if single is not None:
+            return _from_header(request.headers.get(single[0]), single[1], single[2]) or None
+        found = verifiers[0].tokens(request)
+    else:
+        found = [t for v in verifiers for t in v.tokens(request)]
     if not found:
         return None
     token = found[0]

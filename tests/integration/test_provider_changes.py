@@ -70,3 +70,15 @@ async def test_only_a_token_never_verified_needs_the_awaited_path(tmp_path: path
     with pytest.raises(model.IdentityFailure) as refused:
         await resolver.resolve(forged, None)
     assert refused.value.code == "token_bad_signature"
+
+
+async def test_the_bearer_scheme_is_case_insensitive_and_other_schemes_carry_no_token(tmp_path: pathlib.Path) -> None:
+    resolver, token = _configured(tmp_path, secrets.token_hex(32))
+
+    def sent(authorization: str) -> HttpRequest:
+        return HttpRequest(method="GET", host="a", path="/", headers={"authorization": authorization})
+
+    for value in (f"Bearer {token}", f"bearer {token}", f"BEARER  {token} "):
+        assert (await resolver.resolve(sent(value), None)).subject == "svc", value
+    for value in (f"Basic {token}", "Bearer ", "Bearer", ""):
+        assert resolver.resolve_now(sent(value), None) is model.ANONYMOUS, value
