@@ -100,7 +100,7 @@ class AuthorizationService:
         headers: Any = _NO_HEADERS
         if traced and check_request is not None:
             headers = _trace_carrier(check_request.attributes.request.http.headers, context)
-        span = tracing.start(headers)
+        span = tracing.start(headers) if traced else None
         decision: decision_model.Decision | None = None
         recorded = False
         try:

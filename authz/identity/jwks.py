@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 import urllib.error
@@ -50,6 +51,7 @@ class KeySet:
         self.keys: dict[str, jwt.PyJWK] = {}
         self.generation = 0  # bumped whenever the set of keys changes: invalidates cached tokens
         self.fetched_at: float | None = None  # monotonic time of the last successful fetch
+        self.trusted_until = -math.inf  # monotonic time after which these keys are too stale to use
         self.refresh_failures = 0
         self.last_error = ""
         self._jwks_uri = jwks_uri
@@ -89,7 +91,7 @@ class KeySet:
 
     # -- lookup ----------------------------------------------------------------------------
     def usable(self) -> bool:
-        return self.fetched_at is not None and time.monotonic() - self.fetched_at <= self.refresh.stale_seconds
+        return time.monotonic() <= self.trusted_until
 
     async def key_for(self, kid: str | None) -> jwt.PyJWK:
         """The key for ``kid``; raise IdentityFailure (503 when keys are unavailable, 401 otherwise)."""
@@ -180,6 +182,7 @@ class KeySet:
             self._raw_keys = raw
         self.keys = keys
         self.fetched_at = time.monotonic()
+        self.trusted_until = self.fetched_at + self.refresh.stale_seconds
         return max_age
 
     def _get_json(self, url: str) -> tuple[Mapping[str, Any], int | None]:

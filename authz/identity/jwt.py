@@ -104,9 +104,10 @@ class JwtVerifier:
 
     def generation(self) -> int:
         """Identifies the key set cached verifications were made with; -1 once it is past trusting."""
-        if self.uses_jwks and not self.keys.usable():
+        keys = self.keys
+        if self.uses_jwks and time.monotonic() > keys.trusted_until:  # keys.usable(), inlined: per Check
             return -1
-        return self.keys.generation
+        return keys.generation
 
     def start(self) -> None:
         if self.uses_jwks:

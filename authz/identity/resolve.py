@@ -87,15 +87,17 @@ class IdentityResolver:
         """
         if not self._specs:
             return identity_model.ANONYMOUS  # no provider configured: nobody can be identified
-        identity: identity_model.Identity | None = None
-        token_verifiers = self._token_verifiers(scope)
+        token_verifiers = self._scoped.get(scope) or self._token_verifiers(scope)
         if token_verifiers:
             token = jwt.presented_token(token_verifiers, request)
             if token is not None:
                 identity = jwt.cached_identity(token, token_verifiers, self.token_cache)
                 if identity is None:
                     return None
-        return self._complete(identity, request, scope)
+                if not request.source_principal:
+                    return identity  # the usual case: nothing to add
+                return self._complete(identity, request, scope)
+        return self._complete(None, request, scope)
 
     async def resolve(
         self, request: request_model.HttpRequest, scope: frozenset[str] | None
