@@ -3,6 +3,7 @@ of decision, and decision ids must be well-formed UUIDv7s."""
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 
@@ -95,3 +96,6 @@ def test_decision_ids_are_unique_time_ordered_uuid7s() -> None:
         assert (value.version, value.variant) == (7, uuid.RFC_4122)
         assert before <= value.int >> 80 <= after
     assert ids == sorted(ids)  # time first, then the counter: ordered within a millisecond too
+    counters = [uuid.UUID(text).int & (2**48 - 1) for text in ids]
+    # Consecutive ids count up by one, also where the cached high part of the counter rolls over.
+    assert all((b - a) % 2**48 == 1 for a, b in itertools.pairwise(counters))
