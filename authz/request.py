@@ -68,16 +68,17 @@ _NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
 class HttpRequest:
     """One HTTP request as the policy engine sees it: canonical, plain, transport-free.
 
-    Treated as immutable. Built from Envoy's attributes, the connection's details that only some
-    policies and the audit record look at (``source_ip``, ``destination``, ``protocol``,
-    ``scheme``) are read from the attributes on first use: each read of a protobuf field costs
-    about half a microsecond under load, and most Checks need none of them.
+    Treated as immutable. Built from Envoy's attributes, what only some policies, denied answers
+    and the audit record look at (``request_id``, ``source_ip``, ``destination``, ``protocol``,
+    ``scheme``) is read from the attributes on first use: each read of a protobuf field costs
+    about half a microsecond under load, and most allowed Checks need none of them.
     """
 
     __slots__ = (
         "_attributes",
         "_destination",
         "_protocol",
+        "_request_id",
         "_scheme",
         "_source_ip",
         "headers",
@@ -86,7 +87,6 @@ class HttpRequest:
         "path",
         "query",
         "raw_path",
-        "request_id",
         "source_principal",
     )
 
@@ -112,7 +112,7 @@ class HttpRequest:
         self.raw_path = raw_path
         self.query = query
         self.headers = headers
-        self.request_id = request_id
+        self._request_id: str | None = request_id
         self.source_principal = source_principal
         self._protocol: str | None = protocol
         self._scheme: str | None = scheme
@@ -122,23 +122,24 @@ class HttpRequest:
 
     @classmethod
     def from_attributes(
-        cls,
-        attributes: Any,
-        method: str,
-        canonical: tuple[str, str, str, str],
-        headers: Mapping[str, str],
-        request_id: str,
+        cls, attributes: Any, method: str, canonical: tuple[str, str, str, str], headers: Mapping[str, str]
     ) -> HttpRequest:
         """The request for Envoy's ``AttributeContext``; the connection's details stay unread."""
         request = cls.__new__(cls)
         request.method = method
         request.host, request.path, request.raw_path, request.query = canonical
         request.headers = headers
-        request.request_id = request_id
         request.source_principal = attributes.source.principal
         request._attributes = attributes
-        request._protocol = request._scheme = request._source_ip = request._destination = None
+        request._request_id = request._protocol = request._scheme = request._source_ip = request._destination = None
         return request
+
+    @property
+    def request_id(self) -> str:
+        """x-request-id: the id Envoy, the upstream and the access log share (Envoy's internal id if absent)."""
+        if self._request_id is None:
+            self._request_id = self.headers.get("x-request-id") or self._attributes.request.http.id
+        return self._request_id
 
     @property
     def protocol(self) -> str:
@@ -336,10 +337,5 @@ def _canonical_target(
 def _build(
     attributes: Any, http: Any, headers: Mapping[str, str], method: str, canonical: tuple[str, str, str, str]
 ) -> HttpRequest:
-    path, query = canonical[1], canonical[3]
-    if not query and http.query:  # Envoy leaves `query` empty (the query is in the path); others may not
-        canonical = canonical[0], path, canonical[2], http.query
-    # x-request-id is the id Envoy, the upstream and the access log share; http.id is internal.
-    return HttpRequest.from_attributes(
-        attributes, method.upper(), canonical, headers, headers.get("x-request-id") or http.id
-    )
+    # The query is the one in the target: Envoy documents the `query` field as always empty.
+    return HttpRequest.from_attributes(attributes, method.upper(), canonical, headers)

@@ -154,15 +154,17 @@ def test_repeated_targets_give_the_same_answer_and_rejections_stay_rejections() 
 
 def test_connection_details_are_read_from_envoys_attributes_when_asked_for() -> None:
     message = checks.check_request(source_ip="203.0.113.9", principal="spiffe://c/ns/a/sa/b", request_id="r-5")
-    message.attributes.request.http.query = "legacy=1"  # Envoy leaves it empty; other clients may not
     parsed = request.from_check_request(message)
-    assert (parsed.request_id, parsed.source_principal, parsed.query) == ("r-5", "spiffe://c/ns/a/sa/b", "legacy=1")
+    assert (parsed.request_id, parsed.source_principal) == ("r-5", "spiffe://c/ns/a/sa/b")
     assert (parsed.source_ip, parsed.destination, parsed.protocol, parsed.scheme) == (
         "203.0.113.9",
         "127.0.0.1",
         "HTTP/1.1",
         "http",
     )
+    without_id = checks.check_request(request_id="")
+    del without_id.attributes.request.http.headers["x-request-id"]
+    assert request.from_check_request(without_id).request_id == "1"  # Envoy's own id for the stream
     given = request.HttpRequest("GET", "a.test", "/", source_ip="10.0.0.1", protocol="HTTP/2")
     assert (given.source_ip, given.protocol, given.destination, given.scheme) == ("10.0.0.1", "HTTP/2", "", "")
 
