@@ -19,7 +19,7 @@ _OK = external_auth_pb2.CheckResponse(
 )
 
 
-class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):
+class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]  # generated, untyped
     async def Check(self, request: external_auth_pb2.CheckRequest, context: object) -> external_auth_pb2.CheckResponse:
         return _OK
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 
 import yaml
 
@@ -21,7 +22,7 @@ def write_policies(directory: pathlib.Path, hosts: int, rules_per_host: int, *, 
             }
         )
     for index in range(hosts):
-        rules = []
+        rules: list[dict[str, Any]] = []
         for rule in range(rules_per_host - 1):
             rules.append(
                 {
