@@ -81,13 +81,13 @@ _MAX_TEMPLATES = 10_000
 
 
 def encode(decision: decision_model.Decision) -> bytes:
-    """The serialized ``CheckResponse`` for ``decision``: the same bytes' meaning as
-    ``to_check_response(decision).SerializeToString()``, cheaper for allowed requests."""
-    if not decision.allowed:
-        return _serialized(decision)
+    """The serialized ``CheckResponse`` for ``decision``: the same meaning as
+    ``to_check_response(decision).SerializeToString()``, built from templates."""
     decision_id = decision.decision_id.encode()
     if len(decision_id) != _ID_BYTES:
         return _serialized(decision)
+    if not decision.allowed:
+        return _encode_denied(decision, decision_id)
     identity = decision.identity
     key = (
         identity.authenticated,
@@ -113,6 +113,41 @@ def encode(decision: decision_model.Decision) -> bytes:
     return b"".join((head, decision_id, middle, decision_id, tail))
 
 
+# Denied answers differ by the decision id (once, in the metadata) and the JSON body, which holds
+# the request id and so has no fixed length. Protobuf parsers merge the encodings of a message
+# that are concatenated (embedded messages merge field by field), so a denied answer is: its fixed
+# part, serialized once per (status, reason, policy, rule, dry run) without a body and with the
+# placeholder id, then a second encoding that holds only the body.
+DeniedTemplate = tuple[bytes, bytes, str]  # before the id, after it, the body's fixed start
+_denied_templates: dict[tuple[object, ...], DeniedTemplate | None] = {}
+
+
+def _encode_denied(decision: decision_model.Decision, decision_id: bytes) -> bytes:
+    status = _denied_status(decision)
+    key = (status, decision.reason, decision.policy, decision.rule, decision.dry_run)
+    try:
+        template = _denied_templates[key]
+    except KeyError:
+        template = _denied_templates[key] = _denied_template(decision, status)
+        if len(_denied_templates) > _MAX_TEMPLATES:
+            _denied_templates.clear()
+    if template is None:
+        return _serialized(decision)
+    head, tail, prefix = template
+    body = external_auth_pb2.CheckResponse(
+        denied_response=external_auth_pb2.DeniedHttpResponse(body=_body(status, decision, prefix))
+    ).SerializeToString()
+    return b"".join((head, decision_id, tail, body))
+
+
+def _denied_template(decision: decision_model.Decision, status: int) -> DeniedTemplate | None:
+    reply = _denied(dataclasses.replace(decision, decision_id=_PLACEHOLDER), status, body="")
+    parts = reply.SerializeToString().split(_PLACEHOLDER.encode())
+    if len(parts) != 2:
+        return None
+    return parts[0], parts[1], _body_prefix(status, decision.reason)
+
+
 def _serialized(decision: decision_model.Decision) -> bytes:
     data: bytes = to_check_response(decision).SerializeToString()
     return data
@@ -129,7 +164,8 @@ def _template(decision: decision_model.Decision) -> Template | None:
 def to_check_response(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
     if decision.allowed:
         return _ok(decision)
-    return _denied(decision)
+    status = _denied_status(decision)
+    return _denied(decision, status, body=_body(status, decision))
 
 
 def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
@@ -175,16 +211,24 @@ def _identity_headers(identity: identity_model.Identity) -> Headers:
     return values, removals
 
 
-def _denied(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
-    status = decision.status if decision.status in _ERROR_NAMES else 403
-    body = json.dumps(
-        {
-            "error": _ERROR_NAMES[status],
-            "reason": decision.reason,
-            "request_id": decision.request.request_id if decision.request else "",
-        },
-        separators=(",", ":"),
-    )
+def _denied_status(decision: decision_model.Decision) -> int:
+    return decision.status if decision.status in _ERROR_NAMES else 403
+
+
+def _body(status: int, decision: decision_model.Decision, prefix: str = "") -> str:
+    """The denied answer's JSON body: no internals, the reason and the request id to quote.
+
+    ``{"error":…,"reason":…,"request_id":…}``; ``prefix`` is :func:`_body_prefix`'s, if known.
+    """
+    request_id = decision.request.request_id if decision.request else ""
+    return (prefix or _body_prefix(status, decision.reason)) + json.dumps(request_id) + "}"
+
+
+def _body_prefix(status: int, reason: str) -> str:
+    return '{"error":%s,"reason":%s,"request_id":' % (json.dumps(_ERROR_NAMES[status]), json.dumps(reason))  # noqa: UP031
+
+
+def _denied(decision: decision_model.Decision, status: int, *, body: str) -> external_auth_pb2.CheckResponse:
     headers = [_JSON, _NO_STORE]
     if status == 401:
         headers.append(_CHALLENGE)

@@ -4,6 +4,7 @@ of decision, and decision ids must be well-formed UUIDv7s."""
 from __future__ import annotations
 
 import itertools
+import json
 import time
 import uuid
 
@@ -49,6 +50,16 @@ DENIED = [
     {"status": 400, "reason": "path_encoded_slash"},
     {"status": 503, "reason": "identity_unavailable"},
     {"status": 500, "reason": "authz_error"},
+    {"status": 504, "reason": "request_cancelled", "request": None},  # not an answer status: 403
+    {"status": 401, "reason": "token_expired", "request": request.HttpRequest("GET", "a", "/", request_id="")},
+    {
+        "status": 403,
+        "reason": "rule_deny",
+        "policy": "ns/p",
+        "rule": "no",
+        "request": request.HttpRequest("GET", "a", "/", request_id='r"\\ü\u2028-' + "x" * 300),
+        "dry_run": verdict.DryRunVerdict(True, "rule_allow", "ns/q", "yes"),
+    },
 ]
 
 
@@ -99,3 +110,34 @@ def test_decision_ids_are_unique_time_ordered_uuid7s() -> None:
     counters = [uuid.UUID(text).int & (2**48 - 1) for text in ids]
     # Consecutive ids count up by one, also where the cached high part of the counter rolls over.
     assert all((b - a) % 2**48 == 1 for a, b in itertools.pairwise(counters))
+
+
+def test_denied_answers_share_a_template_only_where_everything_but_the_body_agrees() -> None:
+    # Same (status, reason, policy, rule): one template; the body (request id) and the decision id
+    # still differ per answer, and a different reason never reuses another's template.
+    seen = []
+    for request_id, reason in [("a", "rule_deny"), ("bb" * 40, "rule_deny"), ("a", "default_deny")] * 2:
+        item = _decision(
+            status=403,
+            reason=reason,
+            policy="ns/p",
+            request=request.HttpRequest("GET", "a", "/", request_id=request_id),
+        )
+        answer = external_auth_pb2.CheckResponse.FromString(response.encode(item))
+        body = json.loads(answer.denied_response.body)
+        assert (body["reason"], body["request_id"]) == (reason, request_id)
+        assert answer.dynamic_metadata.fields["reason"].string_value == reason
+        assert answer.dynamic_metadata.fields["decision_id"].string_value == item.decision_id
+        assert answer.denied_response.status.code == 403
+        seen.append(item.decision_id)
+    assert len(set(seen)) == len(seen)
+
+
+def test_denied_bodies_are_compact_json_whatever_the_request_id() -> None:
+    for request_id in ["rid-1", "", 'q"uote\\back', "ü\u2028\x00"]:
+        item = _decision(
+            status=401, reason='odd"reason', request=request.HttpRequest("GET", "a", "/", request_id=request_id)
+        )
+        body = external_auth_pb2.CheckResponse.FromString(response.encode(item)).denied_response.body
+        expected = {"error": "unauthenticated", "reason": 'odd"reason', "request_id": request_id}
+        assert body == json.dumps(expected, separators=(",", ":"))
