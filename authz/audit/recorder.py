@@ -9,7 +9,10 @@ Called by :mod:`authz.service` once per Check.
 - ``sync``: group commit. :meth:`record` returns only once the record is on disk (fsync'd with
   its batch). If the log cannot be written (disk full, permissions), it returns False and the
   service denies the request with ``audit_unavailable``; those decisions are counted and a
-  ``loss`` record is written once writing works again.
+  ``loss`` record is written once writing works again. When records arrived while the previous
+  batch was being written (other Checks are in flight), the next batch waits a commit delay of
+  1 ms for company, as databases' group commit does: on a busy CPU a batch otherwise holds about
+  one record, and every record pays for its own fsync. A lone caller never waits.
 
 Checkpoints are signed every N records or T seconds, and at least every T seconds when idle.
 On close (SIGTERM) the queue is drained and the session closed with a final checkpoint.
@@ -32,6 +35,7 @@ __all__ = ["AuditRecorder"]
 
 _log = logging.getLogger(__name__)
 _LINGER = 0.005  # seconds an async batch may gather before it is written
+_COMMIT_DELAY = 0.001  # seconds a sync batch waits for company, only when other records are coming
 Item = tuple[decision_model.Decision, int, "asyncio.Future[bool] | None"]  # decision, time (ms), ack
 
 
@@ -60,6 +64,8 @@ class AuditRecorder:
         self._lost_first_ms = 0
         self._lost_last_ms = 0
         self.written = 0
+        self.batches = 0  # batches written (written / batches: the group commit's batch size)
+        self._concurrent = False  # sync: did records arrive while the last batch was being written?
         self._healthy = True
         self._lock = asyncio.Lock()  # one of writer or heartbeat touches the log at a time
         self.exporter: Any = None  # optional copy of every record (authz.audit.otel_export.LogExport)
@@ -126,12 +132,16 @@ class AuditRecorder:
             if not self.durable:
                 # Nobody waits for these records: let a batch gather, so one write serves many.
                 await asyncio.sleep(_LINGER)
-            # In sync mode batches gather by themselves while the previous batch is fsync'd.
+            elif self._concurrent:
+                # Sync: records came in during the last write, so more are on their way; one fsync
+                # for several of them costs less CPU than one each (see the module docstring).
+                await asyncio.sleep(_COMMIT_DELAY)
             batch = list(self._pending)
             self._pending.clear()
             if batch:
                 async with self._lock:
                     await self._write(batch)
+                self._concurrent = bool(self._pending)
 
     async def _write(self, batch: list[Item]) -> None:
         try:
@@ -159,6 +169,7 @@ class AuditRecorder:
             asyncio.get_running_loop().call_later(1.0, self._probe)
             return
         self.written += len(batch)
+        self.batches += 1
         for _, _, done in batch:
             if done is not None and not done.done():
                 done.set_result(True)

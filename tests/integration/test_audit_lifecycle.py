@@ -113,3 +113,30 @@ def test_query_progress_bar(tmp_path: pathlib.Path, keys: pathlib.Path, capsys: 
     assert "reading" in captured.err and "100%" in captured.err
     assert cli.main(["audit", "verify", str(directory), "--key", str(keys / "verifier.key"), "--progress"]) == 0
     assert "verifying" in capsys.readouterr().err
+
+
+def test_sync_group_commit_waits_for_company_only_when_others_are_in_flight(
+    tmp_path: pathlib.Path, keys: pathlib.Path
+) -> None:
+    async def scenario() -> tuple[int, int, bool, int, int]:
+        snapshot = loader.load(keys / "policy.yaml")
+        signer = note.Signer.from_skey((keys / "signing.key").read_text())
+        log = audit_log.AuditLog(tmp_path / "audit", signer, instance="pod-a", settings=audit_log.LogSettings())
+        audit = recorder.AuditRecorder(log, pseudonym.load_keys(keys / "pseudonyms.yaml"), mode="sync")
+        await audit.start()
+
+        async def one(index: int) -> bool:
+            item = await decision.decide(checks.check_request(host="app.test", path=f"/{index}"), snapshot, Anonymous())
+            return await audit.record(item)
+
+        for index in range(5):  # one caller at a time: each record is its own batch, never delayed
+            assert await one(index)
+        alone = audit.batches, audit.written, audit._concurrent
+        assert all(await asyncio.gather(*(one(index) for index in range(40))))  # many at once
+        batches, written = audit.batches - alone[0], audit.written - alone[1]
+        await audit.close()
+        return alone[0], alone[1], alone[2], batches, written
+
+    alone_batches, alone_written, concurrent_after_alone, batches, written = asyncio.run(scenario())
+    assert (alone_batches, alone_written, concurrent_after_alone) == (5, 5, False)
+    assert written == 40 and batches < 10  # acknowledged only once on disk, in shared fsyncs
