@@ -12,82 +12,30 @@ from authz.errors import ConfigErrors
 
 HEADER = "apiVersion: tollgate.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: p, namespace: ns}\n"
 
+# One row per case, so the table reads as a table.
+# fmt: off
 BAD = [
     ("missing-hosts", "spec: {rules: []}", "spec.hosts", "required"),
     ("empty-hosts", "spec: {hosts: []}", "spec.hosts", "should be non-empty"),
-    (
-        "typo-field",
-        "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {method: [GET]}}]}",
-        "spec.rules[0].to.method",
-        "unknown field",
-    ),
+    ("typo-field", "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {method: [GET]}}]}", "spec.rules[0].to.method", "unknown field"),
     ("bad-mode", "spec: {hosts: [a.test], mode: Audit}", "spec.mode", "'Audit' is not one of"),
     ("bad-action", "spec: {hosts: [a.test], rules: [{name: r, action: Maybe}]}", "spec.rules[0].action", "not one of"),
     ("rule-without-name", "spec: {hosts: [a.test], rules: [{action: Allow}]}", "spec.rules[0].name", "required"),
-    (
-        "bad-cidr",
-        "spec: {hosts: [a.test], rules: [{name: r, action: Allow, from: {ipBlocks: [10.0.0.0/33]}}]}",
-        "spec.rules[0].from.ipBlocks[0]",
-        "not an IP address or CIDR",
-    ),
-    (
-        "star-in-middle",
-        "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {paths: ['/a*b']}}]}",
-        "spec.rules[0].to.paths[0]",
-        "'*' may only stand",
-    ),
-    (
-        "non-canonical-path",
-        "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {paths: ['/a/../b']}}]}",
-        "spec.rules[0].to.paths[0]",
-        "write '/b'",
-    ),
-    (
-        "path-no-slash",
-        "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {paths: [admin]}}]}",
-        "spec.rules[0].to.paths[0]",
-        "starts with '/'",
-    ),
-    (
-        "encoded-slash-path",
-        "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {paths: ['/a%2Fb']}}]}",
-        "spec.rules[0].to.paths[0]",
-        "can never match",
-    ),
-    (
-        "dup-rule",
-        "spec: {hosts: [a.test], rules: [{name: r, action: Allow}, {name: r, action: Deny}]}",
-        "spec.rules[1].name",
-        "duplicate rule name",
-    ),
+    ("bad-cidr", "spec: {hosts: [a.test], rules: [{name: r, action: Allow, from: {ipBlocks: [10.0.0.0/33]}}]}", "spec.rules[0].from.ipBlocks[0]", "not an IP address or CIDR"),
+    ("star-in-middle", "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {paths: ['/a*b']}}]}", "spec.rules[0].to.paths[0]", "'*' may only stand"),
+    ("non-canonical-path", "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {paths: ['/a/../b']}}]}", "spec.rules[0].to.paths[0]", "write '/b'"),
+    ("path-no-slash", "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {paths: [admin]}}]}", "spec.rules[0].to.paths[0]", "starts with '/'"),
+    ("encoded-slash-path", "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {paths: ['/a%2Fb']}}]}", "spec.rules[0].to.paths[0]", "can never match"),
+    ("dup-rule", "spec: {hosts: [a.test], rules: [{name: r, action: Allow}, {name: r, action: Deny}]}", "spec.rules[1].name", "duplicate rule name"),
     ("bad-host", "spec: {hosts: ['foo.*.com']}", "spec.hosts[0]", "is not a host name"),
     ("host-with-port", "spec: {hosts: ['a.test:8080']}", "spec.hosts[0]", "is not a host name"),
-    (
-        "bad-method",
-        "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {methods: ['GE T']}}]}",
-        "spec.rules[0].to.methods[0]",
-        "not an HTTP method",
-    ),
-    (
-        "claim-and-header",
-        "spec: {hosts: [a.test], rules: [{name: r, action: Allow, when: [{claim: a, header: b, values: [x]}]}]}",
-        "spec.rules[0].when[0]",
-        "exactly one of",
-    ),
-    (
-        "condition-without-values",
-        "spec: {hosts: [a.test], rules: [{name: r, action: Allow, when: [{claim: a}]}]}",
-        "spec.rules[0].when[0]",
-        "needs 'values'",
-    ),
-    (
-        "unknown-provider",
-        "spec: {hosts: [a.test], identity: {providers: [nope]}}",
-        "spec.identity.providers[0]",
-        "no IdentityProvider named 'nope'",
-    ),
+    ("bad-method", "spec: {hosts: [a.test], rules: [{name: r, action: Allow, to: {methods: ['GE T']}}]}", "spec.rules[0].to.methods[0]", "not an HTTP method"),
+    ("claim-and-header", "spec: {hosts: [a.test], rules: [{name: r, action: Allow, when: [{claim: a, header: b, values: [x]}]}]}", "spec.rules[0].when[0]", "exactly one of"),
+    ("condition-without-values", "spec: {hosts: [a.test], rules: [{name: r, action: Allow, when: [{claim: a}]}]}", "spec.rules[0].when[0]", "needs 'values'"),
+    ("unknown-provider", "spec: {hosts: [a.test], identity: {providers: [nope]}}", "spec.identity.providers[0]", "no IdentityProvider named 'nope'"),
     ("spec-not-mapping", "spec: [1, 2]", "spec", "must be a mapping"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize(("body", "field", "message"), [pytest.param(*c[1:], id=c[0]) for c in BAD])
