@@ -165,11 +165,19 @@ async def decide(
             time.perf_counter_ns() - started,
         )
     except request_model.RequestRejected as rejected:
-        decision = Decision(decision_id, revision, status=400, reason=rejected.code, message=rejected.message)
-        decision.request = rejected.request
+        decision = Decision(
+            decision_id, revision, status=400, reason=rejected.code, message=rejected.message, request=rejected.request
+        )
     except identity_model.IdentityFailure as failure:
-        decision = Decision(decision_id, revision, status=failure.status, reason=failure.code, message=failure.message)
-        decision.request, decision.provider = request, failure.provider
+        decision = Decision(
+            decision_id,
+            revision,
+            status=failure.status,
+            reason=failure.code,
+            message=failure.message,
+            request=request,
+            provider=failure.provider,
+        )
     except Exception as error:  # fail closed: a fault in Tollgate must never become an allow
         _log.exception("decision failed: %s", error.__class__.__name__)
         decision = Decision(decision_id, revision, request=request)  # 500 authz_error, not allowed

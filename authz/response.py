@@ -104,9 +104,7 @@ def encode(decision: decision_model.Decision) -> bytes:
     try:
         template = _templates[key]
     except KeyError:
-        template = _templates[key] = _template(decision)
-        if len(_templates) > _MAX_TEMPLATES:
-            _templates.clear()
+        template = _remember(_templates, key, _template(decision))
     if template is None:
         return _serialized(decision)
     head, middle, tail = template
@@ -128,9 +126,7 @@ def _encode_denied(decision: decision_model.Decision, decision_id: bytes) -> byt
     try:
         template = _denied_templates[key]
     except KeyError:
-        template = _denied_templates[key] = _denied_template(decision, status)
-        if len(_denied_templates) > _MAX_TEMPLATES:
-            _denied_templates.clear()
+        template = _remember(_denied_templates, key, _denied_template(decision, status))
     if template is None:
         return _serialized(decision)
     head, tail, prefix = template
@@ -140,25 +136,33 @@ def _encode_denied(decision: decision_model.Decision, decision_id: bytes) -> byt
     return b"".join((head, decision_id, tail, body))
 
 
+def _template(decision: decision_model.Decision) -> Template | None:
+    parts = _cut(_ok(dataclasses.replace(decision, decision_id=_PLACEHOLDER)), copies=2)
+    return None if parts is None else (parts[0], parts[1], parts[2])
+
+
 def _denied_template(decision: decision_model.Decision, status: int) -> DeniedTemplate | None:
-    reply = _denied(dataclasses.replace(decision, decision_id=_PLACEHOLDER), status, body="")
-    parts = reply.SerializeToString().split(_PLACEHOLDER.encode())
-    if len(parts) != 2:
-        return None
-    return parts[0], parts[1], _body_prefix(status, decision.reason)
+    parts = _cut(_denied(dataclasses.replace(decision, decision_id=_PLACEHOLDER), status, body=""), copies=1)
+    return None if parts is None else (parts[0], parts[1], _body_prefix(status, decision.reason))
+
+
+def _cut(reply: external_auth_pb2.CheckResponse, *, copies: int) -> list[bytes] | None:
+    """The serialized ``reply`` cut at the placeholder id; None unless it holds exactly ``copies``."""
+    parts: list[bytes] = reply.SerializeToString().split(_PLACEHOLDER.encode())
+    return parts if len(parts) == copies + 1 else None
+
+
+def _remember[T](cache: dict[tuple[object, ...], T], key: tuple[object, ...], template: T) -> T:
+    """Keep a new template (``None``: the answer cannot be templated); bounded by emptying."""
+    if len(cache) >= _MAX_TEMPLATES:
+        cache.clear()
+    cache[key] = template
+    return template
 
 
 def _serialized(decision: decision_model.Decision) -> bytes:
     data: bytes = to_check_response(decision).SerializeToString()
     return data
-
-
-def _template(decision: decision_model.Decision) -> Template | None:
-    data: bytes = _ok(dataclasses.replace(decision, decision_id=_PLACEHOLDER)).SerializeToString()
-    parts = data.split(_PLACEHOLDER.encode())
-    if len(parts) != 3:
-        return None
-    return parts[0], parts[1], parts[2]
 
 
 def to_check_response(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:

@@ -141,3 +141,15 @@ def test_denied_bodies_are_compact_json_whatever_the_request_id() -> None:
         body = external_auth_pb2.CheckResponse.FromString(response.encode(item)).denied_response.body
         expected = {"error": "unauthenticated", "reason": 'odd"reason', "request_id": request_id}
         assert body == json.dumps(expected, separators=(",", ":"))
+
+
+def test_template_memory_is_bounded_and_answers_stay_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(response, "_MAX_TEMPLATES", 3)
+    for index in range(10):
+        someone = model.Identity(authenticated=True, method="jwt", subject=f"user-{index}", provider="idp")
+        allowed = {"allowed": True, "status": 200, "reason": "rule_allow", "policy": "ns/p", "identity": someone}
+        denied = {"status": 403, "reason": "rule_deny", "policy": "ns/p", "rule": f"r{index}", "identity": someone}
+        for fields in (allowed, denied):
+            item = _decision(**fields)
+            assert external_auth_pb2.CheckResponse.FromString(response.encode(item)) == response.to_check_response(item)
+        assert len(response._templates) <= 3 and len(response._denied_templates) <= 3
