@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -115,20 +116,28 @@ def test_query_progress_bar(tmp_path: pathlib.Path, keys: pathlib.Path, capsys: 
     assert "verifying" in capsys.readouterr().err
 
 
+async def _sync_recorder(
+    directory: pathlib.Path, keys: pathlib.Path
+) -> tuple[recorder.AuditRecorder, Callable[[int], Awaitable[bool]]]:
+    """A started sync-mode recorder, and a function that decides and records one Check."""
+    snapshot = loader.load(keys / "policy.yaml")
+    signer = note.Signer.from_skey((keys / "signing.key").read_text())
+    log = audit_log.AuditLog(directory, signer, instance="pod-a", settings=audit_log.LogSettings())
+    audit = recorder.AuditRecorder(log, pseudonym.load_keys(keys / "pseudonyms.yaml"), mode="sync")
+    await audit.start()
+
+    async def one(index: int) -> bool:
+        item = await decision.decide(checks.check_request(host="app.test", path=f"/{index}"), snapshot, Anonymous())
+        return await audit.record(item)
+
+    return audit, one
+
+
 def test_sync_group_commit_waits_for_company_only_when_others_are_in_flight(
     tmp_path: pathlib.Path, keys: pathlib.Path
 ) -> None:
     async def scenario() -> tuple[int, int, bool, int, int]:
-        snapshot = loader.load(keys / "policy.yaml")
-        signer = note.Signer.from_skey((keys / "signing.key").read_text())
-        log = audit_log.AuditLog(tmp_path / "audit", signer, instance="pod-a", settings=audit_log.LogSettings())
-        audit = recorder.AuditRecorder(log, pseudonym.load_keys(keys / "pseudonyms.yaml"), mode="sync")
-        await audit.start()
-
-        async def one(index: int) -> bool:
-            item = await decision.decide(checks.check_request(host="app.test", path=f"/{index}"), snapshot, Anonymous())
-            return await audit.record(item)
-
+        audit, one = await _sync_recorder(tmp_path / "audit", keys)
         for index in range(5):  # one caller at a time: each record is its own batch, never delayed
             assert await one(index)
         alone = audit.batches, audit.written, audit._concurrent
@@ -140,3 +149,29 @@ def test_sync_group_commit_waits_for_company_only_when_others_are_in_flight(
     alone_batches, alone_written, concurrent_after_alone, batches, written = asyncio.run(scenario())
     assert (alone_batches, alone_written, concurrent_after_alone) == (5, 5, False)
     assert written == 40 and batches < 10  # acknowledged only once on disk, in shared fsyncs
+
+
+def test_sync_commit_delay_lets_a_record_arriving_after_an_acknowledgement_share_the_next_fsync(
+    tmp_path: pathlib.Path, keys: pathlib.Path
+) -> None:
+    # A is being written when B arrives; C comes the moment A is acknowledged. With the commit
+    # delay the writer waits before taking B, so B and C share one fsync; without it, B would be
+    # taken alone in the step that acknowledged A, and C would need a third.
+    async def scenario() -> tuple[int, bool, int]:
+        audit, one = await _sync_recorder(tmp_path / "audit", keys)
+        first = asyncio.ensure_future(one(0))
+        while not audit._pending:  # A queued
+            await asyncio.sleep(0)
+        while audit._pending:  # the writer has taken A and is writing it
+            await asyncio.sleep(0)
+        second = asyncio.ensure_future(one(1))
+        assert await first
+        third = asyncio.ensure_future(one(2))
+        assert await second and await third
+        batches, concurrent = audit.batches, audit._concurrent
+        written = audit.written
+        await audit.close()
+        return batches, concurrent, written
+
+    batches, concurrent_at_end, written = asyncio.run(scenario())
+    assert (batches, written, concurrent_at_end) == (2, 3, False)
