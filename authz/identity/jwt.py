@@ -36,7 +36,7 @@ import jwt as pyjwt
 from authz import request as request_model
 from authz.identity import jwks, model, providers
 
-__all__ = ["JwtVerifier", "TokenCache", "cached_identity", "presented_token", "verify_request"]
+__all__ = ["JwtVerifier", "TokenCache", "cached_identity", "presented_token", "verify_token"]
 
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP", "HS": "oct"}
 _MFA_AMR = frozenset({"mfa"})
@@ -254,17 +254,9 @@ def _digest(token: str) -> bytes:
     return hashlib.blake2b(token.encode(), digest_size=32).digest()
 
 
-async def verify_request(
-    verifiers: Sequence[JwtVerifier], request: request_model.HttpRequest, cache: TokenCache
-) -> model.Identity | None:
-    """The caller's identity from a bearer token, None when the request carries no token."""
-    token = presented_token(verifiers, request)
-    if token is None:
-        return None
-    digest = _digest(token)
-    cached = cache.get(digest, verifiers)
-    if cached is not None:
-        return cached
+async def verify_token(token: str, verifiers: Sequence[JwtVerifier], cache: TokenCache) -> model.Identity:
+    """Verify a token that is not in the cache (issuer, key, signature, claims), cache and return
+    its identity; a failure raises IdentityFailure with its reason."""
     limit = min(v.settings.max_token_bytes for v in verifiers)
     if len(token) > limit:
         raise model.IdentityFailure("token_too_large", f"token is larger than {limit} bytes")
@@ -279,5 +271,5 @@ async def verify_request(
             "token_unsupported_crit", "token requires unsupported extensions (crit)", provider=verifier.name
         )
     identity, expires = await verifier.verify(token, header)
-    cache.put(digest, identity, expires, verifier.name, verifier.generation())
+    cache.put(_digest(token), identity, expires, verifier.name, verifier.generation())
     return identity

@@ -106,7 +106,10 @@ class IdentityResolver:
         known = self.resolve_now(request, scope)
         if known is not None:
             return known
-        identity = await jwt.verify_request(self._token_verifiers(scope), request, self.token_cache)
+        verifiers = self._token_verifiers(scope)
+        token = jwt.presented_token(verifiers, request)
+        assert token is not None  # resolve_now() answers None only for a token not in the cache
+        identity = await jwt.verify_token(token, verifiers, self.token_cache)
         return self._complete(identity, request, scope)
 
     def _token_verifiers(self, scope: frozenset[str] | None) -> list[jwt.JwtVerifier]:
