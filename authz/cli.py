@@ -33,7 +33,7 @@ from authz.identity import apikey
 from authz.identity import model as identity_model
 from authz.policy import compile as compiled
 from authz.policy import evaluate
-from authz.request import HttpRequest, RequestRejected, canonical_host, canonical_path, split_path
+from authz.request import HttpRequest, RequestRejected, canonical_host, canonical_paths, check_method, split_path
 
 __all__ = ["main"]
 
@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=["Allow", "Deny"],
         default=_env("default_action", "Deny"),
         help="decision for hosts no policy covers [TOLLGATE_DEFAULT_ACTION]",
+    )
+    serve.add_argument(
+        "--path-mode",
+        choices=["strict", "lenient"],
+        default=_env("path_mode", "strict"),
+        help="strict: refuse encoded dots and double encoding in paths (docs/policy.md) [TOLLGATE_PATH_MODE]",
     )
     serve.add_argument(
         "--reload-interval",
@@ -160,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--source-ip", default="127.0.0.1")
     explain.add_argument("--header", action="append", default=[], help="NAME=VALUE, repeatable")
     explain.add_argument("--default-action", choices=["Allow", "Deny"], default="Deny")
+    explain.add_argument("--path-mode", choices=["strict", "lenient"], default="strict", help="as for serve")
 
     keys = commands.add_parser("apikey", help="API keys").add_subparsers(dest="apikey_command", required=True)
     create = keys.add_parser("create", help="print a new key and the hash line for the keys file")
@@ -220,6 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
         config=pathlib.Path(args.config),
         listen=args.listen,
         default_allow=args.default_action == "Allow",
+        strict_paths=args.path_mode == "strict",
         reload_interval=args.reload_interval,
         grace=args.grace,
         tls_cert=pathlib.Path(args.tls_cert) if args.tls_cert else None,
@@ -236,7 +244,7 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(str(error), 2)
 
     async def run() -> None:
-        runtime = server.Runtime(snapshot, default_allow=settings.default_allow)
+        runtime = server.Runtime(snapshot, default_allow=settings.default_allow, strict_paths=settings.strict_paths)
         runtime.tracing = tracing
         if audit_recorder is not None:
             await audit_recorder.start()
@@ -272,25 +280,28 @@ def _policy_explain(args: argparse.Namespace) -> int:
         print(str(error), file=sys.stderr)
         return 1
     raw_path, query = split_path(args.path)
-    try:
-        path = canonical_path(raw_path)
-    except RequestRejected as rejected:
-        print(f"decision: deny (400)\nreason:   {rejected.code}: {rejected.message}")
-        return 0
     headers = {}
     for item in args.header:
         name, _, value = item.partition("=")
-        headers[name.strip().lower()] = value.strip()
-    request = HttpRequest(
-        method=args.method.upper(),
-        host=canonical_host(args.host),
-        path=path,
-        raw_path=raw_path,
-        query=query,
-        headers=headers,
-        source_ip=args.source_ip,
-        source_principal=args.principal,
-    )
+        name = name.strip().lower()
+        # Repeated --header flags are joined as Envoy joins repeated headers.
+        headers[name] = headers[name] + "," + value.strip() if name in headers else value.strip()
+    try:
+        path, path_with_parameters = canonical_paths(raw_path, strict=args.path_mode == "strict")
+        request = HttpRequest(
+            method=check_method(args.method),
+            host=canonical_host(args.host),
+            path=path,
+            raw_path=raw_path,
+            path_with_parameters=path_with_parameters,
+            query=query,
+            headers=headers,
+            source_ip=args.source_ip,
+            source_principal=args.principal,
+        )
+    except RequestRejected as rejected:
+        print(f"decision: deny (400)\nreason:   {rejected.code}: {rejected.message}")
+        return 0
     identity = identity_model.ANONYMOUS
     if args.claims:
         try:
@@ -314,9 +325,13 @@ def _policy_explain(args: argparse.Namespace) -> int:
             authenticated=True, method="mtls", subject=args.principal, principal=args.principal
         )
     host = snapshot.index.lookup(request.host)
-    verdict = evaluate.evaluate(
-        host, compiled.Context(request, identity), server_default_allow=args.default_action == "Allow"
-    )
+    try:
+        verdict = evaluate.evaluate(
+            host, compiled.Context(request, identity), server_default_allow=args.default_action == "Allow"
+        )
+    except RequestRejected as rejected:
+        print(f"decision: deny (400)\nreason:   {rejected.code}: {rejected.message}")
+        return 0
     status = 200 if verdict.allowed else (403 if identity.authenticated else 401)
     print(f"decision: {'allow' if verdict.allowed else 'deny'} ({status})")
     print(f"reason:   {verdict.reason}")

@@ -10,7 +10,8 @@ Reason codes and their HTTP status:
 
     allow   rule_allow, default_allow, no_policy (server default Allow), dry_run_only    → upstream
     deny    rule_deny, default_deny, no_policy (server default Deny)                      → 401/403
-    400     request_* and path_* (the request cannot be canonicalized)
+    400     request_* and path_* (the request cannot be read one way only; see authz.request)
+    403/401 source_address_invalid (an IP condition met a source that is not one address)
     401     token_* and other credential failures (see authz.identity)
     503     identity_unavailable (the provider's keys cannot be had),
             audit_unavailable (durable audit mode and the log cannot be written; see authz.service)
@@ -125,16 +126,18 @@ async def decide(
     identity_stage: IdentityStage,
     *,
     server_default_allow: bool = False,
+    strict_paths: bool = True,
     wire_size: int | None = None,
 ) -> Decision:
     """Decide one CheckRequest against one configuration snapshot. Never raises.
 
-    ``wire_size``: the serialized request's length, if known (see ``request.from_check_request``).
+    ``strict_paths``: strict path mode (see ``request.canonical_paths``). ``wire_size``: the
+    serialized request's length, if known (see ``request.from_check_request``).
     """
     decision_id, revision, started = new_id(), snapshot.revision, time.perf_counter_ns()
     request: request_model.HttpRequest | None = None
     try:
-        request = request_model.from_check_request(check_request, wire_size)
+        request = request_model.from_check_request(check_request, wire_size, strict=strict_paths)
         host = snapshot.index.lookup(request.host)
         scope = host.providers if host else None
         identity = identity_stage.resolve_now(request, scope)
@@ -166,7 +169,12 @@ async def decide(
         )
     except request_model.RequestRejected as rejected:
         decision = Decision(
-            decision_id, revision, status=400, reason=rejected.code, message=rejected.message, request=rejected.request
+            decision_id,
+            revision,
+            status=400,
+            reason=rejected.code,
+            message=rejected.message,
+            request=rejected.request or request,
         )
     except identity_model.IdentityFailure as failure:
         decision = Decision(

@@ -1,8 +1,12 @@
 """Turn a :class:`~authz.decision.Decision` into Envoy's ``CheckResponse``: the outgoing edge.
 
 Called by :mod:`authz.service`. Allowed requests get the trusted identity headers for the
-upstream; any copy of those headers the client sent is removed or overwritten, so the upstream can
-believe them. Denied requests get a status, a small JSON body with no internals, and for 401 a
+upstream; every client-sent header in the reserved ``x-tollgate-`` namespace, in any spelling
+(``x_tollgate_subject``, which WSGI and CGI servers read as the same name), is removed or
+overwritten, so the upstream can believe them. Values are never cut short: subjects and
+principals are plain printable ASCII (checked by the identity stage), groups and roles an RFC 9651
+structured-field list of strings (``"staff", "admins"``; display strings ``%"…"`` for non-ASCII), so
+a group named ``staff,admins`` stays one group. Denied requests get a status, a small JSON body with no internals, and for 401 a
 ``WWW-Authenticate`` challenge. Both carry dynamic metadata (decision id, policy, rule, reason)
 under ``envoy.filters.http.ext_authz`` for Envoy's access log.
 """
@@ -13,6 +17,8 @@ import dataclasses
 import json
 import secrets
 
+import http_sfv
+
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
@@ -22,7 +28,7 @@ from google.rpc import code_pb2, status_pb2
 from authz import decision as decision_model
 from authz.identity import model as identity_model
 
-__all__ = ["IDENTITY_HEADERS", "encode", "to_check_response"]
+__all__ = ["IDENTITY_HEADERS", "encode", "structured_list", "to_check_response"]
 
 SUBJECT = "x-tollgate-subject"
 GROUPS = "x-tollgate-groups"
@@ -49,11 +55,24 @@ _CHALLENGE = base_pb2.HeaderValueOption(
 _NO_STORE = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="cache-control", value="no-store"))
 
 
-def _clean(value: str) -> str:
-    """Header values from tokens are untrusted text: drop control characters, bound the length."""
-    if value.isprintable() and len(value) <= 1024:
-        return value
-    return "".join(ch for ch in value if ch.isprintable())[:1024]
+def structured_list(values: tuple[str, ...]) -> str:
+    """``("staff", "a,b")`` → ``"staff", "a,b"``: an RFC 9651 List of Strings, or of Display
+    Strings for values that are not printable ASCII. Values were checked by the identity stage
+    (:func:`authz.identity.model.check_identity_values`)."""
+    if not values:
+        return ""
+    items = http_sfv.List()
+    for value in values:
+        printable_ascii = value.isascii() and value.isprintable()
+        items.append(http_sfv.Item(value if printable_ascii else http_sfv.DisplayString(value)))
+    return str(items)
+
+
+def _plain(value: str) -> str:
+    """A plain header value; anything the identity stage should have refused is a fault, not a cut."""
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError("an identity value is not printable ASCII")
+    return value
 
 
 def _metadata(decision: decision_model.Decision, metadata: struct_pb2.Struct) -> None:
@@ -108,7 +127,24 @@ def encode(decision: decision_model.Decision) -> bytes:
     if template is None:
         return _serialized(decision)
     head, middle, tail = template
+    reserved = decision.request.reserved_headers() if decision.request is not None else ()
+    if reserved:
+        return b"".join((head, decision_id, middle, decision_id, tail, _removals(reserved, identity)))
     return b"".join((head, decision_id, middle, decision_id, tail))
+
+
+def _removals(reserved: tuple[str, ...], identity: identity_model.Identity) -> bytes:
+    """A second encoding of the answer that only adds the client's reserved-namespace headers to
+    ``headers_to_remove`` (parsers merge it: repeated fields append). Names Tollgate sets in this
+    answer are left out: Envoy would remove Tollgate's own value too."""
+    own = {name for name, _ in _identity_headers(identity)[0]} | {DECISION_ID} if identity.authenticated else {DECISION_ID}
+    extra = [name for name in reserved if name not in own]
+    if not extra:
+        return b""
+    reply = external_auth_pb2.CheckResponse()
+    reply.ok_response.headers_to_remove.extend(extra)
+    data: bytes = reply.SerializeToString()
+    return data
 
 
 # Denied answers differ by the decision id (once, in the metadata) and the JSON body, which holds
@@ -137,7 +173,8 @@ def _encode_denied(decision: decision_model.Decision, decision_id: bytes) -> byt
 
 
 def _template(decision: decision_model.Decision) -> Template | None:
-    parts = _cut(_ok(dataclasses.replace(decision, decision_id=_PLACEHOLDER)), copies=2)
+    # Without the request: its client-sent reserved headers are added per answer (_removals).
+    parts = _cut(_ok(dataclasses.replace(decision, decision_id=_PLACEHOLDER, request=None)), copies=2)
     return None if parts is None else (parts[0], parts[1], parts[2])
 
 
@@ -186,6 +223,9 @@ def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
     # Removal is used only for names we do not set: Envoy applies `headers` and
     # `headers_to_remove` independently, and a name in both would lose Tollgate's value.
     ok.headers_to_remove.extend(removals)
+    if decision.request is not None:
+        own = {name for name, _ in values} | {DECISION_ID}
+        ok.headers_to_remove.extend(name for name in decision.request.reserved_headers() if name not in own)
     _set(ok, DECISION_ID, decision.decision_id)
     _metadata(decision, reply.dynamic_metadata)
     return reply
@@ -204,13 +244,13 @@ Headers = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
 
 def _identity_headers(identity: identity_model.Identity) -> Headers:
     candidates = (
-        (SUBJECT, identity.subject),
-        (GROUPS, ",".join(identity.groups)),
-        (ROLES, ",".join(identity.roles)),
-        (METHOD, identity.method),
-        (PRINCIPAL, identity.principal),
+        (SUBJECT, _plain(identity.subject)),
+        (GROUPS, structured_list(identity.groups)),
+        (ROLES, structured_list(identity.roles)),
+        (METHOD, _plain(identity.method)),
+        (PRINCIPAL, _plain(identity.principal)),
     )
-    values = tuple((name, _clean(value)) for name, value in candidates if value)
+    values = tuple((name, value) for name, value in candidates if value)
     removals = tuple(name for name, value in candidates if not value)
     return values, removals
 

@@ -40,6 +40,7 @@ class ServerSettings:
     config: pathlib.Path
     listen: str = "127.0.0.1:9001"
     default_allow: bool = False
+    strict_paths: bool = True  # refuse encoded dots and double encoding (request.canonical_paths)
     reload_interval: float = 2.0  # seconds between checks of the configuration files; 0 disables
     grace: float = 10.0  # seconds in-flight RPCs get on SIGTERM
     tls_cert: pathlib.Path | None = None
@@ -50,11 +51,12 @@ class ServerSettings:
 class Runtime:
     """The state every Check reads: swapped wholesale on reload, never mutated in place."""
 
-    def __init__(self, snapshot: loader.Snapshot, *, default_allow: bool) -> None:
+    def __init__(self, snapshot: loader.Snapshot, *, default_allow: bool, strict_paths: bool = True) -> None:
         self.identity = resolve.IdentityResolver()
         self.recorder: service.Recorder | None = None
         self.tracing = telemetry.Tracing(None)
         self.default_allow = default_allow
+        self.strict_paths = strict_paths
         self.snapshot = snapshot
         self.identity.update(snapshot.providers)
 

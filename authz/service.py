@@ -57,6 +57,8 @@ class Runtime(Protocol):
     @property
     def default_allow(self) -> bool: ...
     @property
+    def strict_paths(self) -> bool: ...
+    @property
     def tracing(self) -> telemetry.Tracing: ...
 
 
@@ -114,6 +116,7 @@ class AuthorizationService:
                     runtime.snapshot,
                     runtime.identity,
                     server_default_allow=runtime.default_allow,
+                    strict_paths=runtime.strict_paths,
                     wire_size=wire_size,
                 )
             if recorder is not None and recorder.durable:
@@ -137,7 +140,9 @@ class AuthorizationService:
                 )
                 if check_request is not None:
                     with contextlib.suppress(request_model.RequestRejected):
-                        decision.request = request_model.from_check_request(check_request, wire_size)
+                        decision.request = request_model.from_check_request(
+                            check_request, wire_size, strict=runtime.strict_paths
+                        )
             raise
         finally:
             if decision is not None and not recorded and traced:

@@ -77,15 +77,17 @@ def load_keys(path: str) -> tuple[ApiKeyEntry, ...]:
                 f"{where}.sha256: must be 64 hex characters (plain keys are never stored)", field="spec.apiKey.keysFile"
             )
         seen.add(key_id)
-        entries.append(
-            ApiKeyEntry(
-                key_id=key_id,
-                sha256=bytes.fromhex(digest),
-                subject=str(raw.get("subject") or f"apikey:{key_id}"),
-                groups=tuple(map(str, raw.get("groups", []))),
-                roles=tuple(map(str, raw.get("roles", []))),
-            )
+        entry = ApiKeyEntry(
+            key_id=key_id,
+            sha256=bytes.fromhex(digest),
+            subject=str(raw.get("subject") or f"apikey:{key_id}"),
+            groups=tuple(map(str, raw.get("groups", []))),
+            roles=tuple(map(str, raw.get("roles", []))),
         )
+        problem = model.check_identity_values(entry.subject, entry.groups, entry.roles)
+        if problem:
+            raise ConfigError(f"{where}: {problem}", field="spec.apiKey.keysFile")
+        entries.append(entry)
     return tuple(entries)
 
 

@@ -5,7 +5,7 @@ Called by :mod:`authz.identity.resolve`. Verification order, each step with its 
 
     token_ambiguous          two sources (e.g. Authorization and a cookie) carry different tokens
     token_too_large          longer than the provider's limit (8 KiB)
-    token_malformed          not three base64url parts of JSON
+    token_malformed          not three base64url parts of JSON (nested at most 32 deep)
     token_unknown_issuer     no provider in scope has the token's ``iss``
     token_unsupported_crit   a ``crit`` header names extensions we do not implement
     token_algorithm_not_allowed  ``none``, an HMAC alg without a configured secret, or not listed
@@ -13,6 +13,8 @@ Called by :mod:`authz.identity.resolve`. Verification order, each step with its 
     token_key_mismatch       the key's type does not fit the algorithm (e.g. RSA key, HS256)
     token_bad_signature, token_expired, token_not_yet_valid, token_wrong_issuer,
     token_wrong_audience, token_missing_claim, token_invalid
+    token_invalid_claims     the subject is empty or not a string, or a subject, group or role
+                             cannot be passed to the upstream as it is (see model.check_identity_values)
 
 Verified tokens are cached (bounded LRU, keyed by BLAKE2b-256 of the token) until the earlier of
 their ``exp`` and a change of the provider's key set — including the key set going past its
@@ -25,18 +27,17 @@ import base64
 import binascii
 import collections
 import hashlib
-import json
 import time
 from collections.abc import Mapping, Sequence
-from http import cookies
 from typing import Any
 
 import jwt as pyjwt
+import orjson
 
 from authz import request as request_model
 from authz.identity import jwks, model, providers
 
-__all__ = ["JwtVerifier", "TokenCache", "cached_identity", "presented_token", "verify_token"]
+__all__ = ["JwtVerifier", "TokenCache", "cached_identity", "cookie_values", "presented_token", "verify_token"]
 
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP", "HS": "oct"}
 _MFA_AMR = frozenset({"mfa"})
@@ -126,13 +127,7 @@ class JwtVerifier:
                 if value:
                     found.append(value)
             elif cookie and "cookie" in headers:
-                jar = cookies.SimpleCookie()
-                try:
-                    jar.load(headers["cookie"])
-                except cookies.CookieError:
-                    continue
-                if cookie in jar and jar[cookie].value:
-                    found.append(jar[cookie].value)
+                found.extend(cookie_values(headers["cookie"], cookie))
         return found
 
     async def verify(self, token: str, header: Mapping[str, Any]) -> tuple[model.Identity, float]:
@@ -172,31 +167,87 @@ class JwtVerifier:
 
     def _identity(self, claims: Mapping[str, Any]) -> model.Identity:
         settings = self.settings
-        subject = model.claim_values(claims, settings.subject_claim)
-        if not subject:
+        subject = model.claim_value(claims, settings.subject_claim)
+        if subject is None:
             raise model.IdentityFailure(
                 "token_missing_claim", f"token has no {settings.subject_claim!r} claim", provider=self.name
+            )
+        if not isinstance(subject, str) or not subject:
+            # An empty subject would pass `authenticated: true` and reach the upstream as nobody.
+            raise model.IdentityFailure(
+                "token_invalid_claims", f"the {settings.subject_claim!r} claim is not a non-empty string", provider=self.name
             )
         amr = set(model.claim_values(claims, "amr"))
         acr = set(model.claim_values(claims, "acr"))
         email = model.claim_values(claims, settings.email_claim)
+        groups = model.claim_values(claims, settings.groups_claim)
+        roles = model.claim_values(claims, settings.roles_claim)
+        problem = model.check_identity_values(subject, groups, roles)
+        if problem:
+            raise model.IdentityFailure("token_invalid_claims", problem, provider=self.name)
         return model.Identity(
             authenticated=True,
             method="jwt",
-            subject=subject[0],
+            subject=subject,
             issuer=self.issuer,
             provider=self.name,
             email=email[0] if email else "",
-            groups=model.claim_values(claims, settings.groups_claim),
-            roles=model.claim_values(claims, settings.roles_claim),
+            groups=groups,
+            roles=roles,
             mfa=bool(amr & _MFA_AMR or acr & _MFA_ACR),
             claims=claims,
         )
 
 
+# Deeper JSON than this is no token anyone issues. orjson parses without Python recursion (and
+# stops itself at 1,024 levels); the depth is then checked before PyJWT's json.loads sees it.
+_MAX_JSON_DEPTH = 32
+
+
 def _segment_json(segment: str) -> Any:
     padded = segment + "=" * (-len(segment) % 4)
-    return json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    value = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    if _depth(value) > _MAX_JSON_DEPTH:
+        raise ValueError(f"JSON nested deeper than {_MAX_JSON_DEPTH}")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in ``value``, walked without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > _MAX_JSON_DEPTH:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def cookie_values(header: str, name: str) -> list[str]:
+    """Every non-empty value of cookie ``name`` in a Cookie header, in one linear pass.
+
+    RFC 6265 §5.4: pairs separated by ``;``, name and value split at the first ``=``, whitespace
+    trimmed, a value in double quotes unquoted. The standard library's ``SimpleCookie`` is not used:
+    some inputs make it quadratic (one 54 KB header held the event loop for seconds).
+    """
+    found = []
+    for pair in header.split(";"):
+        key, equals, value = pair.partition("=")
+        if equals and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if value:
+                found.append(value)
+    return found
 
 
 def _unverified_parts(token: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
@@ -206,7 +257,7 @@ def _unverified_parts(token: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]
         raise model.IdentityFailure("token_malformed", "a JWT has three dot-separated parts")
     try:
         header, payload = _segment_json(parts[0]), _segment_json(parts[1])
-    except (ValueError, UnicodeError, binascii.Error) as error:
+    except (ValueError, UnicodeError, binascii.Error) as error:  # orjson.JSONDecodeError is a ValueError
         raise model.IdentityFailure("token_malformed", "token is not base64url-encoded JSON") from error
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise model.IdentityFailure("token_malformed", "token header and payload must be JSON objects")
@@ -225,18 +276,27 @@ def _from_header(value: str | None, prefix: str, prefix_lower: str) -> str:
     return value.strip()
 
 
+def _single(token: str | None) -> str | None:
+    """A token from one header; a comma means Envoy joined repeated headers (no JWT has one)."""
+    if token and "," in token:
+        raise model.IdentityFailure("token_ambiguous", "the request carries more than one token header")
+    return token or None
+
+
 def presented_token(verifiers: Sequence[JwtVerifier], request: request_model.HttpRequest) -> str | None:
     """The token the request carries for these providers; None when it carries none."""
     if len(verifiers) == 1:
         single = verifiers[0].single_header
         if single is not None:
-            return _from_header(request.headers.get(single[0]), single[1], single[2]) or None
+            return _single(_from_header(request.headers.get(single[0]), single[1], single[2]))
         found = verifiers[0].tokens(request)
     else:
         found = [t for v in verifiers for t in v.tokens(request)]
     if not found:
         return None
     token = found[0]
+    if "," in token:
+        raise model.IdentityFailure("token_ambiguous", "the request carries more than one token header")
     if len(found) > 1 and any(other != token for other in found):
         raise model.IdentityFailure("token_ambiguous", "the request carries more than one different token")
     return token

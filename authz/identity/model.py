@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ANONYMOUS", "Identity", "IdentityFailure", "claim_values"]
+__all__ = ["ANONYMOUS", "Identity", "IdentityFailure", "check_identity_values", "claim_value", "claim_values"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +47,42 @@ class IdentityFailure(Exception):
         self.message = message
         self.status = status
         self.provider = provider
+
+
+# What the upstream is told (authz.response) is never cut short: a value that cannot be passed on
+# whole and unambiguously is refused instead. Subjects and principals travel as plain header values,
+# so they are printable ASCII; groups and roles travel as a structured-field list, which can carry
+# any text but control characters.
+MAX_IDENTITY_VALUE = 1024
+MAX_IDENTITY_LIST = 256
+
+
+def check_identity_values(subject: str, groups: tuple[str, ...], roles: tuple[str, ...]) -> str:
+    """What is wrong with these values as upstream identity headers ("" if nothing)."""
+    if not subject or len(subject) > MAX_IDENTITY_VALUE or not _plain_header_text(subject):
+        return f"the subject must be 1 to {MAX_IDENTITY_VALUE} printable ASCII characters"
+    for kind, values in (("group", groups), ("role", roles)):
+        if len(values) > MAX_IDENTITY_LIST:
+            return f"more than {MAX_IDENTITY_LIST} {kind}s"
+        for value in values:
+            if not value or len(value) > MAX_IDENTITY_VALUE or not value.isprintable():
+                return f"a {kind} must be 1 to {MAX_IDENTITY_VALUE} printable characters"
+    return ""
+
+
+def _plain_header_text(value: str) -> bool:
+    """Printable ASCII without surrounding spaces: read the same way by every HTTP stack."""
+    return value.isascii() and value.isprintable() and value.strip() == value
+
+
+def claim_value(claims: Mapping[str, Any], path: str) -> Any:
+    """The raw value at a dotted claim path, or None when absent."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 def claim_values(claims: Mapping[str, Any], path: str) -> tuple[str, ...]:

@@ -141,5 +141,14 @@ class IdentityResolver:
         if identity is None:
             return identity_model.ANONYMOUS
         if principal and not identity.principal:
+            if _principal_problem(principal):
+                raise identity_model.IdentityFailure(
+                    "mtls_principal_invalid", "the client certificate's principal cannot be passed on"
+                )
             identity = dataclasses.replace(identity, principal=principal)
         return identity
+
+
+def _principal_problem(principal: str) -> str:
+    """Why a peer principal cannot be passed to the upstream whole ("" if it can)."""
+    return identity_model.check_identity_values(principal, (), ())

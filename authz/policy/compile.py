@@ -19,7 +19,18 @@ from authz.identity import model as identity_model
 from authz.policy import model
 from authz.policy.verdict import Verdict
 
-__all__ = ["CompiledRule", "Conflict", "HostPolicies", "Patterns", "PolicyIndex", "compile_policies"]
+__all__ = [
+    "CompiledRule",
+    "Conflict",
+    "Context",
+    "HostPolicies",
+    "Patterns",
+    "PolicyIndex",
+    "SourceUnreadable",
+    "compile_policies",
+    "header_copies",
+    "parse_source",
+]
 
 
 class Patterns:
@@ -58,25 +69,63 @@ class Patterns:
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+class SourceUnreadable(Exception):
+    """A rule has an IP condition and the request's source address cannot be parsed: fail closed."""
+
+
+def parse_source(text: str) -> Address | None:
+    """The source address Envoy reported, or None when it is not one address.
+
+    IPv4-mapped IPv6 (``::ffff:127.0.0.1``) is the IPv4 address it carries, so a block on
+    ``127.0.0.0/8`` holds for both spellings. A zone (``fe80::1%eth0``), a port, a name or an
+    empty string is not an address.
+    """
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            return None
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+    return address
+
+
 class Context:
-    """What one evaluation looks at; the source address is parsed at most once, when a rule needs it."""
+    """What one evaluation looks at: the request under one reading (``method``, ``path``) and the
+    caller. The source address is parsed at most once, when a rule needs it."""
 
-    __slots__ = ("_parsed", "_source", "identity", "request")
+    __slots__ = ("_parsed", "_source", "identity", "method", "path", "request")
 
-    def __init__(self, request: request_model.HttpRequest, identity: identity_model.Identity) -> None:
+    def __init__(
+        self,
+        request: request_model.HttpRequest,
+        identity: identity_model.Identity,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
         self.request = request
         self.identity = identity
+        self.method = request.method if method is None else method
+        self.path = request.path if path is None else path
         self._parsed = False
         self._source: Address | None = None
 
+    def reading(self, method: str, path: str) -> Context:
+        """The same request and caller under another reading."""
+        other = Context(self.request, self.identity, method, path)
+        other._parsed, other._source = self._parsed, self._source
+        return other
+
     @property
-    def source(self) -> Address | None:
+    def source(self) -> Address:
+        """The parsed source address; :class:`SourceUnreadable` if there is none (never a guess)."""
         if not self._parsed:
             self._parsed = True
-            try:
-                self._source = ipaddress.ip_address(self.request.source_ip)
-            except ValueError:
-                self._source = None
+            self._source = parse_source(self.request.source_ip)
+        if self._source is None:
+            raise SourceUnreadable(self.request.source_ip)
         return self._source
 
 
@@ -223,10 +272,7 @@ def _combine(
     # default is Deny as soon as one applicable policy says Deny (the safe side of a conflict).
     default_allow = not deniers
     default_policy = str((deniers or policies)[0].ref) if policies else ""
-    scopes = [p.providers for p in policies]
-    providers: frozenset[str] | None = None
-    if scopes and all(scope is not None for scope in scopes):
-        providers = frozenset(name for scope in scopes if scope is not None for name in scope)
+    providers = provider_scope(policies)
     return HostPolicies(
         by_method={method: for_method(method) for method in named},
         other=for_method(None),
@@ -240,13 +286,34 @@ def _combine(
     )
 
 
+def provider_scope(policies: Sequence[model.AccessPolicy]) -> frozenset[str] | None:
+    """The identity providers accepted on a host all these policies cover: the narrowest holds.
+
+    Every policy that names ``identity.providers`` constrains the host, so the scope is the
+    intersection of the lists given (a policy without a list adds no constraint; None: no policy
+    names one, every provider counts). A broader ``*.example.com`` policy can never widen what a
+    host's own policy accepts.
+    """
+    scope: frozenset[str] | None = None
+    for policy in policies:
+        if policy.providers is not None:
+            named = frozenset(policy.providers)
+            scope = named if scope is None else scope & named
+    return scope
+
+
 def _conflicts(host: str, policies: list[model.AccessPolicy]) -> list[Conflict]:
+    found = []
     enforce = [p for p in policies if p.mode is model.Mode.ENFORCE and p.default_action_set]
     actions = {p.default_action for p in enforce}
     if len(actions) > 1:
         names = ", ".join(f"{p.ref}={p.default_action}" for p in enforce)
-        return [Conflict(host, f"policies disagree on defaultAction ({names}); Deny applies")]
-    return []
+        found.append(Conflict(host, f"policies disagree on defaultAction ({names}); Deny applies"))
+    scoped = [p for p in policies if p.mode is model.Mode.ENFORCE and p.providers is not None]
+    if len(scoped) > 1 and not provider_scope(scoped):
+        names = ", ".join(f"{p.ref}={list(p.providers or ())}" for p in scoped)
+        found.append(Conflict(host, f"identity.providers lists share no provider ({names}); no credential is accepted"))
+    return found
 
 
 def _compile_rule(policy: str, rule: model.Rule) -> CompiledRule:
@@ -258,13 +325,13 @@ def _compile_rule(policy: str, rule: model.Rule) -> CompiledRule:
         if "*" in not_methods:
             checks.append(lambda c: False)  # every method is excluded: the rule never matches
         else:
-            checks.append(lambda c: c.request.method not in not_methods)
+            checks.append(lambda c: c.method not in not_methods)
     if rule.paths:
         paths = Patterns(rule.paths)
-        checks.append(lambda c: paths.match(c.request.path))
+        checks.append(lambda c: paths.match(c.path))
     if rule.not_paths:
         not_paths = Patterns(rule.not_paths)
-        checks.append(lambda c: not not_paths.match(c.request.path))
+        checks.append(lambda c: not not_paths.match(c.path))
     if rule.authenticated is not None:
         wanted = rule.authenticated
         checks.append(lambda c: c.identity.authenticated is wanted)
@@ -280,21 +347,25 @@ def _compile_rule(policy: str, rule: model.Rule) -> CompiledRule:
     if rule.principals:
         principals = Patterns(rule.principals)
         checks.append(lambda c: bool(c.identity.principal) and principals.match(c.identity.principal))
+    # An unparseable source address raises SourceUnreadable from c.source: the evaluator turns that
+    # into a deny of its own (source_address_invalid), whether the rule allows or denies.
     if rule.ip_blocks:
         blocks = rule.ip_blocks
-        checks.append(lambda c: c.source is not None and any(c.source in b for b in blocks))
+        checks.append(lambda c: any(c.source in b for b in blocks))
     if rule.not_ip_blocks:
         not_blocks = rule.not_ip_blocks
-        # An unparseable source address is treated as inside every block: fail closed.
-        checks.append(lambda c: c.source is not None and not any(c.source in b for b in not_blocks))
-    for condition in rule.when:
-        checks.append(_compile_condition(condition))
+        checks.append(lambda c: not any(c.source in b for b in not_blocks))
     allow = rule.action is model.Action.ALLOW
+    for condition in rule.when:
+        checks.append(_compile_condition(condition, every_copy=allow))
     verdict = Verdict(allowed=allow, reason="rule_allow" if allow else "rule_deny", policy=policy, rule=rule.name)
     return CompiledRule(name=rule.name, checks=tuple(checks), verdict=verdict, methods=methods)
 
 
-def _compile_condition(condition: model.Condition) -> Check:
+def _compile_condition(condition: model.Condition, *, every_copy: bool) -> Check:
+    """One ``when`` condition. ``every_copy``: the rule allows, so a header sent several times must
+    satisfy the condition in every copy; in a Deny rule one copy is enough. Envoy joins repeated
+    headers with commas for the check but forwards every copy, and the upstream may read any of them."""
     values = Patterns(condition.values) if condition.values else None
     not_values = Patterns(condition.not_values) if condition.not_values else None
 
@@ -308,7 +379,14 @@ def _compile_condition(condition: model.Condition) -> Check:
 
         def header_check(c: Context) -> bool:
             value = c.request.headers.get(header)  # one lookup in the request's header map
-            return judge(() if value is None else (value,))
+            if value is None:
+                return judge(())
+            if "," not in value:
+                return judge((value,))
+            copies = header_copies(value)
+            if every_copy:
+                return all(judge((copy,)) for copy in copies)
+            return any(judge((copy,)) for copy in copies)
 
         return header_check
     claim = condition.claim or ""
@@ -316,3 +394,10 @@ def _compile_condition(condition: model.Condition) -> Check:
         # "mfa" is derived by the identity stage from amr/acr; it is not a raw token claim.
         return lambda c: judge(("true",) if c.identity.mfa else ("false",))
     return lambda c: judge(identity_model.claim_values(c.identity.claims, claim))
+
+
+def header_copies(value: str) -> tuple[str, ...]:
+    """The copies of a header Envoy joined with commas (RFC 9110 §5.3): each trimmed; empty list
+    elements are ignored unless every one is empty."""
+    copies = tuple(item.strip(" \t") for item in value.split(","))
+    return tuple(copy for copy in copies if copy) or ("",)

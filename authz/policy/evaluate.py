@@ -6,12 +6,24 @@ same :class:`Verdict`, which is what makes ``tollgate policy explain`` trustwort
 Order (fixed, as in Istio's AuthorizationPolicy): any matching Deny rule denies; otherwise any
 matching Allow rule allows; otherwise the host's default. DryRun policies are evaluated beside the
 enforced ones and reported, never obeyed.
+
+A request can have more than one reading, and the upstream may act on any of them:
+
+- a method override header (``X-HTTP-Method-Override: DELETE`` on a POST) asks many frameworks to
+  act on another method: every method named is judged, and the first that is denied decides;
+- a path with parameters (``/admin;x``) is ``/admin`` to Tomcat and Spring and ``/admin;x`` to Go,
+  nginx or Express: both are judged, and if they disagree the request is refused
+  (``path_parameters_ambiguous``, 400) rather than judged on one.
+
+An IP condition on a source address that is not one address denies with its own reason
+(``source_address_invalid``), whether the rule allows or denies: it never counts as "no match".
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from authz import request as request_model
 from authz.policy import compile as compiled
 from authz.policy.verdict import DryRunVerdict, Verdict
 
@@ -23,9 +35,36 @@ _NO_POLICY_DENY = Verdict(allowed=False, reason="no_policy")
 
 
 def evaluate(host: compiled.HostPolicies | None, context: compiled.Context, *, server_default_allow: bool) -> Verdict:
-    """Decide one request. ``host`` is the index entry for the request's host (None: no policy)."""
+    """Decide one request. ``host`` is the index entry for the request's host (None: no policy).
+
+    Raises :class:`~authz.request.RequestRejected` (``path_parameters_ambiguous``) when the two
+    readings of a path with parameters get different answers.
+    """
     if host is None:
         return _NO_POLICY_ALLOW if server_default_allow else _NO_POLICY_DENY
+    request = context.request
+    overrides = request.method_overrides()
+    verdict = _evaluate_reading(host, context)
+    if not overrides and not request.path_with_parameters:
+        return verdict  # the usual request: one reading
+    for method in (context.method, *overrides):
+        reading = context if method == context.method else context.reading(method, context.path)
+        first = verdict if reading is context else _evaluate_reading(host, reading)
+        if request.path_with_parameters:
+            second = _evaluate_reading(host, reading.reading(method, request.path_with_parameters))
+            if first.allowed != second.allowed:
+                raise request_model.RequestRejected(
+                    "path_parameters_ambiguous",
+                    f"the path is {'allowed' if first.allowed else 'denied'} as {request.path!r} and "
+                    f"{'allowed' if second.allowed else 'denied'} as {request.path_with_parameters!r}",
+                    request,
+                )
+        if not first.allowed:
+            return first
+    return verdict
+
+
+def _evaluate_reading(host: compiled.HostPolicies, context: compiled.Context) -> Verdict:
     dry_run = None
     if host.dry_run is not None:
         would = _decide(host.dry_run, context)
@@ -37,11 +76,16 @@ def evaluate(host: compiled.HostPolicies | None, context: compiled.Context, *, s
 
 
 def _decide(host: compiled.HostPolicies, context: compiled.Context) -> Verdict:
-    deny_rules, allow_rules = host.by_method.get(context.request.method, host.other)
-    for rule in deny_rules:
-        if rule.matches(context):
-            return rule.verdict
-    for rule in allow_rules:
-        if rule.matches(context):
-            return rule.verdict
+    deny_rules, allow_rules = host.by_method.get(context.method, host.other)
+    rule = None
+    try:
+        for rule in deny_rules:
+            if rule.matches(context):
+                return rule.verdict
+        for rule in allow_rules:
+            if rule.matches(context):
+                return rule.verdict
+    except compiled.SourceUnreadable:
+        assert rule is not None  # only a rule's check reads the source
+        return Verdict(allowed=False, reason="source_address_invalid", policy=rule.verdict.policy, rule=rule.name)
     return host.default_verdict

@@ -261,6 +261,16 @@ def _condition(raw: Mapping[str, Any], field: str) -> Condition:
         raise ConfigError("a condition needs 'values' or 'notValues'", field=field)
     _patterns(values, f"{field}.values")
     _patterns(not_values, f"{field}.notValues")
+    if header is not None:
+        for key, items in (("values", values), ("notValues", not_values)):
+            for index, value in enumerate(items):
+                if "," in value:
+                    # Each copy of a repeated header is matched on its own (Envoy joins copies with
+                    # commas), so a value holding a comma could never match.
+                    raise ConfigError(
+                        f"{value!r}: header values are matched per copy and cannot contain ','",
+                        field=f"{field}.{key}[{index}]",
+                    )
     return Condition(
         claim=claim,
         header=header.lower() if header else None,

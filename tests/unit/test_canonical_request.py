@@ -1,5 +1,6 @@
 """Request canonicalization: the forms a path can take that must all mean one thing, and the ones
-upstream servers disagree on, which are rejected with their own reason."""
+upstream servers disagree on, which are rejected with their own reason. Strict mode (the default)
+also refuses encoded dots and double encoding; lenient mode decodes them once."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 from authz import request
 from authz.dev import checks
-from authz.request import RequestRejected, canonical_host, canonical_path
+from authz.request import RequestRejected, canonical_host, canonical_path, canonical_paths
 
 SAME = [
     ("/", "/"),
@@ -19,14 +20,10 @@ SAME = [
     ("/admin//users///x", "/admin/users/x"),
     ("/admin/../public", "/public"),
     ("/public/../admin", "/admin"),
-    ("/%2e%2e/admin", "/admin"),
-    ("/%2E%2E/admin", "/admin"),
-    ("/.%2e/admin", "/admin"),
     ("/./admin", "/admin"),
     ("/../../../admin", "/admin"),
     ("/admin;x", "/admin"),
     ("/admin;x=1/users", "/admin/users"),
-    ("/public/..;/admin", "/admin"),
     ("/%61dmin", "/admin"),
     ("/a%7Eb", "/a~b"),
     ("/a%20b", "/a%20b"),
@@ -34,7 +31,6 @@ SAME = [
     ("/a/b/..", "/a/"),
     ("/a/./b/.", "/a/b/"),
     ("/ADMIN", "/ADMIN"),
-    ("/%252e%252e/admin", "/%252e%252e/admin"),  # decoded once: a literal segment, not a dot-dot
     ("/.well-known/openid-configuration", "/.well-known/openid-configuration"),
 ]
 
@@ -49,21 +45,90 @@ REJECTED = [
     ("/admin%4", "path_bad_escape"),
     ("/admin%zz", "path_bad_escape"),
     ("/caf\u00e9", "path_invalid_character"),
+    ("/admin\n", "path_invalid_character"),
+    ("/ad\tmin", "path_invalid_character"),
+    ("/ad\rmin", "path_invalid_character"),
+    ("/ad min", "path_invalid_character"),
+    ("/ad\x7fmin", "path_invalid_character"),
+    ("/ad\x0bmin", "path_invalid_character"),
     ("admin", "path_invalid"),
     ("/" + "a" * 9000, "path_too_long"),
 ]
 
 
+# Lenient mode only: strict mode refuses each of these (STRICT_ONLY below).
+LENIENT = [
+    ("/%2e%2e/admin", "/admin"),
+    ("/%2E%2E/admin", "/admin"),
+    ("/.%2e/admin", "/admin"),
+    ("/%252e%252e/admin", "/%252e%252e/admin"),  # decoded once: a literal segment, not a dot-dot
+    ("/a%C0%AE", "/a%C0%AE"),
+]
+
+STRICT_ONLY = [
+    ("/%2e%2e/admin", "path_encoded_dot"),
+    ("/%2E%2E/admin", "path_encoded_dot"),
+    ("/.%2e/admin", "path_encoded_dot"),
+    ("/%252e%252e/admin", "path_double_encoding"),
+    ("/%2561dmin", "path_double_encoding"),
+    ("/a%252Fb", "path_double_encoding"),
+    ("/a%C0%AE", "path_invalid_utf8"),
+    ("/a%E0%80%AE", "path_invalid_utf8"),
+    ("/a%FF", "path_invalid_utf8"),
+]
+
+# (path, parameters removed, parameters kept): both readings, when they differ.
+READINGS = [
+    ("/admin;x", "/admin", "/admin;x"),
+    ("/admin;x=1/users", "/admin/users", "/admin;x=1/users"),
+    ("/public;/../admin", "/admin", "/admin"),
+    ("/;x/admin", "/admin", "/;x/admin"),
+    ("/a/b;c/..", "/a/", "/a/"),
+    ("/caf%C3%A9;v=1", "/caf%C3%A9", "/caf%C3%A9;v=1"),
+]
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
 @pytest.mark.parametrize(("raw", "expected"), SAME)
-def test_canonical_form(raw: str, expected: str) -> None:
-    assert canonical_path(raw) == expected
-    assert canonical_path(expected) == expected  # idempotent
+def test_canonical_form(raw: str, expected: str, strict: bool) -> None:
+    assert canonical_path(raw, strict=strict) == expected
+    assert canonical_path(expected, strict=strict) == expected  # idempotent
 
 
-@pytest.mark.parametrize(("raw", "code"), REJECTED)
-def test_rejected(raw: str, code: str) -> None:
+@pytest.mark.parametrize(("raw", "expected"), LENIENT)
+def test_lenient_mode_decodes_once(raw: str, expected: str) -> None:
+    assert canonical_path(raw, strict=False) == expected
+
+
+@pytest.mark.parametrize(("raw", "code"), STRICT_ONLY)
+def test_strict_mode_refuses_encoded_dots_and_double_encoding(raw: str, code: str) -> None:
     with pytest.raises(RequestRejected) as caught:
         canonical_path(raw)
+    assert caught.value.code == code
+
+
+@pytest.mark.parametrize(("raw", "first", "second"), READINGS)
+def test_paths_with_parameters_have_two_readings(raw: str, first: str, second: str) -> None:
+    assert canonical_paths(raw) == (first, "" if second == first else second)
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
+@pytest.mark.parametrize(
+    "raw", ["/public/..;/admin", "/admin/..;x/y", "/a/.;/b", "/a/.;x", "/public/%2e%2e;/admin", "/x/..;"]
+)
+def test_dot_segments_only_without_parameters_are_refused(raw: str, strict: bool) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        canonical_paths(raw, strict=strict)
+    assert caught.value.code in ("path_ambiguous_dot_segment", "path_encoded_dot")
+    if not strict or "%" not in raw:
+        assert caught.value.code == "path_ambiguous_dot_segment"
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "lenient"])
+@pytest.mark.parametrize(("raw", "code"), REJECTED)
+def test_rejected(raw: str, code: str, strict: bool) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        canonical_path(raw, strict=strict)
     assert caught.value.code == code
 
 
@@ -74,11 +139,53 @@ def test_rejected(raw: str, code: str) -> None:
         ("orders.example.com:8443", "orders.example.com"),
         ("orders.example.com.", "orders.example.com"),
         ("[::1]:8080", "[::1]"),
-        ("", ""),
+        ("[0:0:0:0:0:0:0:1]", "[::1]"),
+        ("127.0.0.1:9000", "127.0.0.1"),
+        ("xn--caf-dma.example", "xn--caf-dma.example"),
+        ("a-b.c-d.example", "a-b.c-d.example"),
     ],
 )
 def test_canonical_host(raw: str, expected: str) -> None:
     assert canonical_host(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "",
+        "vault.example.com,a.wild.example.com",  # two Host headers, joined by Envoy
+        "vault.example.com:a.wild.example.com",
+        "a.wild.example.com@vault.example.com",
+        "vault.example.com\x00.a.wild.example.com",
+        "vault.example.com a.wild.example.com",
+        "vault.example.com\na.wild.example.com",
+        "vault.example.com\t",
+        "example.com:",
+        "example.com:80:80",
+        "example.com:123456",
+        "example.com..",
+        ".example.com",
+        "-a.example.com",
+        "a-.example.com",
+        "a_b.example.com",
+        "caf\u00e9.example",
+        "a" * 64 + ".example",
+        ("a" * 60 + ".") * 5,
+        "127.1",
+        "2130706433",
+        "0177.0.0.1",
+        "[::1",
+        "[fe80::1%eth0]",
+        "[::1]x",
+        "[example.com]",
+        "*.example.com",
+        "example.com/admin",
+    ],
+)
+def test_invalid_hosts_are_refused(raw: str) -> None:
+    with pytest.raises(RequestRejected) as caught:
+        canonical_host(raw)
+    assert caught.value.code == "request_host_invalid"
 
 
 def test_query_and_fragment_are_not_path() -> None:
@@ -142,8 +249,11 @@ def test_repeated_targets_give_the_same_answer_and_rejections_stay_rejections() 
     # The canonical form of each (authority, target) is remembered; asking twice must not change
     # the answer, and a rejected target must be rejected (with what was sent) every time.
     for _ in range(2):
-        parsed = request.from_check_request(checks.check_request(host="B.test:8443", path="/x/%2e%2e/y?z"))
+        parsed = request.from_check_request(checks.check_request(host="B.test:8443", path="/x/%2e%2e/y?z"), strict=False)
         assert (parsed.host, parsed.path, parsed.raw_path, parsed.query) == ("b.test", "/y", "/x/%2e%2e/y", "z")
+        with pytest.raises(RequestRejected) as caught:  # the same target, in strict mode: its own table
+            request.from_check_request(checks.check_request(host="B.test:8443", path="/x/%2e%2e/y?z"))
+        assert caught.value.code == "path_encoded_dot"
         with pytest.raises(RequestRejected) as caught:
             request.from_check_request(checks.check_request(path="/a%5Cb", request_id="rid-8"))
         assert caught.value.code == "path_encoded_backslash"
@@ -171,10 +281,11 @@ def test_connection_details_are_read_from_envoys_attributes_when_asked_for() -> 
 
 def test_only_small_targets_are_remembered() -> None:
     # Memory stays bounded whatever clients send: long authorities or targets are not remembered.
-    for host, path in [("h.test", "/" + "a" * 600), ("h" * 600 + ".test", "/a"), ("h.test", "/small")]:
+    long_host = ".".join(["h" * 60] * 4)  # a valid name of 243 characters
+    for host, path in [("h.test", "/" + "a" * 600), (long_host, "/" + "a" * 300), ("h.test", "/small")]:
         parsed = request.from_check_request(checks.check_request(host=host, path=path))
         assert parsed.path == path
-        assert ((host, path) in request._targets) == (len(host) + len(path) <= 512)
+        assert ((host, path) in request._targets[True]) == (len(host) + len(path) <= 512)
 
 
 def _raw_headers_request(headers: dict[str, bytes]) -> external_auth_pb2.CheckRequest:
@@ -188,7 +299,7 @@ def _raw_headers_request(headers: dict[str, bytes]) -> external_auth_pb2.CheckRe
 def test_raw_header_bytes_are_read_from_the_header_map() -> None:
     parsed = request.from_check_request(
         _raw_headers_request(
-            {":method": b"post", ":path": b"//api/./orders?id=1", ":authority": b"Shop.test:443", "X-Tenant": b"acme"}
+            {":method": b"POST", ":path": b"//api/./orders?id=1", ":authority": b"Shop.test:443", "X-Tenant": b"acme"}
         )
     )
     assert (parsed.method, parsed.host, parsed.path, parsed.query) == ("POST", "shop.test", "/api/orders", "id=1")

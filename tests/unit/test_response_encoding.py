@@ -35,7 +35,6 @@ ALLOWED = [
     {"allowed": True, "status": 200, "reason": "rule_allow", "policy": "ns/p", "rule": "r"},
     {"allowed": True, "status": 200, "reason": "rule_allow", "policy": "ns/p", "rule": "r", "identity": ALICE},
     {"allowed": True, "status": 200, "reason": "default_allow", "policy": "ns/p", "identity": WORKLOAD},
-    {"allowed": True, "status": 200, "reason": "rule_allow", "policy": "ns/p", "rule": "r", "identity": HOSTILE},
     {
         "allowed": True,
         "status": 200,
@@ -77,12 +76,20 @@ def test_encoded_answer_is_the_protobuf_answer(fields: dict[str, object]) -> Non
 
 def test_templates_never_mix_identities() -> None:
     fields = {"allowed": True, "status": 200, "reason": "rule_allow", "policy": "ns/p", "rule": "r"}
-    for identity, subject, groups in [(ALICE, "alice", "admins,staff"), (BOB, "bob", "staff")] * 2:
+    for identity, subject, groups in [(ALICE, "alice", '"admins", "staff"'), (BOB, "bob", '"staff"')] * 2:
         answer = external_auth_pb2.CheckResponse.FromString(response.encode(_decision(identity=identity, **fields)))
         headers = {h.header.key: h.header.value for h in answer.ok_response.headers}
         assert (headers[response.SUBJECT], headers[response.GROUPS]) == (subject, groups)
         removed = answer.ok_response.headers_to_remove
         assert response.ROLES in headers if identity is ALICE else response.ROLES in removed
+
+
+def test_a_value_the_identity_stage_should_have_refused_is_a_fault_never_a_cut() -> None:
+    # The identity stage refuses such subjects (token_invalid_claims); should one slip through,
+    # encoding fails (the Check fails closed) rather than pass on an edited value.
+    item = _decision(allowed=True, status=200, reason="rule_allow", policy="ns/p", rule="hostile", identity=HOSTILE)
+    with pytest.raises(ValueError, match="printable ASCII"):
+        response.encode(item)
 
 
 def test_an_identity_carrying_the_placeholder_gets_a_correct_answer() -> None:
