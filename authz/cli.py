@@ -280,7 +280,7 @@ def _policy_explain(args: argparse.Namespace) -> int:
         print(str(error), file=sys.stderr)
         return 1
     raw_path, query = split_path(args.path)
-    headers = {}
+    headers: dict[str, str] = {}
     for item in args.header:
         name, _, value = item.partition("=")
         name = name.strip().lower()

@@ -43,10 +43,10 @@ __all__ = [
     "RESERVED_PREFIX",
     "HttpRequest",
     "RequestRejected",
-    "check_method",
     "canonical_host",
     "canonical_path",
     "canonical_paths",
+    "check_method",
     "from_check_request",
 ]
 
@@ -216,7 +216,7 @@ class HttpRequest:
 def canonical_host(authority: str) -> str:
     """The host a request is filed under: ``Orders.Example.com:8443`` → ``orders.example.com``.
 
-    The authority must be a DNS name (letters, digits and hyphens in dot-separated labels of 1–63
+    The authority must be a DNS name (letters, digits and hyphens in dot-separated labels of 1 to 63
     characters, at most 253 in all, a trailing dot allowed) or an IP literal (dotted-quad IPv4 or a
     bracketed IPv6 address without zone), optionally followed by ``:`` and a numeric port.
     Anything else — two Host headers Envoy joined with a comma, ``a@b``, ``a:b``, a NUL, a space —
@@ -473,7 +473,7 @@ def from_check_request(check_request: Any, wire_size: int | None = None, *, stri
     targets = _targets[strict]
     canonical = targets.get((authority, target))
     if canonical is None:
-        canonical = _canonical_target(attributes, http, headers, method, authority, target, strict)
+        canonical = _canonical_target(attributes, headers, method, authority=authority, target=target, strict=strict)
         if len(target) + len(authority) <= _MAX_CACHED_TARGET:
             if len(targets) >= _MAX_TARGETS:
                 targets.clear()
@@ -495,7 +495,7 @@ def _from_unusual(attributes: Any, http: Any, headers: Mapping[str, str], strict
     if not target:
         raise RequestRejected("request_missing_path", "request has no path")
     authority = http.host or headers.get(":authority", "")
-    canonical = _canonical_target(attributes, http, headers, method, authority, target, strict)
+    canonical = _canonical_target(attributes, headers, method, authority=authority, target=target, strict=strict)
     return _build(attributes, headers, method, canonical)
 
 
@@ -513,7 +513,7 @@ def _raw_headers(entries: Any) -> dict[str, str]:
 
 
 def _canonical_target(
-    attributes: Any, http: Any, headers: Mapping[str, str], method: str, authority: str, target: str, strict: bool
+    attributes: Any, headers: Mapping[str, str], method: str, *, authority: str, target: str, strict: bool
 ) -> Canonical:
     """(host, canonical path, path as sent, query, second reading) or :class:`RequestRejected` with
     what was read."""

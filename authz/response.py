@@ -6,9 +6,9 @@ upstream; every client-sent header in the reserved ``x-tollgate-`` namespace, in
 overwritten, so the upstream can believe them. Values are never cut short: subjects and
 principals are plain printable ASCII (checked by the identity stage), groups and roles an RFC 9651
 structured-field list of strings (``"staff", "admins"``; display strings ``%"…"`` for non-ASCII), so
-a group named ``staff,admins`` stays one group. Denied requests get a status, a small JSON body with no internals, and for 401 a
-``WWW-Authenticate`` challenge. Both carry dynamic metadata (decision id, policy, rule, reason)
-under ``envoy.filters.http.ext_authz`` for Envoy's access log.
+a group named ``staff,admins`` stays one group. Denied requests get a status, a small JSON body
+with no internals, and for 401 a ``WWW-Authenticate`` challenge. Both carry dynamic metadata
+(decision id, policy, rule, reason) under ``envoy.filters.http.ext_authz`` for Envoy's access log.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import dataclasses
 import json
 import secrets
 
-import http_sfv
-
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
+from http_sfv import item as sf_item
+from http_sfv import list as sf_list
+from http_sfv import types as sf_types
 
 from authz import decision as decision_model
 from authz.identity import model as identity_model
@@ -61,10 +62,10 @@ def structured_list(values: tuple[str, ...]) -> str:
     (:func:`authz.identity.model.check_identity_values`)."""
     if not values:
         return ""
-    items = http_sfv.List()
+    items = sf_list.List()
     for value in values:
         printable_ascii = value.isascii() and value.isprintable()
-        items.append(http_sfv.Item(value if printable_ascii else http_sfv.DisplayString(value)))
+        items.append(sf_item.Item(value if printable_ascii else sf_types.DisplayString(value)))
     return str(items)
 
 
@@ -137,7 +138,11 @@ def _removals(reserved: tuple[str, ...], identity: identity_model.Identity) -> b
     """A second encoding of the answer that only adds the client's reserved-namespace headers to
     ``headers_to_remove`` (parsers merge it: repeated fields append). Names Tollgate sets in this
     answer are left out: Envoy would remove Tollgate's own value too."""
-    own = {name for name, _ in _identity_headers(identity)[0]} | {DECISION_ID} if identity.authenticated else {DECISION_ID}
+    own = (
+        {name for name, _ in _identity_headers(identity)[0]} | {DECISION_ID}
+        if identity.authenticated
+        else {DECISION_ID}
+    )
     extra = [name for name in reserved if name not in own]
     if not extra:
         return b""

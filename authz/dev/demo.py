@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from http_sfv import list as sf_list
+
 from authz.audit import note, pseudonym, query
 from authz.audit import verify as audit_verify
 from authz.dev import harness, idp, upstream
@@ -77,6 +79,15 @@ def _samples(provider: idp.DevIdentityProvider) -> Iterator[tuple[str, str, str,
     yield "alice", "GET", "orders.example.com", "/orders%2Finternal", bearer(alice), 400
 
 
+def _groups(copies: list[str]) -> str:
+    """x-tollgate-groups as an upstream reads it: an RFC 9651 list of strings."""
+    if not copies:
+        return "-"
+    parsed = sf_list.List()
+    parsed.parse(copies[0].encode())
+    return ",".join(str(item.value) for item in parsed)
+
+
 def run_samples(envoy_port: int, provider: idp.DevIdentityProvider) -> int:
     unexpected = 0
     print(f"\n{_BOLD}Sample requests through Envoy (127.0.0.1:{envoy_port}){_RESET}\n")
@@ -85,7 +96,7 @@ def run_samples(envoy_port: int, provider: idp.DevIdentityProvider) -> int:
         if status == 200:
             seen = body.get("headers", {})
             subject = seen.get("x-tollgate-subject", ["-"])[0]
-            detail = f"allowed → upstream saw subject={subject} groups={seen.get('x-tollgate-groups', ['-'])[0]}"
+            detail = f"allowed → upstream saw subject={subject} groups={_groups(seen.get('x-tollgate-groups', []))}"
             colour = _GREEN
         else:
             detail = f"denied: {body.get('error', '?')} ({body.get('reason', '?')})"

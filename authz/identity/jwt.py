@@ -33,6 +33,7 @@ from typing import Any
 
 import jwt as pyjwt
 import orjson
+from jwt import exceptions as pyjwt_errors
 
 from authz import request as request_model
 from authz.identity import jwks, model, providers
@@ -49,6 +50,7 @@ _PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
     (pyjwt.InvalidIssuerError, "token_wrong_issuer"),
     (pyjwt.InvalidSignatureError, "token_bad_signature"),
     (pyjwt.MissingRequiredClaimError, "token_missing_claim"),
+    (pyjwt_errors.InvalidSubjectError, "token_invalid_claims"),  # PyJWT checks that `sub` is a string
     (pyjwt.DecodeError, "token_malformed"),
 )
 
@@ -175,7 +177,9 @@ class JwtVerifier:
         if not isinstance(subject, str) or not subject:
             # An empty subject would pass `authenticated: true` and reach the upstream as nobody.
             raise model.IdentityFailure(
-                "token_invalid_claims", f"the {settings.subject_claim!r} claim is not a non-empty string", provider=self.name
+                "token_invalid_claims",
+                f"the {settings.subject_claim!r} claim is not a non-empty string",
+                provider=self.name,
             )
         amr = set(model.claim_values(claims, "amr"))
         acr = set(model.claim_values(claims, "acr"))

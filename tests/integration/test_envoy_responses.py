@@ -70,7 +70,7 @@ def test_identity_headers_cannot_be_spoofed(
     assert signed_in.status == 200
     seen = signed_in.json()["headers"]
     assert seen[response.SUBJECT] == ["alice"]
-    assert seen[response.GROUPS] == ["staff,ops"]
+    assert seen[response.GROUPS] == ['"staff", "ops"']  # an RFC 9651 list of strings
     assert seen[response.METHOD] == ["jwt"]
     assert "spoofed" not in str(seen)
 

@@ -249,7 +249,9 @@ def test_repeated_targets_give_the_same_answer_and_rejections_stay_rejections() 
     # The canonical form of each (authority, target) is remembered; asking twice must not change
     # the answer, and a rejected target must be rejected (with what was sent) every time.
     for _ in range(2):
-        parsed = request.from_check_request(checks.check_request(host="B.test:8443", path="/x/%2e%2e/y?z"), strict=False)
+        parsed = request.from_check_request(
+            checks.check_request(host="B.test:8443", path="/x/%2e%2e/y?z"), strict=False
+        )
         assert (parsed.host, parsed.path, parsed.raw_path, parsed.query) == ("b.test", "/y", "/x/%2e%2e/y", "z")
         with pytest.raises(RequestRejected) as caught:  # the same target, in strict mode: its own table
             request.from_check_request(checks.check_request(host="B.test:8443", path="/x/%2e%2e/y?z"))

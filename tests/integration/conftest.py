@@ -1,0 +1,306 @@
+"""The hardening stack: one Tollgate, one echo upstream and two real Envoys in front of them —
+``normalize`` (normalize_path and merge_slashes on) and ``raw`` (both off) — shared by the
+``test_hardening_*`` modules, which attack it as a client would and assert on what the upstream
+received.
+
+Two development identity providers issue tokens: ``corp`` (Authorization header or ``session``
+cookie) and ``partner``. The policies below give each attack class a host of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client as http_client
+import json
+import pathlib
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grpc
+import pytest
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+
+from authz.dev import harness, idp, upstream
+
+HARDENING_CONFIG = """
+apiVersion: tollgate.dev/v1alpha1
+kind: IdentityProvider
+metadata: {{name: corp}}
+spec:
+  type: jwt
+  jwt:
+    issuer: "{corp}"
+    audiences: [tollgate-demo]
+    tokenSources: [{{header: authorization, prefix: "Bearer "}}, {{cookie: session}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: IdentityProvider
+metadata: {{name: partner}}
+spec: {{type: jwt, jwt: {{issuer: "{partner}", audiences: [tollgate-demo]}}}}
+---
+# Host class: a locked vault beside an open wildcard.
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: vault, namespace: sec}}
+spec:
+  hosts: [vault.example.com]
+  defaultAction: Deny
+  rules: [{{name: vault-admins, action: Allow, from: {{groups: [vault-admins]}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: wild, namespace: sec}}
+spec:
+  hosts: ["*.wild.example.com"]
+  defaultAction: Allow
+---
+# Repeated headers, both directions.
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: debug-off, namespace: sec}}
+spec:
+  hosts: [headers.test]
+  defaultAction: Allow
+  rules: [{{name: no-debug, action: Deny, when: [{{header: x-debug, values: ["1"]}}]}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: tenant-only, namespace: sec}}
+spec:
+  hosts: [tenant.test]
+  defaultAction: Deny
+  rules: [{{name: acme, action: Allow, when: [{{header: x-tenant, values: [acme]}}]}}]
+---
+# Identity headers: anyone signed in reaches the upstream, which reads x-tollgate-*.
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: app, namespace: sec}}
+spec:
+  hosts: [app.test]
+  defaultAction: Deny
+  rules:
+    - {{name: public, action: Allow, to: {{paths: [/public]}}}}
+    - {{name: signed-in, action: Allow, from: {{authenticated: true}}}}
+---
+# Method overrides: reads for everyone, deletes for nobody.
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: read-only, namespace: sec}}
+spec:
+  hosts: [methods.test]
+  defaultAction: Deny
+  rules: [{{name: read-and-post, action: Allow, to: {{methods: [GET, POST]}}}}]
+---
+# Paths: a deny-list and an allow-list.
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: deny-list, namespace: sec}}
+spec:
+  hosts: [deny.test]
+  defaultAction: Allow
+  rules: [{{name: no-admin, action: Deny, to: {{paths: [/admin, /admin/*]}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: allow-list, namespace: sec}}
+spec:
+  hosts: [allow.test]
+  defaultAction: Deny
+  rules: [{{name: public, action: Allow, to: {{paths: [/public, /public/*]}}}}]
+---
+# Source addresses: a deny-list, a deny of everything outside a block, and an allow-list.
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: no-loopback, namespace: sec}}
+spec:
+  hosts: [ipdeny.test]
+  defaultAction: Allow
+  rules: [{{name: loopback, action: Deny, from: {{ipBlocks: [127.0.0.0/8]}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: only-doc-net, namespace: sec}}
+spec:
+  hosts: [ipnot.test]
+  defaultAction: Allow
+  rules: [{{name: outsiders, action: Deny, from: {{notIpBlocks: [192.0.2.0/24]}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: doc-net, namespace: sec}}
+spec:
+  hosts: [ipallow.test]
+  defaultAction: Deny
+  rules: [{{name: doc-net, action: Allow, from: {{ipBlocks: [192.0.2.0/24]}}}}]
+---
+# Provider scope: corp only on corp.scope.test, whatever the broader *.scope.test policy says.
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: corp-only, namespace: sec}}
+spec:
+  hosts: [corp.scope.test]
+  identity: {{providers: [corp]}}
+  rules: [{{name: signed-in, action: Allow, from: {{authenticated: true}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: everything-scope, namespace: sec}}
+spec:
+  hosts: ["*.scope.test"]
+  identity: {{providers: [corp, partner]}}
+  defaultAction: Deny
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: partner-portal, namespace: sec}}
+spec:
+  hosts: [portal.scope.test]
+  rules: [{{name: signed-in, action: Allow, from: {{authenticated: true}}}}]
+"""
+
+
+@dataclasses.dataclass
+class Answer:
+    """What the client got, and what the upstream received (None: the request never reached it)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    upstream: dict[str, Any] | None
+
+    @property
+    def reason(self) -> str:
+        """The deny reason from Tollgate's JSON body ("" for an allowed or non-Tollgate answer)."""
+        if self.upstream is not None:
+            return ""
+        try:
+            return str(json.loads(self.body).get("reason", ""))
+        except ValueError:
+            return ""
+
+    def received(self, name: str) -> list[str]:
+        """Every copy of header ``name`` the upstream received."""
+        assert self.upstream is not None
+        return list(self.upstream["headers"].get(name.lower(), []))
+
+
+def send_raw(
+    port: int, method: str, target: str, headers: Sequence[tuple[str, str]], *, body: bytes = b"", timeout: float = 10
+) -> Answer:
+    """Send exactly these header lines (repeats, odd spellings and all) and read the answer.
+
+    A 200 whose body is the echo upstream's JSON is a request that reached the upstream.
+    """
+    connection = http_client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            connection.putheader(name, value)
+        if body:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body or None)
+        response = connection.getresponse()
+        data = response.read()
+        reply_headers = {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        connection.close()
+    upstream_saw = None
+    if response.status == 200 and reply_headers.get("content-type") == "application/json":
+        echoed = json.loads(data)
+        if isinstance(echoed, dict) and {"method", "path", "headers"} <= echoed.keys():
+            upstream_saw = echoed
+    return Answer(response.status, reply_headers, data, upstream_saw)
+
+
+class HardeningStack:
+    """The running stack; :meth:`send` goes through one of the two Envoys."""
+
+    def __init__(
+        self,
+        corp: idp.DevIdentityProvider,
+        partner: idp.DevIdentityProvider,
+        tollgate: harness.TollgateProcess,
+        proxies: dict[str, harness.Envoy],
+        log: pathlib.Path,
+    ) -> None:
+        self.corp = corp
+        self.partner = partner
+        self.tollgate = tollgate
+        self.proxies = proxies
+        self.log = log
+
+    def send(
+        self,
+        mode: str,
+        method: str,
+        target: str,
+        host: str | None,
+        headers: Sequence[tuple[str, str]] = (),
+        **options: Any,
+    ) -> Answer:
+        lines = ([("Host", host)] if host is not None else []) + list(headers)
+        return send_raw(self.proxies[mode].port, method, target, lines, **options)
+
+    def check(self, message: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
+        """One Check straight to Tollgate's gRPC port, on a real channel, as a non-Envoy client."""
+        with grpc.insecure_channel(f"127.0.0.1:{self.tollgate.port}") as channel:
+            reply: external_auth_pb2.CheckResponse = external_auth_pb2_grpc.AuthorizationStub(channel).Check(
+                message, timeout=5
+            )
+        return reply
+
+    def bearer(self, subject: str = "alice", **claims: Any) -> tuple[str, str]:
+        return ("Authorization", "Bearer " + self.corp.token(subject, **claims))
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+MODES = ["normalize", "raw"]
+
+
+@pytest.fixture(scope="session")
+def hardening(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardeningStack]:
+    directory = tmp_path_factory.mktemp("hardening")
+    corp = idp.DevIdentityProvider(directory / "corp").start()
+    partner = idp.DevIdentityProvider(directory / "partner").start()
+    config = directory / "config.yaml"
+    config.write_text(HARDENING_CONFIG.format(corp=corp.issuer, partner=partner.issuer))
+    echo = upstream.EchoUpstream().start()
+    log = directory / "tollgate.log"
+    tollgate = harness.TollgateProcess(config, log_to=log)
+    proxies = {
+        "normalize": harness.Envoy(authz_port=tollgate.port, upstream_port=echo.port, log_to=directory / "envoy-n.log"),
+        "raw": harness.Envoy(
+            authz_port=tollgate.port,
+            upstream_port=echo.port,
+            normalize_path=False,
+            merge_slashes=False,
+            log_to=directory / "envoy-r.log",
+        ),
+    }
+    with harness.running(corp, partner, echo, tollgate, *proxies.values()):
+        stack = HardeningStack(corp, partner, tollgate, proxies, log)
+        _wait_for_keys(stack)
+        yield stack
+
+
+def _wait_for_keys(stack: HardeningStack) -> None:
+    """Both providers' keys are fetched in the background at start: wait until tokens verify."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        corp = stack.send("normalize", "GET", "/x", "app.test", [stack.bearer()])
+        partner = stack.send(
+            "normalize", "GET", "/x", "app.test", [("Authorization", "Bearer " + stack.partner.token("p"))]
+        )
+        if corp.status == 200 and partner.status == 200:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the identity providers' keys never arrived")
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    """Each test runs through both Envoys: normalize_path/merge_slashes on, and off."""
+    return str(request.param)
