@@ -16,7 +16,8 @@ Canonical path, in this order (the order is part of the security contract):
 2. Reject what upstream servers disagree on: an encoded slash or backslash (``%2F``, ``%5C``), a
    NUL (raw or ``%00``), a raw backslash, a control character or space, a malformed ``%`` escape,
    a non-ASCII byte; in strict mode (the default) also encoded dots (``%2e``), double encoding
-   (``%25`` followed by two hex digits) and percent-encoded bytes that are not valid UTF-8.
+   (a path that still holds an escape once decoded: ``%252e``, ``%25%32%65``) and
+   percent-encoded bytes that are not valid UTF-8.
 3. Path parameters (``;...``): servers disagree (Tomcat and Spring drop them, Go, nginx, Express
    and Python keep them), so a path that has them has two readings. A segment that is a dot
    segment in only one of them (``..;x``) is refused; otherwise both readings are returned and
@@ -36,6 +37,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import types
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -375,7 +377,9 @@ def _check_strict(path: str) -> None:
     """Strict mode: refuse escapes an upstream might decode differently, or twice."""
     if _ENCODED_DOT.search(path):
         raise RequestRejected("path_encoded_dot", "path contains an encoded dot (%2E)")
-    if _DOUBLE_ENCODED.search(path):
+    if "%25" in path and _ESCAPE.search(urllib.parse.unquote(path)):
+        # Decoded once, the path still holds an escape (%252e, %25%32%65): a server that decodes
+        # twice reads another path than one that decodes once.
         raise RequestRejected("path_double_encoding", "path contains a percent-encoded escape (%25XX)")
     high = _HIGH_ESCAPES.findall(path)
     if high:
@@ -391,7 +395,7 @@ def _check_strict(path: str) -> None:
 
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _ENCODED_DOT = re.compile(r"%2[eE]")
-_DOUBLE_ENCODED = re.compile(r"%25[0-9A-Fa-f]{2}")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 _HIGH_ESCAPES = re.compile(r"(?:%[89A-Fa-f][0-9A-Fa-f])+")
 
 

@@ -72,6 +72,8 @@ STRICT_ONLY = [
     ("/%252e%252e/admin", "path_double_encoding"),
     ("/%2561dmin", "path_double_encoding"),
     ("/a%252Fb", "path_double_encoding"),
+    ("/public/%25%32%65%25%32%65/admin", "path_double_encoding"),
+    ("/%25%36%31dmin", "path_double_encoding"),
     ("/a%C0%AE", "path_invalid_utf8"),
     ("/a%E0%80%AE", "path_invalid_utf8"),
     ("/a%FF", "path_invalid_utf8"),

@@ -1,0 +1,71 @@
+"""Paths over the gRPC port, where no Envoy normalizes anything first: control characters,
+strict and lenient mode. (Through Envoy, see test_envoy_path_bypass.py.)"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from authz import decision, loader
+from authz.dev import checks
+from authz.identity import resolve
+
+pytestmark = pytest.mark.envoy
+
+CONTROL = ["/admin\n", "/ad\tmin", "/ad\rmin", "/ad min", "/ad\x7fmin", "/ad\x0bmin", "/public\n/../admin"]
+
+
+@pytest.mark.parametrize("path", CONTROL, ids=[repr(p) for p in CONTROL])
+def test_control_characters_are_refused(hardening, path: str) -> None:
+    reply = hardening.check(checks.check_request(host="deny.test", path=path))
+    assert reply.denied_response.status.code == 400
+    assert json.loads(reply.denied_response.body)["reason"] == "path_invalid_character"
+
+
+STRICT = [
+    ("/public/%2e%2e/admin", "path_encoded_dot"),
+    ("/public/%252e%252e/admin", "path_double_encoding"),
+    ("/public/%25%32%65%25%32%65/admin", "path_double_encoding"),
+    ("/public/%c0%ae%c0%ae/admin", "path_invalid_utf8"),
+    ("/public/..;/admin", "path_ambiguous_dot_segment"),
+    ("/public;x", "path_parameters_ambiguous"),
+]
+
+
+@pytest.mark.parametrize(("path", "reason"), STRICT, ids=[p for p, _ in STRICT])
+def test_strict_mode_refuses_what_upstreams_decode_differently(hardening, path: str, reason: str) -> None:
+    reply = hardening.check(checks.check_request(host="allow.test", path=path))
+    assert reply.denied_response.status.code == 400
+    assert json.loads(reply.denied_response.body)["reason"] == reason
+
+
+POLICY = """
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: allow-list}
+spec:
+  hosts: [allow.test]
+  rules: [{name: public, action: Allow, to: {paths: [/public, /public/*]}}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("path", "strict", "outcome"),
+    [
+        ("/public/%2e%2e/admin", False, (401, "default_deny")),  # decoded once: /admin
+        ("/public/%252e%252e/x", False, (200, "rule_allow")),  # a literal segment named %252e%252e
+        ("/public/%252e%252e/x", True, (400, "path_double_encoding")),
+        ("/public/..;/admin", False, (400, "path_ambiguous_dot_segment")),  # in both modes
+    ],
+)
+async def test_lenient_mode_decodes_once(
+    tmp_path: pathlib.Path, path: str, strict: bool, outcome: tuple[int, str]
+) -> None:
+    (tmp_path / "p.yaml").write_text(POLICY)
+    snapshot = loader.load(tmp_path / "p.yaml")
+    result = await decision.decide(
+        checks.check_request(host="allow.test", path=path), snapshot, resolve.IdentityResolver(), strict_paths=strict
+    )
+    assert (result.status, result.reason) == outcome
