@@ -474,6 +474,13 @@ def from_check_request(check_request: Any, wire_size: int | None = None, *, stri
     method, target, authority = http.method, http.path, http.host
     if not (method and target and authority and headers):
         return _from_unusual(attributes, http, headers, strict)
+    if (
+        headers.get(":method", method) != method
+        or headers.get(":path", target) != target
+        or headers.get(":authority", authority) != authority
+    ):
+        # Envoy fills both from one request; a client of the gRPC port can make them disagree.
+        raise RequestRejected("request_ambiguous", "the request's fields and its pseudo-headers disagree")
     targets = _targets[strict]
     canonical = targets.get((authority, target))
     if canonical is None:

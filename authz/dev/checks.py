@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import posixpath
+import re
+import urllib.parse
 from collections.abc import Mapping
 
 from envoy.config.core.v3 import address_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
-__all__ = ["check_request"]
+__all__ = ["check_request", "upstream_path_readings"]
 
 
 def check_request(
@@ -48,3 +51,23 @@ def check_request(
             ),
         )
     )
+
+
+def _dots(path: str) -> str:
+    """RFC 3986 dot-segment removal and merged slashes, keeping a trailing slash."""
+    cleaned = "/" + posixpath.normpath("/" + re.sub("/+", "/", path)).lstrip("/")
+    return cleaned + "/" if path.endswith("/") and cleaned != "/" else cleaned
+
+
+def upstream_path_readings(target: str) -> set[str]:
+    """How the servers behind Envoy read a request target they received (query split off):
+    Tomcat and Spring drop path parameters; Go, nginx, Express and Python keep them; each decodes
+    escapes once, and some servers decode twice. The security tests require every reading of an
+    allowed request to be allowed."""
+    path = target.split("?", 1)[0].split("#", 1)[0]
+    decoded = urllib.parse.unquote(path, errors="surrogateescape")
+    return {
+        _dots(re.sub(r";[^/]*", "", decoded)),
+        _dots(decoded),
+        _dots(urllib.parse.unquote(decoded, errors="surrogateescape")),
+    }

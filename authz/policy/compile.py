@@ -382,7 +382,7 @@ def _compile_condition(condition: model.Condition, *, every_copy: bool) -> Check
             if value is None:
                 return judge(())
             if "," not in value:
-                return judge((value,))
+                return judge((value.strip(" \t"),))  # HTTP parsers drop the spaces around a value
             copies = header_copies(value)
             if every_copy:
                 return all(judge((copy,)) for copy in copies)

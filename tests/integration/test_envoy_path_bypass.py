@@ -21,11 +21,7 @@ from typing import Any
 import pytest
 
 from authz.dev import harness, upstream
-import posixpath
-import re
-import urllib.parse
-
-from authz.request import split_path
+from authz.dev.checks import upstream_path_readings
 
 pytestmark = pytest.mark.envoy
 
@@ -97,25 +93,6 @@ ATTACKS = [
 ]
 
 
-def _dots(path: str) -> str:
-    """RFC 3986 dot-segment removal and merged slashes, keeping a trailing slash."""
-    cleaned = posixpath.normpath("/" + re.sub("/+", "/", path))
-    cleaned = "/" + cleaned.lstrip("/")
-    return cleaned + "/" if path.endswith("/") and cleaned != "/" else cleaned
-
-
-def upstream_readings(target: str) -> set[str]:
-    """How servers behind Envoy read the path they received (the query split off)."""
-    path = split_path(target)[0]
-    decoded = urllib.parse.unquote(path, errors="surrogateescape")
-    readings = {
-        _dots(re.sub(r";[^/]*", "", decoded)),  # Tomcat, Spring: parameters dropped
-        _dots(decoded),  # Go, nginx, Express, Python: parameters are part of the name
-        _dots(urllib.parse.unquote(decoded, errors="surrogateescape")),  # decoded twice
-    }
-    return readings
-
-
 def _under(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
@@ -153,7 +130,7 @@ def test_no_path_bypass(
                 outcomes[(host, attack)] = reply.status
                 continue
             received = reply.json()["path"]
-            for reading in upstream_readings(received):
+            for reading in upstream_path_readings(received):
                 if host == "deny.test":
                     assert not _under(reading, "/admin"), f"BYPASS {host} {attack} -> upstream {received} ({reading})"
                 else:
