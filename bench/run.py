@@ -26,6 +26,7 @@ micro-benchmarks), BENCH_PIN (1: the ext_authz server on a CPU of its own, see p
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -194,6 +195,11 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
         jwt_dir = work / "jwt"
         jwt_host = policies.write_policies(jwt_dir, hosts=1000, rules_per_host=10, provider_issuer=provider.issuer)
         token = provider.token("alice", groups=["staff"], lifetime=24 * 3600)
+        # A token of 2,000 nested arrays (under 8 KiB): once a RecursionError and a 500, now a 401.
+        nested = ".".join(
+            base64.urlsafe_b64encode(part).rstrip(b"=").decode()
+            for part in (b'{"alg":"RS256"}', b'{"x":' + b"[" * 2000 + b"]" * 2000 + b"}", b"sig")
+        )
 
         skey, _ = note.generate("tollgate.dev/audit/bench")
         (work / "signing.key").write_text(skey)
@@ -230,6 +236,9 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             ("tollgate-1000", Backend(tollgate(many)), many_host, {}),
             ("noop-authz-jwt", Backend(noop), jwt_host, {"Authorization": f"Bearer {token}"}),
             ("tollgate-jwt-1000", Backend(tollgate(jwt_dir)), jwt_host, {"Authorization": f"Bearer {token}"}),
+            # Hostile requests (docs/policy.md, security model): the cost of refusing them.
+            ("hostile-token-1000", Backend(tollgate(jwt_dir)), jwt_host, {"Authorization": f"Bearer {nested}"}),
+            ("hostile-host-1000", Backend(tollgate(many)), f"{many_host},a.{many_host}", {}),
             ("audit-async-1000", Backend(tollgate(many, "async")), many_host, {}),
             ("audit-sync-1000", Backend(tollgate(many, "sync")), many_host, {}),
         ]

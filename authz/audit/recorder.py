@@ -79,13 +79,15 @@ class AuditRecorder:
 
     async def close(self) -> None:
         """Drain everything queued, then close the session with a final checkpoint."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
+        # The writer and heartbeat are cancelled only between their writes, with the lock held: a
+        # cancelled `await asyncio.to_thread(...)` leaves its thread running, so cancelling a write
+        # mid-checkpoint let the drain below append while that checkpoint was being signed.
         async with self._lock:
+            for task in (self._heartbeat, self._writer):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             while self._pending:
                 batch = list(self._pending)
                 self._pending.clear()
@@ -136,12 +138,14 @@ class AuditRecorder:
                 # Sync: records came in during the last write, so more are on their way; one fsync
                 # for several of them costs less CPU than one each (see the module docstring).
                 await asyncio.sleep(_COMMIT_DELAY)
-            batch = list(self._pending)
-            self._pending.clear()
-            if batch:
-                async with self._lock:
+            async with self._lock:
+                # Taken with the lock held: close() cancels this task only while it waits for the
+                # lock, and then the records are still pending for close() to drain.
+                batch = list(self._pending)
+                self._pending.clear()
+                if batch:
                     await self._write(batch)
-                self._concurrent = bool(self._pending)
+            self._concurrent = bool(self._pending)
 
     async def _write(self, batch: list[Item]) -> None:
         try:

@@ -98,8 +98,9 @@ def test_rotation_by_age_and_retention_with_archive(
     archived = sorted(archive.rglob("segment-*.jsonl"))
     assert len(kept) <= 4 and archived, (kept, archived)  # the newest 3, plus the one being written
     code = cli.main(["audit", "verify", str(directory), "--key", str(keys / "verifier.key")])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, out + captured.err
     assert "earlier segments removed (retention)" in out
     first = json.loads(kept[0].read_text().splitlines()[0])
     assert first["kind"] == "segment_start" and first["tree"]["size"] == first["seq"]
