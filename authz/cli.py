@@ -279,29 +279,6 @@ def _policy_explain(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(str(error), file=sys.stderr)
         return 1
-    raw_path, query = split_path(args.path)
-    headers: dict[str, str] = {}
-    for item in args.header:
-        name, _, value = item.partition("=")
-        name = name.strip().lower()
-        # Repeated --header flags are joined as Envoy joins repeated headers.
-        headers[name] = headers[name] + "," + value.strip() if name in headers else value.strip()
-    try:
-        path, path_with_parameters = canonical_paths(raw_path, strict=args.path_mode == "strict")
-        request = HttpRequest(
-            method=check_method(args.method),
-            host=canonical_host(args.host),
-            path=path,
-            raw_path=raw_path,
-            path_with_parameters=path_with_parameters,
-            query=query,
-            headers=headers,
-            source_ip=args.source_ip,
-            source_principal=args.principal,
-        )
-    except RequestRejected as rejected:
-        print(f"decision: deny (400)\nreason:   {rejected.code}: {rejected.message}")
-        return 0
     identity = identity_model.ANONYMOUS
     if args.claims:
         try:
@@ -324,8 +301,27 @@ def _policy_explain(args: argparse.Namespace) -> int:
         identity = identity_model.Identity(
             authenticated=True, method="mtls", subject=args.principal, principal=args.principal
         )
-    host = snapshot.index.lookup(request.host)
+    raw_path, query = split_path(args.path)
+    headers: dict[str, str] = {}
+    for item in args.header:
+        name, _, value = item.partition("=")
+        name = name.strip().lower()
+        # Repeated --header flags are joined as Envoy joins repeated headers.
+        headers[name] = headers[name] + "," + value.strip() if name in headers else value.strip()
     try:
+        path, path_with_parameters = canonical_paths(raw_path, strict=args.path_mode == "strict")
+        request = HttpRequest(
+            method=check_method(args.method),
+            host=canonical_host(args.host),
+            path=path,
+            raw_path=raw_path,
+            path_with_parameters=path_with_parameters,
+            query=query,
+            headers=headers,
+            source_ip=args.source_ip,
+            source_principal=args.principal,
+        )
+        host = snapshot.index.lookup(request.host)
         verdict = evaluate.evaluate(
             host, compiled.Context(request, identity), server_default_allow=args.default_action == "Allow"
         )

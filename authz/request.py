@@ -42,7 +42,6 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
-    "RESERVED_PREFIX",
     "HttpRequest",
     "RequestRejected",
     "canonical_host",
@@ -79,7 +78,7 @@ class RequestRejected(Exception):
 
 _NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
 # Headers Tollgate alone may set for the upstream; any client-sent header in this namespace is removed.
-RESERVED_PREFIX = "x-tollgate-"
+_RESERVED_PREFIX = "x-tollgate-"
 _METHOD_OVERRIDES = ("x-http-method-override", "x-http-method", "x-method-override")
 
 
@@ -197,7 +196,7 @@ class HttpRequest:
             if value is not None:
                 for item in value.split(","):  # repeated headers arrive joined with commas
                     method = item.strip()
-                    if not _METHOD.fullmatch(method):
+                    if not _is_method(method):
                         raise RequestRejected("request_method_override_invalid", f"{name} is not an HTTP method")
                     if method != self.method and method not in found:
                         found.append(method)
@@ -209,7 +208,7 @@ class HttpRequest:
         joined = "\n".join(self.headers).lower()
         if "tollgate" not in joined:  # one scan in C for the usual request
             return ()
-        return tuple(name for name in self.headers if name.lower().replace("_", "-").startswith(RESERVED_PREFIX))
+        return tuple(name for name in self.headers if name.lower().replace("_", "-").startswith(_RESERVED_PREFIX))
 
     def __repr__(self) -> str:
         return f"HttpRequest({self.method} {self.host}{self.path}, request_id={self.request_id!r})"
@@ -223,24 +222,16 @@ def canonical_host(authority: str) -> str:
     bracketed IPv6 address without zone), optionally followed by ``:`` and a numeric port.
     Anything else — two Host headers Envoy joined with a comma, ``a@b``, ``a:b``, a NUL, a space —
     can be read differently by the upstream and is :class:`RequestRejected` as
-    ``request_host_invalid``.
+    ``request_host_invalid``. (Requests reach it only for targets not remembered yet: see
+    :func:`from_check_request`.)
     """
-    host = _HOSTS.get(authority)
-    if host is not None:
-        return host
     host = _parse_host(authority)
     if host is None:
         shown = authority if len(authority) <= 100 else authority[:100] + "…"
         raise RequestRejected("request_host_invalid", f"host {shown!r} is not a DNS name or IP literal")
-    if len(_HOSTS) >= _MAX_HOSTS:
-        _HOSTS.clear()
-    _HOSTS[authority] = host
     return host
 
 
-# Valid authorities seen before (a pure function of the key); bounded like the targets below.
-_HOSTS: dict[str, str] = {}
-_MAX_HOSTS = 4096
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _PORT = re.compile(r"[0-9]{1,5}")
 
@@ -381,16 +372,14 @@ def _check_strict(path: str) -> None:
         # Decoded once, the path still holds an escape (%252e, %25%32%65): a server that decodes
         # twice reads another path than one that decodes once.
         raise RequestRejected("path_double_encoding", "path contains a percent-encoded escape (%25XX)")
-    high = _HIGH_ESCAPES.findall(path)
-    if high:
-        for run in high:
-            try:
-                bytes.fromhex(run.replace("%", "")).decode("utf-8")
-            except (ValueError, UnicodeDecodeError) as error:
-                # Overlong forms such as %C0%AE decode to "." in lax decoders.
-                raise RequestRejected(
-                    "path_invalid_utf8", "path contains percent-encoded bytes that are not UTF-8"
-                ) from error
+    for run in _HIGH_ESCAPES.findall(path):
+        try:
+            bytes.fromhex(run.replace("%", "")).decode("utf-8")
+        except UnicodeDecodeError as error:
+            # Overlong forms such as %C0%AE decode to "." in lax decoders.
+            raise RequestRejected(
+                "path_invalid_utf8", "path contains percent-encoded bytes that are not UTF-8"
+            ) from error
 
 
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
@@ -430,19 +419,19 @@ _targets: dict[bool, dict[tuple[str, str], Canonical]] = {True: {}, False: {}}
 _MAX_TARGETS = 4096
 _MAX_CACHED_TARGET = 512
 # A method is a token (RFC 9110 §9.1) and case-sensitive: "get" is not GET to Go or Node, so only
-# upper-case tokens are accepted rather than judging "get" as GET.
+# upper-case tokens are accepted rather than judging "get" as GET. The usual ones skip the regex.
 _METHOD = re.compile(r"[A-Z0-9!#$%&'*+.^_`|~-]{1,32}")
-_methods_seen: set[str] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"}
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+
+
+def _is_method(method: str) -> bool:
+    return method in _KNOWN_METHODS or _METHOD.fullmatch(method) is not None
 
 
 def check_method(method: str) -> str:
     """``method`` if it is an upper-case token, else :class:`RequestRejected` ``request_method_invalid``."""
-    if method in _methods_seen:
-        return method
-    if not _METHOD.fullmatch(method):
+    if not _is_method(method):
         raise RequestRejected("request_method_invalid", "the method is not an upper-case HTTP token")
-    if len(_methods_seen) < 256:
-        _methods_seen.add(method)
     return method
 
 
@@ -530,18 +519,22 @@ def _canonical_target(
     what was read."""
     path, query = split_path(target)
     try:
-        check_method(method)
         host = canonical_host(authority)
         first, second = canonical_paths(path, strict=strict)
     except RequestRejected as rejected:
-        shown = authority[:255]
-        rejected.request = _build(attributes, headers, method[:32], (shown, path, path, query, ""), check=False)
+        rejected.request = HttpRequest.from_attributes(
+            attributes, method[:32], (authority[:255], path, path, query, ""), headers
+        )
         raise
     return host, first, path, query, second
 
 
-def _build(
-    attributes: Any, headers: Mapping[str, str], method: str, canonical: Canonical, *, check: bool = True
-) -> HttpRequest:
+def _build(attributes: Any, headers: Mapping[str, str], method: str, canonical: Canonical) -> HttpRequest:
+    """The request, once its method is known to be one reading only (the method is not part of the
+    remembered target, so it is checked here, for every request)."""
     # The query is the one in the target: Envoy documents the `query` field as always empty.
-    return HttpRequest.from_attributes(attributes, check_method(method) if check else method, canonical, headers)
+    request = HttpRequest.from_attributes(attributes, method, canonical, headers)
+    if not _is_method(method):
+        request.method = method[:32]
+        raise RequestRejected("request_method_invalid", "the method is not an upper-case HTTP token", request)
+    return request

@@ -29,7 +29,7 @@ from http_sfv import types as sf_types
 from authz import decision as decision_model
 from authz.identity import model as identity_model
 
-__all__ = ["IDENTITY_HEADERS", "encode", "structured_list", "to_check_response"]
+__all__ = ["IDENTITY_HEADERS", "encode", "to_check_response"]
 
 SUBJECT = "x-tollgate-subject"
 GROUPS = "x-tollgate-groups"
@@ -56,7 +56,7 @@ _CHALLENGE = base_pb2.HeaderValueOption(
 _NO_STORE = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="cache-control", value="no-store"))
 
 
-def structured_list(values: tuple[str, ...]) -> str:
+def _structured_list(values: tuple[str, ...]) -> str:
     """``("staff", "a,b")`` → ``"staff", "a,b"``: an RFC 9651 List of Strings, or of Display
     Strings for values that are not printable ASCII. Values were checked by the identity stage
     (:func:`authz.identity.model.check_identity_values`)."""
@@ -128,28 +128,26 @@ def encode(decision: decision_model.Decision) -> bytes:
     if template is None:
         return _serialized(decision)
     head, middle, tail = template
-    reserved = decision.request.reserved_headers() if decision.request is not None else ()
-    if reserved:
-        return b"".join((head, decision_id, middle, decision_id, tail, _removals(reserved, identity)))
+    removals = _client_reserved(decision)
+    if removals:
+        # A second encoding that only adds to headers_to_remove: parsers merge it (repeated fields append).
+        extra = external_auth_pb2.CheckResponse()
+        extra.ok_response.headers_to_remove.extend(removals)
+        return b"".join((head, decision_id, middle, decision_id, tail, extra.SerializeToString()))
     return b"".join((head, decision_id, middle, decision_id, tail))
 
 
-def _removals(reserved: tuple[str, ...], identity: identity_model.Identity) -> bytes:
-    """A second encoding of the answer that only adds the client's reserved-namespace headers to
-    ``headers_to_remove`` (parsers merge it: repeated fields append). Names Tollgate sets in this
-    answer are left out: Envoy would remove Tollgate's own value too."""
-    own = (
-        {name for name, _ in _identity_headers(identity)[0]} | {DECISION_ID}
-        if identity.authenticated
-        else {DECISION_ID}
-    )
-    extra = [name for name in reserved if name not in own]
-    if not extra:
-        return b""
-    reply = external_auth_pb2.CheckResponse()
-    reply.ok_response.headers_to_remove.extend(extra)
-    data: bytes = reply.SerializeToString()
-    return data
+def _client_reserved(decision: decision_model.Decision) -> list[str]:
+    """The client-sent headers in the reserved namespace that this answer must remove. Names it
+    sets are left out (it overwrites them): Envoy would remove Tollgate's own value too."""
+    reserved = decision.request.reserved_headers() if decision.request is not None else ()
+    if not reserved:
+        return []
+    identity = decision.identity
+    own = {DECISION_ID}
+    if identity.authenticated:
+        own.update(name for name, _ in _identity_headers(identity)[0])  # only requests that sent such headers
+    return [name for name in reserved if name not in own]
 
 
 # Denied answers differ by the decision id (once, in the metadata) and the JSON body, which holds
@@ -228,9 +226,7 @@ def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
     # Removal is used only for names we do not set: Envoy applies `headers` and
     # `headers_to_remove` independently, and a name in both would lose Tollgate's value.
     ok.headers_to_remove.extend(removals)
-    if decision.request is not None:
-        own = {name for name, _ in values} | {DECISION_ID}
-        ok.headers_to_remove.extend(name for name in decision.request.reserved_headers() if name not in own)
+    ok.headers_to_remove.extend(_client_reserved(decision))
     _set(ok, DECISION_ID, decision.decision_id)
     _metadata(decision, reply.dynamic_metadata)
     return reply
@@ -250,8 +246,8 @@ Headers = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
 def _identity_headers(identity: identity_model.Identity) -> Headers:
     candidates = (
         (SUBJECT, _plain(identity.subject)),
-        (GROUPS, structured_list(identity.groups)),
-        (ROLES, structured_list(identity.roles)),
+        (GROUPS, _structured_list(identity.groups)),
+        (ROLES, _structured_list(identity.roles)),
         (METHOD, _plain(identity.method)),
         (PRINCIPAL, _plain(identity.principal)),
     )

@@ -38,7 +38,7 @@ from jwt import exceptions as pyjwt_errors
 from authz import request as request_model
 from authz.identity import jwks, model, providers
 
-__all__ = ["JwtVerifier", "TokenCache", "cached_identity", "cookie_values", "presented_token", "verify_token"]
+__all__ = ["JwtVerifier", "TokenCache", "cached_identity", "presented_token", "verify_token"]
 
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP", "HS": "oct"}
 _MFA_AMR = frozenset({"mfa"})
@@ -129,7 +129,7 @@ class JwtVerifier:
                 if value:
                     found.append(value)
             elif cookie and "cookie" in headers:
-                found.extend(cookie_values(headers["cookie"], cookie))
+                found.extend(_cookie_values(headers["cookie"], cookie))
         return found
 
     async def verify(self, token: str, header: Mapping[str, Any]) -> tuple[model.Identity, float]:
@@ -174,18 +174,16 @@ class JwtVerifier:
             raise model.IdentityFailure(
                 "token_missing_claim", f"token has no {settings.subject_claim!r} claim", provider=self.name
             )
-        if not isinstance(subject, str) or not subject:
-            # An empty subject would pass `authenticated: true` and reach the upstream as nobody.
+        if not isinstance(subject, str):
             raise model.IdentityFailure(
-                "token_invalid_claims",
-                f"the {settings.subject_claim!r} claim is not a non-empty string",
-                provider=self.name,
+                "token_invalid_claims", f"the {settings.subject_claim!r} claim is not a string", provider=self.name
             )
         amr = set(model.claim_values(claims, "amr"))
         acr = set(model.claim_values(claims, "acr"))
         email = model.claim_values(claims, settings.email_claim)
         groups = model.claim_values(claims, settings.groups_claim)
         roles = model.claim_values(claims, settings.roles_claim)
+        # An empty subject would pass `authenticated: true` and reach the upstream as nobody.
         problem = model.check_identity_values(subject, groups, roles)
         if problem:
             raise model.IdentityFailure("token_invalid_claims", problem, provider=self.name)
@@ -235,7 +233,7 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def cookie_values(header: str, name: str) -> list[str]:
+def _cookie_values(header: str, name: str) -> list[str]:
     """Every non-empty value of cookie ``name`` in a Cookie header, in one linear pass.
 
     RFC 6265 §5.4: pairs separated by ``;``, name and value split at the first ``=``, whitespace
@@ -277,14 +275,10 @@ def _from_header(value: str | None, prefix: str, prefix_lower: str) -> str:
         if not value.startswith(prefix) and value[: len(prefix)].lower() != prefix_lower:
             return ""
         value = value[len(prefix) :]
-    return value.strip()
-
-
-def _single(token: str | None) -> str | None:
-    """A token from one header; a comma means Envoy joined repeated headers (no JWT has one)."""
-    if token and "," in token:
+    if "," in value:
+        # Envoy joined repeated headers (no JWT holds a comma): the upstream may read either copy.
         raise model.IdentityFailure("token_ambiguous", "the request carries more than one token header")
-    return token or None
+    return value.strip()
 
 
 def presented_token(verifiers: Sequence[JwtVerifier], request: request_model.HttpRequest) -> str | None:
@@ -292,15 +286,13 @@ def presented_token(verifiers: Sequence[JwtVerifier], request: request_model.Htt
     if len(verifiers) == 1:
         single = verifiers[0].single_header
         if single is not None:
-            return _single(_from_header(request.headers.get(single[0]), single[1], single[2]))
+            return _from_header(request.headers.get(single[0]), single[1], single[2]) or None
         found = verifiers[0].tokens(request)
     else:
         found = [t for v in verifiers for t in v.tokens(request)]
     if not found:
         return None
     token = found[0]
-    if "," in token:
-        raise model.IdentityFailure("token_ambiguous", "the request carries more than one token header")
     if len(found) > 1 and any(other != token for other in found):
         raise model.IdentityFailure("token_ambiguous", "the request carries more than one different token")
     return token

@@ -11,7 +11,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ANONYMOUS", "Identity", "IdentityFailure", "check_identity_values", "claim_value", "claim_values"]
+__all__ = [
+    "ANONYMOUS",
+    "Identity",
+    "IdentityFailure",
+    "check_identity_values",
+    "claim_value",
+    "claim_values",
+    "plain_value_fits",
+]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,9 +65,15 @@ MAX_IDENTITY_VALUE = 1024
 MAX_IDENTITY_LIST = 256
 
 
+def plain_value_fits(value: str) -> bool:
+    """Whether ``value`` can travel as a plain header value, whole and read alike by every HTTP
+    stack: 1 to 1,024 printable ASCII characters without surrounding spaces."""
+    return 0 < len(value) <= MAX_IDENTITY_VALUE and value.isascii() and value.isprintable() and value.strip() == value
+
+
 def check_identity_values(subject: str, groups: tuple[str, ...], roles: tuple[str, ...]) -> str:
     """What is wrong with these values as upstream identity headers ("" if nothing)."""
-    if not subject or len(subject) > MAX_IDENTITY_VALUE or not _plain_header_text(subject):
+    if not plain_value_fits(subject):
         return f"the subject must be 1 to {MAX_IDENTITY_VALUE} printable ASCII characters"
     for kind, values in (("group", groups), ("role", roles)):
         if len(values) > MAX_IDENTITY_LIST:
@@ -68,11 +82,6 @@ def check_identity_values(subject: str, groups: tuple[str, ...], roles: tuple[st
             if not value or len(value) > MAX_IDENTITY_VALUE or not value.isprintable():
                 return f"a {kind} must be 1 to {MAX_IDENTITY_VALUE} printable characters"
     return ""
-
-
-def _plain_header_text(value: str) -> bool:
-    """Printable ASCII without surrounding spaces: read the same way by every HTTP stack."""
-    return value.isascii() and value.isprintable() and value.strip() == value
 
 
 def claim_value(claims: Mapping[str, Any], path: str) -> Any:
@@ -90,11 +99,7 @@ def claim_values(claims: Mapping[str, Any], path: str) -> tuple[str, ...]:
 
     A list yields its scalar items; a space-separated ``scope`` string is not split (use a list).
     """
-    value: Any = claims
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return ()
-        value = value[part]
+    value = claim_value(claims, path)
     if isinstance(value, list | tuple):
         return tuple(_scalar(v) for v in value if isinstance(v, str | int | float | bool))
     if isinstance(value, str | int | float | bool):

@@ -30,11 +30,6 @@ class MtlsVerifier:
         principal = request.source_principal
         if not principal:
             return None
-        if model.check_identity_values(principal, (), ()):
-            # Passed to the upstream whole as x-tollgate-principal and x-tollgate-subject, or not at all.
-            raise model.IdentityFailure(
-                "mtls_principal_invalid", "the client certificate's principal cannot be passed on", provider=self.name
-            )
         domain = spiffe_trust_domain(principal)
         if self._domains and domain not in self._domains:
             raise model.IdentityFailure(

@@ -126,6 +126,12 @@ class IdentityResolver:
     ) -> identity_model.Identity:
         """No token: try API keys, then the client certificate. Attach the mTLS principal."""
         principal = request.source_principal
+        if principal and not identity_model.plain_value_fits(principal):
+            # It reaches the upstream whole (x-tollgate-principal, and the subject of an mtls
+            # identity) or not at all; this is the one place a principal enters an identity.
+            raise identity_model.IdentityFailure(
+                "mtls_principal_invalid", "the client certificate's principal cannot be passed on"
+            )
         if identity is None:
             for name, verifier in self._api_keys.items():
                 if scope is None or name in scope:
@@ -141,14 +147,5 @@ class IdentityResolver:
         if identity is None:
             return identity_model.ANONYMOUS
         if principal and not identity.principal:
-            if _principal_problem(principal):
-                raise identity_model.IdentityFailure(
-                    "mtls_principal_invalid", "the client certificate's principal cannot be passed on"
-                )
             identity = dataclasses.replace(identity, principal=principal)
         return identity
-
-
-def _principal_problem(principal: str) -> str:
-    """Why a peer principal cannot be passed to the upstream whole ("" if it can)."""
-    return identity_model.check_identity_values(principal, (), ())

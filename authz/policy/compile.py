@@ -28,8 +28,6 @@ __all__ = [
     "PolicyIndex",
     "SourceUnreadable",
     "compile_policies",
-    "header_copies",
-    "parse_source",
 ]
 
 
@@ -73,7 +71,7 @@ class SourceUnreadable(Exception):
     """A rule has an IP condition and the request's source address cannot be parsed: fail closed."""
 
 
-def parse_source(text: str) -> Address | None:
+def _parse_source(text: str) -> Address | None:
     """The source address Envoy reported, or None when it is not one address.
 
     IPv4-mapped IPv6 (``::ffff:127.0.0.1``) is the IPv4 address it carries, so a block on
@@ -123,7 +121,7 @@ class Context:
         """The parsed source address; :class:`SourceUnreadable` if there is none (never a guess)."""
         if not self._parsed:
             self._parsed = True
-            self._source = parse_source(self.request.source_ip)
+            self._source = _parse_source(self.request.source_ip)
         if self._source is None:
             raise SourceUnreadable(self.request.source_ip)
         return self._source
@@ -272,7 +270,7 @@ def _combine(
     # default is Deny as soon as one applicable policy says Deny (the safe side of a conflict).
     default_allow = not deniers
     default_policy = str((deniers or policies)[0].ref) if policies else ""
-    providers = provider_scope(policies)
+    providers = _provider_scope(policies)
     return HostPolicies(
         by_method={method: for_method(method) for method in named},
         other=for_method(None),
@@ -286,7 +284,7 @@ def _combine(
     )
 
 
-def provider_scope(policies: Sequence[model.AccessPolicy]) -> frozenset[str] | None:
+def _provider_scope(policies: Sequence[model.AccessPolicy]) -> frozenset[str] | None:
     """The identity providers accepted on a host all these policies cover: the narrowest holds.
 
     Every policy that names ``identity.providers`` constrains the host, so the scope is the
@@ -310,7 +308,7 @@ def _conflicts(host: str, policies: list[model.AccessPolicy]) -> list[Conflict]:
         names = ", ".join(f"{p.ref}={p.default_action}" for p in enforce)
         found.append(Conflict(host, f"policies disagree on defaultAction ({names}); Deny applies"))
     scoped = [p for p in policies if p.mode is model.Mode.ENFORCE and p.providers is not None]
-    if len(scoped) > 1 and not provider_scope(scoped):
+    if len(scoped) > 1 and not _provider_scope(scoped):
         names = ", ".join(f"{p.ref}={list(p.providers or ())}" for p in scoped)
         found.append(Conflict(host, f"identity.providers lists share no provider ({names}); no credential is accepted"))
     return found
@@ -383,7 +381,7 @@ def _compile_condition(condition: model.Condition, *, every_copy: bool) -> Check
                 return judge(())
             if "," not in value:
                 return judge((value.strip(" \t"),))  # HTTP parsers drop the spaces around a value
-            copies = header_copies(value)
+            copies = _header_copies(value)
             if every_copy:
                 return all(judge((copy,)) for copy in copies)
             return any(judge((copy,)) for copy in copies)
@@ -396,7 +394,7 @@ def _compile_condition(condition: model.Condition, *, every_copy: bool) -> Check
     return lambda c: judge(identity_model.claim_values(c.identity.claims, claim))
 
 
-def header_copies(value: str) -> tuple[str, ...]:
+def _header_copies(value: str) -> tuple[str, ...]:
     """The copies of a header Envoy joined with commas (RFC 9110 §5.3): each trimmed; empty list
     elements are ignored unless every one is empty."""
     copies = tuple(item.strip(" \t") for item in value.split(","))

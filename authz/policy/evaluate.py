@@ -44,24 +44,26 @@ def evaluate(host: compiled.HostPolicies | None, context: compiled.Context, *, s
         return _NO_POLICY_ALLOW if server_default_allow else _NO_POLICY_DENY
     request = context.request
     overrides = request.method_overrides()
-    verdict = _evaluate_reading(host, context)
     if not overrides and not request.path_with_parameters:
-        return verdict  # the usual request: one reading
-    for method in (context.method, *overrides):
-        reading = context if method == context.method else context.reading(method, context.path)
-        first = verdict if reading is context else _evaluate_reading(host, reading)
-        if request.path_with_parameters:
-            second = _evaluate_reading(host, reading.reading(method, request.path_with_parameters))
-            if first.allowed != second.allowed:
-                raise request_model.RequestRejected(
-                    "path_parameters_ambiguous",
-                    f"the path is {'allowed' if first.allowed else 'denied'} as {request.path!r} and "
-                    f"{'allowed' if second.allowed else 'denied'} as {request.path_with_parameters!r}",
-                    request,
-                )
-        if not first.allowed:
-            return first
-    return verdict
+        return _evaluate_reading(host, context)  # the usual request: one reading
+    verdicts = [_evaluate_path_readings(host, context.reading(m, request.path)) for m in (context.method, *overrides)]
+    return next((verdict for verdict in verdicts if not verdict.allowed), verdicts[0])
+
+
+def _evaluate_path_readings(host: compiled.HostPolicies, context: compiled.Context) -> Verdict:
+    """The verdict on the path without parameters, once the path with them agrees."""
+    request = context.request
+    first = _evaluate_reading(host, context)
+    if request.path_with_parameters:
+        second = _evaluate_reading(host, context.reading(context.method, request.path_with_parameters))
+        if first.allowed != second.allowed:
+            raise request_model.RequestRejected(
+                "path_parameters_ambiguous",
+                f"the path is {'allowed' if first.allowed else 'denied'} as {request.path!r} and "
+                f"{'allowed' if second.allowed else 'denied'} as {request.path_with_parameters!r}",
+                request,
+            )
+    return first
 
 
 def _evaluate_reading(host: compiled.HostPolicies, context: compiled.Context) -> Verdict:

@@ -322,3 +322,14 @@ def test_raw_header_map_failures_have_their_own_reason(headers: dict[str, bytes]
     with pytest.raises(RequestRejected) as caught:
         request.from_check_request(_raw_headers_request(headers))
     assert caught.value.code == code
+
+
+def test_a_bad_method_is_refused_with_what_was_sent_also_for_a_remembered_target() -> None:
+    # The method is not part of the remembered target: it is checked on every request.
+    assert request.from_check_request(checks.check_request(method="GET", path="/m")).method == "GET"
+    for method in ("get", "GET\n", "X" * 40):
+        with pytest.raises(RequestRejected) as caught:
+            request.from_check_request(checks.check_request(method=method, path="/m", request_id="rid-m"))
+        assert caught.value.code == "request_method_invalid"
+        assert caught.value.request is not None
+        assert (caught.value.request.method, caught.value.request.request_id) == (method[:32], "rid-m")

@@ -160,3 +160,19 @@ def test_template_memory_is_bounded_and_answers_stay_right(monkeypatch: pytest.M
             item = _decision(**fields)
             assert external_auth_pb2.CheckResponse.FromString(response.encode(item)) == response.to_check_response(item)
         assert len(response._templates) <= 3 and len(response._denied_templates) <= 3
+
+
+def test_client_reserved_headers_are_removed_and_never_baked_into_a_template() -> None:
+    sent = {"x_tollgate_subject": "root", "x-tollgate-email": "x@y", "x-tollgate-subject": "root", "accept": "*/*"}
+    hostile = request.HttpRequest("GET", "a.test", "/", request_id="r", headers=sent)
+    fields = {"allowed": True, "status": 200, "reason": "rule_allow", "policy": "ns/reserved", "rule": "r"}
+    for item in [_decision(identity=ALICE, request=hostile, **fields), _decision(request=hostile, **fields)] * 2:
+        answer = external_auth_pb2.CheckResponse.FromString(response.encode(item))
+        assert answer == response.to_check_response(item)
+        removed = list(answer.ok_response.headers_to_remove)
+        assert {"x_tollgate_subject", "x-tollgate-email"} <= set(removed)
+        set_names = {h.header.key for h in answer.ok_response.headers}
+        assert not set_names & set(removed)  # a name both set and removed would lose Tollgate's value
+    # The same (identity, verdict) without such headers: the template holds no removals of theirs.
+    plain = external_auth_pb2.CheckResponse.FromString(response.encode(_decision(identity=ALICE, **fields)))
+    assert not {"x_tollgate_subject", "x-tollgate-email"} & set(plain.ok_response.headers_to_remove)
