@@ -18,7 +18,7 @@ import io
 import json
 import pathlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -42,16 +42,20 @@ def send(
     method: str,
     path: str,
     *,
-    host: str = "example.com",
-    headers: dict[str, str] | None = None,
+    host: str | None = "example.com",
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
     body: bytes = b"",
     timeout: float = 10.0,
 ) -> Reply:
+    """Send the path exactly as given. ``headers`` as (name, value) lines send repeats and odd
+    spellings as they are; ``host=None`` sends no Host line of its own."""
     connection = http_client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    lines = list(headers.items()) if isinstance(headers, Mapping) else list(headers or ())
     try:
         connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        connection.putheader("Host", host)
-        for name, value in (headers or {}).items():
+        if host is not None:
+            connection.putheader("Host", host)
+        for name, value in lines:
             connection.putheader(name, value)
         if body:
             connection.putheader("Content-Length", str(len(body)))

@@ -10,11 +10,10 @@ cookie) and ``partner``. The policies below give each attack class a host of its
 from __future__ import annotations
 
 import dataclasses
-import http.client as http_client
 import json
 import pathlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
@@ -185,45 +184,19 @@ class Answer:
         return list(self.upstream["headers"].get(name.lower(), []))
 
 
-def send_raw(
-    port: int, method: str, target: str, headers: Sequence[tuple[str, str]], *, body: bytes = b"", timeout: float = 10
-) -> Answer:
-    """Send exactly these header lines (repeats, odd spellings and all) and read the answer.
-
-    A 200 whose body is the echo upstream's JSON is a request that reached the upstream.
-    """
-    connection = http_client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        connection.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
-        for name, value in headers:
-            connection.putheader(name, value)
-        if body:
-            connection.putheader("Content-Length", str(len(body)))
-        connection.endheaders(body or None)
-        response = connection.getresponse()
-        data = response.read()
-        reply_headers = {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        connection.close()
-    upstream_saw = None
-    if response.status == 200 and reply_headers.get("content-type") == "application/json":
-        echoed = json.loads(data)
-        if isinstance(echoed, dict) and {"method", "path", "headers"} <= echoed.keys():
-            upstream_saw = echoed
-    return Answer(response.status, reply_headers, data, upstream_saw)
-
-
 class HardeningStack:
     """The running stack; :meth:`send` goes through one of the two Envoys."""
 
     def __init__(
         self,
+        http: Callable[..., Any],
         corp: idp.DevIdentityProvider,
         partner: idp.DevIdentityProvider,
         tollgate: harness.TollgateProcess,
         proxies: dict[str, harness.Envoy],
         log: pathlib.Path,
     ) -> None:
+        self._http = http
         self.corp = corp
         self.partner = partner
         self.tollgate = tollgate
@@ -239,8 +212,16 @@ class HardeningStack:
         headers: Sequence[tuple[str, str]] = (),
         **options: Any,
     ) -> Answer:
+        """Send these exact header lines (after ``Host: host``, if given) through one Envoy. A 200
+        whose body is the echo upstream's JSON is a request that reached the upstream."""
         lines = ([("Host", host)] if host is not None else []) + list(headers)
-        return send_raw(self.proxies[mode].port, method, target, lines, **options)
+        reply = self._http(self.proxies[mode].port, method, target, host=None, headers=lines, **options)
+        upstream_saw = None
+        if reply.status == 200 and reply.headers.get("content-type") == "application/json":
+            echoed = json.loads(reply.body)
+            if isinstance(echoed, dict) and {"method", "path", "headers"} <= echoed.keys():
+                upstream_saw = echoed
+        return Answer(reply.status, reply.headers, reply.body, upstream_saw)
 
     def check(self, message: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
         """One Check straight to Tollgate's gRPC port, on a real channel, as a non-Envoy client."""
@@ -261,7 +242,7 @@ MODES = ["normalize", "raw"]
 
 
 @pytest.fixture(scope="session")
-def hardening(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardeningStack]:
+def hardening(tmp_path_factory: pytest.TempPathFactory, http: Callable[..., Any]) -> Iterator[HardeningStack]:
     directory = tmp_path_factory.mktemp("hardening")
     corp = idp.DevIdentityProvider(directory / "corp").start()
     partner = idp.DevIdentityProvider(directory / "partner").start()
@@ -281,7 +262,7 @@ def hardening(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HardeningSta
         ),
     }
     with harness.running(corp, partner, echo, tollgate, *proxies.values()):
-        stack = HardeningStack(corp, partner, tollgate, proxies, log)
+        stack = HardeningStack(http, corp, partner, tollgate, proxies, log)
         _wait_for_keys(stack)
         yield stack
 

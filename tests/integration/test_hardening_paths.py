@@ -4,7 +4,6 @@ strict and lenient mode. (Through Envoy, see test_envoy_path_bypass.py.)"""
 from __future__ import annotations
 
 import json
-import pathlib
 
 import pytest
 
@@ -41,16 +40,6 @@ def test_strict_mode_refuses_what_upstreams_decode_differently(hardening, path: 
     assert json.loads(reply.denied_response.body)["reason"] == reason
 
 
-POLICY = """
-apiVersion: tollgate.dev/v1alpha1
-kind: AccessPolicy
-metadata: {name: allow-list}
-spec:
-  hosts: [allow.test]
-  rules: [{name: public, action: Allow, to: {paths: [/public, /public/*]}}]
-"""
-
-
 @pytest.mark.parametrize(
     ("path", "strict", "outcome"),
     [
@@ -60,11 +49,9 @@ spec:
         ("/public/..;/admin", False, (400, "path_ambiguous_dot_segment")),  # in both modes
     ],
 )
-async def test_lenient_mode_decodes_once(
-    tmp_path: pathlib.Path, path: str, strict: bool, outcome: tuple[int, str]
-) -> None:
-    (tmp_path / "p.yaml").write_text(POLICY)
-    snapshot = loader.load(tmp_path / "p.yaml")
+async def test_lenient_mode_decodes_once(hardening, path: str, strict: bool, outcome: tuple[int, str]) -> None:
+    # The running server's configuration (allow.test allows /public and /public/*), decided in-process.
+    snapshot = loader.load(hardening.tollgate.config)
     result = await decision.decide(
         checks.check_request(host="allow.test", path=path), snapshot, resolve.IdentityResolver(), strict_paths=strict
     )
