@@ -9,6 +9,10 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
     tollgate-1           Tollgate, 1 policy
     tollgate-1000        Tollgate, 1,000 policies (10,000 rules)
     tollgate-jwt-1000    Tollgate, 1,000 policies, RS256 bearer token (warm cache)
+    hostile-token-1000   tollgate-jwt-1000 sent a token of 2,000 nested arrays (refused, 401)
+    hostile-host-1000    tollgate-1000 sent two host names joined by a comma (refused, 400)
+    baseline-*           with BENCH_BASELINE=<git revision>: tollgate-1000 and tollgate-jwt-1000
+                         running that revision's code, measured in the same run (before/after)
     audit-async-1000     tollgate-1000 with the audit trail, async mode (default)
     audit-sync-1000      tollgate-1000 with the audit trail, sync mode (fsync'd group commit)
 
@@ -21,13 +25,15 @@ met only if both meet it. Results: bench/results/latest.json and .md.
 
 Environment: BENCH_DURATION (seconds per measurement, default 4), BENCH_ROUNDS (default 6),
 BENCH_CONNECTIONS (default "4,16,64"), BENCH_SCENARIOS (comma-separated subset; "micro" for the
-micro-benchmarks), BENCH_PIN (1: the ext_authz server on a CPU of its own, see placement()).
+micro-benchmarks), BENCH_PIN (1: the ext_authz server on a CPU of its own, see placement()),
+BENCH_BASELINE (a git revision to measure beside the working tree, see baseline-* above).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import os
 import pathlib
@@ -36,6 +42,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -205,7 +212,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
         (work / "signing.key").write_text(skey)
         pseudonym.generate_key_file(work / "pseudonyms.yaml", "bench")
 
-        def tollgate(config: pathlib.Path, audit: str = "") -> Callable[[], Any]:
+        def tollgate(config: pathlib.Path, audit: str = "", code: pathlib.Path | None = None) -> Callable[[], Any]:
             extra = ["--reload-interval", "0", "--log-level", "WARNING"]
             if audit:
                 extra += [
@@ -220,7 +227,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
                 ]
 
             def start() -> Any:
-                process = harness.TollgateProcess(config, extra=extra, log_to=work / "tollgate.log").start()
+                process = harness.TollgateProcess(config, extra=extra, log_to=work / "tollgate.log", code=code).start()
                 return process, process.port
 
             return start
@@ -229,6 +236,19 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             server = _Noop()
             return server, server.port
 
+        compared = []
+        revision = os.environ.get("BENCH_BASELINE", "")
+        if revision:
+            code = _checkout(revision, work / "baseline")
+            compared = [
+                ("baseline-tollgate-1000", Backend(tollgate(many, code=code)), many_host, {}),
+                (
+                    "baseline-tollgate-jwt-1000",
+                    Backend(tollgate(jwt_dir, code=code)),
+                    jwt_host,
+                    {"Authorization": f"Bearer {token}"},
+                ),
+            ]
         yield [
             ("envoy-only", Backend(None), one_host, {}),
             ("noop-authz", Backend(noop), one_host, {}),
@@ -241,9 +261,19 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             ("hostile-host-1000", Backend(tollgate(many)), f"{many_host},a.{many_host}", {}),
             ("audit-async-1000", Backend(tollgate(many, "async")), many_host, {}),
             ("audit-sync-1000", Backend(tollgate(many, "sync")), many_host, {}),
+            *compared,
         ]
     finally:
         provider.stop()
+
+
+def _checkout(revision: str, directory: pathlib.Path) -> pathlib.Path:
+    """The ``authz`` package of ``revision`` (git archive), for a before/after comparison in one run."""
+    archive = subprocess.run(["git", "archive", revision, "authz"], cwd=ROOT, capture_output=True, check=True).stdout
+    directory.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(directory, filter="data")
+    return directory
 
 
 def main() -> int:
@@ -350,6 +380,7 @@ def render(results: dict[str, Any]) -> str:
             )
     pairs = [(name, "noop-authz") for name in load if name.startswith("tollgate")]
     pairs += [("tollgate-jwt-1000", "noop-authz-jwt")]
+    pairs += [(name, "baseline-" + name) for name in ("tollgate-1000", "tollgate-jwt-1000")]
     pairs += [("audit-async-1000", "tollgate-1000"), ("audit-sync-1000", "audit-async-1000")]
     ratios = []
     for name, base in pairs:

@@ -334,7 +334,10 @@ class TollgateProcess:
         env: dict[str, str] | None = None,
         log_to: pathlib.Path | None = None,
         port: int | None = None,
+        code: pathlib.Path | None = None,
     ) -> None:
+        """``code``: run the ``authz`` package found in this directory instead of the installed one
+        (the benchmark's baseline: another revision's code, measured in the same run)."""
         self.port = port or free_port()
         self.config = config
         self.args = [
@@ -349,6 +352,10 @@ class TollgateProcess:
             *extra,
         ]
         self.env = {**os.environ, **(env or {})}
+        self.cwd = code
+        if code is not None:
+            # `python -m` puts the working directory first on sys.path, ahead of the installed package.
+            self.env["PYTHONPATH"] = str(code)
         self.log_to = log_to
         self.preexec: Callable[[], None] | None = None  # runs in the child before exec (e.g. rlimits)
         self.process: subprocess.Popen[bytes] | None = None
@@ -360,6 +367,7 @@ class TollgateProcess:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 env=self.env,
+                cwd=self.cwd,
                 preexec_fn=self.preexec,  # noqa: PLW1509
             )
         deadline = time.monotonic() + timeout
