@@ -94,6 +94,7 @@ class HttpRequest:
     __slots__ = (
         "_attributes",
         "_destination",
+        "_names",
         "_protocol",
         "_request_id",
         "_scheme",
@@ -139,6 +140,7 @@ class HttpRequest:
         self._source_ip: str | None = source_ip
         self._destination: str | None = destination
         self._attributes: Any = None
+        self._names: str | None = None
 
     @classmethod
     def from_attributes(
@@ -152,6 +154,7 @@ class HttpRequest:
         request.source_principal = attributes.source.principal
         request._attributes = attributes
         request._request_id = request._protocol = request._scheme = request._source_ip = request._destination = None
+        request._names = None
         return request
 
     @property
@@ -189,6 +192,8 @@ class HttpRequest:
         """Methods the request asks the upstream to act on instead of its own (``X-HTTP-Method-Override``
         and its spellings), each an upper-case token, else :class:`RequestRejected`. Many frameworks
         honour these headers, so the policy judges every such method as well as the request's own."""
+        if "-method" not in self._header_names():  # the usual request (":method" is not one): no lookups
+            return ()
         headers = self.headers
         found: list[str] = []
         for name in _METHOD_OVERRIDES:
@@ -205,10 +210,16 @@ class HttpRequest:
     def reserved_headers(self) -> tuple[str, ...]:
         """The names of client-sent headers in Tollgate's reserved namespace (``x-tollgate-*`` in any
         spelling: ``_`` for ``-``, any case), which must never reach the upstream as sent."""
-        joined = "\n".join(self.headers).lower()
-        if "tollgate" not in joined:  # one scan in C for the usual request
+        if "tollgate" not in self._header_names():  # the usual request
             return ()
         return tuple(name for name in self.headers if name.lower().replace("_", "-").startswith(_RESERVED_PREFIX))
+
+    def _header_names(self) -> str:
+        """Every header name, lower-cased, one per line: read from the map once (in C), for the
+        screens above, which only allowed requests reach."""
+        if self._names is None:
+            self._names = "\n".join(self.headers).lower()
+        return self._names
 
     def __repr__(self) -> str:
         return f"HttpRequest({self.method} {self.host}{self.path}, request_id={self.request_id!r})"
@@ -463,12 +474,14 @@ def from_check_request(check_request: Any, wire_size: int | None = None, *, stri
     method, target, authority = http.method, http.path, http.host
     if not (method and target and authority and headers):
         return _from_unusual(attributes, http, headers, strict)
-    if (
+    # Envoy fills both from one request; a client of the gRPC port can make them disagree. (get(), not
+    # a subscript: a protobuf map inserts a missing key when subscripted.)
+    ambiguous = (
         headers.get(":method", method) != method
         or headers.get(":path", target) != target
         or headers.get(":authority", authority) != authority
-    ):
-        # Envoy fills both from one request; a client of the gRPC port can make them disagree.
+    )
+    if ambiguous:
         raise RequestRejected("request_ambiguous", "the request's fields and its pseudo-headers disagree")
     targets = _targets[strict]
     canonical = targets.get((authority, target))
@@ -534,7 +547,7 @@ def _build(attributes: Any, headers: Mapping[str, str], method: str, canonical: 
     remembered target, so it is checked here, for every request)."""
     # The query is the one in the target: Envoy documents the `query` field as always empty.
     request = HttpRequest.from_attributes(attributes, method, canonical, headers)
-    if not _is_method(method):
+    if method not in _KNOWN_METHODS and not _METHOD.fullmatch(method):  # _is_method(), inlined: per Check
         request.method = method[:32]
         raise RequestRejected("request_method_invalid", "the method is not an upper-case HTTP token", request)
     return request

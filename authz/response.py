@@ -128,7 +128,8 @@ def encode(decision: decision_model.Decision) -> bytes:
     if template is None:
         return _serialized(decision)
     head, middle, tail = template
-    removals = _client_reserved(decision)
+    reserved = decision.request.reserved_headers() if decision.request is not None else ()
+    removals = _client_reserved(reserved, identity) if reserved else None
     if removals:
         # A second encoding that only adds to headers_to_remove: parsers merge it (repeated fields append).
         extra = external_auth_pb2.CheckResponse()
@@ -137,13 +138,9 @@ def encode(decision: decision_model.Decision) -> bytes:
     return b"".join((head, decision_id, middle, decision_id, tail))
 
 
-def _client_reserved(decision: decision_model.Decision) -> list[str]:
-    """The client-sent headers in the reserved namespace that this answer must remove. Names it
-    sets are left out (it overwrites them): Envoy would remove Tollgate's own value too."""
-    reserved = decision.request.reserved_headers() if decision.request is not None else ()
-    if not reserved:
-        return []
-    identity = decision.identity
+def _client_reserved(reserved: tuple[str, ...], identity: identity_model.Identity) -> list[str]:
+    """Of the client-sent headers in the reserved namespace, those this answer must remove. Names
+    it sets are left out (it overwrites them): Envoy would remove Tollgate's own value too."""
     own = {DECISION_ID}
     if identity.authenticated:
         own.update(name for name, _ in _identity_headers(identity)[0])  # only requests that sent such headers
@@ -226,7 +223,8 @@ def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
     # Removal is used only for names we do not set: Envoy applies `headers` and
     # `headers_to_remove` independently, and a name in both would lose Tollgate's value.
     ok.headers_to_remove.extend(removals)
-    ok.headers_to_remove.extend(_client_reserved(decision))
+    if decision.request is not None:
+        ok.headers_to_remove.extend(_client_reserved(decision.request.reserved_headers(), identity))
     _set(ok, DECISION_ID, decision.decision_id)
     _metadata(decision, reply.dynamic_metadata)
     return reply

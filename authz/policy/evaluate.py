@@ -43,27 +43,33 @@ def evaluate(host: compiled.HostPolicies | None, context: compiled.Context, *, s
     if host is None:
         return _NO_POLICY_ALLOW if server_default_allow else _NO_POLICY_DENY
     request = context.request
-    overrides = request.method_overrides()
-    if not overrides and not request.path_with_parameters:
-        return _evaluate_reading(host, context)  # the usual request: one reading
-    verdicts = [_evaluate_path_readings(host, context.reading(m, request.path)) for m in (context.method, *overrides)]
-    return next((verdict for verdict in verdicts if not verdict.allowed), verdicts[0])
-
-
-def _evaluate_path_readings(host: compiled.HostPolicies, context: compiled.Context) -> Verdict:
-    """The verdict on the path without parameters, once the path with them agrees."""
-    request = context.request
-    first = _evaluate_reading(host, context)
+    verdict = _evaluate_reading(host, context)
     if request.path_with_parameters:
-        second = _evaluate_reading(host, context.reading(context.method, request.path_with_parameters))
-        if first.allowed != second.allowed:
-            raise request_model.RequestRejected(
-                "path_parameters_ambiguous",
-                f"the path is {'allowed' if first.allowed else 'denied'} as {request.path!r} and "
-                f"{'allowed' if second.allowed else 'denied'} as {request.path_with_parameters!r}",
-                request,
-            )
-    return first
+        _check_path_readings_agree(host, context, verdict)
+    if not verdict.allowed:
+        return verdict  # another reading could only deny too
+    for method in request.method_overrides():  # read only for what would be allowed
+        reading = context.reading(method, request.path)
+        override = _evaluate_reading(host, reading)
+        if request.path_with_parameters:
+            _check_path_readings_agree(host, reading, override)
+        if not override.allowed:
+            return override
+    return verdict
+
+
+def _check_path_readings_agree(host: compiled.HostPolicies, context: compiled.Context, verdict: Verdict) -> None:
+    """``verdict`` was made on the path without parameters: the path with them must get the same
+    answer, else the request is refused (``path_parameters_ambiguous``)."""
+    request = context.request
+    other = _evaluate_reading(host, context.reading(context.method, request.path_with_parameters))
+    if other.allowed != verdict.allowed:
+        raise request_model.RequestRejected(
+            "path_parameters_ambiguous",
+            f"the path is {'allowed' if verdict.allowed else 'denied'} as {request.path!r} and "
+            f"{'allowed' if other.allowed else 'denied'} as {request.path_with_parameters!r}",
+            request,
+        )
 
 
 def _evaluate_reading(host: compiled.HostPolicies, context: compiled.Context) -> Verdict:

@@ -333,3 +333,30 @@ def test_a_bad_method_is_refused_with_what_was_sent_also_for_a_remembered_target
         assert caught.value.code == "request_method_invalid"
         assert caught.value.request is not None
         assert (caught.value.request.method, caught.value.request.request_id) == (method[:32], "rid-m")
+
+
+@pytest.mark.parametrize(
+    ("pseudo", "refused"),
+    [
+        ({}, False),  # a caller that sends none: nothing to disagree with
+        ({":method": "GET"}, False),
+        ({":path": "/a"}, False),
+        ({":method": "DELETE"}, True),
+        ({":path": "/admin"}, True),
+        ({":authority": "other.test"}, True),
+        ({":method": "GET", ":path": "/a", ":authority": "a.test"}, False),
+        ({":method": "GET", ":path": "/a", ":authority": "b.test"}, True),
+    ],
+)
+def test_pseudo_headers_must_agree_with_the_requests_fields(pseudo: dict[str, str], refused: bool) -> None:
+    message = checks.check_request(method="GET", host="a.test", path="/a")
+    headers = message.attributes.request.http.headers
+    for name in (":method", ":path", ":authority"):
+        del headers[name]
+    headers.update(pseudo)
+    if not refused:
+        assert request.from_check_request(message).path == "/a"
+        return
+    with pytest.raises(RequestRejected) as caught:
+        request.from_check_request(message)
+    assert caught.value.code == "request_ambiguous"
