@@ -239,7 +239,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
         compared = []
         revision = os.environ.get("BENCH_BASELINE", "")
         if revision:
-            code = _checkout(revision, work / "baseline")
+            code = checkout(revision, work / "baseline")
             compared = [
                 ("baseline-tollgate-1000", Backend(tollgate(many, code=code)), many_host, {}),
                 (
@@ -267,7 +267,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
         provider.stop()
 
 
-def _checkout(revision: str, directory: pathlib.Path) -> pathlib.Path:
+def checkout(revision: str, directory: pathlib.Path) -> pathlib.Path:
     """The ``authz`` package of ``revision`` (git archive), for a before/after comparison in one run."""
     archive = subprocess.run(["git", "archive", revision, "authz"], cwd=ROOT, capture_output=True, check=True).stdout
     directory.mkdir(parents=True)
