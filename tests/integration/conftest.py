@@ -184,24 +184,16 @@ class Answer:
         return list(self.upstream["headers"].get(name.lower(), []))
 
 
+@dataclasses.dataclass
 class HardeningStack:
     """The running stack; :meth:`send` goes through one of the two Envoys."""
 
-    def __init__(
-        self,
-        http: Callable[..., Any],
-        corp: idp.DevIdentityProvider,
-        partner: idp.DevIdentityProvider,
-        tollgate: harness.TollgateProcess,
-        proxies: dict[str, harness.Envoy],
-        log: pathlib.Path,
-    ) -> None:
-        self._http = http
-        self.corp = corp
-        self.partner = partner
-        self.tollgate = tollgate
-        self.proxies = proxies
-        self.log = log
+    http: Callable[..., Any]  # tests/conftest.py's send(): the request exactly as given
+    corp: idp.DevIdentityProvider
+    partner: idp.DevIdentityProvider
+    tollgate: harness.TollgateProcess
+    proxies: dict[str, harness.Envoy]
+    log: pathlib.Path
 
     def send(
         self,
@@ -215,7 +207,7 @@ class HardeningStack:
         """Send these exact header lines (after ``Host: host``, if given) through one Envoy. A 200
         whose body is the echo upstream's JSON is a request that reached the upstream."""
         lines = ([("Host", host)] if host is not None else []) + list(headers)
-        reply = self._http(self.proxies[mode].port, method, target, host=None, headers=lines, **options)
+        reply = self.http(self.proxies[mode].port, method, target, host=None, headers=lines, **options)
         upstream_saw = None
         if reply.status == 200 and reply.headers.get("content-type") == "application/json":
             echoed = json.loads(reply.body)
