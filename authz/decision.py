@@ -1,10 +1,13 @@
 """Where the decision is made: one straight line from CheckRequest to :class:`Decision`.
 
-    CheckRequest ─▶ request (canonical) ─▶ identity ─▶ policy ─▶ Decision
+    CheckRequest ─▶ request (canonical) ─▶ identity ─▶ decide(request, identity, snapshot) ─▶ Decision
 
-Called by :mod:`authz.service` for every Check, and by ``tollgate policy explain``. Fails closed:
-every way out of :func:`decide` is a Decision, and an unexpected exception becomes a deny with
-reason ``authz_error`` (HTTP 500), distinguishable from any policy deny.
+:func:`decide_check` is the Envoy-facing part (called by :mod:`authz.service` for every Check);
+:func:`decide` is the transport-free core it ends in, which ``tollgate policy explain`` calls too,
+so the two cannot disagree. Every other answer Tollgate gives is a named step here
+(:func:`unparseable`, :func:`cancelled`, :func:`audit_unavailable`, :func:`answer_failed`).
+Fails closed: every way out of :func:`decide_check` is a Decision, and an unexpected exception
+becomes a deny with reason ``authz_error`` (HTTP 500), distinguishable from any policy deny.
 
 Reason codes and their HTTP status:
 
@@ -14,26 +17,35 @@ Reason codes and their HTTP status:
     403/401 source_address_invalid (an IP condition met a source that is not one address)
     401     token_* and other credential failures (see authz.identity)
     503     identity_unavailable (the provider's keys cannot be had),
-            audit_unavailable (durable audit mode and the log cannot be written; see authz.service)
-    500     authz_error (a fault in Tollgate itself)
+            audit_unavailable (durable audit mode and the log cannot be written)
+    500     authz_error (a fault in Tollgate itself, or an answer that could not be built)
     504     request_cancelled (the caller gave up before the decision; recorded, never answered)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
-import secrets
 import time
 from typing import Any, Protocol
 
+from authz import ids
 from authz import request as request_model
 from authz.identity import model as identity_model
 from authz.policy import compile as compiled
 from authz.policy import evaluate, verdict
 
-__all__ = ["Decision", "IdentityStage", "decide", "new_id", "undecided"]
+__all__ = [
+    "Decision",
+    "IdentityStage",
+    "answer_failed",
+    "audit_unavailable",
+    "cancelled",
+    "decide",
+    "decide_check",
+    "rejected_request",
+    "unparseable",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -56,11 +68,12 @@ class SnapshotView(Protocol):
     def index(self) -> compiled.PolicyIndex: ...
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, kw_only=True)
 class Decision:
     """The outcome of one Check, with everything the response and the audit record need.
 
-    :func:`decide` builds it positionally: keep the field order in step with it.
+    Built by keyword only: many fields share a type, and a positional call would put one where
+    another belongs without a type error.
     """
 
     decision_id: str
@@ -81,60 +94,53 @@ class Decision:
     duration_ns: int = 0
 
 
-# Decision ids must be unique, not secret: nothing is authorized by one. So after the time come
-# 26 bits drawn once per process and a 48-bit counter from a random start (RFC 9562 §6.2,
-# method 1): unique within the process, ordered within a millisecond, apart from other replicas'.
-_sequence = itertools.count(secrets.randbits(48))
-_process_bits = "%03x-%04x-" % (secrets.randbits(12), 0x8000 | secrets.randbits(14))  # noqa: UP031
-# Formatting integers is the slow part under load (~2 µs a call, its code cold between Checks), so
-# the id is put together from pieces formatted when they change: the high 32 bits of the time
-# (every ~49 days), the counter's high 40 bits (every 256 ids), and two-digit hex from a table.
-_HEX2 = tuple(f"{i:02x}" for i in range(256))
-_clock_ms = _time_high = _count_high = -1
-_time_high_text = _count_high_text = _prefix = ""
-
-
-def new_id() -> str:
-    """A UUIDv7 (RFC 9562): time-ordered, so decision ids sort by time in any log.
-
-    48-bit Unix time in ms, version 7, 12 + 14 bits fixed per process around the RFC variant,
-    then the 48-bit counter.
+def decide(
+    request: request_model.HttpRequest,
+    identity: identity_model.Identity,
+    snapshot: SnapshotView,
+    *,
+    default_allow: bool = False,
+) -> Decision:
+    """Decide one canonical request for one verified caller: the transport-free core that the
+    server and ``tollgate policy explain`` share. Never raises for a request it cannot judge: a
+    path whose readings disagree is a 400 Decision.
     """
-    global _clock_ms, _time_high, _count_high, _time_high_text, _count_high_text, _prefix  # noqa: PLW0603 (hot path)
-    now_ms = time.time_ns() // 1_000_000
-    count = next(_sequence) & 0xFFFFFFFFFFFF
-    if now_ms != _clock_ms or count >> 8 != _count_high:
-        if now_ms >> 16 != _time_high:
-            _time_high, _time_high_text = now_ms >> 16, "%08x" % (now_ms >> 16 & 0xFFFFFFFF)
-        if count >> 8 != _count_high:
-            _count_high, _count_high_text = count >> 8, "%010x" % (count >> 8)
-        _clock_ms = now_ms
-        _prefix = (
-            f"{_time_high_text}-{_HEX2[now_ms >> 8 & 0xFF]}{_HEX2[now_ms & 0xFF]}-7{_process_bits}{_count_high_text}"
-        )
-    return _prefix + _HEX2[count & 0xFF]
+    host = snapshot.index.lookup(request.host)
+    try:
+        outcome = evaluate.evaluate(host, compiled.Context(request, identity), server_default_allow=default_allow)
+    except request_model.RequestRejected as rejected:
+        return rejected_request(snapshot.revision, rejected, request)
+    # Deny of a caller we could not identify is "who are you?" (401), of a known one "no" (403).
+    return Decision(
+        decision_id=ids.new_id(),
+        revision=snapshot.revision,
+        allowed=outcome.allowed,
+        status=200 if outcome.allowed else (403 if identity.authenticated else 401),
+        reason=outcome.reason,
+        policy=outcome.policy,
+        rule=outcome.rule,
+        request=request,
+        identity=identity,
+        dry_run=outcome.dry_run,
+    )
 
 
-def undecided(revision: str, status: int, reason: str, message: str) -> Decision:
-    """The Decision for a Check that never reached :func:`decide` (unparseable, or cancelled)."""
-    return Decision(decision_id=new_id(), revision=revision, status=status, reason=reason, message=message)
-
-
-async def decide(
+async def decide_check(
     check_request: Any,
     snapshot: SnapshotView,
     identity_stage: IdentityStage,
     *,
-    server_default_allow: bool = False,
+    default_allow: bool = False,
     strict_paths: bool = True,
     wire_size: int | None = None,
 ) -> Decision:
-    """Decide one CheckRequest against one configuration snapshot. Never raises.
+    """Decide one Envoy CheckRequest against one configuration snapshot. Never raises.
 
-    ``strict_paths``: strict path mode (see ``request.canonical_paths``). ``wire_size``: the
-    serialized request's length, if known (see ``request.from_check_request``).
+    Reads the canonical request (:mod:`authz.request`), resolves the caller in the providers the
+    host accepts, and hands both to :func:`decide`. ``strict_paths``: strict path mode (see
+    ``request.canonical_paths``). ``wire_size``: the serialized request's length, if known.
     """
-    decision_id, revision, started = new_id(), snapshot.revision, time.perf_counter_ns()
+    started = time.perf_counter_ns()
     request: request_model.HttpRequest | None = None
     try:
         request = request_model.from_check_request(check_request, wire_size, strict=strict_paths)
@@ -143,43 +149,13 @@ async def decide(
         identity = identity_stage.resolve_now(request, scope)
         if identity is None:  # a token not verified before: may wait for the provider's keys
             identity = await identity_stage.resolve(request, scope)
-        outcome = evaluate.evaluate(
-            host, compiled.Context(request, identity), server_default_allow=server_default_allow
-        )
-        # Deny of a caller we could not identify is "who are you?" (401), of a known one "no" (403).
-        status = 200 if outcome.allowed else (403 if identity.authenticated else 401)
-        # Positional, in field order: the one Decision of nearly every Check, built at half the cost.
-        return Decision(
-            decision_id,
-            revision,
-            outcome.allowed,
-            status,
-            outcome.reason,
-            "",
-            outcome.policy,
-            outcome.rule,
-            request,
-            identity,
-            outcome.dry_run,
-            "",
-            "",
-            "",
-            started,
-            time.perf_counter_ns() - started,
-        )
+        decision = decide(request, identity, snapshot, default_allow=default_allow)
     except request_model.RequestRejected as rejected:
-        decision = Decision(
-            decision_id,
-            revision,
-            status=400,
-            reason=rejected.code,
-            message=rejected.message,
-            request=rejected.request or request,
-        )
+        decision = rejected_request(snapshot.revision, rejected, request)
     except identity_model.IdentityFailure as failure:
         decision = Decision(
-            decision_id,
-            revision,
+            decision_id=ids.new_id(),
+            revision=snapshot.revision,
             status=failure.status,
             reason=failure.code,
             message=failure.message,
@@ -188,6 +164,67 @@ async def decide(
         )
     except Exception as error:  # fail closed: a fault in Tollgate must never become an allow
         _log.exception("decision failed: %s", error.__class__.__name__)
-        decision = Decision(decision_id, revision, request=request)  # 500 authz_error, not allowed
+        decision = Decision(decision_id=ids.new_id(), revision=snapshot.revision, request=request)  # 500
     decision.started_ns, decision.duration_ns = started, time.perf_counter_ns() - started
+    return decision
+
+
+# Outcomes decided before or after decide(): each a named step, so every answer Tollgate can give
+# is listed in this module.
+
+
+def rejected_request(
+    revision: str, rejected: request_model.RequestRejected, request: request_model.HttpRequest | None = None
+) -> Decision:
+    """400: the request cannot be read one way only (``request_*``, ``path_*``)."""
+    return Decision(
+        decision_id=ids.new_id(),
+        revision=revision,
+        status=400,
+        reason=rejected.code,
+        message=rejected.message,
+        request=rejected.request or request,
+    )
+
+
+def unparseable(revision: str) -> Decision:
+    """400 ``request_parse_error``: the CheckRequest's bytes are not a CheckRequest."""
+    return Decision(
+        decision_id=ids.new_id(),
+        revision=revision,
+        status=400,
+        reason="request_parse_error",
+        message="CheckRequest could not be parsed",
+    )
+
+
+def cancelled(revision: str, request: request_model.HttpRequest | None) -> Decision:
+    """504 ``request_cancelled``: the caller gave up before the decision (Envoy's ext_authz
+    timeout). Recorded, never answered: Envoy has already denied on its side."""
+    return Decision(
+        decision_id=ids.new_id(),
+        revision=revision,
+        status=504,
+        reason="request_cancelled",
+        message="the caller cancelled the check before it was decided",
+        request=request,
+    )
+
+
+def audit_unavailable(decision: Decision) -> Decision:
+    """503 ``audit_unavailable``: durable audit mode, and the record could not be written. No
+    record means no access, whatever was decided."""
+    decision.allowed = False
+    decision.status, decision.reason, decision.message = 503, "audit_unavailable", "the audit log cannot be written"
+    decision.policy = decision.rule = ""
+    return decision
+
+
+def answer_failed(decision: Decision, error: BaseException) -> Decision:
+    """500 ``authz_error``: the decision was made but its answer could not be built. Envoy gets a
+    deny, and the audit record says so, not what was decided before."""
+    was = f"{'allow' if decision.allowed else 'deny'} {decision.reason}"
+    decision.allowed = False
+    decision.status, decision.reason = 500, "authz_error"
+    decision.message = f"the answer could not be built ({error.__class__.__name__}); the decision was {was}"
     return decision

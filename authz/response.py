@@ -29,7 +29,7 @@ from http_sfv import types as sf_types
 from authz import decision as decision_model
 from authz.identity import model as identity_model
 
-__all__ = ["IDENTITY_HEADERS", "encode", "to_check_response"]
+__all__ = ["IDENTITY_HEADERS", "encode", "encode_failed", "to_check_response"]
 
 SUBJECT = "x-tollgate-subject"
 GROUPS = "x-tollgate-groups"
@@ -39,7 +39,8 @@ PRINCIPAL = "x-tollgate-principal"
 DECISION_ID = "x-tollgate-decision-id"  # the audit record's id; the request id is Envoy's x-request-id
 # Every header Tollgate vouches for. Whatever a client sends under these names never reaches the
 # upstream: each is either overwritten with Tollgate's value or removed.
-IDENTITY_HEADERS = (SUBJECT, GROUPS, ROLES, METHOD, PRINCIPAL, DECISION_ID)
+_IDENTITY_VALUES = (SUBJECT, GROUPS, ROLES, METHOD, PRINCIPAL)  # the caller's; removed for anonymous callers
+IDENTITY_HEADERS = (*_IDENTITY_VALUES, DECISION_ID)
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _ERROR_NAMES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 500: "internal_error", 503: "unavailable"}
@@ -54,6 +55,14 @@ _CHALLENGE = base_pb2.HeaderValueOption(
     header=base_pb2.HeaderValue(key="www-authenticate", value='Bearer realm="tollgate"')
 )
 _NO_STORE = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="cache-control", value="no-store"))
+_FAILED: bytes = external_auth_pb2.CheckResponse(
+    status=status_pb2.Status(code=code_pb2.INTERNAL),
+    denied_response=external_auth_pb2.DeniedHttpResponse(
+        status=http_status_pb2.HttpStatus(code=500),
+        headers=[_JSON, _NO_STORE],
+        body='{"error":"internal_error","reason":"authz_error","request_id":""}',
+    ),
+).SerializeToString()
 
 
 def _structured_list(values: tuple[str, ...]) -> str:
@@ -138,6 +147,15 @@ def encode(decision: decision_model.Decision) -> bytes:
     return b"".join((head, decision_id, middle, decision_id, tail))
 
 
+def encode_failed(decision: decision_model.Decision) -> bytes:
+    """The answer for a decision whose first answer could not be built (now a 500 deny): encoded
+    as any deny, or, should even that fail, a fixed 500 deny that holds no request data."""
+    try:
+        return encode(decision)
+    except Exception:  # the fixed answer below cannot fail
+        return _FAILED
+
+
 def _client_reserved(reserved: tuple[str, ...], identity: identity_model.Identity) -> list[str]:
     """Of the client-sent headers in the reserved namespace, those this answer must remove. Names
     it sets are left out (it overwrites them): Envoy would remove Tollgate's own value too."""
@@ -217,7 +235,7 @@ def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
     if identity.authenticated:
         values, removals = _identity_headers(identity)
     else:
-        values, removals = (), _ALL_IDENTITY
+        values, removals = (), _IDENTITY_VALUES
     for name, value in values:
         _set(ok, name, value)
     # Removal is used only for names we do not set: Envoy applies `headers` and
@@ -237,7 +255,6 @@ def _set(ok: external_auth_pb2.OkHttpResponse, name: str, value: str) -> None:
     option.append_action = _OVERWRITE
 
 
-_ALL_IDENTITY = (SUBJECT, GROUPS, ROLES, METHOD, PRINCIPAL)
 Headers = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
 
 

@@ -15,7 +15,6 @@ Owns the process lifecycle, as in grpc's Python examples:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import pathlib
@@ -26,26 +25,17 @@ from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (h
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz import loader, service, telemetry
+from authz import configuration, loader, service, telemetry
 from authz.errors import ConfigError
 from authz.identity import resolve
 
-__all__ = ["Runtime", "ServerSettings", "serve"]
+__all__ = ["ListenError", "Runtime", "serve", "start", "watch"]
 
 _log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ServerSettings:
-    config: pathlib.Path
-    listen: str = "127.0.0.1:9001"
-    default_allow: bool = False
-    strict_paths: bool = True  # refuse encoded dots and double encoding (request.canonical_paths)
-    reload_interval: float = 2.0  # seconds between checks of the configuration files; 0 disables
-    grace: float = 10.0  # seconds in-flight RPCs get on SIGTERM
-    tls_cert: pathlib.Path | None = None
-    tls_key: pathlib.Path | None = None
-    tls_client_ca: pathlib.Path | None = None  # set: clients (Envoy) must present a certificate
+class ListenError(OSError):
+    """The server cannot listen where it was told to."""
 
 
 class Runtime:
@@ -92,22 +82,30 @@ def _fingerprint(config: pathlib.Path, extra: tuple[str, ...]) -> tuple[tuple[st
     return tuple(sorted(out))
 
 
-async def watch(settings: ServerSettings, runtime: Runtime) -> None:
+async def watch(settings: configuration.ServerSettings, runtime: Runtime) -> None:
     """Reload the configuration whenever its files change; keep the last good one on error."""
-    seen = _fingerprint(settings.config, runtime.snapshot.files)
+    seen = _fingerprint(settings.config_path, runtime.snapshot.files)
+    rejected = False  # the files changed to something invalid since the revision in force
     while True:
         await asyncio.sleep(settings.reload_interval)
-        current = _fingerprint(settings.config, runtime.snapshot.files)
+        current = _fingerprint(settings.config_path, runtime.snapshot.files)
         if current == seen:
             continue
         seen = current
         try:
-            snapshot = await asyncio.to_thread(loader.load, settings.config)
+            snapshot = await asyncio.to_thread(loader.load, settings.config_path)
         except ConfigError as error:
+            rejected = True
             _log.error("configuration rejected, keeping revision %s:\n%s", runtime.snapshot.revision, error)
             continue
         if snapshot.revision == runtime.snapshot.revision and snapshot.files == runtime.snapshot.files:
+            if rejected:  # the invalid change was undone: say what is in force now
+                rejected = False
+                _log.info(
+                    "configuration revision %s in force again (the rejected change was undone)", snapshot.revision
+                )
             continue
+        rejected = False
         runtime.install(snapshot)
         _log.info(
             "configuration revision %s in force: %d policies, %d identity providers",
@@ -117,7 +115,7 @@ async def watch(settings: ServerSettings, runtime: Runtime) -> None:
         )
 
 
-def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+def _credentials(settings: configuration.ServerSettings) -> grpc.ServerCredentials | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
     client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
@@ -128,7 +126,9 @@ def _credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
     )
 
 
-async def start(settings: ServerSettings, runtime: Runtime) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
+async def start(
+    settings: configuration.ServerSettings, runtime: Runtime
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
     """Build and start the server; return it, its health servicer and the bound port."""
     server = grpc.aio.server(
         options=[
@@ -147,12 +147,15 @@ async def start(settings: ServerSettings, runtime: Runtime) -> tuple[grpc.aio.Se
         server,
     )
     credentials = _credentials(settings)
-    if credentials is None:
-        port = server.add_insecure_port(settings.listen)
-    else:
-        port = server.add_secure_port(settings.listen, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError as error:  # gRPC says only "Failed to bind" (the reason goes to its log)
+        raise ListenError("cannot listen there (in use, or not an address of this machine)") from error
     if port == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
+        raise ListenError("cannot listen there")
     await server.start()
     runtime.identity.start()
     for name in ("", service.SERVICE_NAME):
@@ -160,7 +163,9 @@ async def start(settings: ServerSettings, runtime: Runtime) -> tuple[grpc.aio.Se
     return server, health_servicer, port
 
 
-async def serve(settings: ServerSettings, runtime: Runtime, *, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: configuration.ServerSettings, runtime: Runtime, *, ready: asyncio.Event | None = None
+) -> None:
     """Run until SIGTERM/SIGINT, then drain."""
     server, health_servicer, port = await start(settings, runtime)
     _settle_memory()
@@ -185,7 +190,7 @@ async def serve(settings: ServerSettings, runtime: Runtime, *, ready: asyncio.Ev
         watcher.cancel()
     await server.stop(settings.grace)
     await runtime.identity.close()
-    if runtime.recorder is not None and hasattr(runtime.recorder, "close"):
+    if runtime.recorder is not None:
         await runtime.recorder.close()
     runtime.tracing.shutdown()
     _log.info("stopped")

@@ -44,6 +44,9 @@ class Recorder(Protocol):
 
     async def record(self, decision: decision_model.Decision) -> bool: ...
 
+    async def close(self) -> None:
+        """Write what is pending and end the log's session (called once, at shutdown)."""
+
 
 class Runtime(Protocol):
     """What the service reads per request; the server swaps ``snapshot`` on reload."""
@@ -107,42 +110,35 @@ class AuthorizationService:
         recorded = False
         try:
             if check_request is None:
-                decision = decision_model.undecided(
-                    runtime.snapshot.revision, 400, "request_parse_error", "CheckRequest could not be parsed"
-                )
+                decision = decision_model.unparseable(runtime.snapshot.revision)
             else:
-                decision = await decision_model.decide(
+                decision = await decision_model.decide_check(
                     check_request,
                     runtime.snapshot,
                     runtime.identity,
-                    server_default_allow=runtime.default_allow,
+                    default_allow=runtime.default_allow,
                     strict_paths=runtime.strict_paths,
                     wire_size=wire_size,
                 )
             if recorder is not None and recorder.durable:
                 # Durable mode: the answer waits for the record, and no record means no access.
+                answer = _answer(decision)  # the record must say what Envoy receives
                 recorded = True
                 tracing.annotate(decision, headers, span)
                 if not await recorder.record(decision):
-                    decision = _audit_unavailable(decision)
-            return response.encode(decision)
+                    answer = _answer(decision_model.audit_unavailable(decision))
+                return answer
+            return _answer(decision)
         except asyncio.CancelledError:
-            # The caller gave up (Envoy's ext_authz timeout) while the decision was pending, e.g. on
-            # a slow key refetch. Envoy denies on its side; the audit trail still gets its record.
-            # Only an await can be cancelled: inside decide() (no decision yet) or, in durable mode,
-            # while waiting for the record (already handed over). So only the first needs a record.
+            # Only an await can be cancelled: inside decide_check() (no decision yet) or, in durable
+            # mode, while waiting for the record (already handed over). Only the first needs a record.
             if decision is None:
-                decision = decision_model.undecided(
-                    runtime.snapshot.revision,
-                    504,
-                    "request_cancelled",
-                    "the caller cancelled the check before it was decided",
-                )
+                request = None
                 if check_request is not None:
                     with contextlib.suppress(request_model.RequestRejected):
-                        decision.request = request_model.from_check_request(
-                            check_request, wire_size, strict=runtime.strict_paths
-                        )
+                        strict = runtime.strict_paths
+                        request = request_model.from_check_request(check_request, wire_size, strict=strict)
+                decision = decision_model.cancelled(runtime.snapshot.revision, request)
             raise
         finally:
             if decision is not None and not recorded and traced:
@@ -151,6 +147,16 @@ class AuthorizationService:
                     await recorder.record(decision)
             if span is not None:
                 span.end()
+
+
+def _answer(decision: decision_model.Decision) -> bytes:
+    """The serialized answer. If it cannot be built, ``decision`` becomes the 500 deny Envoy gets
+    instead (:func:`~authz.decision.answer_failed`), so the audit record says what Envoy received."""
+    try:
+        return response.encode(decision)
+    except Exception as error:  # fail closed: an answer that cannot be built is a deny
+        _log.exception("building the answer failed: %s", error.__class__.__name__)
+        return response.encode_failed(decision_model.answer_failed(decision, error))
 
 
 _TRACE_KEYS = frozenset(
@@ -177,9 +183,3 @@ def _trace_carrier(headers: Any, context: Any) -> Any:
         if carrier:
             return carrier
     return headers
-
-
-def _audit_unavailable(decision: decision_model.Decision) -> decision_model.Decision:
-    decision.allowed = False
-    decision.status, decision.reason, decision.message = 503, "audit_unavailable", "the audit log cannot be written"
-    return decision

@@ -18,7 +18,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from authz import decision  # noqa: E402
+from authz import decision, ids  # noqa: E402
 from authz.audit import log as audit_log  # noqa: E402
 from authz.audit import note, pseudonym, record  # noqa: E402
 from authz.identity import model  # noqa: E402
@@ -39,7 +39,7 @@ def write_log(directory: pathlib.Path, count: int) -> pathlib.Path:
         user = f"user-{rng.randrange(1000)}"
         allowed = rng.random() < 0.8
         item = decision.Decision(
-            decision_id=decision.new_id(),
+            decision_id=ids.new_id(),
             revision="bench",
             allowed=allowed,
             status=200 if allowed else 403,

@@ -2,7 +2,7 @@
 
     python -m bench.instructions [REVISION]
 
-Runs ``decide()`` + ``response.encode()`` in-process on one Envoy-shaped CheckRequest (a cached
+Runs ``decide_check()`` + ``response.encode()`` in-process on one Envoy-shaped CheckRequest (a cached
 path, 5 policies of 10 rules, anonymous caller) N and 2N times under callgrind, for the working
 tree and, if given, another git revision's ``authz`` package; the difference of the two totals
 over N is the cost of one Check, start-up excluded. Needs Debian's valgrind (it says so if absent).
@@ -41,8 +41,10 @@ headers = {"user-agent": "wrk", "accept": "*/*", "x-forwarded-proto": "http",
 message = checks.check_request(host=host, path="/api/orders", headers=headers)
 snapshot = loader.load(directory)
 
+decide_check = getattr(decision, "decide_check", None) or decision.decide  # older revisions: decide()
+
 def check():
-    coroutine = decision.decide(message, snapshot, Anonymous(), wire_size=500)
+    coroutine = decide_check(message, snapshot, Anonymous(), wire_size=500)
     try:
         coroutine.send(None)
     except StopIteration as done:

@@ -99,7 +99,7 @@ def engine(iterations: int = 200_000) -> dict[str, dict[str, float]]:
     def decide_full() -> None:
         proto = protos[position[0] & 1023]
         position[0] += 1
-        _run(decision.decide(proto, snapshot, stage))
+        _run(decision.decide_check(proto, snapshot, stage))
 
     # What gRPC runs per Check, from the request's bytes to the answer's bytes (anonymous caller,
     # no tracing, no audit): the handler and deserializer exactly as registered with the server.

@@ -30,7 +30,7 @@ import shutil
 import time
 from typing import IO, Any
 
-from authz import decision as decision_model
+from authz import ids
 from authz.audit import merkle, note, record
 
 __all__ = ["AuditLog", "LogSettings", "origin_for"]
@@ -65,7 +65,7 @@ class AuditLog:
         self.instance = instance
         self.signer = signer
         self.settings = settings
-        self.session = decision_model.new_id()
+        self.session = ids.new_id()
         self.origin = origin_for(instance, self.session)
         self.session_dir = directory / instance / self.session
         self.tree = merkle.CompactRange()
@@ -91,7 +91,7 @@ class AuditLog:
             {
                 "v": record.SCHEMA_VERSION,
                 "kind": "session_start",
-                "id": decision_model.new_id(),
+                "id": ids.new_id(),
                 "time": record.format_time(now),
                 "time_ms": now,
                 "previous": previous,
@@ -108,7 +108,7 @@ class AuditLog:
             {
                 "v": record.SCHEMA_VERSION,
                 "kind": "session_end",
-                "id": decision_model.new_id(),
+                "id": ids.new_id(),
                 "time": record.format_time(now),
                 "time_ms": now,
             }
@@ -184,7 +184,7 @@ class AuditLog:
                 {
                     "v": record.SCHEMA_VERSION,
                     "kind": "segment_start",
-                    "id": decision_model.new_id(),
+                    "id": ids.new_id(),
                     "time": record.format_time(now),
                     "time_ms": now,
                     "tree": state,

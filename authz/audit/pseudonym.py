@@ -26,12 +26,20 @@ import yaml
 
 from authz.errors import ConfigError
 
-__all__ = ["Pseudonymizer", "generate_key_file", "load_keys"]
+__all__ = ["Pseudonymizer", "generate_key_file", "is_pseudonym", "load_keys"]
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 _CACHE_SIZE = 65_536
+
+
+_PSEUDONYM = re.compile(r"[0-9a-f]{32}")
+
+
+def is_pseudonym(text: str) -> bool:
+    """Whether ``text`` has the form of a pseudonym (32 lower-case hex digits)."""
+    return _PSEUDONYM.fullmatch(text) is not None
 
 
 class Pseudonymizer:

@@ -51,6 +51,7 @@ class Filters:
     since_ms: int | None = None
     until_ms: int | None = None
     subjects: frozenset[str] = frozenset()  # pseudonyms
+    emails: frozenset[str] = frozenset()  # pseudonyms
     decision: str | None = None
     host: str | None = None
     path_prefix: str | None = None
@@ -58,8 +59,10 @@ class Filters:
     kinds: frozenset[str] = frozenset({"decision"})
 
     def subject_needles(self) -> list[bytes]:
-        """A matching line contains one of these (any of the subject's pseudonyms)."""
-        return [f'"subject":{json.dumps(subject)}'.encode() for subject in sorted(self.subjects)]
+        """A matching line contains one of these (any of the subject's or e-mail's pseudonyms)."""
+        return [f'"subject":{json.dumps(subject)}'.encode() for subject in sorted(self.subjects)] + [
+            f'"email":{json.dumps(email)}'.encode() for email in sorted(self.emails)
+        ]
 
     def prefilter(self) -> list[bytes]:
         """Byte strings every matching line must contain (canonical JSON makes this exact)."""
@@ -80,7 +83,10 @@ class Filters:
             return False
         if self.until_ms is not None and time_ms >= self.until_ms:
             return False
-        if self.subjects and item.get("identity", {}).get("subject") not in self.subjects:
+        identity = item.get("identity", {})
+        if self.subjects and identity.get("subject") not in self.subjects:
+            return False
+        if self.emails and identity.get("email") not in self.emails:
             return False
         if self.decision and item.get("decision") != self.decision:
             return False
@@ -93,8 +99,12 @@ class Filters:
 
 
 def subject_pseudonyms(subject: str, keys: pseudonym.Pseudonymizer | None) -> frozenset[str]:
+    """Every pseudonym ``subject`` (a subject or e-mail) has had under the keys; without keys,
+    ``subject`` must already be a pseudonym (else ValueError: it could never match)."""
     if keys is None:
-        return frozenset({subject})  # already a pseudonym
+        if not pseudonym.is_pseudonym(subject):
+            raise ValueError("is not a pseudonym (32 hex digits); to search by the real value, give --pseudonym-keys")
+        return frozenset({subject})
     return frozenset(keys.with_key(key_id, subject) for key_id in keys.keys)
 
 

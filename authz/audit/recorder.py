@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from authz import decision as decision_model
+from authz import ids
 from authz.audit import log as audit_log
 from authz.audit import pseudonym, record
 
@@ -187,7 +188,7 @@ class AuditRecorder:
         entry = {
             "v": record.SCHEMA_VERSION,
             "kind": "loss",
-            "id": decision_model.new_id(),
+            "id": ids.new_id(),
             "time": record.format_time(now),
             "time_ms": now,
             "loss": {

@@ -18,7 +18,6 @@ Keys file::
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 import pathlib
@@ -33,19 +32,10 @@ from authz import request as request_model
 from authz.errors import ConfigError
 from authz.identity import model, providers
 
-__all__ = ["ApiKeyEntry", "ApiKeyVerifier", "generate_key", "load_keys"]
+__all__ = ["ApiKeyVerifier", "generate_key", "load_keys"]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ApiKeyEntry:
-    key_id: str
-    sha256: bytes = dataclasses.field(repr=False)
-    subject: str
-    groups: tuple[str, ...]
-    roles: tuple[str, ...]
 
 
 def generate_key(key_id: str) -> tuple[str, str]:
@@ -56,7 +46,7 @@ def generate_key(key_id: str) -> tuple[str, str]:
     return key, hashlib.sha256(key.encode()).hexdigest()
 
 
-def load_keys(path: str) -> tuple[ApiKeyEntry, ...]:
+def load_keys(path: str) -> tuple[providers.ApiKeyEntry, ...]:
     """Read and validate a keys file; raise :class:`ConfigError` naming the file and entry."""
     try:
         document: Any = yaml.safe_load(pathlib.Path(path).read_text())
@@ -77,7 +67,7 @@ def load_keys(path: str) -> tuple[ApiKeyEntry, ...]:
                 f"{where}.sha256: must be 64 hex characters (plain keys are never stored)", field="spec.apiKey.keysFile"
             )
         seen.add(key_id)
-        entry = ApiKeyEntry(
+        entry = providers.ApiKeyEntry(
             key_id=key_id,
             sha256=bytes.fromhex(digest),
             subject=str(raw.get("subject") or f"apikey:{key_id}"),

@@ -38,7 +38,14 @@ from jwt import exceptions as pyjwt_errors
 from authz import request as request_model
 from authz.identity import jwks, model, providers
 
-__all__ = ["JwtVerifier", "TokenCache", "cached_identity", "presented_token", "verify_token"]
+__all__ = [
+    "JwtVerifier",
+    "TokenCache",
+    "cached_identity",
+    "identity_from_claims",
+    "presented_token",
+    "verify_token",
+]
 
 _KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP", "HS": "oct"}
 _MFA_AMR = frozenset({"mfa"})
@@ -168,37 +175,46 @@ class JwtVerifier:
         return self._identity(claims), float(claims["exp"])
 
     def _identity(self, claims: Mapping[str, Any]) -> model.Identity:
-        settings = self.settings
-        subject = model.claim_value(claims, settings.subject_claim)
-        if subject is None:
-            raise model.IdentityFailure(
-                "token_missing_claim", f"token has no {settings.subject_claim!r} claim", provider=self.name
-            )
-        if not isinstance(subject, str):
-            raise model.IdentityFailure(
-                "token_invalid_claims", f"the {settings.subject_claim!r} claim is not a string", provider=self.name
-            )
-        amr = set(model.claim_values(claims, "amr"))
-        acr = set(model.claim_values(claims, "acr"))
-        email = model.claim_values(claims, settings.email_claim)
-        groups = model.claim_values(claims, settings.groups_claim)
-        roles = model.claim_values(claims, settings.roles_claim)
-        # An empty subject would pass `authenticated: true` and reach the upstream as nobody.
-        problem = model.check_identity_values(subject, groups, roles)
-        if problem:
-            raise model.IdentityFailure("token_invalid_claims", problem, provider=self.name)
-        return model.Identity(
-            authenticated=True,
-            method="jwt",
-            subject=subject,
-            issuer=self.issuer,
-            provider=self.name,
-            email=email[0] if email else "",
-            groups=groups,
-            roles=roles,
-            mfa=bool(amr & _MFA_AMR or acr & _MFA_ACR),
-            claims=claims,
+        return identity_from_claims(claims, self.settings.claims, provider=self.name, issuer=self.issuer)
+
+
+def identity_from_claims(
+    claims: Mapping[str, Any], mapping: providers.ClaimMapping, *, provider: str = "", issuer: str = ""
+) -> model.Identity:
+    """The caller that verified ``claims`` stand for, read through a provider's claim mapping.
+
+    Used for every verified token, and by ``tollgate policy explain`` for the claims it is given,
+    so both read MFA (``amr`` or ``acr``), groups and roles alike. Raises
+    :class:`~authz.identity.model.IdentityFailure` (``token_missing_claim``, ``token_invalid_claims``).
+    """
+    subject = model.claim_value(claims, mapping.subject)
+    if subject is None:
+        raise model.IdentityFailure("token_missing_claim", f"token has no {mapping.subject!r} claim", provider=provider)
+    if not isinstance(subject, str):
+        raise model.IdentityFailure(
+            "token_invalid_claims", f"the {mapping.subject!r} claim is not a string", provider=provider
         )
+    amr = set(model.claim_values(claims, "amr"))
+    acr = set(model.claim_values(claims, "acr"))
+    email = model.claim_values(claims, mapping.email)
+    groups = model.claim_values(claims, mapping.groups)
+    roles = model.claim_values(claims, mapping.roles)
+    # An empty subject would pass `authenticated: true` and reach the upstream as nobody.
+    problem = model.check_identity_values(subject, groups, roles)
+    if problem:
+        raise model.IdentityFailure("token_invalid_claims", problem, provider=provider)
+    return model.Identity(
+        authenticated=True,
+        method="jwt",
+        subject=subject,
+        issuer=issuer,
+        provider=provider,
+        email=email[0] if email else "",
+        groups=groups,
+        roles=roles,
+        mfa=bool(amr & _MFA_AMR or acr & _MFA_ACR),
+        claims=claims,
+    )
 
 
 # Deeper JSON than this is no token anyone issues. orjson parses without Python recursion (and

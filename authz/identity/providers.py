@@ -15,15 +15,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from authz.errors import ConfigError
 
-if TYPE_CHECKING:
-    from authz.identity import apikey
-
 __all__ = [
+    "ApiKeyEntry",
     "ApiKeySettings",
+    "ClaimMapping",
     "JwtSettings",
     "MtlsSettings",
     "ProviderSpec",
@@ -55,16 +54,23 @@ class RefreshSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ClaimMapping:
+    """Which claims (dotted paths) name the caller, its e-mail, groups and roles."""
+
+    subject: str = "sub"
+    email: str = "email"
+    groups: str = "groups"
+    roles: str = "roles"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class JwtSettings:
     issuer: str
     audiences: tuple[str, ...]
     jwks_uri: str  # empty: discover from the issuer
     algorithms: tuple[str, ...]
     hmac_secret_file: str
-    subject_claim: str
-    email_claim: str
-    groups_claim: str
-    roles_claim: str
+    claims: ClaimMapping
     sources: tuple[TokenSource, ...]
     leeway_seconds: float
     refresh: RefreshSettings
@@ -78,11 +84,22 @@ class MtlsSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ApiKeyEntry:
+    """One line of an API keys file: the key's hash and who it stands for (never the key)."""
+
+    key_id: str
+    sha256: bytes = dataclasses.field(repr=False)
+    subject: str
+    groups: tuple[str, ...]
+    roles: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ApiKeySettings:
     header: str
     prefix: str
     keys_file: str
-    keys: tuple[apikey.ApiKeyEntry, ...] = ()  # read by the loader from keys_file
+    keys: tuple[ApiKeyEntry, ...] = ()  # read by the loader from keys_file
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -218,10 +235,7 @@ def _jwt(section: Mapping[str, Any]) -> JwtSettings:
         jwks_uri=jwks_uri,
         algorithms=tuple(algorithms),
         hmac_secret_file=hmac_secret_file,
-        subject_claim=str(claims.get("subject", "sub")),
-        email_claim=str(claims.get("email", "email")),
-        groups_claim=str(claims.get("groups", "groups")),
-        roles_claim=str(claims.get("roles", "roles")),
+        claims=ClaimMapping(**{key: str(value) for key, value in claims.items()}),
         sources=tuple(sources),
         leeway_seconds=float(leeway),
         refresh=refresh,

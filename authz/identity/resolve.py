@@ -96,8 +96,8 @@ class IdentityResolver:
                     return None
                 if not request.source_principal:
                     return identity  # the usual case: nothing to add
-                return self._complete(identity, request, scope)
-        return self._complete(None, request, scope)
+                return self.complete(identity, request, scope)
+        return self.complete(None, request, scope)
 
     async def resolve(
         self, request: request_model.HttpRequest, scope: frozenset[str] | None
@@ -110,7 +110,7 @@ class IdentityResolver:
         token = jwt.presented_token(verifiers, request)
         assert token is not None  # resolve_now() answers None only for a token not in the cache
         identity = await jwt.verify_token(token, verifiers, self.token_cache)
-        return self._complete(identity, request, scope)
+        return self.complete(identity, request, scope)
 
     def _token_verifiers(self, scope: frozenset[str] | None) -> list[jwt.JwtVerifier]:
         verifiers = self._scoped.get(scope)
@@ -118,13 +118,14 @@ class IdentityResolver:
             verifiers = self._scoped[scope] = [v for n, v in self._jwt.items() if scope is None or n in scope]
         return verifiers
 
-    def _complete(
+    def complete(
         self,
         identity: identity_model.Identity | None,
         request: request_model.HttpRequest,
         scope: frozenset[str] | None,
     ) -> identity_model.Identity:
-        """No token: try API keys, then the client certificate. Attach the mTLS principal."""
+        """The caller once its token (if any) is known: without one, try API keys, then the client
+        certificate; attach the mTLS principal. (``tollgate policy explain`` calls it with assumed claims.)"""
         principal = request.source_principal
         if principal and not identity_model.plain_value_fits(principal):
             # It reaches the upstream whole (x-tollgate-principal, and the subject of an mtls

@@ -136,6 +136,7 @@ class CompiledRule:
     checks: tuple[Check, ...]
     verdict: Verdict  # what a match decides (allow or deny, policy, rule): built once, returned as is
     methods: frozenset[str] | None = None  # None: any method; matched by the host's method index
+    labels: tuple[str, ...] = ()  # per check, the condition as written (``to.paths [/a, /b/*]``): for explain
 
     def matches(self, context: Context) -> bool:
         # A plain loop, not all(<generator>): this runs for every rule of every request.
@@ -162,6 +163,7 @@ class HostPolicies:
     default_verdict: Verdict  # default_allow or default_deny, naming the policy that set it
     enforced: bool  # False: only DryRun policies cover this host
     policies: tuple[str, ...]
+    rules: tuple[CompiledRule, ...]  # every rule, in policy order (for explain; decisions use the index)
     dry_run: HostPolicies | None  # the outcome if the DryRun policies were enforced too
     providers: frozenset[str] | None  # identity providers in scope (None: all)
 
@@ -189,7 +191,6 @@ class PolicyIndex:
         # Keyed by which wildcard entries matched, a set bounded by the configuration; the
         # attacker-controlled host name itself is never a key.
         self._merged: dict[tuple[str, ...], HostPolicies | None] = {}
-        self.policy_count = len(rules)
 
     def lookup(self, host: str) -> HostPolicies | None:
         found = self._exact.get(host)
@@ -279,6 +280,7 @@ def _combine(
         ),
         enforced=enforced,
         policies=tuple(str(p.ref) for p in policies),
+        rules=tuple(compiled),
         dry_run=None,
         providers=providers,
     )
@@ -316,48 +318,74 @@ def _conflicts(host: str, policies: list[model.AccessPolicy]) -> list[Conflict]:
 
 def _compile_rule(policy: str, rule: model.Rule) -> CompiledRule:
     """Turn one rule into a tuple of checks, cheapest first, so most non-matches exit early."""
-    checks: list[Check] = []
+    checks: list[tuple[str, Check]] = []
     methods = frozenset(rule.methods) if rule.methods and "*" not in rule.methods else None
     if rule.not_methods:
         not_methods = frozenset(rule.not_methods)
+        label = _label("to.notMethods", rule.not_methods)
         if "*" in not_methods:
-            checks.append(lambda c: False)  # every method is excluded: the rule never matches
+            checks.append((label, lambda c: False))  # every method is excluded: the rule never matches
         else:
-            checks.append(lambda c: c.method not in not_methods)
+            checks.append((label, lambda c: c.method not in not_methods))
     if rule.paths:
         paths = Patterns(rule.paths)
-        checks.append(lambda c: paths.match(c.path))
+        checks.append((_label("to.paths", rule.paths), lambda c: paths.match(c.path)))
     if rule.not_paths:
         not_paths = Patterns(rule.not_paths)
-        checks.append(lambda c: not not_paths.match(c.path))
+        checks.append((_label("to.notPaths", rule.not_paths), lambda c: not not_paths.match(c.path)))
     if rule.authenticated is not None:
         wanted = rule.authenticated
-        checks.append(lambda c: c.identity.authenticated is wanted)
+        label = f"from.authenticated {'true' if wanted else 'false'}"
+        checks.append((label, lambda c: c.identity.authenticated is wanted))
     if rule.subjects:
         subjects = Patterns(rule.subjects)
-        checks.append(lambda c: c.identity.authenticated and subjects.match(c.identity.subject))
+        label = _label("from.subjects", rule.subjects)
+        checks.append((label, lambda c: c.identity.authenticated and subjects.match(c.identity.subject)))
     if rule.groups:
         groups = Patterns(rule.groups)
-        checks.append(lambda c: groups.match_any(c.identity.groups))
+        checks.append((_label("from.groups", rule.groups), lambda c: groups.match_any(c.identity.groups)))
     if rule.roles:
         roles = Patterns(rule.roles)
-        checks.append(lambda c: roles.match_any(c.identity.roles))
+        checks.append((_label("from.roles", rule.roles), lambda c: roles.match_any(c.identity.roles)))
     if rule.principals:
         principals = Patterns(rule.principals)
-        checks.append(lambda c: bool(c.identity.principal) and principals.match(c.identity.principal))
+        label = _label("from.principals", rule.principals)
+        checks.append((label, lambda c: bool(c.identity.principal) and principals.match(c.identity.principal)))
     # An unparseable source address raises SourceUnreadable from c.source: the evaluator turns that
     # into a deny of its own (source_address_invalid), whether the rule allows or denies.
     if rule.ip_blocks:
         blocks = rule.ip_blocks
-        checks.append(lambda c: any(c.source in b for b in blocks))
+        label = _label("from.ipBlocks", [str(b) for b in blocks])
+        checks.append((label, lambda c: any(c.source in b for b in blocks)))
     if rule.not_ip_blocks:
         not_blocks = rule.not_ip_blocks
-        checks.append(lambda c: not any(c.source in b for b in not_blocks))
+        label = _label("from.notIpBlocks", [str(b) for b in not_blocks])
+        checks.append((label, lambda c: not any(c.source in b for b in not_blocks)))
     allow = rule.action is model.Action.ALLOW
-    for condition in rule.when:
-        checks.append(_compile_condition(condition, every_copy=allow))
+    for index, condition in enumerate(rule.when):
+        checks.append((_condition_label(index, condition), _compile_condition(condition, every_copy=allow)))
     verdict = Verdict(allowed=allow, reason="rule_allow" if allow else "rule_deny", policy=policy, rule=rule.name)
-    return CompiledRule(name=rule.name, checks=tuple(checks), verdict=verdict, methods=methods)
+    return CompiledRule(
+        name=rule.name,
+        checks=tuple(check for _, check in checks),
+        verdict=verdict,
+        methods=methods,
+        labels=tuple(label for label, _ in checks),
+    )
+
+
+def _label(field: str, values: Iterable[str]) -> str:
+    return f"{field} [{', '.join(values)}]"
+
+
+def _condition_label(index: int, condition: model.Condition) -> str:
+    subject = f"header {condition.header}" if condition.header is not None else f"claim {condition.claim}"
+    parts = [f"when[{index}] {subject}"]
+    if condition.values:
+        parts.append(_label("values", condition.values))
+    if condition.not_values:
+        parts.append(_label("notValues", condition.not_values))
+    return " ".join(parts)
 
 
 def _compile_condition(condition: model.Condition, *, every_copy: bool) -> Check:

@@ -27,7 +27,7 @@ from authz import request as request_model
 from authz.policy import compile as compiled
 from authz.policy.verdict import DryRunVerdict, Verdict
 
-__all__ = ["DryRunVerdict", "Verdict", "evaluate"]
+__all__ = ["DryRunVerdict", "RuleTrace", "Verdict", "evaluate", "explain"]
 
 
 _NO_POLICY_ALLOW = Verdict(allowed=True, reason="no_policy")
@@ -97,3 +97,41 @@ def _decide(host: compiled.HostPolicies, context: compiled.Context) -> Verdict:
         assert rule is not None  # only a rule's check reads the source
         return Verdict(allowed=False, reason="source_address_invalid", policy=rule.verdict.policy, rule=rule.name)
     return host.default_verdict
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RuleTrace:
+    """One rule as ``tollgate policy explain`` shows it: what it would do, and why it did not
+    match (``unmet`` lists each condition the request does not meet; empty: the rule matches)."""
+
+    policy: str
+    rule: str
+    action: str  # "Allow" | "Deny"
+    dry_run: bool  # from a DryRun policy: reported, never obeyed
+    unmet: tuple[str, ...]
+
+
+def explain(host: compiled.HostPolicies | None, context: compiled.Context) -> tuple[RuleTrace, ...]:
+    """Every rule that covers the request's host, in policy order, with the conditions it does not
+    meet under ``context``'s reading. Read-only: the decision itself is :func:`evaluate`'s."""
+    if host is None:
+        return ()
+    enforced = host.rules if host.enforced else ()
+    traces = [_trace(rule, context, dry_run=False) for rule in enforced]
+    if host.dry_run is not None:
+        traces.extend(_trace(rule, context, dry_run=True) for rule in host.dry_run.rules if rule not in enforced)
+    return tuple(traces)
+
+
+def _trace(rule: compiled.CompiledRule, context: compiled.Context, *, dry_run: bool) -> RuleTrace:
+    unmet = []
+    if rule.methods is not None and context.method not in rule.methods:
+        unmet.append(f"to.methods [{', '.join(sorted(rule.methods))}]: the method is {context.method}")
+    for label, check in zip(rule.labels, rule.checks, strict=True):
+        try:
+            if not check(context):
+                unmet.append(label)
+        except compiled.SourceUnreadable:
+            unmet.append(f"{label}: the source address {context.request.source_ip!r} is not one address")
+    verdict = rule.verdict
+    return RuleTrace(verdict.policy, rule.name, "Allow" if verdict.allowed else "Deny", dry_run, tuple(unmet))

@@ -54,7 +54,7 @@ async def _write_session(directory: pathlib.Path, keys: pathlib.Path, count: int
     await audit.start()
     for index in range(count):
         path = "/public" if index % 3 else f"/private/{index}"
-        result = await decision.decide(
+        result = await decision.decide_check(
             checks.check_request(host="app.test", path=path, request_id=f"r{index}", source_ip="203.0.113.7"),
             snapshot,
             Known(),

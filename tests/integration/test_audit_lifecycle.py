@@ -53,7 +53,9 @@ async def _run(
     audit = recorder.AuditRecorder(log, pseudonym.load_keys(keys / "pseudonyms.yaml"))
     await audit.start()
     for index in range(count):
-        result = await decision.decide(checks.check_request(host="app.test", path=f"/{index}"), snapshot, Anonymous())
+        result = await decision.decide_check(
+            checks.check_request(host="app.test", path=f"/{index}"), snapshot, Anonymous()
+        )
         await audit.record(result)
         if index % 10 == 0:
             await asyncio.sleep(0.01)
@@ -128,7 +130,9 @@ async def _sync_recorder(
     await audit.start()
 
     async def one(index: int) -> bool:
-        item = await decision.decide(checks.check_request(host="app.test", path=f"/{index}"), snapshot, Anonymous())
+        item = await decision.decide_check(
+            checks.check_request(host="app.test", path=f"/{index}"), snapshot, Anonymous()
+        )
         return await audit.record(item)
 
     return audit, one

@@ -23,7 +23,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from authz import decision, loader, server
+from authz import configuration, decision, loader, response, server
 from authz.dev import checks
 
 POLICY = """
@@ -60,7 +60,7 @@ async def _start(tmp_path: pathlib.Path, **tls: Any) -> Running:
     config.write_text(POLICY)
     runtime = server.Runtime(loader.load(config), default_allow=False)
     runtime.recorder = ListRecorder()
-    settings = server.ServerSettings(config=config, listen="127.0.0.1:0", **tls)
+    settings = configuration.ServerSettings(config=config, listen="127.0.0.1:0", **tls)
     grpc_server, _, port = await server.start(settings, runtime)
     return Running(grpc_server, port, runtime)
 
@@ -158,6 +158,32 @@ async def test_internal_fault_fails_closed_with_distinct_reason(running: Running
         "request_id": "req-1",
     }
     assert b"bug" not in reply.SerializeToString()  # no internals leak
+
+
+@pytest.mark.parametrize("durable", [False, True])
+async def test_an_answer_that_cannot_be_built_is_a_deny_and_recorded_as_one(
+    running: Running, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    # A fault that cannot be caused through the data path (the identity stage refuses every value
+    # the answer builder would refuse), so it is injected: building the allow answer raises.
+    real_encode = response.encode
+
+    def encode(item: decision.Decision) -> bytes:
+        if item.allowed:
+            raise ValueError("cannot encode")
+        return real_encode(item)
+
+    monkeypatch.setattr(response, "encode", encode)
+    recorder = running.runtime.recorder
+    assert isinstance(recorder, ListRecorder)
+    recorder.durable = durable
+    reply = await _check(running.port, checks.check_request(host="site.test", path="/public"))
+    assert not reply.HasField("ok_response")
+    assert reply.denied_response.status.code == 500
+    assert json.loads(reply.denied_response.body)["reason"] == "authz_error"
+    [record] = recorder.decisions  # what Envoy received, not the allow that was decided
+    assert (record.allowed, record.status, record.reason) == (False, 500, "authz_error")
+    assert record.message == "the answer could not be built (ValueError); the decision was allow rule_allow"
 
 
 async def test_one_record_per_check_whatever_happens(running: Running) -> None:

@@ -52,7 +52,7 @@ def test_strict_mode_refuses_what_upstreams_decode_differently(hardening, path: 
 async def test_lenient_mode_decodes_once(hardening, path: str, strict: bool, outcome: tuple[int, str]) -> None:
     # The running server's configuration (allow.test allows /public and /public/*), decided in-process.
     snapshot = loader.load(hardening.tollgate.config)
-    result = await decision.decide(
+    result = await decision.decide_check(
         checks.check_request(host="allow.test", path=path), snapshot, resolve.IdentityResolver(), strict_paths=strict
     )
     assert (result.status, result.reason) == outcome

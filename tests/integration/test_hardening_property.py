@@ -101,7 +101,7 @@ def judge(hardening, tmp_path_factory: pytest.TempPathFactory):
 
     def decide(method: str, host: str, path: str, headers: dict[str, str]) -> decision.Decision:
         message = checks.check_request(method=method, host=host, path=path, headers=headers)
-        return loop.run_until_complete(decision.decide(message, snapshot, resolver))
+        return loop.run_until_complete(decision.decide_check(message, snapshot, resolver))
 
     yield decide
     loop.run_until_complete(resolver.close())

@@ -50,7 +50,7 @@ async def test_provider_scope(tmp_path: pathlib.Path) -> None:
 
         async def outcome(host: str, token: str) -> tuple[int, str]:
             request = checks.check_request(host=host, headers={"authorization": f"Bearer {token}"})
-            result = await decision.decide(request, snapshot, resolver)
+            result = await decision.decide_check(request, snapshot, resolver)
             return result.status, result.reason
 
         assert await outcome("internal.test", corp.token("alice")) == (200, "rule_allow")

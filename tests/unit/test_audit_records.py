@@ -55,7 +55,7 @@ def test_every_record_kind_is_written_canonically(tmp_path: pathlib.Path) -> Non
             audit = recorder.AuditRecorder(log, keys, queue_size=2)
             await audit.start()
             for method in ("GET", "POST", "DELETE") * 3:
-                result = await decision.decide(
+                result = await decision.decide_check(
                     checks.check_request(method=method, host="a.test", path="/p?x=1&y=2"), snapshot, Alice()
                 )
                 await audit.record(result)  # the tiny queue overflows: loss records too

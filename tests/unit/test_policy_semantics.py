@@ -1,4 +1,4 @@
-"""Table-driven semantics of AccessPolicy, through the real decision pipeline (decide()).
+"""Table-driven semantics of AccessPolicy, through the real decision pipeline (decide_check()).
 
 Each row is one request against one fixed policy set; the table covers every semantic in
 docs/policy.md: matching of to/from/when and their not-variants, Deny-before-Allow across policies,
@@ -310,7 +310,7 @@ async def test_decision(
     status: int,
 ) -> None:
     request = checks.check_request(method=method, host=host, path=path, source_ip=source_ip, headers=headers)
-    result = await decision.decide(request, snapshot, StaticIdentity(identity))
+    result = await decision.decide_check(request, snapshot, StaticIdentity(identity))
     assert (result.allowed, result.reason, f"{result.policy}#{result.rule}", result.status) == (
         allowed,
         reason,
@@ -320,16 +320,20 @@ async def test_decision(
 
 
 async def test_dry_run_reports_would_be_decision(snapshot: loader.Snapshot) -> None:
-    only_dry = await decision.decide(checks.check_request(host="h.test", path="/nope"), snapshot, StaticIdentity(ANON))
+    only_dry = await decision.decide_check(
+        checks.check_request(host="h.test", path="/nope"), snapshot, StaticIdentity(ANON)
+    )
     assert only_dry.allowed and only_dry.dry_run is not None
     assert (only_dry.dry_run.allowed, only_dry.dry_run.reason, only_dry.dry_run.policy) == (
         False,
         "default_deny",
         "t/h-dry",
     )
-    ok = await decision.decide(checks.check_request(host="h.test", path="/ok"), snapshot, StaticIdentity(ANON))
+    ok = await decision.decide_check(checks.check_request(host="h.test", path="/ok"), snapshot, StaticIdentity(ANON))
     assert ok.dry_run is not None and (ok.dry_run.allowed, ok.dry_run.rule) == (True, "ok")
-    beta = await decision.decide(checks.check_request(host="i.test", path="/beta"), snapshot, StaticIdentity(ALICE))
+    beta = await decision.decide_check(
+        checks.check_request(host="i.test", path="/beta"), snapshot, StaticIdentity(ALICE)
+    )
     assert beta.allowed and beta.dry_run is not None
     assert (beta.dry_run.allowed, beta.dry_run.reason, beta.dry_run.policy, beta.dry_run.rule) == (
         False,
@@ -337,13 +341,13 @@ async def test_dry_run_reports_would_be_decision(snapshot: loader.Snapshot) -> N
         "t/i-dry",
         "deny-beta",
     )
-    live_only = await decision.decide(checks.check_request(host="f.test"), snapshot, StaticIdentity(ANON))
+    live_only = await decision.decide_check(checks.check_request(host="f.test"), snapshot, StaticIdentity(ANON))
     assert live_only.dry_run is None
 
 
 async def test_server_default_allow(snapshot: loader.Snapshot) -> None:
-    result = await decision.decide(
-        checks.check_request(host="nobody.test"), snapshot, StaticIdentity(ANON), server_default_allow=True
+    result = await decision.decide_check(
+        checks.check_request(host="nobody.test"), snapshot, StaticIdentity(ANON), default_allow=True
     )
     assert (result.allowed, result.reason, result.status) == (True, "no_policy", 200)
 

@@ -126,7 +126,7 @@ def test_check_reports_conflicts_and_succeeds(tmp_path: pathlib.Path, capsys: py
     assert cli.main(["policy", "check", str(path)]) == 0
     out = capsys.readouterr().out
     assert "warning: a.test: policies disagree on defaultAction" in out
-    assert "ok: 2 AccessPolicy" in out
+    assert f"ok: {path}: 2 AccessPolicy" in out
 
 
 def test_missing_path(capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2
 
-from authz import decision, request, response
+from authz import decision, ids, request, response
 from authz.identity import model
 from authz.policy import verdict
 
@@ -27,7 +27,7 @@ REQUEST = request.HttpRequest("GET", "a.test", "/", request_id="rid-1")
 
 
 def _decision(**fields: object) -> decision.Decision:
-    base: dict[str, object] = {"decision_id": decision.new_id(), "revision": "r1", "request": REQUEST}
+    base: dict[str, object] = {"decision_id": ids.new_id(), "revision": "r1", "request": REQUEST}
     return decision.Decision(**{**base, **fields})  # type: ignore[arg-type]
 
 
@@ -105,16 +105,16 @@ def test_an_identity_carrying_the_placeholder_gets_a_correct_answer() -> None:
 
 def test_decision_ids_are_unique_time_ordered_uuid7s() -> None:
     before = time.time_ns() // 1_000_000
-    ids = [decision.new_id() for _ in range(50_000)]
+    made = [ids.new_id() for _ in range(50_000)]
     after = time.time_ns() // 1_000_000
-    assert len(set(ids)) == len(ids)
-    for text in ids[::997]:
+    assert len(set(made)) == len(made)
+    for text in made[::997]:
         value = uuid.UUID(text)
         assert str(value) == text
         assert (value.version, value.variant) == (7, uuid.RFC_4122)
         assert before <= value.int >> 80 <= after
-    assert ids == sorted(ids)  # time first, then the counter: ordered within a millisecond too
-    counters = [uuid.UUID(text).int & (2**48 - 1) for text in ids]
+    assert made == sorted(made)  # time first, then the counter: ordered within a millisecond too
+    counters = [uuid.UUID(text).int & (2**48 - 1) for text in made]
     # Consecutive ids count up by one, also where the cached high part of the counter rolls over.
     assert all((b - a) % 2**48 == 1 for a, b in itertools.pairwise(counters))
 

@@ -25,13 +25,15 @@ import tqdm
 
 from authz.audit import note, proof, pseudonym, query
 from authz.audit import verify as audit_verify
+from authz.cli import common
 from authz.errors import ConfigError
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser"]
 
 
 def add_parser(commands: Any) -> None:
     audit = commands.add_parser("audit", help="the audit trail: verify, prove, search, export")
+    audit.set_defaults(run=_run)
     sub = audit.add_subparsers(dest="audit_command", required=True)
 
     keygen = sub.add_parser("keygen", help="create the checkpoint signing key and its verifier key")
@@ -39,38 +41,39 @@ def add_parser(commands: Any) -> None:
     keygen.add_argument("--out", required=True, help="directory for signing.key and verifier.key")
 
     pkey = sub.add_parser("pseudonym-key", help="create, or rotate in a new current key of, a pseudonym key file")
-    pkey.add_argument("--file", required=True)
-    pkey.add_argument("--id", required=True)
+    pkey.add_argument("--file", required=True, help="the pseudonym key file (created if absent)")
+    pkey.add_argument("--id", required=True, help="the new current key's id")
 
     verify = sub.add_parser("verify", help="verify a log directory offline with a pinned key")
-    verify.add_argument("directory")
+    verify.add_argument("directory", help="the audit log directory (--audit-dir)")
     verify.add_argument("--key", required=True, help="verifier key file (or the key itself)")
     verify.add_argument("--trusted", help="a signed checkpoint kept elsewhere: the log must still contain it")
     verify.add_argument("--progress", action="store_true", help="show a progress bar (default: on a terminal)")
 
     prove = sub.add_parser("prove", help="export one record with its inclusion proof")
-    prove.add_argument("directory")
+    prove.add_argument("directory", help="the audit log directory (--audit-dir)")
     prove.add_argument("--record", required=True, help="record id (the decision id)")
     prove.add_argument("--out", help="file to write (default: standard output)")
 
     check = sub.add_parser("verify-proof", help="check a proof file with nothing but the verifier key")
-    check.add_argument("file")
-    check.add_argument("--key", required=True)
+    check.add_argument("file", help="a proof file from tollgate audit prove")
+    check.add_argument("--key", required=True, help="verifier key file (or the key itself)")
 
     for name, help_text in (("query", "search and export records"), ("report", "summarize denials and failures")):
         command = sub.add_parser(name, help=help_text)
-        command.add_argument("directory")
+        command.add_argument("directory", help="the audit log directory (--audit-dir)")
         command.add_argument("--since", help="RFC 3339 time, epoch ms, or an age like 15m, 2h, 7d")
-        command.add_argument("--until")
+        command.add_argument("--until", help="as --since: records before this time")
         command.add_argument("--subject", help="a subject (with --pseudonym-keys) or its pseudonym")
-        command.add_argument("--pseudonym-keys", help="the pseudonym key file, to search by real subject")
-        command.add_argument("--decision", choices=["allow", "deny", "error"])
-        command.add_argument("--host")
-        command.add_argument("--path-prefix")
-        command.add_argument("--reason")
-        command.add_argument("--progress", action="store_true")
+        command.add_argument("--email", help="an e-mail address (with --pseudonym-keys) or its pseudonym")
+        command.add_argument("--pseudonym-keys", help="the pseudonym key file, to search by real subject or e-mail")
+        command.add_argument("--decision", choices=["allow", "deny", "error"], help="the outcome")
+        command.add_argument("--host", help="the request's host, exactly")
+        command.add_argument("--path-prefix", help="the request's canonical path starts with this")
+        command.add_argument("--reason", help="the reason code, exactly (e.g. token_expired)")
+        command.add_argument("--progress", action="store_true", help="show a progress bar (default: on a terminal)")
         if name == "query":
-            command.add_argument("--format", choices=["table", "json", "csv"], default="table")
+            command.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
             command.add_argument("--out", help="file to write (default: standard output)")
         else:
             command.add_argument("--threshold", type=int, default=5, help="failed authentications that make a burst")
@@ -78,8 +81,7 @@ def add_parser(commands: Any) -> None:
 
 
 def _fail(message: str, code: int = 2) -> int:
-    print(f"tollgate audit: {message}", file=sys.stderr)
-    return code
+    return common.fail(f"audit: {message}", code)
 
 
 def _verifier(value: str) -> note.Verifier:
@@ -101,7 +103,7 @@ def _progress(enabled: bool, total: int, label: str) -> Iterator[Callable[[int],
         yield advance
 
 
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     command = args.audit_command
     try:
         if command == "keygen":
@@ -198,6 +200,12 @@ def _query(args: argparse.Namespace) -> int:
     except ValueError as error:
         return _fail(f"--since/--until: {error}")
     keys = pseudonym.load_keys(pathlib.Path(args.pseudonym_keys)) if args.pseudonym_keys else None
+    searched: dict[str, frozenset[str]] = {}
+    for flag, value in (("--subject", args.subject), ("--email", args.email)):
+        try:
+            searched[flag] = query.subject_pseudonyms(value, keys) if value else frozenset()
+        except ValueError as error:
+            return _fail(f"{flag} {value!r} {error}")
     filters = query.Filters(
         since_ms=since,
         until_ms=until,
@@ -205,7 +213,8 @@ def _query(args: argparse.Namespace) -> int:
         host=args.host,
         path_prefix=args.path_prefix,
         reason=args.reason,
-        subjects=query.subject_pseudonyms(args.subject, keys) if args.subject else frozenset(),
+        subjects=searched["--subject"],
+        emails=searched["--email"],
     )
     total = sum(p.stat().st_size for p in query.segments(directory))
     with _progress(args.progress, total, "reading") as progress:

@@ -14,35 +14,37 @@ import sys
 import threading
 from typing import Any
 
+from authz import configuration
 from authz.dev import idp
 
-__all__ = ["add_parser", "run"]
+__all__ = ["add_parser"]
 
 _DEFAULT_STATE = ".tollgate-dev"
 
 
 def add_parser(commands: Any) -> None:
     dev = commands.add_parser("dev", help="development-only tools (never use in production)")
+    dev.set_defaults(run=_run)
     sub = dev.add_subparsers(dest="dev_command", required=True)
     token = sub.add_parser("token", help="print a development-only signed token")
     token.add_argument("--state", default=_DEFAULT_STATE, help="the dev identity provider's state directory")
-    token.add_argument("--sub", required=True)
+    token.add_argument("--sub", required=True, help="the subject claim")
     token.add_argument("--groups", default="", help="comma-separated")
     token.add_argument("--roles", default="", help="comma-separated")
-    token.add_argument("--email", default="")
+    token.add_argument("--email", default="", help="the email claim")
     token.add_argument("--mfa", action="store_true", help="amr includes mfa")
-    token.add_argument("--audience", default="tollgate-demo")
+    token.add_argument("--audience", default="tollgate-demo", help="the aud claim")
     token.add_argument("--lifetime", type=int, default=3600, help="seconds")
-    idp = sub.add_parser("idp", help="serve a development-only OIDC discovery + JWKS endpoint")
-    idp.add_argument("--state", default=_DEFAULT_STATE)
-    idp.add_argument("--listen", default="127.0.0.1:9400")
+    serve = sub.add_parser("idp", help="serve a development-only OIDC discovery + JWKS endpoint")
+    serve.add_argument("--state", default=_DEFAULT_STATE, help="where its keys are kept")
+    serve.add_argument("--listen", default="127.0.0.1:9400", metavar="HOST:PORT", help="where it serves")
 
 
 def _split(text: str) -> list[str]:
     return [item for item in text.split(",") if item]
 
 
-def run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     state_dir = pathlib.Path(args.state)
     if args.dev_command == "token":
         if not (state_dir / "idp.json").exists():
@@ -69,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    try:
+        configuration.listen_address(args.listen)
+    except ValueError as error:
+        raise configuration.UsageError(f"--listen {args.listen!r}: {error}") from None
     host, _, port = args.listen.rpartition(":")
     provider = idp.DevIdentityProvider(state_dir, host=host or "127.0.0.1", port=int(port)).start()
     print(f"DEVELOPMENT ONLY identity provider: issuer {provider.issuer}, keys in {state_dir}", flush=True)

@@ -1,0 +1,46 @@
+"""What every ``tollgate`` command shares: the argument parser's manners and the error line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import sys
+from typing import Any, NoReturn
+
+__all__ = ["Parser", "fail", "version"]
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("tollgate")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def fail(message: str, code: int = 2) -> int:
+    """Print ``tollgate: message`` on standard error; return ``code`` (2: usage, 1: "no")."""
+    print(f"tollgate: {message}", file=sys.stderr)
+    return code
+
+
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        shown = default not in (None, False, [], argparse.SUPPRESS) and action.option_strings
+        if shown and "(default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors (exit 2) and defaults in the help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")

@@ -1,0 +1,118 @@
+"""``tollgate serve``: read the settings (flags, then ``TOLLGATE_*``), load the configuration, run.
+
+Every setting is declared in :mod:`authz.configuration`; this module only wires them to the
+server (:mod:`authz.server`), the audit recorder and tracing. Whatever stops a start — a bad
+setting, an invalid configuration, a key file that cannot be read, an address in use — is one
+line on standard error and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import pathlib
+import socket
+from typing import Any
+
+from authz import configuration, loader, server, telemetry
+from authz.audit import log as audit_log
+from authz.audit import note, pseudonym, recorder
+from authz.cli import common
+from authz.errors import ConfigError
+
+__all__ = ["add_parser", "check_listen", "make_recorder"]
+
+
+def add_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="run the ext_authz gRPC server",
+        description="Run the ext_authz gRPC server. Each flag can also be set by the environment "
+        "variable shown; a flag given on the command line wins.",
+    )
+    configuration.add_arguments(serve, configuration.ServerSettings)
+    configuration.add_arguments(serve.add_argument_group("audit trail (docs/audit.md)"), configuration.AuditSettings)
+    serve.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = configuration.from_arguments(configuration.ServerSettings, args)
+    audit_settings = configuration.from_arguments(configuration.AuditSettings, args)
+    settings.check()
+    audit_settings.check()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        snapshot = loader.load(settings.config_path)
+        tracing = telemetry.Tracing.from_environment()
+        audit_recorder = make_recorder(audit_settings)
+    except ConfigError as error:
+        return common.fail(f"invalid configuration, not starting:\n{error}", 2)
+    except telemetry.TracingUnavailable as error:
+        return common.fail(str(error), 2)
+    check_listen(settings.listen)
+
+    async def serve() -> None:
+        runtime = server.Runtime(snapshot, default_allow=settings.default_allow, strict_paths=settings.strict_paths)
+        runtime.tracing = tracing
+        if audit_recorder is not None:
+            await audit_recorder.start()
+            runtime.recorder = audit_recorder
+        await server.serve(settings, runtime)
+
+    try:
+        asyncio.run(serve())
+    except server.ListenError as error:
+        return common.fail(f"--listen {settings.listen}: {error}", 2)
+    except OSError as error:
+        return common.fail(f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}", 2)
+    return 0
+
+
+def check_listen(address: str) -> None:
+    """:class:`~authz.configuration.UsageError` if ``address`` cannot be bound now (in use, not
+    this machine's), with the reason gRPC would only write to its own log."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise configuration.UsageError(f"--listen {address}: cannot resolve {host!r} ({error.strerror})") from None
+    for family, kind, protocol, _, where in found:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as error:
+                reason = "address already in use" if error.errno == errno.EADDRINUSE else error.strerror
+                raise configuration.UsageError(f"--listen {address}: {reason}") from None
+
+
+def make_recorder(settings: configuration.AuditSettings) -> recorder.AuditRecorder | None:
+    """The audit recorder the settings describe (None when the audit trail is off); a key file
+    that cannot be used is a :class:`~authz.errors.ConfigError` naming it."""
+    if settings.dir is None:
+        logging.getLogger("authz.audit").warning("audit trail disabled (no --audit-dir): decisions are not recorded")
+        return None
+    assert settings.signing_key is not None and settings.pseudonym_keys is not None  # settings.check()
+    try:
+        signer = note.Signer.from_skey(settings.signing_key.read_text())
+    except (OSError, UnicodeDecodeError, note.NoteError) as error:
+        raise ConfigError(f"cannot use the signing key: {error}", file=str(settings.signing_key)) from error
+    pseudonyms = pseudonym.load_keys(pathlib.Path(settings.pseudonym_keys))
+    log_settings = audit_log.LogSettings(
+        segment_max_bytes=settings.segment_max_bytes,
+        segment_max_seconds=settings.segment_max_seconds,
+        checkpoint_every=settings.checkpoint_every,
+        checkpoint_seconds=settings.checkpoint_seconds,
+        retain_segments=settings.retain_segments,
+        archive_dir=settings.archive_dir,
+    )
+    log = audit_log.AuditLog(settings.dir, signer, instance=settings.instance_name, settings=log_settings)
+    audit = recorder.AuditRecorder(log, pseudonyms, mode=settings.mode, queue_size=settings.queue_size)
+    if settings.otel_logs:
+        from authz.audit import otel_export  # noqa: PLC0415 - the logs SDK loads only when asked for
+
+        audit.exporter = otel_export.LogExport()
+    return audit
