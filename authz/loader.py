@@ -68,8 +68,10 @@ def config_files(path: pathlib.Path) -> list[pathlib.Path]:
     return [path]
 
 
-def read_documents(path: pathlib.Path) -> tuple[list[Document], str]:
-    """Parse every document under ``path``; return them with a revision hash of the raw bytes."""
+def read_documents(path: pathlib.Path) -> tuple[list[Document], str, list[ConfigError]]:
+    """Parse every document under ``path``: the documents, a revision hash of the raw bytes, and
+    the errors of the files that could not be read (the others' documents are still returned, so
+    one broken file does not hide the problems of the rest)."""
     if not path.exists():
         raise ConfigErrors([ConfigError("no such file or directory", file=str(path))])
     digest = hashlib.sha256()
@@ -102,13 +104,14 @@ def read_documents(path: pathlib.Path) -> tuple[list[Document], str]:
                 )
                 continue
             documents.append(Document(str(file), position, body))
-    if errors:
-        raise ConfigErrors(errors)
-    return documents, digest.hexdigest()[:12]
+    return documents, digest.hexdigest()[:12], errors
 
 
-def build_snapshot(documents: Iterable[Document], revision: str) -> Snapshot:
-    """Validate and compile documents; raise :class:`ConfigErrors` listing every problem."""
+def build_snapshot(documents: Iterable[Document], revision: str, *, complete: bool = True) -> Snapshot:
+    """Validate and compile documents; raise :class:`ConfigErrors` listing every problem.
+
+    ``complete``: these are all the documents (False when some file could not be read: then a
+    provider a policy names may be in that file, and is not reported missing)."""
     policies: list[model.AccessPolicy] = []
     providers: list[identity_providers.ProviderSpec] = []
     errors: list[ConfigError] = []
@@ -132,10 +135,12 @@ def build_snapshot(documents: Iterable[Document], revision: str) -> Snapshot:
             else:
                 spec = identity_providers.parse_provider(document.body, source=source)
                 providers.append(_read_provider_files(spec, pathlib.Path(document.file).parent))
+        except ConfigErrors as found:
+            errors.extend(error.located(file=document.file, document=document.label) for error in found.errors)
         except ConfigError as error:
             errors.append(error.located(file=document.file, document=document.label))
     known = {p.name for p in providers}
-    for policy in policies:
+    for policy in policies if complete else ():
         for item, name in enumerate(policy.providers or ()):
             if name not in known:
                 file, _, position = policy.ref.source.rpartition("#")
@@ -194,8 +199,16 @@ def _referenced_files(spec: identity_providers.ProviderSpec) -> list[str]:
 
 
 def load(path: pathlib.Path) -> Snapshot:
-    documents, revision = read_documents(path)
-    return build_snapshot(documents, revision)
+    """The snapshot of the configuration at ``path``, or :class:`ConfigErrors` with every problem
+    of every file (each naming file, document and field)."""
+    documents, revision, errors = read_documents(path)
+    try:
+        snapshot = build_snapshot(documents, revision, complete=not errors)
+    except ConfigErrors as found:
+        raise ConfigErrors(errors + found.errors) from None
+    if errors:
+        raise ConfigErrors(errors)
+    return snapshot
 
 
 def _check_header(body: Mapping[str, Any]) -> str:

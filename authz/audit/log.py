@@ -1,10 +1,4 @@
-"""The append-only audit log of one server instance and boot session.
-
-Layout::
-
-    <dir>/<instance>/<session>/segment-00000001.jsonl   records, one canonical JSON line each
-                              /segment-00000002.jsonl   (rotated by size or age)
-                              /checkpoints.jsonl        signed checkpoints, one per line
+"""The append-only audit log of one server instance and boot session (files: :mod:`authz.audit.layout`).
 
 Every line is a leaf of an RFC 6962 Merkle tree (leaf index = ``seq``) and carries the SHA-256 of
 the line before it (``prev``): editing, removing, reordering or re-serializing any record breaks
@@ -31,16 +25,9 @@ import time
 from typing import IO, Any
 
 from authz import ids
-from authz.audit import merkle, note, record
+from authz.audit import layout, merkle, note, record
 
-__all__ = ["AuditLog", "LogSettings", "origin_for"]
-
-SEGMENT_GLOB = "segment-*.jsonl"
-CHECKPOINTS = "checkpoints.jsonl"
-
-
-def origin_for(instance: str, session: str) -> str:
-    return f"tollgate.dev/audit/{instance}/{session}"
+__all__ = ["AuditLog", "LogSettings"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,7 +53,7 @@ class AuditLog:
         self.signer = signer
         self.settings = settings
         self.session = ids.new_id()
-        self.origin = origin_for(instance, self.session)
+        self.origin = layout.origin_for(instance, self.session)
         self.session_dir = directory / instance / self.session
         self.tree = merkle.CompactRange()
         self.size = 0
@@ -84,7 +71,7 @@ class AuditLog:
     def open(self) -> None:
         previous = self._previous_checkpoint()
         self.session_dir.mkdir(parents=True, exist_ok=False)
-        self._checkpoints = open(self.session_dir / CHECKPOINTS, "ab")  # noqa: SIM115 - owned until close()
+        self._checkpoints = open(self.session_dir / layout.CHECKPOINTS, "ab")  # noqa: SIM115 - owned until close()
         self._open_segment(first=True)
         now = _now_ms()
         self.append(
@@ -173,7 +160,7 @@ class AuditLog:
 
     def _open_segment(self, *, first: bool) -> None:
         self._segment_number += 1
-        path = self.session_dir / f"segment-{self._segment_number:08d}.jsonl"
+        path = layout.segment_path(self.session_dir, self._segment_number)
         self._segment = open(path, "ab")  # noqa: SIM115 - owned until rotation or close()
         self._segment_bytes = 0
         self._segment_started = time.monotonic()
@@ -194,17 +181,12 @@ class AuditLog:
     # -- sessions and retention ------------------------------------------------------------
     def _previous_checkpoint(self) -> dict[str, Any] | None:
         """The last checkpoint of this instance's most recent earlier session, if any."""
-        instance_dir = self.directory / self.instance
-        if not instance_dir.is_dir():
-            return None
-        for session_dir in sorted((p for p in instance_dir.iterdir() if p.is_dir()), reverse=True):
-            path = session_dir / CHECKPOINTS
-            lines = path.read_bytes().splitlines() if path.exists() else []
-            for line in reversed(lines):
+        earlier = dict(layout.sessions(self.directory)).get(self.instance, [])
+        for session_dir in reversed(earlier):
+            for entry in reversed(list(layout.checkpoint_entries(session_dir))):
                 try:
-                    entry = json.loads(line)
                     checkpoint = note.parse_checkpoint(entry["note"].split("\n\n")[0] + "\n")
-                except (ValueError, KeyError, note.NoteError):
+                except (KeyError, AttributeError, note.NoteError):
                     continue  # a torn last line after a crash: the one before it is the last good one
                 return {
                     "origin": checkpoint.origin,
@@ -218,9 +200,8 @@ class AuditLog:
         keep = self.settings.retain_segments
         if keep <= 0:
             return []
-        instance_dir = self.directory / self.instance
-        segments = sorted(instance_dir.glob(f"*/{SEGMENT_GLOB}"))
-        current = self.session_dir / f"segment-{self._segment_number:08d}.jsonl"
+        segments = layout.instance_segments(self.directory, self.instance)
+        current = layout.segment_path(self.session_dir, self._segment_number)
         removed = []
         for path in segments[: max(0, len(segments) - keep)]:
             if path == current:

@@ -12,9 +12,7 @@ import json
 import pathlib
 from typing import Any
 
-from authz.audit import log as audit_log
-from authz.audit import merkle, note, record
-from authz.audit import verify as audit_verify
+from authz.audit import layout, merkle, note, record
 
 __all__ = ["ProofError", "check_proof", "make_proof"]
 
@@ -25,9 +23,9 @@ class ProofError(Exception):
 
 def _find(directory: pathlib.Path, record_id: str) -> tuple[pathlib.Path, int]:
     needle = f'"id":"{record_id}"'.encode()
-    for _, sessions in audit_verify.sessions_of(directory):
+    for _, sessions in layout.sessions(directory):
         for session_dir in sessions:
-            for segment in sorted(session_dir.glob(audit_log.SEGMENT_GLOB)):
+            for segment in layout.session_segments(session_dir):
                 for line in segment.read_bytes().splitlines():
                     if needle in line:
                         return session_dir, int(json.loads(line)["seq"])
@@ -38,14 +36,14 @@ def make_proof(directory: pathlib.Path, record_id: str) -> dict[str, Any]:
     session_dir, index = _find(directory, record_id)
     leaves: list[bytes] = []
     target = b""
-    for segment in sorted(session_dir.glob(audit_log.SEGMENT_GLOB)):
+    for segment in layout.session_segments(session_dir):
         for line in segment.read_bytes().split(b"\n")[:-1]:
             if len(leaves) == 0 and json.loads(line)["seq"] != 0:
                 raise ProofError("the record's session was partly removed by retention; a proof needs all of it")
             if len(leaves) == index:
                 target = line + b"\n"
             leaves.append(merkle.leaf_hash(line + b"\n"))
-    entries = [json.loads(line) for line in (session_dir / audit_log.CHECKPOINTS).read_bytes().splitlines() if line]
+    entries = list(layout.checkpoint_entries(session_dir))
     covering = [e for e in entries if index < e["size"] <= len(leaves)]
     if not covering:
         raise ProofError("no signed checkpoint covers this record yet; try again after the next checkpoint")

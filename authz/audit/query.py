@@ -22,9 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TextIO
 
-from authz.audit import log as audit_log
-from authz.audit import pseudonym
-from authz.audit import verify as audit_verify
+from authz.audit import layout, pseudonym
 
 __all__ = ["Filters", "iter_records", "parse_time", "report", "write"]
 
@@ -108,15 +106,6 @@ def subject_pseudonyms(subject: str, keys: pseudonym.Pseudonymizer | None) -> fr
     return frozenset(keys.with_key(key_id, subject) for key_id in keys.keys)
 
 
-def segments(directory: pathlib.Path) -> list[pathlib.Path]:
-    return [
-        segment
-        for _, sessions in audit_verify.sessions_of(directory)
-        for session in sessions
-        for segment in sorted(session.glob(audit_log.SEGMENT_GLOB))
-    ]
-
-
 def _last_time_ms(segment: pathlib.Path) -> int:
     with segment.open("rb") as handle:
         handle.seek(0, 2)
@@ -135,7 +124,7 @@ def iter_records(
 ) -> Iterator[dict[str, Any]]:
     needles = filters.prefilter()
     any_of = filters.subject_needles()
-    for segment in segments(directory):
+    for segment in layout.segments(directory):
         size = segment.stat().st_size
         if filters.since_ms is not None and _last_time_ms(segment) < filters.since_ms:
             if progress:

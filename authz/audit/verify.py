@@ -22,14 +22,10 @@ import dataclasses
 import hashlib
 import json
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-from google.protobuf import descriptor
-
-from authz.audit import log as audit_log
-from authz.audit import merkle, note, record
-from authz.audit.schema.tollgate.audit.v1 import audit_pb2
+from authz.audit import layout, merkle, note, record
 
 __all__ = ["Finding", "Report", "verify_directory"]
 
@@ -75,14 +71,6 @@ class Report:
         return 0
 
 
-def sessions_of(directory: pathlib.Path) -> Iterator[tuple[str, list[pathlib.Path]]]:
-    """(instance, [session directories oldest first]) for every instance under ``directory``."""
-    for instance_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
-        sessions = sorted(p for p in instance_dir.iterdir() if p.is_dir())
-        if sessions:
-            yield instance_dir.name, sessions
-
-
 def verify_directory(
     directory: pathlib.Path,
     verifier: note.Verifier,
@@ -95,7 +83,7 @@ def verify_directory(
         report.add("integrity", str(directory), "not a directory")
         return report
     results: dict[str, SessionResult] = {}
-    for instance, session_dirs in sessions_of(directory):
+    for instance, session_dirs in layout.sessions(directory):
         previous: SessionResult | None = None
         for session_dir in session_dirs:
             wanted = {trusted.size} if trusted is not None else set()
@@ -169,7 +157,7 @@ def _load_checkpoints(
     session_dir: pathlib.Path, origin: str, verifier: note.Verifier, report: Report
 ) -> dict[int, note.Checkpoint]:
     by_size: dict[int, note.Checkpoint] = {}
-    path = session_dir / audit_log.CHECKPOINTS
+    path = session_dir / layout.CHECKPOINTS
     if not path.exists():
         report.add("integrity", str(path), "no checkpoints file")
         return by_size
@@ -231,11 +219,11 @@ def _verify_session(
     progress: Callable[[int], None] | None,
     wanted: set[int],
 ) -> SessionResult:
-    origin = audit_log.origin_for(instance, session_dir.name)
+    origin = layout.origin_for(instance, session_dir.name)
     result = SessionResult(session_dir, origin)
     checkpoints = _load_checkpoints(session_dir, origin, verifier, report)
     wanted = wanted | set(checkpoints)  # the tree sizes whose roots must be compared
-    segments = sorted(session_dir.glob(audit_log.SEGMENT_GLOB))
+    segments = layout.session_segments(session_dir)
     if not segments:
         report.add("integrity", str(session_dir), "no segment files")
         return result
@@ -343,48 +331,10 @@ def _parse(line: bytes, where: str, report: Report) -> dict[str, Any] | None:
         return None
     if not record.is_canonical(line + b"\n", parsed):
         report.add("integrity", where, "record is not in canonical form: it was re-serialized or edited")
-    problem = _schema_problem(parsed, audit_pb2.AuditRecord.DESCRIPTOR, "")
+    problem = record.schema_problem(parsed)
     if problem:
         report.add("integrity", where, f"record does not match the audit schema: {problem}")
     return parsed
-
-
-_SCALARS = {
-    descriptor.FieldDescriptor.TYPE_STRING: (str,),
-    descriptor.FieldDescriptor.TYPE_BOOL: (bool,),
-}
-
-
-def _schema_problem(value: dict[str, Any], message: Any, path: str) -> str:
-    """The first way ``value`` departs from the proto's JSON mapping (names and types), or "".
-
-    Equivalent, for the types the audit schema uses, to ``json_format.ParseDict`` — which is pure
-    Python and made verifying a million records take minutes.
-    """
-    fields = message.fields_by_name
-    for key, item in value.items():
-        field = fields.get(key)
-        where = f"{path}{key}"
-        if field is None:
-            return f"unknown field {where!r}"
-        if item is None and field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
-            continue  # JSON null: field unset
-        if field.is_repeated and not isinstance(item, list):
-            return f"{where!r} must be a list"
-        items = item if field.is_repeated else [item]
-        for element in items:
-            if field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
-                if not isinstance(element, dict):
-                    return f"{where!r} must be an object"
-                problem = _schema_problem(element, field.message_type, where + ".")
-                if problem:
-                    return problem
-            elif field.type in _SCALARS:
-                if not isinstance(element, _SCALARS[field.type]):
-                    return f"{where!r} has the wrong type"
-            elif not isinstance(element, int) or isinstance(element, bool):
-                return f"{where!r} must be an integer"
-    return ""
 
 
 def _match_checkpoints(result: SessionResult, checkpoints: dict[int, note.Checkpoint], report: Report) -> None:

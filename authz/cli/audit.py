@@ -23,7 +23,7 @@ from typing import Any
 
 import tqdm
 
-from authz.audit import note, proof, pseudonym, query
+from authz.audit import layout, note, proof, pseudonym, query
 from authz.audit import verify as audit_verify
 from authz.cli import common
 from authz.errors import ConfigError
@@ -82,6 +82,17 @@ def add_parser(commands: Any) -> None:
 
 def _fail(message: str, code: int = 2) -> int:
     return common.fail(f"audit: {message}", code)
+
+
+def _not_a_log(directory: pathlib.Path) -> str:
+    """Why ``directory`` is not an audit log directory ("" if it is): a usage error, never a verdict."""
+    if not directory.exists():
+        return f"{directory}: no such directory"
+    if not directory.is_dir():
+        return f"{directory}: not a directory"
+    if not layout.has_sessions(directory):
+        return f"{directory}: no audit log here (expected <instance>/<session>/checkpoints.jsonl, see docs/audit.md)"
+    return ""
 
 
 def _verifier(value: str) -> note.Verifier:
@@ -144,11 +155,14 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     directory = pathlib.Path(args.directory)
+    problem = _not_a_log(directory)
+    if problem:
+        return _fail(problem)
     verifier = _verifier(args.key)
     trusted = None
     if args.trusted:
         trusted = note.parse_checkpoint(verifier.open(pathlib.Path(args.trusted).read_text()))
-    total = sum(p.stat().st_size for p in query.segments(directory)) if directory.is_dir() else 0
+    total = sum(p.stat().st_size for p in layout.segments(directory))
     with _progress(args.progress, total, "verifying") as progress:
         report = audit_verify.verify_directory(directory, verifier, progress=progress, trusted=trusted)
     for finding in report.findings:
@@ -191,8 +205,9 @@ def _verify_proof(args: argparse.Namespace) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     directory = pathlib.Path(args.directory)
-    if not directory.is_dir():
-        return _fail(f"{directory}: not a directory")
+    problem = _not_a_log(directory)
+    if problem:
+        return _fail(problem)
     now = time.time_ns() // 1_000_000
     try:
         since = query.parse_time(args.since, now) if args.since else None
@@ -216,7 +231,7 @@ def _query(args: argparse.Namespace) -> int:
         subjects=searched["--subject"],
         emails=searched["--email"],
     )
-    total = sum(p.stat().st_size for p in query.segments(directory))
+    total = sum(p.stat().st_size for p in layout.segments(directory))
     with _progress(args.progress, total, "reading") as progress:
         items = query.iter_records(directory, filters, progress)
         if args.audit_command == "report":

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from authz.errors import ConfigError
+from authz.errors import ConfigError, Problems
 
 __all__ = [
     "ApiKeyEntry",
@@ -179,35 +179,42 @@ _REFRESH_KEYS = {
 
 
 def _jwt(section: Mapping[str, Any]) -> JwtSettings:
+    """The jwt section; every field is checked, and all errors are reported together."""
+    problems = Problems()
     unknown = sorted(set(section) - _JWT_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown field {unknown[0]!r}", field=f"spec.jwt.{unknown[0]}")
+    for key in unknown:
+        problems.errors.append(ConfigError(f"unknown field {key!r}", field=f"spec.jwt.{key}"))
     issuer = section.get("issuer")
     if not isinstance(issuer, str) or not issuer.startswith(("https://", "http://")):
-        raise ConfigError("issuer must be an http(s) URL", field="spec.jwt.issuer")
-    audiences = _strings(section, "audiences", "spec.jwt.audiences")
+        problems.errors.append(ConfigError("issuer must be an http(s) URL", field="spec.jwt.issuer"))
+    audiences: tuple[str, ...] = ()
+    with problems.check():
+        audiences = _strings(section, "audiences", "spec.jwt.audiences")
     jwks_uri = section.get("jwksUri", "")
     if jwks_uri and (not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://"))):
-        raise ConfigError("jwksUri must be an http(s) URL", field="spec.jwt.jwksUri")
+        problems.errors.append(ConfigError("jwksUri must be an http(s) URL", field="spec.jwt.jwksUri"))
     hmac_secret_file = str(section.get("hmacSecretFile", ""))
-    algorithms = _strings(section, "algorithms", "spec.jwt.algorithms") or ASYMMETRIC_ALGORITHMS
+    algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS
+    with problems.check():
+        algorithms = _strings(section, "algorithms", "spec.jwt.algorithms") or ASYMMETRIC_ALGORITHMS
     for index, algorithm in enumerate(algorithms):
-        field = f"spec.jwt.algorithms[{index}]"
-        if algorithm.lower() == "none":
-            raise ConfigError("'none' is never accepted", field=field)
-        if algorithm in HMAC_ALGORITHMS and not hmac_secret_file:
-            raise ConfigError(f"{algorithm} needs hmacSecretFile (a shared secret)", field=field)
-        if algorithm not in ASYMMETRIC_ALGORITHMS + HMAC_ALGORITHMS:
-            raise ConfigError(f"unsupported algorithm {algorithm!r}", field=field)
+        with problems.check():
+            _check_algorithm(algorithm, bool(hmac_secret_file), f"spec.jwt.algorithms[{index}]")
     claims = section.get("claims", {})
     if not isinstance(claims, Mapping) or set(claims) - _CLAIM_KEYS:
-        raise ConfigError(f"claims maps only {', '.join(sorted(_CLAIM_KEYS))}", field="spec.jwt.claims")
+        problems.errors.append(
+            ConfigError(f"claims maps only {', '.join(sorted(_CLAIM_KEYS))}", field="spec.jwt.claims")
+        )
+        claims = {}
     sources = []
     for index, raw in enumerate(section.get("tokenSources", [{"header": "authorization", "prefix": "Bearer "}])):
         if not isinstance(raw, Mapping) or ("header" in raw) == ("cookie" in raw):
-            raise ConfigError(
-                "a token source names exactly one of header or cookie", field=f"spec.jwt.tokenSources[{index}]"
+            problems.errors.append(
+                ConfigError(
+                    "a token source names exactly one of header or cookie", field=f"spec.jwt.tokenSources[{index}]"
+                )
             )
+            continue
         sources.append(
             TokenSource(
                 header=str(raw.get("header", "")).lower(),
@@ -215,20 +222,14 @@ def _jwt(section: Mapping[str, Any]) -> JwtSettings:
                 cookie=str(raw.get("cookie", "")),
             )
         )
-    refresh_raw = section.get("refresh", {})
-    refresh_args: dict[str, float] = {}
-    for key, value in refresh_raw.items() if isinstance(refresh_raw, Mapping) else [("?", None)]:
-        if key not in _REFRESH_KEYS or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(
-                "refresh takes positive numbers: " + ", ".join(_REFRESH_KEYS), field=f"spec.jwt.refresh.{key}"
-            )
-        refresh_args[_REFRESH_KEYS[key]] = float(value)
-    refresh = RefreshSettings(**refresh_args)  # type: ignore[arg-type]
-    if refresh.min_seconds > refresh.max_seconds:
-        raise ConfigError("minSeconds must not exceed maxSeconds", field="spec.jwt.refresh.minSeconds")
+    refresh = RefreshSettings()
+    with problems.check():
+        refresh = _refresh(section.get("refresh", {}))
     leeway = section.get("leewaySeconds", 30)
     if not isinstance(leeway, int | float) or not 0 <= leeway <= 300:
-        raise ConfigError("leewaySeconds must be between 0 and 300", field="spec.jwt.leewaySeconds")
+        problems.errors.append(ConfigError("leewaySeconds must be between 0 and 300", field="spec.jwt.leewaySeconds"))
+    problems.raise_any()
+    assert isinstance(issuer, str)
     return JwtSettings(
         issuer=issuer,
         audiences=audiences,
@@ -240,3 +241,31 @@ def _jwt(section: Mapping[str, Any]) -> JwtSettings:
         leeway_seconds=float(leeway),
         refresh=refresh,
     )
+
+
+def _check_algorithm(algorithm: str, has_secret: bool, field: str) -> None:
+    if algorithm.lower() == "none":
+        raise ConfigError("'none' is never accepted", field=field)
+    if algorithm in HMAC_ALGORITHMS and not has_secret:
+        raise ConfigError(f"{algorithm} needs hmacSecretFile (a shared secret)", field=field)
+    if algorithm not in ASYMMETRIC_ALGORITHMS + HMAC_ALGORITHMS:
+        raise ConfigError(f"unsupported algorithm {algorithm!r}", field=field)
+
+
+def _refresh(raw: Any) -> RefreshSettings:
+    problems = Problems()
+    values: dict[str, float] = {}
+    for key, value in raw.items() if isinstance(raw, Mapping) else [("?", None)]:
+        if key not in _REFRESH_KEYS or not isinstance(value, int | float) or value <= 0:
+            problems.errors.append(
+                ConfigError(
+                    "refresh takes positive numbers: " + ", ".join(_REFRESH_KEYS), field=f"spec.jwt.refresh.{key}"
+                )
+            )
+            continue
+        values[_REFRESH_KEYS[key]] = float(value)
+    problems.raise_any()
+    refresh = RefreshSettings(**values)  # type: ignore[arg-type]
+    if refresh.min_seconds > refresh.max_seconds:
+        raise ConfigError("minSeconds must not exceed maxSeconds", field="spec.jwt.refresh.minSeconds")
+    return refresh

@@ -14,14 +14,14 @@ import functools
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import resources
 from typing import Any
 
 import jsonschema
 
 from authz import request as canonical
-from authz.errors import ConfigError
+from authz.errors import ConfigError, ConfigErrors, Problems
 
 __all__ = [
     "AccessPolicy",
@@ -138,23 +138,36 @@ def parse_access_policy(document: Mapping[str, Any], *, source: str = "") -> Acc
         raise ConfigError("spec is required and must be a mapping", field="spec")
     errors = sorted(_spec_validator().iter_errors(spec), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        first = errors[0]
-        message = "unknown field (misspelt?)" if first.validator == "additionalProperties" else first.message
-        raise ConfigError(message, field=_field(first))
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    "unknown field (misspelt?)" if error.validator == "additionalProperties" else error.message,
+                    field=_field(error),
+                )
+                for error in errors
+            ]
+        )
 
+    problems = Problems()
     rules: list[Rule] = []
     seen: set[str] = set()
     for index, raw_rule in enumerate(spec.get("rules", [])):
-        rule = _parse_rule(raw_rule, f"spec.rules[{index}]")
-        if rule.name in seen:
-            raise ConfigError(f"duplicate rule name {rule.name!r}", field=f"spec.rules[{index}].name")
-        seen.add(rule.name)
-        rules.append(rule)
+        with problems.check():
+            rule = _parse_rule(raw_rule, f"spec.rules[{index}]")
+            if rule.name in seen:
+                raise ConfigError(f"duplicate rule name {rule.name!r}", field=f"spec.rules[{index}].name")
+            seen.add(rule.name)
+            rules.append(rule)
+    hosts: list[str] = []
+    for index, host in enumerate(spec["hosts"]):
+        with problems.check():
+            hosts.append(_parse_host(host, f"spec.hosts[{index}]"))
+    problems.raise_any()
 
     providers = spec.get("identity", {}).get("providers")
     return AccessPolicy(
         ref=PolicyRef(namespace=namespace, name=name, source=source),
-        hosts=tuple(_parse_host(h, f"spec.hosts[{i}]") for i, h in enumerate(spec["hosts"])),
+        hosts=tuple(hosts),
         mode=Mode(spec.get("mode", Mode.ENFORCE)),
         default_action=Action(spec.get("defaultAction", Action.DENY)),
         default_action_set="defaultAction" in spec,
@@ -177,33 +190,51 @@ def _parse_host(host: str, field: str) -> str:
 
 
 def _parse_rule(raw: Mapping[str, Any], field: str) -> Rule:
+    """One rule; every field is checked, and all its errors are reported together."""
     to = raw.get("to", {})
     source = raw.get("from", {})
+    problems = Problems()
+    parsed: dict[str, Any] = {}
+    fields: tuple[tuple[str, Callable[[Any, str], Any], Mapping[str, Any], str], ...] = (
+        ("methods", _methods, to, "methods"),
+        ("not_methods", _methods, to, "notMethods"),
+        ("paths", _paths, to, "paths"),
+        ("not_paths", _paths, to, "notPaths"),
+        ("subjects", _patterns, source, "subjects"),
+        ("groups", _patterns, source, "groups"),
+        ("roles", _patterns, source, "roles"),
+        ("principals", _patterns, source, "principals"),
+        ("ip_blocks", _networks, source, "ipBlocks"),
+        ("not_ip_blocks", _networks, source, "notIpBlocks"),
+    )
+    for name, parse, section, key in fields:
+        with problems.check():
+            where = f"{field}.{'to' if section is to else 'from'}.{key}"
+            parsed[name] = parse(section.get(key, []), where)
+    conditions: list[Condition] = []
+    for index, condition in enumerate(raw.get("when", [])):
+        with problems.check():
+            conditions.append(_condition(condition, f"{field}.when[{index}]"))
+    problems.raise_any()
     return Rule(
         name=raw["name"],
         action=Action(raw["action"]),
-        methods=_methods(to.get("methods", []), f"{field}.to.methods"),
-        not_methods=_methods(to.get("notMethods", []), f"{field}.to.notMethods"),
-        paths=_paths(to.get("paths", []), f"{field}.to.paths"),
-        not_paths=_paths(to.get("notPaths", []), f"{field}.to.notPaths"),
-        subjects=_patterns(source.get("subjects", []), f"{field}.from.subjects"),
-        groups=_patterns(source.get("groups", []), f"{field}.from.groups"),
-        roles=_patterns(source.get("roles", []), f"{field}.from.roles"),
-        principals=_patterns(source.get("principals", []), f"{field}.from.principals"),
-        ip_blocks=_networks(source.get("ipBlocks", []), f"{field}.from.ipBlocks"),
-        not_ip_blocks=_networks(source.get("notIpBlocks", []), f"{field}.from.notIpBlocks"),
         authenticated=source.get("authenticated"),
-        when=tuple(_condition(c, f"{field}.when[{i}]") for i, c in enumerate(raw.get("when", []))),
+        when=tuple(conditions),
+        **parsed,
     )
 
 
 def _methods(values: list[str], field: str) -> tuple[str, ...]:
     out = []
+    problems = Problems()
     for index, value in enumerate(values):
         method = value.upper()
-        if method != "*" and not _METHOD.match(method):
-            raise ConfigError(f"{value!r} is not an HTTP method", field=f"{field}[{index}]")
+        with problems.check():
+            if method != "*" and not _METHOD.match(method):
+                raise ConfigError(f"{value!r} is not an HTTP method", field=f"{field}[{index}]")
         out.append(method)
+    problems.raise_any()
     return tuple(out)
 
 
@@ -215,40 +246,52 @@ def check_pattern(value: str, field: str) -> None:
 
 
 def _patterns(values: list[str], field: str) -> tuple[str, ...]:
+    problems = Problems()
     for index, value in enumerate(values):
-        check_pattern(value, f"{field}[{index}]")
+        with problems.check():
+            check_pattern(value, f"{field}[{index}]")
+    problems.raise_any()
     return tuple(values)
 
 
 def _paths(values: list[str], field: str) -> tuple[str, ...]:
+    problems = Problems()
     for index, value in enumerate(values):
-        item = f"{field}[{index}]"
-        check_pattern(value, item)
-        if value == "*" or value.startswith("*"):
-            continue
-        if not value.startswith("/"):
-            raise ConfigError(f"{value!r}: a path pattern starts with '/' or '*'", field=item)
-        literal = value[:-1] if value.endswith("*") else value
-        try:
-            canonical_form = canonical.canonical_path(literal)
-        except canonical.RequestRejected as error:
-            raise ConfigError(f"{value!r} can never match: {error.message}", field=item) from error
-        # Requests are matched in canonical form, so a non-canonical pattern would never match.
-        if canonical_form != literal:
-            raise ConfigError(
-                f"{value!r} is not in canonical form and would never match; write {canonical_form!r}",
-                field=item,
-            )
+        with problems.check():
+            _path(value, f"{field}[{index}]")
+    problems.raise_any()
     return tuple(values)
+
+
+def _path(value: str, item: str) -> None:
+    check_pattern(value, item)
+    if value == "*" or value.startswith("*"):
+        return
+    if not value.startswith("/"):
+        raise ConfigError(f"{value!r}: a path pattern starts with '/' or '*'", field=item)
+    literal = value[:-1] if value.endswith("*") else value
+    try:
+        canonical_form = canonical.canonical_path(literal)
+    except canonical.RequestRejected as error:
+        raise ConfigError(f"{value!r} can never match: {error.message}", field=item) from error
+    # Requests are matched in canonical form, so a non-canonical pattern would never match.
+    if canonical_form != literal:
+        raise ConfigError(
+            f"{value!r} is not in canonical form and would never match; write {canonical_form!r}", field=item
+        )
 
 
 def _networks(values: list[str], field: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     out = []
+    problems = Problems()
     for index, value in enumerate(values):
         try:
             out.append(ipaddress.ip_network(value, strict=False))
-        except ValueError as error:
-            raise ConfigError(f"{value!r} is not an IP address or CIDR block", field=f"{field}[{index}]") from error
+        except ValueError:
+            problems.errors.append(
+                ConfigError(f"{value!r} is not an IP address or CIDR block", field=f"{field}[{index}]")
+            )
+    problems.raise_any()
     return tuple(out)
 
 
