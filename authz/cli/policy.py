@@ -242,3 +242,6 @@ def _print(made: decision.Decision, snapshot: loader.Snapshot) -> None:
         mark = " (DryRun)" if trace.dry_run else ""
         outcome = "matches" if not trace.unmet else "not met: " + "; ".join(trace.unmet)
         print(f"  {trace.action:5} {trace.policy}#{trace.rule}{mark}: {outcome}")
+    if host is not None and host.enforced:
+        default = host.default_verdict
+        print(f"  default: {'allow' if default.allowed else 'deny'} ({default.policy})")

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     audit_settings = configuration.from_arguments(configuration.AuditSettings, args)
     settings.check()
     audit_settings.check()
+    check_listen(settings.listen)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         snapshot = loader.load(settings.config_path)
@@ -51,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
         return common.fail(f"invalid configuration, not starting:\n{error}", 2)
     except telemetry.TracingUnavailable as error:
         return common.fail(str(error), 2)
-    check_listen(settings.listen)
 
     async def serve() -> None:
         runtime = server.Runtime(snapshot, default_allow=settings.default_allow, strict_paths=settings.strict_paths)

@@ -177,3 +177,17 @@ def test_sigterm_drains_in_flight_requests(tmp_path: pathlib.Path, eventually: C
     finally:
         authz.stop()
         provider.stop()
+
+
+def test_undoing_a_rejected_change_says_which_revision_is_in_force(
+    tmp_path: pathlib.Path, tollgate: Callable[..., harness.TollgateProcess], eventually: Callable[..., None]
+) -> None:
+    policy = tmp_path / "app.yaml"
+    good = POLICY.format(path="/v1")
+    policy.write_text(good)
+    tollgate(policy, "--reload-interval", "0.1")
+    log = tmp_path / "tollgate.log"
+    policy.write_text(POLICY.format(path="'/a*b'"))
+    eventually(lambda: "configuration rejected" in log.read_text())
+    policy.write_text(good)  # the same revision as at start: nothing to install, but it must be said
+    eventually(lambda: "in force again (the rejected change was undone)" in log.read_text())
