@@ -29,7 +29,8 @@ import logging
 import time
 from typing import Any, Protocol
 
-from authz import ids
+from authz import canonical, ids
+from authz import check_request as envoy_request
 from authz import request as request_model
 from authz.identity import model as identity_model
 from authz.policy import compile as compiled
@@ -108,7 +109,7 @@ def decide(
     host = snapshot.index.lookup(request.host)
     try:
         outcome = evaluate.evaluate(host, compiled.Context(request, identity), server_default_allow=default_allow)
-    except request_model.RequestRejected as rejected:
+    except canonical.RequestRejected as rejected:
         return rejected_request(snapshot.revision, rejected, request)
     # Deny of a caller we could not identify is "who are you?" (401), of a known one "no" (403).
     return Decision(
@@ -143,14 +144,14 @@ async def decide_check(
     started = time.perf_counter_ns()
     request: request_model.HttpRequest | None = None
     try:
-        request = request_model.from_check_request(check_request, wire_size, strict=strict_paths)
+        request = envoy_request.from_check_request(check_request, wire_size, strict=strict_paths)
         host = snapshot.index.lookup(request.host)
         scope = host.providers if host else None
         identity = identity_stage.resolve_now(request, scope)
         if identity is None:  # a token not verified before: may wait for the provider's keys
             identity = await identity_stage.resolve(request, scope)
         decision = decide(request, identity, snapshot, default_allow=default_allow)
-    except request_model.RequestRejected as rejected:
+    except canonical.RequestRejected as rejected:
         decision = rejected_request(snapshot.revision, rejected, request)
     except identity_model.IdentityFailure as failure:
         decision = Decision(
@@ -174,7 +175,7 @@ async def decide_check(
 
 
 def rejected_request(
-    revision: str, rejected: request_model.RequestRejected, request: request_model.HttpRequest | None = None
+    revision: str, rejected: canonical.RequestRejected, request: request_model.HttpRequest | None = None
 ) -> Decision:
     """400: the request cannot be read one way only (``request_*``, ``path_*``)."""
     return Decision(

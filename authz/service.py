@@ -18,9 +18,9 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import message as protobuf_message
 
+from authz import canonical, response, telemetry
+from authz import check_request as envoy_request
 from authz import decision as decision_model
-from authz import request as request_model
-from authz import response, telemetry
 
 __all__ = ["SERVICE_NAME", "AuthorizationService", "Recorder", "Runtime"]
 
@@ -135,9 +135,9 @@ class AuthorizationService:
             if decision is None:
                 request = None
                 if check_request is not None:
-                    with contextlib.suppress(request_model.RequestRejected):
+                    with contextlib.suppress(canonical.RequestRejected):
                         strict = runtime.strict_paths
-                        request = request_model.from_check_request(check_request, wire_size, strict=strict)
+                        request = envoy_request.from_check_request(check_request, wire_size, strict=strict)
                 decision = decision_model.cancelled(runtime.snapshot.revision, request)
             raise
         finally:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from authz import cli, ids, request, response, service
+from authz import check_request, cli, ids, response, service
 from authz.identity import resolve
 from authz.policy import compile as compiled
 from authz.policy import evaluate
@@ -72,7 +72,7 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
 def install() -> None:
     """Wrap the stages; the decision path calls them through these names at call time."""
     ids.new_id = _timed("decision id", ids.new_id)
-    request.from_check_request = _timed("canonical request", request.from_check_request)
+    check_request.from_check_request = _timed("canonical request", check_request.from_check_request)
     compiled.PolicyIndex.lookup = _timed("host lookup", compiled.PolicyIndex.lookup)  # type: ignore[method-assign]
     resolve.IdentityResolver.resolve_now = _timed(  # type: ignore[method-assign]
         "identity (no wait)", resolve.IdentityResolver.resolve_now

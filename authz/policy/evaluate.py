@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from authz import request as request_model
+from authz import canonical
 from authz.policy import compile as compiled
 from authz.policy.verdict import DryRunVerdict, Verdict
 
@@ -64,7 +64,7 @@ def _check_path_readings_agree(host: compiled.HostPolicies, context: compiled.Co
     request = context.request
     other = _evaluate_reading(host, context.reading(context.method, request.path_with_parameters))
     if other.allowed != verdict.allowed:
-        raise request_model.RequestRejected(
+        raise canonical.RequestRejected(
             "path_parameters_ambiguous",
             f"the path is {'allowed' if verdict.allowed else 'denied'} as {request.path!r} and "
             f"{'allowed' if other.allowed else 'denied'} as {request.path_with_parameters!r}",

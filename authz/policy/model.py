@@ -20,7 +20,7 @@ from typing import Any
 
 import jsonschema
 
-from authz import request as canonical
+from authz import canonical
 from authz.errors import ConfigError, ConfigErrors, Problems
 
 __all__ = [

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from authz.canonical import RequestRejected, canonical_host
 from authz.dev import checks
-from authz.request import RequestRejected, canonical_host
 
 pytestmark = pytest.mark.envoy
 

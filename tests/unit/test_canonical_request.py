@@ -8,9 +8,9 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
-from authz import request
+from authz import canonical, check_request, request
+from authz.canonical import RequestRejected, canonical_host, canonical_path, canonical_paths
 from authz.dev import checks
-from authz.request import RequestRejected, canonical_host, canonical_path, canonical_paths
 
 SAME = [
     ("/", "/"),
@@ -191,18 +191,18 @@ def test_invalid_hosts_are_refused(raw: str) -> None:
 
 
 def test_query_and_fragment_are_not_path() -> None:
-    assert request.split_path("/admin?x=/public#frag") == ("/admin", "x=/public")
-    assert request.split_path("/a#b?c") == ("/a", "")
+    assert canonical.split_path("/admin?x=/public#frag") == ("/admin", "x=/public")
+    assert canonical.split_path("/a#b?c") == ("/a", "")
 
 
 def test_check_request_is_canonicalized() -> None:
-    parsed = request.from_check_request(checks.check_request(host="A.test:80", path="//x/../admin?q=1"))
+    parsed = check_request.from_check_request(checks.check_request(host="A.test:80", path="//x/../admin?q=1"))
     assert (parsed.host, parsed.path, parsed.raw_path, parsed.query) == ("a.test", "/admin", "//x/../admin", "q=1")
 
 
 def test_rejection_keeps_what_was_sent_for_the_audit_trail() -> None:
     with pytest.raises(RequestRejected) as caught:
-        request.from_check_request(checks.check_request(path="/a%2Fb", request_id="rid-7"))
+        check_request.from_check_request(checks.check_request(path="/a%2Fb", request_id="rid-7"))
     assert caught.value.request is not None
     assert (caught.value.request.path, caught.value.request.request_id) == ("/a%2Fb", "rid-7")
 
@@ -210,28 +210,28 @@ def test_rejection_keeps_what_was_sent_for_the_audit_trail() -> None:
 def test_oversized_headers_are_rejected() -> None:
     big = checks.check_request(headers={"x-big": "a" * 70_000})
     with pytest.raises(RequestRejected) as caught:
-        request.from_check_request(big)
+        check_request.from_check_request(big)
     assert caught.value.code == "request_headers_too_large"
     many = checks.check_request(headers={f"x-h{i}": "v" for i in range(300)})
     with pytest.raises(RequestRejected):
-        request.from_check_request(many)
+        check_request.from_check_request(many)
 
 
 def test_the_wire_size_skips_the_header_count_only_when_it_proves_the_bound() -> None:
     # The service passes the serialized length: a small message cannot hold 64 KiB of headers,
     # a large one is measured as before (headers and buffered body told apart).
     small = checks.check_request(path="/x")
-    assert request.from_check_request(small, len(small.SerializeToString())).path == "/x"
+    assert check_request.from_check_request(small, len(small.SerializeToString())).path == "/x"
     big = checks.check_request(headers={"x-big": "a" * 70_000})
     with pytest.raises(RequestRejected) as caught:
-        request.from_check_request(big, len(big.SerializeToString()))
+        check_request.from_check_request(big, len(big.SerializeToString()))
     assert caught.value.code == "request_headers_too_large"
     upload = checks.check_request(path="/upload")
     upload.attributes.request.http.body = "x" * 200_000
-    assert request.from_check_request(upload, len(upload.SerializeToString())).path == "/upload"
+    assert check_request.from_check_request(upload, len(upload.SerializeToString())).path == "/upload"
     many = checks.check_request(headers={f"x-h{i}": "v" for i in range(300)})
     with pytest.raises(RequestRejected):
-        request.from_check_request(many, len(many.SerializeToString()))
+        check_request.from_check_request(many, len(many.SerializeToString()))
 
 
 def test_a_buffered_body_is_not_counted_as_headers() -> None:
@@ -240,10 +240,10 @@ def test_a_buffered_body_is_not_counted_as_headers() -> None:
     for field, value in [("body", "x" * 200_000), ("raw_body", b"\x00" * 200_000)]:
         message = checks.check_request(path="/upload")
         setattr(message.attributes.request.http, field, value)
-        assert request.from_check_request(message).path == "/upload"
+        assert check_request.from_check_request(message).path == "/upload"
         message.attributes.request.http.headers["x-big"] = "a" * 70_000
         with pytest.raises(RequestRejected) as caught:
-            request.from_check_request(message)
+            check_request.from_check_request(message)
         assert caught.value.code == "request_headers_too_large"
 
 
@@ -251,24 +251,24 @@ def test_repeated_targets_give_the_same_answer_and_rejections_stay_rejections() 
     # The canonical form of each (authority, target) is remembered; asking twice must not change
     # the answer, and a rejected target must be rejected (with what was sent) every time.
     for _ in range(2):
-        parsed = request.from_check_request(
+        parsed = check_request.from_check_request(
             checks.check_request(host="B.test:8443", path="/x/%2e%2e/y?z"), strict=False
         )
         assert (parsed.host, parsed.path, parsed.raw_path, parsed.query) == ("b.test", "/y", "/x/%2e%2e/y", "z")
         with pytest.raises(RequestRejected) as caught:  # the same target, in strict mode: its own table
-            request.from_check_request(checks.check_request(host="B.test:8443", path="/x/%2e%2e/y?z"))
+            check_request.from_check_request(checks.check_request(host="B.test:8443", path="/x/%2e%2e/y?z"))
         assert caught.value.code == "path_encoded_dot"
         with pytest.raises(RequestRejected) as caught:
-            request.from_check_request(checks.check_request(path="/a%5Cb", request_id="rid-8"))
+            check_request.from_check_request(checks.check_request(path="/a%5Cb", request_id="rid-8"))
         assert caught.value.code == "path_encoded_backslash"
         assert caught.value.request is not None and caught.value.request.request_id == "rid-8"
     long_target = "/" + "a/" * 600 + "../b"
-    assert request.from_check_request(checks.check_request(path=long_target)).path == "/" + "a/" * 599 + "b"
+    assert check_request.from_check_request(checks.check_request(path=long_target)).path == "/" + "a/" * 599 + "b"
 
 
 def test_connection_details_are_read_from_envoys_attributes_when_asked_for() -> None:
     message = checks.check_request(source_ip="203.0.113.9", principal="spiffe://c/ns/a/sa/b", request_id="r-5")
-    parsed = request.from_check_request(message)
+    parsed = check_request.from_check_request(message)
     assert (parsed.request_id, parsed.source_principal) == ("r-5", "spiffe://c/ns/a/sa/b")
     assert (parsed.source_ip, parsed.destination, parsed.protocol, parsed.scheme) == (
         "203.0.113.9",
@@ -278,7 +278,7 @@ def test_connection_details_are_read_from_envoys_attributes_when_asked_for() -> 
     )
     without_id = checks.check_request(request_id="")
     del without_id.attributes.request.http.headers["x-request-id"]
-    assert request.from_check_request(without_id).request_id == "1"  # Envoy's own id for the stream
+    assert check_request.from_check_request(without_id).request_id == "1"  # Envoy's own id for the stream
     given = request.HttpRequest("GET", "a.test", "/", source_ip="10.0.0.1", protocol="HTTP/2")
     assert (given.source_ip, given.protocol, given.destination, given.scheme) == ("10.0.0.1", "HTTP/2", "", "")
 
@@ -287,9 +287,9 @@ def test_only_small_targets_are_remembered() -> None:
     # Memory stays bounded whatever clients send: long authorities or targets are not remembered.
     long_host = ".".join(["h" * 60] * 4)  # a valid name of 243 characters
     for host, path in [("h.test", "/" + "a" * 600), (long_host, "/" + "a" * 300), ("h.test", "/small")]:
-        parsed = request.from_check_request(checks.check_request(host=host, path=path))
+        parsed = check_request.from_check_request(checks.check_request(host=host, path=path))
         assert parsed.path == path
-        assert ((host, path) in request._targets[True]) == (len(host) + len(path) <= 512)
+        assert ((host, path) in check_request._targets[True]) == (len(host) + len(path) <= 512)
 
 
 def _raw_headers_request(headers: dict[str, bytes]) -> external_auth_pb2.CheckRequest:
@@ -301,7 +301,7 @@ def _raw_headers_request(headers: dict[str, bytes]) -> external_auth_pb2.CheckRe
 
 
 def test_raw_header_bytes_are_read_from_the_header_map() -> None:
-    parsed = request.from_check_request(
+    parsed = check_request.from_check_request(
         _raw_headers_request(
             {":method": b"POST", ":path": b"//api/./orders?id=1", ":authority": b"Shop.test:443", "X-Tenant": b"acme"}
         )
@@ -320,16 +320,16 @@ def test_raw_header_bytes_are_read_from_the_header_map() -> None:
 )
 def test_raw_header_map_failures_have_their_own_reason(headers: dict[str, bytes], code: str) -> None:
     with pytest.raises(RequestRejected) as caught:
-        request.from_check_request(_raw_headers_request(headers))
+        check_request.from_check_request(_raw_headers_request(headers))
     assert caught.value.code == code
 
 
 def test_a_bad_method_is_refused_with_what_was_sent_also_for_a_remembered_target() -> None:
     # The method is not part of the remembered target: it is checked on every request.
-    assert request.from_check_request(checks.check_request(method="GET", path="/m")).method == "GET"
+    assert check_request.from_check_request(checks.check_request(method="GET", path="/m")).method == "GET"
     for method in ("get", "GET\n", "X" * 40):
         with pytest.raises(RequestRejected) as caught:
-            request.from_check_request(checks.check_request(method=method, path="/m", request_id="rid-m"))
+            check_request.from_check_request(checks.check_request(method=method, path="/m", request_id="rid-m"))
         assert caught.value.code == "request_method_invalid"
         assert caught.value.request is not None
         assert (caught.value.request.method, caught.value.request.request_id) == (method[:32], "rid-m")
@@ -355,8 +355,8 @@ def test_pseudo_headers_must_agree_with_the_requests_fields(pseudo: dict[str, st
         del headers[name]
     headers.update(pseudo)
     if not refused:
-        assert request.from_check_request(message).path == "/a"
+        assert check_request.from_check_request(message).path == "/a"
         return
     with pytest.raises(RequestRejected) as caught:
-        request.from_check_request(message)
+        check_request.from_check_request(message)
     assert caught.value.code == "request_ambiguous"

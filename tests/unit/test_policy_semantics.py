@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from authz import decision, loader
-from authz import request as request_model
+from authz import check_request, decision, loader
+from authz.canonical import RequestRejected
 from authz.dev import checks
 from authz.identity import model as identity_model
 from authz.policy import compile as compiled
@@ -371,12 +371,12 @@ def test_merge_is_independent_of_file_order(tmp_path: pathlib.Path) -> None:
         _, method, host, path, identity, source_ip, headers, *_ = case
         request = checks.check_request(method=method, host=host, path=path, source_ip=source_ip, headers=headers)
         try:
-            canonical = request_model.from_check_request(request)
-        except request_model.RequestRejected:
+            parsed = check_request.from_check_request(request)
+        except RequestRejected:
             continue  # rejected before any policy is consulted
         verdicts = [
             evaluate.evaluate(
-                s.index.lookup(canonical.host), compiled.Context(canonical, identity), server_default_allow=False
+                s.index.lookup(parsed.host), compiled.Context(parsed, identity), server_default_allow=False
             )
             for s in (one, two)
         ]
