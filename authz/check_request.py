@@ -55,16 +55,18 @@ def _request(
     attributes: Any, headers: Mapping[str, str], method: str, target: tuple[str, str, str, str, str]
 ) -> request_model.HttpRequest:
     host, path, raw_path, query, path_with_parameters = target
+    # By position, in HttpRequest's order: method, host, path, raw_path, query, path_with_parameters,
+    # headers, source_principal, details.
     return request_model.HttpRequest(
         method,
         host,
         path,
-        raw_path=raw_path,
-        path_with_parameters=path_with_parameters,
-        query=query,
-        headers=headers,
-        source_principal=attributes.source.principal,
-        details=_EnvoyDetails(attributes),
+        raw_path,
+        query,
+        path_with_parameters,
+        headers,
+        attributes.source.principal,
+        _EnvoyDetails(attributes),
     )
 
 

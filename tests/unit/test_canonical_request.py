@@ -360,3 +360,26 @@ def test_pseudo_headers_must_agree_with_the_requests_fields(pseudo: dict[str, st
     with pytest.raises(RequestRejected) as caught:
         check_request.from_check_request(message)
     assert caught.value.code == "request_ambiguous"
+
+
+def test_the_adapter_fills_every_field_in_its_place() -> None:
+    # The adapter builds HttpRequest by position (a speed trick): each field must land where it belongs.
+    parsed = check_request.from_check_request(
+        checks.check_request(
+            method="PUT",
+            host="Shop.Test:8443",
+            path="//a;v=1/../b;x?q=1",
+            headers={"x-extra": "1"},
+            source_ip="192.0.2.7",
+            principal="spiffe://corp.test/ns/a/sa/b",
+            request_id="rid-9",
+        )
+    )
+    assert (parsed.method, parsed.host, parsed.path, parsed.path_with_parameters) == ("PUT", "shop.test", "/b", "/b;x")
+    assert (parsed.raw_path, parsed.query, parsed.headers["x-extra"]) == ("//a;v=1/../b;x", "q=1", "1")
+    assert (parsed.source_principal, parsed.source_ip, parsed.request_id) == (
+        "spiffe://corp.test/ns/a/sa/b",
+        "192.0.2.7",
+        "rid-9",
+    )
+    assert (parsed.protocol, parsed.scheme, parsed.destination) == ("HTTP/1.1", "http", "127.0.0.1")
