@@ -24,7 +24,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m authz.dev.demo
 
-## test: the whole suite (unit, real gRPC, real Envoy, operator); cluster tests skip without kind
+## test: the whole suite: unit, command line (the installed console script), real gRPC, real Envoy, real JWKS over HTTP
 test: $(STAMP)
 	$(BIN)/python -m pytest
 

@@ -85,7 +85,7 @@ class HttpRequest:
         "source_principal",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - the Envoy adapter passes nine by position (see the class docstring)
         self,
         method: str,
         host: str,

@@ -2,7 +2,7 @@
 
 ``check`` loads configuration as the server would and lists every problem of every file, each
 with file, document and field (exit 1 if there is one). ``explain`` decides one request the way
-the server does — the same canonical request (:mod:`authz.request`), the same identity stage for
+the server does — the same canonical request (:mod:`authz.check_request`), the same identity stage for
 API keys and client certificates, the same claim mapping for tokens
 (:func:`authz.identity.jwt.identity_from_claims`), the same :func:`authz.decision.decide` — and then
 says why each rule on the host did or did not match. With ``--exit-code`` a deny exits 1, so it

@@ -37,7 +37,7 @@ _NO_POLICY_DENY = Verdict(allowed=False, reason="no_policy")
 def evaluate(host: compiled.HostPolicies | None, context: compiled.Context, *, server_default_allow: bool) -> Verdict:
     """Decide one request. ``host`` is the index entry for the request's host (None: no policy).
 
-    Raises :class:`~authz.request.RequestRejected` (``path_parameters_ambiguous``) when the two
+    Raises :class:`~authz.canonical.RequestRejected` (``path_parameters_ambiguous``) when the two
     readings of a path with parameters get different answers.
     """
     if host is None:
