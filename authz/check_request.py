@@ -178,19 +178,7 @@ def _build(attributes: Any, headers: Mapping[str, str], method: str, target: Can
     """The request, once its method is known to be one reading only (the method is not part of the
     remembered target, so it is checked here, for every request)."""
     # The query is the one in the target: Envoy documents the `query` field as always empty.
-    # _request(), inlined (once per Check): by position, in HttpRequest's order.
-    host, path, raw_path, query, path_with_parameters = target
-    request = request_model.HttpRequest(
-        method,
-        host,
-        path,
-        raw_path,
-        query,
-        path_with_parameters,
-        headers,
-        attributes.source.principal,
-        _EnvoyDetails((attributes,)),
-    )
+    request = _request(attributes, headers, method, target)
     if method not in canonical.KNOWN_METHODS and not canonical.METHOD.fullmatch(method):  # is_method(), inlined
         request.method = method[:32]
         raise canonical.RequestRejected("request_method_invalid", "the method is not an upper-case HTTP token", request)

@@ -23,6 +23,7 @@ from typing import Any
 
 import tqdm
 
+from authz import configuration
 from authz.audit import layout, note, proof, pseudonym, query
 from authz.audit import verify as audit_verify
 from authz.cli import common
@@ -84,15 +85,19 @@ def _fail(message: str, code: int = 2) -> int:
     return common.fail(f"audit: {message}", code)
 
 
-def _not_a_log(directory: pathlib.Path) -> str:
-    """Why ``directory`` is not an audit log directory ("" if it is): a usage error, never a verdict."""
+def _log_directory(text: str) -> pathlib.Path:
+    """The audit log directory named on the command line; one that holds no log is a usage error
+    (exit 2), never a verdict ("tampered") or an empty answer."""
+    directory = pathlib.Path(text)
     if not directory.exists():
-        return f"{directory}: no such directory"
-    if not directory.is_dir():
-        return f"{directory}: not a directory"
-    if not layout.has_sessions(directory):
-        return f"{directory}: no audit log here (expected <instance>/<session>/checkpoints.jsonl, see docs/audit.md)"
-    return ""
+        problem = "no such directory"
+    elif not directory.is_dir():
+        problem = "not a directory"
+    elif not layout.has_sessions(directory):
+        problem = "no audit log here (expected <instance>/<session>/, see docs/audit.md)"
+    else:
+        return directory
+    raise configuration.UsageError(f"audit: {directory}: {problem}")
 
 
 def _verifier(value: str) -> note.Verifier:
@@ -154,10 +159,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    directory = pathlib.Path(args.directory)
-    problem = _not_a_log(directory)
-    if problem:
-        return _fail(problem)
+    directory = _log_directory(args.directory)
     verifier = _verifier(args.key)
     trusted = None
     if args.trusted:
@@ -204,10 +206,7 @@ def _verify_proof(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    directory = pathlib.Path(args.directory)
-    problem = _not_a_log(directory)
-    if problem:
-        return _fail(problem)
+    directory = _log_directory(args.directory)
     now = time.time_ns() // 1_000_000
     try:
         since = query.parse_time(args.since, now) if args.since else None
