@@ -4,6 +4,9 @@ requests with real tokens, each decision printed; keeps running until Ctrl-C
 
 Ports (override with environment variables): Envoy DEMO_ENVOY_PORT=10000, Tollgate
 DEMO_TOLLGATE_PORT=9001, identity provider 9400 (fixed: examples/policies/identity.yaml names it).
+Everything the demo writes — its audit log, the verifier key, the identity provider's keys — goes
+to ``.tollgate-demo/`` in the working directory (``DEMO_DIR`` to change), emptied at each start, so
+the README's tour can name the files.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import pathlib
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -109,7 +111,10 @@ def run_samples(envoy_port: int, provider: idp.DevIdentityProvider) -> int:
 
 def main() -> int:
     oneshot = os.environ.get("DEMO_ONESHOT") == "1"
-    work = pathlib.Path(tempfile.mkdtemp(prefix="tollgate-demo-"))
+    work = pathlib.Path(os.environ.get("DEMO_DIR", ".tollgate-demo")).resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
     config = work / "policies"
     shutil.copytree(_EXAMPLES, config)
     envoy_port = int(os.environ.get("DEMO_ENVOY_PORT", "10000"))
@@ -136,12 +141,14 @@ def main() -> int:
         if oneshot:
             authz.stop()  # SIGTERM: the audit session is closed with a final signed checkpoint
             intact = verify_audit(audit_dir, verifier_key)
+            _print_files(work, audit_dir, verifier_key)
             print(f"\n{'all samples decided as expected' if not unexpected else f'{unexpected} unexpected'}")
             return 1 if unexpected or not intact else 0
+        _print_files(work, audit_dir, verifier_key)
         token = provider.token("alice", groups=["staff"])
         print(
             f"\nTry it yourself (Ctrl-C to stop):\n  curl -H 'Host: orders.example.com' "
-            f"-H 'Authorization: Bearer {token[:24]}…' http://127.0.0.1:{envoy_port}/orders"
+            f"-H 'Authorization: Bearer {token}' http://127.0.0.1:{envoy_port}/orders"
         )
         print(f"  .venv/bin/tollgate dev token --state {work / 'idp'} --sub alice --groups staff")
         print(f"  .venv/bin/tollgate audit query {audit_dir} --since 10m")
@@ -152,6 +159,12 @@ def main() -> int:
             stop.wait()
     print("stopped")
     return 0
+
+
+def _print_files(work: pathlib.Path, audit_dir: pathlib.Path, verifier_key: pathlib.Path) -> None:
+    print(f"\n{_BOLD}Files{_RESET} (kept until the next demo): {work}")
+    print(f"  audit log     {audit_dir}")
+    print(f"  verifier key  {verifier_key}")
 
 
 def _audit_setup(work: pathlib.Path) -> tuple[pathlib.Path, list[str], pathlib.Path]:
@@ -171,15 +184,18 @@ def show_audit(audit_dir: pathlib.Path) -> None:
     """What the audit trail recorded, including what the DryRun policy would have done."""
     time.sleep(0.5)  # records are written in batches a few milliseconds apart
     records = list(query.iter_records(audit_dir, query.Filters()))
-    print(f"\n{_BOLD}Audit trail{_RESET}: {len(records)} decision records (subjects and addresses pseudonymized)")
-    for item in records:
-        dry = item.get("dry_run")
-        if dry:
-            request = item["request"]
-            print(
-                f"  {item['decision']:5} {request['method']:6} {request['host']}{request['path']}  "
-                f"{_DIM}dry-run {dry['policy']}: would {dry['decision']} ({dry['reason']}){_RESET}"
-            )
+    judged = [item for item in records if item.get("dry_run")]
+    print(
+        f"\n{_BOLD}Audit trail{_RESET}: {len(records)} decision records (subjects and addresses pseudonymized); "
+        f"the {len(judged)} a DryRun policy also judged:"
+    )
+    for item in judged:
+        dry, request = item["dry_run"], item["request"]
+        deciding = f"{dry['policy']}#{dry['rule']}" if dry.get("rule") else dry["policy"]
+        print(
+            f"  {item['decision']:5} {request['method']:6} {request['host']}{request['path']}  "
+            f"{_DIM}with the DryRun policies enforced: would {dry['decision']} ({dry['reason']}, {deciding}){_RESET}"
+        )
 
 
 def verify_audit(audit_dir: pathlib.Path, verifier_key: pathlib.Path) -> bool:
