@@ -82,7 +82,12 @@ class AuditLog:
                 "time": record.format_time(now),
                 "time_ms": now,
                 "previous": previous,
-                "server": {"instance": self.instance, "session": self.session, "version": _version()},
+                "server": {
+                    "instance": self.instance,
+                    "session": self.session,
+                    "version": _version(),
+                    "checkpoint_interval_ms": round(self.settings.checkpoint_seconds * 1000),
+                },
             }
         )
         self.checkpoint()

@@ -9,8 +9,10 @@ Findings, each with a precise message naming the session, file, line and sequenc
                          a broken or rolled-back session chain; records no checkpoint covers in a
                          session that was closed; schema violations
     crash (exit 3)       a torn last line, or records after the last checkpoint, in a session that
-                         never closed: what a power cut leaves behind, reported as such
-    ok (exit 0)
+                         never closed and stopped checkpointing: what a power cut leaves behind
+    ok (exit 0)          intact; the newest session of an instance may be live: not closed, but
+                         checkpointed within twice its interval (recorded at its start) plus 2 s;
+                         its uncovered records and a line being written are reported as info
 
 The verifier trusts nothing in the directory but what the pinned key signed.
 """
@@ -22,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +53,9 @@ class SessionResult:
     previous: dict[str, Any] | None = None
     roots: dict[int, bytes] = dataclasses.field(default_factory=dict)
     first_seq: int = 0
+    checkpoint_interval_ms: int = 0  # from session_start (0: an older log that did not record it)
+    newest: bool = False  # the newest session of its instance: the only one that may still be running
+    torn: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (where, message): a write cut short
 
 
 @dataclasses.dataclass
@@ -77,7 +83,11 @@ def verify_directory(
     *,
     progress: Callable[[int], None] | None = None,
     trusted: note.Checkpoint | None = None,
+    now_ms: int | None = None,
 ) -> Report:
+    """Verify every session under ``directory``. ``now_ms`` (default: the clock) decides whether
+    the newest session of an instance is live: see :func:`_is_live`."""
+    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     report = Report()
     if not directory.is_dir():
         report.add("integrity", str(directory), "not a directory")
@@ -85,9 +95,18 @@ def verify_directory(
     results: dict[str, SessionResult] = {}
     for instance, session_dirs in layout.sessions(directory):
         previous: SessionResult | None = None
-        for session_dir in session_dirs:
+        for position, session_dir in enumerate(session_dirs):
             wanted = {trusted.size} if trusted is not None else set()
-            result = _verify_session(session_dir, instance, verifier, report, progress=progress, wanted=wanted)
+            result = _verify_session(
+                session_dir,
+                instance,
+                verifier,
+                report,
+                progress=progress,
+                wanted=wanted,
+                newest=position == len(session_dirs) - 1,
+                now_ms=now_ms,
+            )
             results[result.origin] = result
             report.sessions += 1
             _check_session_link(previous, result, report)
@@ -154,7 +173,7 @@ def _check_trusted(trusted: note.Checkpoint, results: dict[str, SessionResult], 
 
 
 def _load_checkpoints(
-    session_dir: pathlib.Path, origin: str, verifier: note.Verifier, report: Report
+    session_dir: pathlib.Path, origin: str, verifier: note.Verifier, report: Report, result: SessionResult
 ) -> dict[int, note.Checkpoint]:
     by_size: dict[int, note.Checkpoint] = {}
     path = session_dir / layout.CHECKPOINTS
@@ -168,7 +187,7 @@ def _load_checkpoints(
     for number, line in enumerate(lines[:-1] if not torn_tail else lines, start=1):
         where = f"{path}:{number}"
         if torn_tail and number == len(lines):
-            report.add("crash", where, "torn last checkpoint line (interrupted write)")
+            result.torn.append((where, "torn last checkpoint line (interrupted write)"))
             break
         try:
             entry = json.loads(line)
@@ -218,10 +237,12 @@ def _verify_session(
     *,
     progress: Callable[[int], None] | None,
     wanted: set[int],
+    newest: bool,
+    now_ms: int,
 ) -> SessionResult:
     origin = layout.origin_for(instance, session_dir.name)
-    result = SessionResult(session_dir, origin)
-    checkpoints = _load_checkpoints(session_dir, origin, verifier, report)
+    result = SessionResult(session_dir, origin, newest=newest)
+    checkpoints = _load_checkpoints(session_dir, origin, verifier, report, result)
     wanted = wanted | set(checkpoints)  # the tree sizes whose roots must be compared
     segments = layout.session_segments(session_dir)
     if not segments:
@@ -235,16 +256,13 @@ def _verify_session(
         lines = data.split(b"\n")
         if lines[-1] != b"":
             if segment_index == len(segments) - 1:
-                report.add(
-                    "crash",
-                    f"{segment}:{len(lines)}",
-                    "torn last record (interrupted write, e.g. a crash); it is ignored",
-                )
+                cut = (f"{segment}:{len(lines)}", "torn last record (an interrupted write); it is ignored")
+                result.torn.append(cut)
             else:
                 report.add("integrity", f"{segment}:{len(lines)}", "segment does not end with a complete record")
         for number, line in enumerate(lines[:-1], start=1):
             _check_record(line, f"{segment.name}:{number}", walk, result, report, wanted=wanted)
-    _match_checkpoints(result, checkpoints, report)
+    _match_checkpoints(result, checkpoints, report, now_ms)
     return result
 
 
@@ -294,6 +312,8 @@ def _check_record(
         result.closed = True
     elif kind == "session_start":
         result.previous = parsed.get("previous")
+        interval = (parsed.get("server") or {}).get("checkpoint_interval_ms")
+        result.checkpoint_interval_ms = interval if isinstance(interval, int) else 0
     report.records += 1
 
 
@@ -337,7 +357,9 @@ def _parse(line: bytes, where: str, report: Report) -> dict[str, Any] | None:
     return parsed
 
 
-def _match_checkpoints(result: SessionResult, checkpoints: dict[int, note.Checkpoint], report: Report) -> None:
+def _match_checkpoints(
+    result: SessionResult, checkpoints: dict[int, note.Checkpoint], report: Report, now_ms: int
+) -> None:
     where = result.directory.name
     if not checkpoints:
         report.add("integrity", where, "no valid signed checkpoint")
@@ -361,11 +383,30 @@ def _match_checkpoints(result: SessionResult, checkpoints: dict[int, note.Checkp
             )
     result.last_checkpoint = checkpoints[max(checkpoints)]
     covered = max(checkpoints)
+    live = _is_live(result, now_ms)
+    for torn_where, message in result.torn:
+        # The running writer may be in the middle of a line; after a crash it stays cut.
+        report.add("info" if live else "crash", torn_where, message + (" (being written)" if live else ""))
+    age = (now_ms - result.last_checkpoint.time_ms) / 1000
     if result.size > covered:
         missing = f"records {covered}..{result.size - 1} are not covered by any signed checkpoint"
         if result.closed:
             report.add("integrity", where, f"{missing}, yet the session was closed: checkpoints were removed")
+        elif live:
+            report.add("info", where, f"live: {missing} yet; the newest checkpoint is {age:.1f} s old")
         else:
             report.add("crash", where, f"{missing} (the session never closed: a crash, or a truncated checkpoint file)")
     elif not result.closed:
-        report.add("crash", where, "session never closed (crash or still running)")
+        if live:
+            report.add("info", where, f"live: every record is covered; the newest checkpoint is {age:.1f} s old")
+        else:
+            report.add("crash", where, f"session never closed and its newest checkpoint is {age:.0f} s old (a crash)")
+
+
+def _is_live(result: SessionResult, now_ms: int) -> bool:
+    """A session still being written: the newest of its instance, not closed, and checkpointed
+    recently — within twice the interval it recorded at its start, plus 2 s for the disk. (A
+    session that stopped checkpointing without closing is a crash.)"""
+    if not result.newest or result.closed or result.last_checkpoint is None or result.checkpoint_interval_ms <= 0:
+        return False
+    return now_ms - result.last_checkpoint.time_ms <= 2 * result.checkpoint_interval_ms + 2000

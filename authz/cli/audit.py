@@ -50,6 +50,12 @@ def add_parser(commands: Any) -> None:
     verify.add_argument("--key", required=True, help="verifier key file (or the key itself)")
     verify.add_argument("--trusted", help="a signed checkpoint kept elsewhere: the log must still contain it")
     verify.add_argument("--progress", action="store_true", help="show a progress bar (default: on a terminal)")
+    verify.add_argument(
+        "--as-of",
+        metavar="TIME",
+        help="judge whether a session is still live as of this time (RFC 3339, epoch ms): when a copy "
+        "was taken (default: now)",
+    )
 
     prove = sub.add_parser("prove", help="export one record with its inclusion proof")
     prove.add_argument("directory", help="the audit log directory (--audit-dir)")
@@ -160,13 +166,18 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     directory = _log_directory(args.directory)
+    now = time.time_ns() // 1_000_000
+    try:
+        as_of = query.parse_time(args.as_of, now) if args.as_of else None
+    except ValueError as error:
+        return _fail(f"--as-of {args.as_of!r}: {error}")
     verifier = _verifier(args.key)
     trusted = None
     if args.trusted:
         trusted = note.parse_checkpoint(verifier.open(pathlib.Path(args.trusted).read_text()))
     total = sum(p.stat().st_size for p in layout.segments(directory))
     with _progress(args.progress, total, "verifying") as progress:
-        report = audit_verify.verify_directory(directory, verifier, progress=progress, trusted=trusted)
+        report = audit_verify.verify_directory(directory, verifier, progress=progress, trusted=trusted, now_ms=as_of)
     for finding in report.findings:
         print(str(finding), file=sys.stderr if finding.severity != "info" else sys.stdout)
     verdict = {

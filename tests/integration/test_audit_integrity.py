@@ -10,6 +10,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -86,6 +87,10 @@ def log_copy(pristine: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     target = tmp_path / "audit"
     shutil.copytree(pristine, target)
     return target
+
+
+# Sessions here checkpoint hourly, so a crashed one still counts as live for two hours after.
+LATER = str(time.time_ns() // 1_000_000 + 3 * 3600 * 1000)
 
 
 def _verify(
@@ -286,6 +291,8 @@ def test_torn_last_line_is_a_crash_not_tampering(
     data = last.read_bytes()
     last.write_bytes(data[: len(data) - 40])  # the write of the last record was cut short
     code, out = _verify(directory, keys, capsys)
+    assert code == 0 and "live:" in out and "(being written)" in out, out  # checkpointed an instant ago
+    code, out = _verify(directory, keys, capsys, "--as-of", LATER)  # hours on, it never checkpointed again
     assert code == 3, out
     assert "torn last record" in out and "INCOMPLETE: crash artefacts only" in out
 
@@ -302,7 +309,7 @@ def test_trusted_checkpoint_catches_a_consistent_rollback(
     checkpoints.write_bytes(b"".join(line for line in _lines(checkpoints) if json.loads(line)["size"] <= 20))
     for segment in _segments(session):
         segment.write_bytes(b"".join(line for line in _lines(segment) if json.loads(line)["seq"] < 20))
-    code, out = _verify(log_copy, keys, capsys)
+    code, out = _verify(log_copy, keys, capsys, "--as-of", LATER)
     assert code == 3, out  # without outside knowledge it looks like a crash
     code, out = _verify(log_copy, keys, capsys, "--trusted", str(kept))
     assert code == 1 and "truncated or rolled back" in out, out

@@ -363,3 +363,38 @@ def test_a_check_cancelled_by_the_caller_is_still_recorded(
     assert len(cancelled) == 1 and cancelled[0]["decision"] == "error" and cancelled[0]["status"] == 504
     assert cancelled[0]["request"]["request_id"] == "slow-one" and cancelled[0]["request"]["host"] == "app.test"
     assert not [r for r in records if r.get("request", {}).get("request_id") == "slow-one" and r is not cancelled[0]]
+
+
+def test_a_running_servers_log_verifies_as_live_and_a_killed_ones_as_a_crash(
+    tmp_path: pathlib.Path, audit_keys: pathlib.Path, eventually: Callable[..., None]
+) -> None:
+    # What a monitoring CronJob sees: exit 0 while the server runs (its newest checkpoint is recent),
+    # exit 3 once it has stopped checkpointing without closing its session.
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(issuer="http://127.0.0.1:1"))
+    audit_dir = tmp_path / "audit"
+    flags = ["--audit-instance", "pod-1", "--audit-checkpoint-seconds", "1"]
+    authz = harness.TollgateProcess(config, extra=harness.audit_flags(audit_keys, audit_dir, *flags)).start()
+    tollgate = pathlib.Path(sys.executable).with_name("tollgate")
+    verify = [str(tollgate), "audit", "verify", str(audit_dir), "--key", str(audit_keys / "verifier.key")]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{authz.port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            for index in range(20):
+                stub.Check(checks.check_request(host="app.test", path=f"/orders/{index}"), timeout=5)
+        time.sleep(1.5)  # a heartbeat checkpoint covers them
+        live = subprocess.run(verify, capture_output=True, text=True, timeout=60, check=False)
+        assert live.returncode == 0, live.stdout + live.stderr
+        assert "live: every record is covered" in live.stdout + live.stderr
+    finally:
+        assert authz.process is not None
+        authz.process.send_signal(signal.SIGKILL)
+        authz.process.wait(10)
+    # Within the bound (twice the 1 s interval plus 2 s) the session still counts as live ...
+    as_of_now = subprocess.run(verify, capture_output=True, text=True, timeout=60, check=False)
+    assert as_of_now.returncode == 0, as_of_now.stdout + as_of_now.stderr
+    # ... and once it has passed, the session that stopped checkpointing without closing is a crash.
+    time.sleep(4.2)
+    crashed = subprocess.run(verify, capture_output=True, text=True, timeout=60, check=False)
+    assert crashed.returncode == 3, crashed.stdout + crashed.stderr
+    assert "session never closed and its newest checkpoint is" in crashed.stdout + crashed.stderr

@@ -159,14 +159,16 @@ class TreeState(_message.Message):
     def __init__(self, size: _Optional[int] = ..., hashes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Server(_message.Message):
-    __slots__ = ("instance", "session", "version")
+    __slots__ = ("instance", "session", "version", "checkpoint_interval_ms")
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     instance: str
     session: str
     version: str
-    def __init__(self, instance: _Optional[str] = ..., session: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    checkpoint_interval_ms: int
+    def __init__(self, instance: _Optional[str] = ..., session: _Optional[str] = ..., version: _Optional[str] = ..., checkpoint_interval_ms: _Optional[int] = ...) -> None: ...
 
 class CheckpointEntry(_message.Message):
     __slots__ = ("size", "note")
