@@ -248,6 +248,9 @@ class AuditSettings:
     archive_dir: pathlib.Path | None = _setting(
         None, "--audit-archive-dir", "retention moves old segments here instead of deleting them", _path
     )
+    group: str = _setting(
+        "", "--audit-group", "group (name or id) that may read the log files", str, shown="the server's own"
+    )
     otel_logs: bool = _setting(
         False,
         "--audit-otel-logs",
@@ -259,9 +262,24 @@ class AuditSettings:
     def instance_name(self) -> str:
         return self.instance or _hostname()
 
+    @property
+    def group_id(self) -> int | None:
+        """The ``--audit-group`` as a group id (None: unset); :class:`UsageError` if there is no such group."""
+        if not self.group:
+            return None
+        if self.group.isdigit():
+            return int(self.group)
+        import grp  # noqa: PLC0415 - POSIX only, and only when asked for
+
+        try:
+            return grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            raise UsageError(f"--audit-group {self.group!r}: no such group") from None
+
     def check(self) -> None:
         if self.dir is not None and (self.signing_key is None or self.pseudonym_keys is None):
             raise UsageError("--audit-dir needs --audit-signing-key and --audit-pseudonym-keys")
+        _ = self.group_id  # an unknown group is named now, not when the first file is created
 
 
 def add_arguments(parser: argparse.ArgumentParser | Any, settings: type) -> None:

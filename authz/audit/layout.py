@@ -15,26 +15,40 @@ through this module.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
     "CHECKPOINTS",
+    "CLOSED_MODE",
+    "DIR_MODE",
+    "FILE_MODE",
     "checkpoint_entries",
     "has_sessions",
     "instance_segments",
+    "make_dir",
+    "open_append",
     "origin_for",
+    "seal",
     "segment_path",
     "segments",
     "session_segments",
     "sessions",
+    "strays",
 ]
 
 CHECKPOINTS = "checkpoints.jsonl"
+# Who may read the log: the server's user writes, its group (an auditor's sidecar, a shipper) reads,
+# nobody else. A file is made read-only once its session or segment is closed.
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+CLOSED_MODE = 0o440
 _SEGMENT_GLOB = "segment-*.jsonl"
 _SESSION = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_SEGMENT = re.compile(r"segment-[0-9]{8}\.jsonl")
 
 
 def origin_for(instance: str, session: str) -> str:
@@ -93,3 +107,52 @@ def checkpoint_entries(session_dir: pathlib.Path) -> Iterator[dict[str, Any]]:
             continue
         if isinstance(entry, dict):
             yield entry
+
+
+def strays(directory: pathlib.Path) -> list[pathlib.Path]:
+    """Files under ``directory`` that belong to no log: anything but ``checkpoints.jsonl`` and
+    ``segment-NNNNNNNN.jsonl`` inside ``<instance>/<session>/`` (hidden files and a volume's
+    ``lost+found`` aside)."""
+    found = []
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if relative.parts[0] == "lost+found" or any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.is_dir():
+            continue
+        in_session = len(relative.parts) == 3
+        if not (in_session and (relative.name == CHECKPOINTS or _SEGMENT.fullmatch(relative.name))):
+            found.append(path)
+    return found
+
+
+def make_dir(path: pathlib.Path, group_id: int | None) -> None:
+    """Create ``path`` (and its missing parents) with :data:`DIR_MODE`, in ``group_id`` if given."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=DIR_MODE)
+        os.chmod(directory, DIR_MODE)  # mkdir's mode is filtered by the umask
+        if group_id is not None:
+            os.chown(directory, -1, group_id)
+
+
+def open_append(path: pathlib.Path, group_id: int | None) -> IO[bytes]:
+    """Open a log file for appending, created with :data:`FILE_MODE` in ``group_id`` if given."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    try:
+        os.fchmod(descriptor, FILE_MODE)
+        if group_id is not None:
+            os.fchown(descriptor, -1, group_id)
+    except OSError:
+        os.close(descriptor)
+        raise
+    return os.fdopen(descriptor, "ab")
+
+
+def seal(path: pathlib.Path) -> None:
+    """A closed segment or checkpoints file: read-only from now on."""
+    os.chmod(path, CLOSED_MODE)

@@ -38,6 +38,7 @@ class LogSettings:
     checkpoint_seconds: float = 10.0  # also the idle heartbeat interval
     retain_segments: int = 0  # 0: keep everything; else keep this many newest segments per instance
     archive_dir: pathlib.Path | None = None  # set: retention moves segments here instead of deleting
+    group_id: int | None = None  # the group that may read the log (default: the server's own)
 
 
 def _now_ms() -> int:
@@ -70,8 +71,10 @@ class AuditLog:
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
         previous = self._previous_checkpoint()
-        self.session_dir.mkdir(parents=True, exist_ok=False)
-        self._checkpoints = open(self.session_dir / layout.CHECKPOINTS, "ab")  # noqa: SIM115 - owned until close()
+        if self.session_dir.exists():
+            raise FileExistsError(f"{self.session_dir} exists")
+        layout.make_dir(self.session_dir, self.settings.group_id)
+        self._checkpoints = layout.open_append(self.session_dir / layout.CHECKPOINTS, self.settings.group_id)
         self._open_segment(first=True)
         now = _now_ms()
         self.append(
@@ -107,9 +110,11 @@ class AuditLog:
         )
         self.checkpoint()
         self._segment.close()
+        layout.seal(layout.segment_path(self.session_dir, self._segment_number))
         self._segment = None
         if self._checkpoints is not None:
             self._checkpoints.close()
+            layout.seal(self.session_dir / layout.CHECKPOINTS)
 
     # -- writing ---------------------------------------------------------------------------
     def append(self, entry: dict[str, Any]) -> bytes:
@@ -160,13 +165,14 @@ class AuditLog:
             self.checkpoint()
             assert self._segment is not None
             self._segment.close()
+            layout.seal(layout.segment_path(self.session_dir, self._segment_number))
             self._open_segment(first=False)
             self.apply_retention()
 
     def _open_segment(self, *, first: bool) -> None:
         self._segment_number += 1
         path = layout.segment_path(self.session_dir, self._segment_number)
-        self._segment = open(path, "ab")  # noqa: SIM115 - owned until rotation or close()
+        self._segment = layout.open_append(path, self.settings.group_id)
         self._segment_bytes = 0
         self._segment_started = time.monotonic()
         if not first:
@@ -213,7 +219,7 @@ class AuditLog:
                 continue
             if self.settings.archive_dir is not None:
                 target = self.settings.archive_dir / self.instance / path.parent.name
-                target.mkdir(parents=True, exist_ok=True)
+                layout.make_dir(target, self.settings.group_id)
                 shutil.move(str(path), target / path.name)
             else:
                 path.unlink()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import re
 import struct
 
 from cryptography.exceptions import InvalidSignature
@@ -96,6 +97,8 @@ class Verifier:
 
     def open(self, note: str) -> str:
         """Return the note's text if it carries a valid signature by this key; raise NoteError."""
+        if not note.endswith("\n"):
+            raise NoteError("malformed note: it must end with a newline")
         text, separator, signatures = note.rpartition("\n\n")
         if not separator or not signatures:
             raise NoteError("malformed note: no signature block")
@@ -144,13 +147,20 @@ class Checkpoint:
         return f"{self.origin}\n{self.size}\n{base64.b64encode(self.root).decode()}\ntime {self.time_ms}\n"
 
 
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")  # ASCII only: str.isdigit() would take "²" or "٣"
+
+
 def parse_checkpoint(text: str) -> Checkpoint:
+    """A C2SP tlog-checkpoint body: origin, tree size (ASCII decimal), base64 root hash, then
+    non-empty extension lines (``time <epoch ms>`` is ours); the text ends with a newline."""
     lines = text.split("\n")
     if len(lines) < 4 or lines[-1] != "":
         raise NoteError("checkpoint text has origin, size and root lines")
     origin, size, root = lines[0], lines[1], lines[2]
-    if not size.isdigit() or (size != "0" and size.startswith("0")):
-        raise NoteError("checkpoint size is not a decimal number")
+    if not origin:
+        raise NoteError("checkpoint origin is empty")
+    if not _DECIMAL.fullmatch(size):
+        raise NoteError("checkpoint size is not a decimal number (ASCII digits, no leading zero)")
     try:
         root_hash = base64.b64decode(root, validate=True)
     except ValueError as error:
@@ -159,6 +169,8 @@ def parse_checkpoint(text: str) -> Checkpoint:
         raise NoteError("checkpoint root is not a SHA-256 hash")
     time_ms = 0
     for extension in lines[3:-1]:
-        if extension.startswith("time ") and extension[5:].isdigit():
+        if not extension:
+            raise NoteError("checkpoint has an empty extension line")
+        if extension.startswith("time ") and _DECIMAL.fullmatch(extension[5:]):
             time_ms = int(extension[5:])
     return Checkpoint(origin=origin, size=int(size), root=root_hash, time_ms=time_ms)

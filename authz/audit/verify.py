@@ -7,7 +7,7 @@ Findings, each with a precise message naming the session, file, line and sequenc
                          does not match the records; a truncated tail; forged or altered
                          checkpoints or the wrong key; two different checkpoints for one size;
                          a broken or rolled-back session chain; records no checkpoint covers in a
-                         session that was closed; schema violations
+                         session that was closed; schema violations; a file that belongs to no log
     crash (exit 3)       a torn last line, or records after the last checkpoint, in a session that
                          never closed and stopped checkpointing: what a power cut leaves behind
     ok (exit 0)          intact; the newest session of an instance may be live: not closed, but
@@ -113,6 +113,8 @@ def verify_directory(
             previous = result
     if report.sessions == 0:
         report.add("integrity", str(directory), "no audit sessions found")
+    for stray in layout.strays(directory):
+        report.add("integrity", str(stray), "this file belongs to no log (copied in, or left behind by hand)")
     if trusted is not None:
         _check_trusted(trusted, results, report)
     return report

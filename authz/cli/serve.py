@@ -108,6 +108,7 @@ def make_recorder(settings: configuration.AuditSettings) -> recorder.AuditRecord
         checkpoint_seconds=settings.checkpoint_seconds,
         retain_segments=settings.retain_segments,
         archive_dir=settings.archive_dir,
+        group_id=settings.group_id,
     )
     log = audit_log.AuditLog(settings.dir, signer, instance=settings.instance_name, settings=log_settings)
     audit = recorder.AuditRecorder(log, pseudonyms, mode=settings.mode, queue_size=settings.queue_size)

@@ -86,6 +86,8 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, keys: pathlib.Path) -> pa
 def log_copy(pristine: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     target = tmp_path / "audit"
     shutil.copytree(pristine, target)
+    for path in target.rglob("*.jsonl"):
+        path.chmod(0o640)  # closed files are read-only; their owner (an attacker here) can change that
     return target
 
 

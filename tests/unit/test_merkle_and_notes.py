@@ -69,3 +69,35 @@ def test_key_id_follows_c2sp() -> None:
     signer = note.Signer.from_skey(skey)
     expected = hashlib.sha256(b"example.com/key\n\x01" + signer.public).digest()[:4].hex()
     assert vkey.split("+")[1] == expected == skey.split("+")[3]
+
+
+ROOT = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="  # SHA-256 of nothing, base64
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"origin\n\u00b2\n{ROOT}\n",  # a superscript two is a digit to str.isdigit(), not to C2SP
+        f"origin\n\u0663\n{ROOT}\n",  # an Arabic-Indic three
+        f"origin\n012\n{ROOT}\n",  # a leading zero
+        f"origin\n12\n{ROOT}\n\ntime 5\n",  # an empty extension line
+        f"origin\n12\n{ROOT}",  # no final newline
+        f"\n12\n{ROOT}\n",  # no origin
+        f"origin\n12\n{ROOT[:-4]}\n",  # not a SHA-256 root
+    ],
+)
+def test_checkpoint_parser_is_strict(text: str) -> None:
+    with pytest.raises(note.NoteError):
+        note.parse_checkpoint(text)
+
+
+def test_checkpoint_time_and_a_note_without_final_newline() -> None:
+    parsed = note.parse_checkpoint(f"origin\n12\n{ROOT}\ntime 1700000000000\nother ext\n")
+    assert (parsed.origin, parsed.size, parsed.time_ms) == ("origin", 12, 1_700_000_000_000)
+    assert note.parse_checkpoint(f"origin\n12\n{ROOT}\ntime \u00b9\u00b2\n").time_ms == 0  # not ASCII: not a time
+    skey, vkey = note.generate("tollgate.dev/audit/test")
+    signed = note.Signer.from_skey(skey).sign(f"origin\n12\n{ROOT}\n")
+    verifier = note.Verifier(vkey)
+    assert verifier.open(signed) == f"origin\n12\n{ROOT}\n"
+    with pytest.raises(note.NoteError, match="end with a newline"):
+        verifier.open(signed.rstrip("\n"))
