@@ -22,17 +22,23 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 __all__ = [
+    "ARCHIVE_MARKER",
     "CHECKPOINTS",
     "CLOSED_MODE",
     "DIR_MODE",
     "FILE_MODE",
     "checkpoint_entries",
+    "copy_checkpoints",
     "has_sessions",
     "instance_segments",
+    "is_archive",
     "make_dir",
+    "mark_archive",
     "open_append",
     "origin_for",
+    "retention_claims",
     "seal",
+    "segment_evidence",
     "segment_path",
     "segments",
     "session_segments",
@@ -41,6 +47,9 @@ __all__ = [
 ]
 
 CHECKPOINTS = "checkpoints.jsonl"
+# In the root of an archive directory: its sessions continue in the live directory, so a session
+# whose newest records are missing here is not truncated (verify the two together for that).
+ARCHIVE_MARKER = ".tollgate-archive"
 # Who may read the log: the server's user writes, its group (an auditor's sidecar, a shipper) reads,
 # nobody else. A file is made read-only once its session or segment is closed.
 DIR_MODE = 0o750
@@ -156,3 +165,64 @@ def open_append(path: pathlib.Path, group_id: int | None) -> IO[bytes]:
 def seal(path: pathlib.Path) -> None:
     """A closed segment or checkpoints file: read-only from now on."""
     os.chmod(path, CLOSED_MODE)
+
+
+def segment_evidence(segment: pathlib.Path) -> tuple[str, int, int, str] | None:
+    """(origin, first seq, last seq, a signed checkpoint covering the last) for a closed segment, or
+    None if it cannot be read whole or no checkpoint of its session covers it yet."""
+    try:
+        lines = segment.read_bytes().split(b"\n")
+        first, last = json.loads(lines[0]), json.loads(lines[-2])
+        origin, first_seq, last_seq = str(first["origin"]), int(first["seq"]), int(last["seq"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    covering = [
+        entry
+        for entry in checkpoint_entries(segment.parent)
+        if isinstance(entry.get("size"), int) and entry["size"] > last_seq and isinstance(entry.get("note"), str)
+    ]
+    if not covering:
+        return None
+    return origin, first_seq, last_seq, min(covering, key=lambda entry: entry["size"])["note"]
+
+
+def mark_archive(archive: pathlib.Path) -> None:
+    marker = archive / ARCHIVE_MARKER
+    if not marker.exists():
+        marker.write_text(
+            "segments moved here by tollgate's audit retention; their sessions continue in the live log\n"
+        )
+
+
+def is_archive(directory: pathlib.Path) -> bool:
+    return (directory / ARCHIVE_MARKER).exists()
+
+
+def copy_checkpoints(session_dir: pathlib.Path, target: pathlib.Path) -> None:
+    """Copy a session's checkpoints beside its archived segments (replacing an older copy)."""
+    source, copy = session_dir / CHECKPOINTS, target / CHECKPOINTS
+    if not source.exists():
+        return
+    staging = target / (".staging-" + CHECKPOINTS)
+    staging.write_bytes(source.read_bytes())
+    os.chmod(staging, CLOSED_MODE)
+    os.replace(staging, copy)
+
+
+def retention_claims(segment: pathlib.Path) -> list[dict[str, Any]]:
+    """The ``retention`` records a segment holds (what earlier retention removed, and when)."""
+    found: list[dict[str, Any]] = []
+    try:
+        lines = segment.read_bytes().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        if b'"kind":"retention"' not in line:
+            continue
+        try:
+            claim = json.loads(line)["retention"]
+        except (ValueError, KeyError):
+            continue
+        if isinstance(claim, dict) and isinstance(claim.get("origin"), str) and isinstance(claim.get("last_seq"), int):
+            found.append(claim)
+    return found

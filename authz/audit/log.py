@@ -207,24 +207,75 @@ class AuditLog:
         return None
 
     def apply_retention(self) -> list[pathlib.Path]:
-        """Remove (or archive) whole segments beyond the newest ``retain_segments`` of this instance."""
+        """Remove (or archive) whole segments beyond the newest ``retain_segments`` of this instance.
+
+        Evidence first: for each segment a ``retention`` record (its log, name, sequence range and
+        the signed checkpoint that covered it) is written to this session's log and signed by a
+        checkpoint before the segment goes, so ``verify`` can tell retention from deletion by hand.
+        Archiving also copies the segment's session checkpoints, so the archive verifies on its own.
+        """
         keep = self.settings.retain_segments
         if keep <= 0:
             return []
         segments = layout.instance_segments(self.directory, self.instance)
         current = layout.segment_path(self.session_dir, self._segment_number)
-        removed = []
-        for path in segments[: max(0, len(segments) - keep)]:
-            if path == current:
+        doomed = [path for path in segments[: max(0, len(segments) - keep)] if path != current]
+        evidence = [(path, layout.segment_evidence(path)) for path in doomed]
+        doomed = [path for path, found in evidence if found is not None]  # unreadable: left in place
+        if not doomed:
+            return []
+        archive = self.settings.archive_dir
+        action = "archived" if archive is not None else "deleted"
+        # Retention takes each log from its front, so one record per log says "everything up to
+        # here went": the newest claim per log is kept, including claims carried by the segments
+        # about to go (they are stated again here, or the evidence would go with them).
+        claims: dict[str, dict[str, Any]] = {}
+        for path, found in evidence:
+            if found is None:
                 continue
-            if self.settings.archive_dir is not None:
-                target = self.settings.archive_dir / self.instance / path.parent.name
+            for carried in layout.retention_claims(path):
+                _keep_newest(claims, carried)
+            origin, _, last_seq, checkpoint = found
+            _keep_newest(
+                claims,
+                {
+                    "origin": origin,
+                    "segment": path.name,
+                    "first_seq": 0,
+                    "last_seq": last_seq,
+                    "checkpoint": checkpoint,
+                    "action": action,
+                },
+            )
+        for claim in claims.values():
+            now = _now_ms()
+            self.append(
+                {
+                    "v": record.SCHEMA_VERSION,
+                    "kind": "retention",
+                    "id": ids.new_id(),
+                    "time": record.format_time(now),
+                    "time_ms": now,
+                    "retention": claim,
+                }
+            )
+        self.checkpoint()  # the evidence is signed before anything is removed
+        for path in doomed:
+            if archive is not None:
+                target = archive / self.instance / path.parent.name
                 layout.make_dir(target, self.settings.group_id)
+                layout.mark_archive(archive)
                 shutil.move(str(path), target / path.name)
+                layout.copy_checkpoints(path.parent, target)
             else:
                 path.unlink()
-            removed.append(path)
-        return removed
+        return doomed
+
+
+def _keep_newest(claims: dict[str, dict[str, Any]], claim: dict[str, Any]) -> None:
+    known = claims.get(claim["origin"])
+    if known is None or known["last_seq"] < claim["last_seq"]:
+        claims[claim["origin"]] = claim
 
 
 def _version() -> str:

@@ -7,7 +7,8 @@ Findings, each with a precise message naming the session, file, line and sequenc
                          does not match the records; a truncated tail; forged or altered
                          checkpoints or the wrong key; two different checkpoints for one size;
                          a broken or rolled-back session chain; records no checkpoint covers in a
-                         session that was closed; schema violations; a file that belongs to no log
+                         session that was closed; schema violations; a file that belongs to no log;
+                         records, segments or sessions missing that no retention record accounts for
     crash (exit 3)       a torn last line, or records after the last checkpoint, in a session that
                          never closed and stopped checkpointing: what a power cut leaves behind
     ok (exit 0)          intact; the newest session of an instance may be live: not closed, but
@@ -25,7 +26,7 @@ import hashlib
 import json
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from authz.audit import layout, merkle, note, record
@@ -56,6 +57,9 @@ class SessionResult:
     checkpoint_interval_ms: int = 0  # from session_start (0: an older log that did not record it)
     newest: bool = False  # the newest session of its instance: the only one that may still be running
     torn: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (where, message): a write cut short
+    empty: bool = False  # no segment left: every record went by retention, or by hand
+    checkpoint_sizes: set[int] = dataclasses.field(default_factory=set)
+    retained: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)  # (where, retention record)
 
 
 @dataclasses.dataclass
@@ -78,61 +82,149 @@ class Report:
 
 
 def verify_directory(
-    directory: pathlib.Path,
+    directory: pathlib.Path | Sequence[pathlib.Path],
     verifier: note.Verifier,
     *,
     progress: Callable[[int], None] | None = None,
     trusted: note.Checkpoint | None = None,
     now_ms: int | None = None,
 ) -> Report:
-    """Verify every session under ``directory``. ``now_ms`` (default: the clock) decides whether
-    the newest session of an instance is live: see :func:`_is_live`."""
+    """Verify every session under ``directory`` — or under several, read as one log: a live
+    directory and its archive, say (a session's segments and checkpoints may be in both).
+    ``now_ms`` (default: the clock) decides whether the newest session of an instance is live:
+    see :func:`_is_live`. An archive read alone (:data:`~authz.audit.layout.ARCHIVE_MARKER`) is
+    checked for what it holds; that its sessions continue elsewhere is expected."""
+    directories = [directory] if isinstance(directory, pathlib.Path) else list(directory)
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     report = Report()
-    if not directory.is_dir():
-        report.add("integrity", str(directory), "not a directory")
+    for given in directories:
+        if not given.is_dir():
+            report.add("integrity", str(given), "not a directory")
+    if report.findings:
         return report
+    archive_only = all(layout.is_archive(given) for given in directories)
+    merged: dict[str, dict[str, list[pathlib.Path]]] = {}
+    for given in directories:
+        for instance, session_dirs in layout.sessions(given):
+            for session_dir in session_dirs:
+                merged.setdefault(instance, {}).setdefault(session_dir.name, []).append(session_dir)
     results: dict[str, SessionResult] = {}
-    for instance, session_dirs in layout.sessions(directory):
+    links: list[tuple[SessionResult | None, SessionResult]] = []
+    for instance in sorted(merged):
         previous: SessionResult | None = None
-        for position, session_dir in enumerate(session_dirs):
+        names = sorted(merged[instance])
+        for position, name in enumerate(names):
             wanted = {trusted.size} if trusted is not None else set()
             result = _verify_session(
-                session_dir,
+                merged[instance][name],
                 instance,
                 verifier,
                 report,
                 progress=progress,
                 wanted=wanted,
-                newest=position == len(session_dirs) - 1,
+                newest=position == len(names) - 1 and not archive_only,
                 now_ms=now_ms,
+                archive_only=archive_only,
             )
             results[result.origin] = result
             report.sessions += 1
-            _check_session_link(previous, result, report)
+            links.append((previous, result))
             previous = result
+    retained = _retention_evidence(results.values(), verifier, report)
+    for previous, result in links:
+        _check_session_link(previous, result, report, retained)
+    for result in results.values():
+        _check_removed_records(result, report, retained, archive_only)
     if report.sessions == 0:
-        report.add("integrity", str(directory), "no audit sessions found")
-    for stray in layout.strays(directory):
-        report.add("integrity", str(stray), "this file belongs to no log (copied in, or left behind by hand)")
+        report.add("integrity", ", ".join(map(str, directories)), "no audit sessions found")
+    for given in directories:
+        for stray in layout.strays(given):
+            report.add("integrity", str(stray), "this file belongs to no log (copied in, or left behind by hand)")
     if trusted is not None:
         _check_trusted(trusted, results, report)
     return report
 
 
-def _check_session_link(previous: SessionResult | None, current: SessionResult, report: Report) -> None:
+Retained = dict[str, list[tuple[int, int, str]]]  # origin → (first seq, last seq, where recorded)
+
+
+def _retention_evidence(results: Iterable[SessionResult], verifier: note.Verifier, report: Report) -> Retained:
+    """The segments retention says it removed, per log — each with a signed checkpoint of that log
+    covering it (else the record itself is reported)."""
+    retained: Retained = {}
+    for result in results:
+        for where, entry in result.retained:
+            try:
+                origin, first, last = str(entry["origin"]), int(entry["first_seq"]), int(entry["last_seq"])
+                checkpoint = note.parse_checkpoint(verifier.open(str(entry["checkpoint"])))
+            except (KeyError, TypeError, ValueError, note.NoteError) as error:
+                report.add("integrity", where, f"retention record without a valid signed checkpoint ({error})")
+                continue
+            if checkpoint.origin != origin or checkpoint.size <= last or first > last:
+                report.add("integrity", where, "retention record's checkpoint does not cover what it says went")
+                continue
+            retained.setdefault(origin, []).append((first, last, where))
+    return retained
+
+
+def _accounted(retained: Retained, origin: str, first: int, last: int) -> str:
+    """Where the retention records that account for records ``first..last`` of ``origin`` are
+    ("" if they do not account for every one)."""
+    covered_to, places = first - 1, list[str]()
+    for start, end, where in sorted(retained.get(origin, [])):
+        if start > covered_to + 1:
+            break
+        if end > covered_to:
+            covered_to, places = end, [*places, where]
+    return ", ".join(dict.fromkeys(place.split(" seq ")[0] for place in places)) if covered_to >= last else ""
+
+
+def _check_removed_records(result: SessionResult, report: Report, retained: Retained, archive_only: bool) -> None:
+    """Records missing from the front of a session (or all of them) must be accounted for by
+    retention records; without one, they were removed by hand."""
+    where = result.directory.name
+    last = result.first_seq - 1
+    if result.empty:
+        last = (max(result.checkpoint_sizes) - 1) if result.checkpoint_sizes else -1
+    if last < 0:
+        return
+    recorded = _accounted(retained, result.origin, 0, last)
+    if recorded:
+        report.add("info", where, f"records 0..{last} removed by retention (recorded in {recorded})")
+    elif archive_only:
+        report.add("info", where, f"records 0..{last} are not in this archive (verify it with the live log)")
+    else:
+        report.add(
+            "integrity",
+            where,
+            f"records 0..{last} are missing and no retention record accounts for them: removed by hand",
+        )
+
+
+def _check_session_link(
+    previous: SessionResult | None, current: SessionResult, report: Report, retained: Retained
+) -> None:
     where = current.directory.name
     committed = current.previous
     if previous is None:
         if committed is not None:
-            report.add(
-                "info",
-                where,
-                f"first session here commits to {committed['origin']} at size "
-                f"{committed['size']}, which is not present (removed by retention?)",
+            gone = (
+                f"first session here commits to {committed['origin']} at size {committed['size']}, which is not present"
             )
+            size = committed.get("size")
+            recorded = _accounted(retained, str(committed.get("origin")), 0, size - 1) if isinstance(size, int) else ""
+            if recorded:
+                report.add("info", where, f"{gone}: removed by retention (recorded in {recorded})")
+            else:
+                report.add("integrity", where, f"{gone}, and no retention record accounts for it: removed by hand")
         return
     if committed is None:
+        started_elsewhere = current.first_seq > 0 or current.empty  # its session_start is not here
+        if started_elsewhere and _accounted(retained, current.origin, 0, 0):
+            report.add(
+                "info", where, "the session's first record went by retention: its link to the one before is gone"
+            )
+            return
         report.add(
             "integrity",
             where,
@@ -175,22 +267,29 @@ def _check_trusted(trusted: note.Checkpoint, results: dict[str, SessionResult], 
 
 
 def _load_checkpoints(
-    session_dir: pathlib.Path, origin: str, verifier: note.Verifier, report: Report, result: SessionResult
+    session_dirs: Sequence[pathlib.Path], origin: str, verifier: note.Verifier, report: Report, result: SessionResult
 ) -> dict[int, note.Checkpoint]:
+    """The session's signed checkpoints by tree size, from every copy of its checkpoints file (an
+    archive keeps one): a line in any copy counts, so a copy that lost lines cannot hide them."""
     by_size: dict[int, note.Checkpoint] = {}
-    path = session_dir / layout.CHECKPOINTS
-    if not path.exists():
-        report.add("integrity", str(path), "no checkpoints file")
+    seen: set[bytes] = set()
+    numbered: list[tuple[str, bytes]] = []
+    for session_dir in session_dirs:
+        path = session_dir / layout.CHECKPOINTS
+        if not path.exists():
+            continue
+        lines = path.read_bytes().split(b"\n")
+        if lines[-1] != b"":
+            result.torn.append((f"{path}:{len(lines)}", "torn last checkpoint line (interrupted write)"))
+        for number, line in enumerate(lines[:-1], start=1):
+            if line not in seen:
+                seen.add(line)
+                numbered.append((f"{path}:{number}", line))
+    if not numbered and not any((d / layout.CHECKPOINTS).exists() for d in session_dirs):
+        report.add("integrity", str(session_dirs[0] / layout.CHECKPOINTS), "no checkpoints file")
         return by_size
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    torn_tail = lines[-1] != b""
     last_time = 0
-    for number, line in enumerate(lines[:-1] if not torn_tail else lines, start=1):
-        where = f"{path}:{number}"
-        if torn_tail and number == len(lines):
-            result.torn.append((where, "torn last checkpoint line (interrupted write)"))
-            break
+    for where, line in numbered:
         try:
             entry = json.loads(line)
             text = verifier.open(entry["note"])
@@ -232,7 +331,7 @@ class _Walk:
 
 
 def _verify_session(
-    session_dir: pathlib.Path,
+    session_dirs: Sequence[pathlib.Path],
     instance: str,
     verifier: note.Verifier,
     report: Report,
@@ -241,14 +340,16 @@ def _verify_session(
     wanted: set[int],
     newest: bool,
     now_ms: int,
+    archive_only: bool,
 ) -> SessionResult:
-    origin = layout.origin_for(instance, session_dir.name)
-    result = SessionResult(session_dir, origin, newest=newest)
-    checkpoints = _load_checkpoints(session_dir, origin, verifier, report, result)
+    origin = layout.origin_for(instance, session_dirs[0].name)
+    result = SessionResult(session_dirs[0], origin, newest=newest)
+    checkpoints = _load_checkpoints(session_dirs, origin, verifier, report, result)
+    result.checkpoint_sizes = set(checkpoints)
     wanted = wanted | set(checkpoints)  # the tree sizes whose roots must be compared
-    segments = layout.session_segments(session_dir)
+    segments = _segments(session_dirs, report)
     if not segments:
-        report.add("integrity", str(session_dir), "no segment files")
+        result.empty = True  # accounted for (or not) by retention records: see _check_removed_records
         return result
     walk = _Walk(origin)
     for segment_index, segment in enumerate(segments):
@@ -264,8 +365,20 @@ def _verify_session(
                 report.add("integrity", f"{segment}:{len(lines)}", "segment does not end with a complete record")
         for number, line in enumerate(lines[:-1], start=1):
             _check_record(line, f"{segment.name}:{number}", walk, result, report, wanted=wanted)
-    _match_checkpoints(result, checkpoints, report, now_ms)
+    _match_checkpoints(result, checkpoints, report, now_ms, archive_only)
     return result
+
+
+def _segments(session_dirs: Sequence[pathlib.Path], report: Report) -> list[pathlib.Path]:
+    """The session's segments from every directory, in order; one file per name (two copies of a
+    segment must be the same bytes)."""
+    by_name: dict[str, pathlib.Path] = {}
+    for session_dir in session_dirs:
+        for segment in layout.session_segments(session_dir):
+            known = by_name.setdefault(segment.name, segment)
+            if known is not segment and known.read_bytes() != segment.read_bytes():
+                report.add("integrity", str(segment), f"differs from {known}: two versions of one segment")
+    return [by_name[name] for name in sorted(by_name)]
 
 
 def _check_record(
@@ -312,6 +425,8 @@ def _check_record(
     kind = parsed.get("kind")
     if kind == "session_end":
         result.closed = True
+    elif kind == "retention" and isinstance(parsed.get("retention"), dict):
+        result.retained.append((f"{walk.origin} seq {seq}", parsed["retention"]))
     elif kind == "session_start":
         result.previous = parsed.get("previous")
         interval = (parsed.get("server") or {}).get("checkpoint_interval_ms")
@@ -332,8 +447,7 @@ def _start(
     if parsed.get("kind") != "segment_start" or state.get("size") != seq:
         report.add("integrity", where, f"log begins at seq {seq} without segment state: earlier records are missing")
         return merkle.CompactRange(), parsed.get("prev", ""), seq
-    report.add("info", where, f"earlier segments removed (retention); verifying from seq {seq}")
-    result.first_seq = seq
+    result.first_seq = seq  # what came before must be accounted for: see _check_removed_records
     try:
         hashes = [base64.b64decode(h) for h in state["hashes"]]
         return merkle.CompactRange(seq, hashes), parsed.get("prev", ""), seq
@@ -360,12 +474,20 @@ def _parse(line: bytes, where: str, report: Report) -> dict[str, Any] | None:
 
 
 def _match_checkpoints(
-    result: SessionResult, checkpoints: dict[int, note.Checkpoint], report: Report, now_ms: int
+    result: SessionResult, checkpoints: dict[int, note.Checkpoint], report: Report, now_ms: int, archive_only: bool
 ) -> None:
     where = result.directory.name
     if not checkpoints:
         report.add("integrity", where, "no valid signed checkpoint")
         return
+    beyond = [size for size in checkpoints if size > result.size]
+    if archive_only and beyond:
+        # An archive holds a session's older segments; its newer records are in the live log.
+        report.add("info", where, f"records {result.size}..{max(beyond) - 1} are not in this archive (in the live log)")
+        result.closed = True  # not a crash: the session went on elsewhere
+        checkpoints = {size: checkpoint for size, checkpoint in checkpoints.items() if size <= result.size}
+        if not checkpoints:
+            return
     for size, checkpoint in sorted(checkpoints.items()):
         if size > result.size:
             report.add(

@@ -46,7 +46,13 @@ def add_parser(commands: Any) -> None:
     pkey.add_argument("--id", required=True, help="the new current key's id")
 
     verify = sub.add_parser("verify", help="verify a log directory offline with a pinned key")
-    verify.add_argument("directory", help="the audit log directory (--audit-dir)")
+    verify.add_argument(
+        "directories",
+        nargs="+",
+        metavar="DIR",
+        help="the audit log directory (--audit-dir); also its archive (--audit-archive-dir) to verify them as one, "
+        "or an archive alone",
+    )
     verify.add_argument("--key", required=True, help="verifier key file (or the key itself)")
     verify.add_argument("--trusted", help="a signed checkpoint kept elsewhere: the log must still contain it")
     verify.add_argument("--progress", action="store_true", help="show a progress bar (default: on a terminal)")
@@ -165,7 +171,7 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    directory = _log_directory(args.directory)
+    directories = [_log_directory(text) for text in args.directories]
     now = time.time_ns() // 1_000_000
     try:
         as_of = query.parse_time(args.as_of, now) if args.as_of else None
@@ -175,9 +181,9 @@ def _verify(args: argparse.Namespace) -> int:
     trusted = None
     if args.trusted:
         trusted = note.parse_checkpoint(verifier.open(pathlib.Path(args.trusted).read_text()))
-    total = sum(p.stat().st_size for p in layout.segments(directory))
+    total = sum(p.stat().st_size for directory in directories for p in layout.segments(directory))
     with _progress(args.progress, total, "verifying") as progress:
-        report = audit_verify.verify_directory(directory, verifier, progress=progress, trusted=trusted, now_ms=as_of)
+        report = audit_verify.verify_directory(directories, verifier, progress=progress, trusted=trusted, now_ms=as_of)
     for finding in report.findings:
         print(str(finding), file=sys.stderr if finding.severity != "info" else sys.stdout)
     verdict = {

@@ -317,19 +317,20 @@ def test_trusted_checkpoint_catches_a_consistent_rollback(
     assert code == 1 and "truncated or rolled back" in out, out
 
 
-def test_retention_keeps_the_rest_verifiable(
+def test_segments_removed_by_hand_are_caught(
     tmp_path: pathlib.Path, keys: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # What retention does, done by hand: no retention record accounts for it (see test_audit_lifecycle).
     directory = tmp_path / "retained"
     asyncio.run(_write_session(directory, keys, 80))
     session = _sessions(directory)[0]
     segments = _segments(session)
     assert len(segments) > 3
     for old in segments[:2]:
-        old.unlink()  # what --audit-retain-segments does
+        old.unlink()
     code, out = _verify(directory, keys, capsys)
-    assert code == 0, out
-    assert "earlier segments removed (retention)" in out
+    assert code == 1, out
+    assert "are missing and no retention record accounts for them: removed by hand" in out
 
 
 def test_proof_round_trip(

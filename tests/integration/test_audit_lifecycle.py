@@ -99,13 +99,58 @@ def test_rotation_by_age_and_retention_with_archive(
     kept = sorted(directory.rglob("segment-*.jsonl"))
     archived = sorted(archive.rglob("segment-*.jsonl"))
     assert len(kept) <= 4 and archived, (kept, archived)  # the newest 3, plus the one being written
-    code = cli.main(["audit", "verify", str(directory), "--key", str(keys / "verifier.key")])
-    captured = capsys.readouterr()
-    out = captured.out
-    assert code == 0, out + captured.err
-    assert "earlier segments removed (retention)" in out
     first = json.loads(kept[0].read_text().splitlines()[0])
     assert first["kind"] == "segment_start" and first["tree"]["size"] == first["seq"]
+    key = ["--key", str(keys / "verifier.key")]
+    # The live log alone: what went is accounted for by its signed retention records.
+    code, out = _verify(capsys, str(directory), *key)
+    assert code == 0 and "removed by retention (recorded in" in out, out
+    # The archive alone: what it holds is authentic; that the session goes on elsewhere is expected.
+    code, out = _verify(capsys, str(archive), *key)
+    assert code == 0 and "are not in this archive" in out, out
+    # Both together: one whole log.
+    code, out = _verify(capsys, str(directory), str(archive), *key)
+    assert code == 0, out
+    assert "removed by retention" not in out and "not in this archive" not in out, out
+    # An archived segment edited: caught by the archive's own copy of the checkpoints.
+    edited = archived[1]
+    edited.chmod(0o640)
+    edited.write_bytes(edited.read_bytes().replace(b'"/1', b'"/9', 1))
+    code, out = _verify(capsys, str(archive), *key)
+    assert code == 1, out
+
+
+def _verify(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = cli.main(["audit", "verify", *args])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_retention_over_several_sessions_verifies_and_a_session_removed_by_hand_does_not(
+    tmp_path: pathlib.Path, keys: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "audit"
+    settings = audit_log.LogSettings(segment_max_bytes=3000, checkpoint_every=5, retain_segments=2)
+    for _ in range(3):
+        asyncio.run(_run(keys, directory, settings, count=40))
+    sessions = sorted((directory / "pod").iterdir())
+    assert len(sessions) == 3
+    assert not list(sessions[0].glob("segment-*")), "retention emptied the oldest session"
+    key = ["--key", str(keys / "verifier.key")]
+    code, out = _verify(capsys, str(directory), *key)
+    assert code == 0, out
+    assert "removed by retention (recorded in" in out
+    # A whole session deleted by hand (retention never removes a session's checkpoints).
+    unretained = tmp_path / "unretained"
+    plain = audit_log.LogSettings(checkpoint_every=5)
+    for _ in range(2):
+        asyncio.run(_run(keys, unretained, plain, count=10))
+    first = sorted((unretained / "pod").iterdir())[0]
+    for path in first.iterdir():
+        path.unlink()
+    first.rmdir()
+    code, out = _verify(capsys, str(unretained), *key)
+    assert code == 1 and "no retention record accounts for it: removed by hand" in out, out
 
 
 def test_query_progress_bar(tmp_path: pathlib.Path, keys: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:

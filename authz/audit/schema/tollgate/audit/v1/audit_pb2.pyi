@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuditRecord(_message.Message):
-    __slots__ = ("v", "kind", "id", "seq", "origin", "prev", "time", "time_ms", "decision", "status", "reason", "message", "policy", "rule", "revision", "dry_run", "identity", "request", "trace", "latency_us", "pseudonym_key", "loss", "previous", "tree", "server")
+    __slots__ = ("v", "kind", "id", "seq", "origin", "prev", "time", "time_ms", "decision", "status", "reason", "message", "policy", "rule", "revision", "dry_run", "identity", "request", "trace", "latency_us", "pseudonym_key", "loss", "previous", "tree", "server", "retention")
     V_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class AuditRecord(_message.Message):
     PREVIOUS_FIELD_NUMBER: _ClassVar[int]
     TREE_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
     v: int
     kind: str
     id: str
@@ -58,7 +59,24 @@ class AuditRecord(_message.Message):
     previous: PreviousCheckpoint
     tree: TreeState
     server: Server
-    def __init__(self, v: _Optional[int] = ..., kind: _Optional[str] = ..., id: _Optional[str] = ..., seq: _Optional[int] = ..., origin: _Optional[str] = ..., prev: _Optional[str] = ..., time: _Optional[str] = ..., time_ms: _Optional[int] = ..., decision: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., policy: _Optional[str] = ..., rule: _Optional[str] = ..., revision: _Optional[str] = ..., dry_run: _Optional[_Union[DryRun, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., trace: _Optional[_Union[Trace, _Mapping]] = ..., latency_us: _Optional[int] = ..., pseudonym_key: _Optional[str] = ..., loss: _Optional[_Union[Loss, _Mapping]] = ..., previous: _Optional[_Union[PreviousCheckpoint, _Mapping]] = ..., tree: _Optional[_Union[TreeState, _Mapping]] = ..., server: _Optional[_Union[Server, _Mapping]] = ...) -> None: ...
+    retention: Retention
+    def __init__(self, v: _Optional[int] = ..., kind: _Optional[str] = ..., id: _Optional[str] = ..., seq: _Optional[int] = ..., origin: _Optional[str] = ..., prev: _Optional[str] = ..., time: _Optional[str] = ..., time_ms: _Optional[int] = ..., decision: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., policy: _Optional[str] = ..., rule: _Optional[str] = ..., revision: _Optional[str] = ..., dry_run: _Optional[_Union[DryRun, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., trace: _Optional[_Union[Trace, _Mapping]] = ..., latency_us: _Optional[int] = ..., pseudonym_key: _Optional[str] = ..., loss: _Optional[_Union[Loss, _Mapping]] = ..., previous: _Optional[_Union[PreviousCheckpoint, _Mapping]] = ..., tree: _Optional[_Union[TreeState, _Mapping]] = ..., server: _Optional[_Union[Server, _Mapping]] = ..., retention: _Optional[_Union[Retention, _Mapping]] = ...) -> None: ...
+
+class Retention(_message.Message):
+    __slots__ = ("origin", "segment", "first_seq", "last_seq", "checkpoint", "action")
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    origin: str
+    segment: str
+    first_seq: int
+    last_seq: int
+    checkpoint: str
+    action: str
+    def __init__(self, origin: _Optional[str] = ..., segment: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., checkpoint: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
 
 class DryRun(_message.Message):
     __slots__ = ("decision", "reason", "policy", "rule")
