@@ -1,4 +1,5 @@
-"""RFC 6962 Merkle trees: leaf and node hashes, an append-only compact range, inclusion proofs.
+"""RFC 6962 Merkle trees: leaf and node hashes, an append-only compact range, inclusion and
+consistency proofs.
 
 Used by the audit log (:mod:`authz.audit.log`) to maintain the root while appending, and by the
 verifier and the proof tools (:mod:`authz.audit.verify`, :mod:`authz.audit.proof`).
@@ -16,7 +17,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-__all__ = ["CompactRange", "inclusion_proof", "leaf_hash", "node_hash", "root_of", "verify_inclusion"]
+__all__ = [
+    "CompactRange",
+    "consistency_proof",
+    "inclusion_proof",
+    "leaf_hash",
+    "node_hash",
+    "root_of",
+    "verify_consistency",
+    "verify_inclusion",
+]
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
@@ -112,3 +122,53 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
         fn >>= 1
         sn >>= 1
     return sn == 0 and node == root
+
+
+def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
+    """The proof that the tree of the first ``old_size`` leaves is a prefix of the tree of all of
+    ``leaves`` (RFC 6962 §2.1.2, PROOF(m, D[n]) by its SUBPROOF definition)."""
+    if not 0 < old_size <= len(leaves):
+        raise IndexError("the old size must be between 1 and the new size")
+    return _subproof(old_size, leaves, complete=True)
+
+
+def _subproof(m: int, leaves: Sequence[bytes], *, complete: bool) -> list[bytes]:
+    n = len(leaves)
+    if m == n:
+        return [] if complete else [root_of(leaves)]
+    k = 1 << ((n - 1).bit_length() - 1)
+    if m <= k:
+        return [*_subproof(m, leaves[:k], complete=complete), root_of(leaves[k:])]
+    return [*_subproof(m - k, leaves[k:], complete=False), root_of(leaves[:k])]
+
+
+def verify_consistency(old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes, new_root: bytes) -> bool:
+    """Check a consistency proof between two tree heads without the tree (RFC 9162 §2.1.4.2)."""
+    if not 0 < old_size <= new_size:
+        return False
+    if old_size == new_size:
+        return not proof and old_root == new_root
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:  # a power of two: the old root is the first node
+        path.insert(0, old_root)
+    if not path:
+        return False
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for node in path[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(node, fr)
+            sr = node_hash(node, sr)
+            while fn and not fn & 1:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, node)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == old_root and sr == new_root

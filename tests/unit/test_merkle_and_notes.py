@@ -101,3 +101,32 @@ def test_checkpoint_time_and_a_note_without_final_newline() -> None:
     assert verifier.open(signed) == f"origin\n12\n{ROOT}\n"
     with pytest.raises(note.NoteError, match="end with a newline"):
         verifier.open(signed.rstrip("\n"))
+
+
+def test_consistency_proofs_for_every_pair_of_sizes() -> None:
+    leaves = _leaves(40)
+    for new in range(1, 41):
+        new_root = merkle.root_of(leaves[:new])
+        for old in range(1, new + 1):
+            old_root = merkle.root_of(leaves[:old])
+            proof = merkle.consistency_proof(old, leaves[:new])
+            assert merkle.verify_consistency(old, new, proof, old_root, new_root), (old, new)
+            # Another old root, another new root, or a changed proof: refused.
+            assert not merkle.verify_consistency(old, new, proof, leaves[0] if old > 1 else leaves[1], new_root)
+            if old < new:
+                assert not merkle.verify_consistency(old, new, proof, old_root, merkle.root_of(leaves[1 : new + 1]))
+                assert not merkle.verify_consistency(old, new, proof[:-1], old_root, new_root)
+                bent = [*proof[:-1], merkle.leaf_hash(b"x")]
+                assert not merkle.verify_consistency(old, new, bent, old_root, new_root)
+
+
+def test_consistency_proof_matches_rfc_6962_example() -> None:
+    # RFC 6962 §2.1.3: the tree of 7 leaves d0..d6; PROOF(3, D[7]) = [c, d, g, l] in its figure:
+    # c = leaf 2, d = leaf 3, g = MTH(d0, d1), l = MTH(d4..d6).
+    d = _leaves(7)
+    g = merkle.node_hash(d[0], d[1])
+    ll = merkle.root_of(d[4:7])
+    assert merkle.consistency_proof(3, d) == [d[2], d[3], g, ll]
+    # PROOF(4, D[7]) = [l]; PROOF(6, D[7]) = [i, j, k] with i = d4||d5, j = d6, k = MTH(d0..d3).
+    assert merkle.consistency_proof(4, d) == [ll]
+    assert merkle.consistency_proof(6, d) == [merkle.node_hash(d[4], d[5]), d[6], merkle.root_of(d[:4])]
