@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint lock proto clean venv
+.PHONY: demo test bench lint lock proto clean venv crosscheck-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,20 @@ demo: $(STAMP)
 	$(BIN)/python -m authz.dev.demo
 
 ## test: the whole suite: unit, command line (the installed console script), real gRPC, real Envoy, real JWKS over HTTP
-test: $(STAMP)
+test: $(STAMP) crosscheck-tools
 	$(BIN)/python -m pytest
+
+# Go and golang.org/x/mod, for the cross-check of the audit log's formats by an independent
+# implementation (tests/integration/test_audit_crosscheck.py); installed from Debian when run as
+# root, else that test is skipped and says why.
+crosscheck-tools:
+	@if ! command -v go >/dev/null || [ ! -d /usr/share/gocode/src/golang.org/x/mod ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's golang-go and golang-golang-x-mod-dev for the audit cross-check"; \
+			apt-get update -qq >/dev/null 2>&1; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-golang-x-mod-dev >/dev/null 2>&1 || true; \
+		fi; \
+	fi
 
 ## bench: load through a real Envoy with wrk, engine micro-benchmarks, audit tools on 1M records
 ##        (see docs/performance.md)

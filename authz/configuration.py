@@ -248,6 +248,13 @@ class AuditSettings:
     archive_dir: pathlib.Path | None = _setting(
         None, "--audit-archive-dir", "retention moves old segments here instead of deleting them", _path
     )
+    witness_listen: str = _setting(
+        "",
+        "--audit-witness-listen",
+        "HOST:PORT to publish the newest checkpoints and consistency proofs for witnesses (read-only HTTP)",
+        lambda text: listen_address(text) if text else "",
+        shown="off",
+    )
     group: str = _setting(
         "", "--audit-group", "group (name or id) that may read the log files", str, shown="the server's own"
     )
@@ -301,7 +308,7 @@ def _metavar(field: dataclasses.Field[Any]) -> str:
         return "SECONDS"
     if parse is _path:
         return "PATH"
-    if parse is listen_address:
+    if parse is listen_address or field.metadata["flag"].endswith("-listen"):
         return "HOST:PORT"
     flag: str = field.metadata["flag"]
     return flag.removeprefix("--").rsplit("-", 1)[-1].upper()

@@ -86,15 +86,18 @@ def verify_directory(
     verifier: note.Verifier,
     *,
     progress: Callable[[int], None] | None = None,
-    trusted: note.Checkpoint | None = None,
+    trusted: note.Checkpoint | Sequence[note.Checkpoint] | None = None,
     now_ms: int | None = None,
 ) -> Report:
     """Verify every session under ``directory`` — or under several, read as one log: a live
     directory and its archive, say (a session's segments and checkpoints may be in both).
     ``now_ms`` (default: the clock) decides whether the newest session of an instance is live:
     see :func:`_is_live`. An archive read alone (:data:`~authz.audit.layout.ARCHIVE_MARKER`) is
-    checked for what it holds; that its sessions continue elsewhere is expected."""
+    checked for what it holds; that its sessions continue elsewhere is expected. ``trusted``:
+    checkpoints kept off the box (``--trusted``, or a witness's state): the log must still hold
+    each, unless retention accounts for it."""
     directories = [directory] if isinstance(directory, pathlib.Path) else list(directory)
+    kept = [trusted] if isinstance(trusted, note.Checkpoint) else list(trusted or ())
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     report = Report()
     for given in directories:
@@ -114,7 +117,7 @@ def verify_directory(
         previous: SessionResult | None = None
         names = sorted(merged[instance])
         for position, name in enumerate(names):
-            wanted = {trusted.size} if trusted is not None else set()
+            wanted = {checkpoint.size for checkpoint in kept}
             result = _verify_session(
                 merged[instance][name],
                 instance,
@@ -140,8 +143,8 @@ def verify_directory(
     for given in directories:
         for stray in layout.strays(given):
             report.add("integrity", str(stray), "this file belongs to no log (copied in, or left behind by hand)")
-    if trusted is not None:
-        _check_trusted(trusted, results, report)
+    for checkpoint in kept:
+        _check_trusted(checkpoint, results, report, retained)
     return report
 
 
@@ -247,9 +250,16 @@ def _check_session_link(
         )
 
 
-def _check_trusted(trusted: note.Checkpoint, results: dict[str, SessionResult], report: Report) -> None:
+def _check_trusted(
+    trusted: note.Checkpoint, results: dict[str, SessionResult], report: Report, retained: Retained
+) -> None:
     result = results.get(trusted.origin)
-    if result is None:
+    recorded = _accounted(retained, trusted.origin, 0, trusted.size - 1)
+    if recorded:
+        report.add(
+            "info", trusted.origin, f"the trusted checkpoint's records went by retention (recorded in {recorded})"
+        )
+    elif result is None:
         report.add("integrity", trusted.origin, "the trusted checkpoint's session is missing from the directory")
     elif result.size < trusted.size:
         report.add(

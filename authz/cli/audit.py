@@ -16,16 +16,20 @@ import argparse
 import contextlib
 import json
 import pathlib
+import signal
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import tqdm
 
 from authz import configuration
-from authz.audit import layout, note, proof, pseudonym, query
+from authz.audit import layout, note, proof, pseudonym, publish, query
 from authz.audit import verify as audit_verify
+from authz.audit import witness as witness_state
 from authz.cli import common
 from authz.errors import ConfigError
 
@@ -55,6 +59,11 @@ def add_parser(commands: Any) -> None:
     )
     verify.add_argument("--key", required=True, help="verifier key file (or the key itself)")
     verify.add_argument("--trusted", help="a signed checkpoint kept elsewhere: the log must still contain it")
+    verify.add_argument(
+        "--witness",
+        metavar="STATE",
+        help="a witness's state directory (tollgate audit witness): the log must still contain all it accepted",
+    )
     verify.add_argument("--progress", action="store_true", help="show a progress bar (default: on a terminal)")
     verify.add_argument(
         "--as-of",
@@ -62,6 +71,8 @@ def add_parser(commands: Any) -> None:
         help="judge whether a session is still live as of this time (RFC 3339, epoch ms): when a copy "
         "was taken (default: now)",
     )
+
+    _add_witness_parsers(sub)
 
     prove = sub.add_parser("prove", help="export one record with its inclusion proof")
     prove.add_argument("directory", help="the audit log directory (--audit-dir)")
@@ -91,6 +102,27 @@ def add_parser(commands: Any) -> None:
         else:
             command.add_argument("--threshold", type=int, default=5, help="failed authentications that make a burst")
             command.add_argument("--window", type=int, default=60, help="seconds a burst must fit in")
+
+
+def _add_witness_parsers(sub: Any) -> None:
+    """``audit publish`` and ``audit witness``: checkpoints leave the box."""
+    publish = sub.add_parser(
+        "publish", help="serve a log's newest checkpoints and consistency proofs to witnesses (read-only HTTP)"
+    )
+    publish.add_argument("directory", help="the audit log directory (--audit-dir), or a copy of it")
+    publish.add_argument("--listen", default="127.0.0.1:9402", metavar="HOST:PORT", help="where to serve")
+
+    witness = sub.add_parser(
+        "witness", help="copy, check and cosign every new checkpoint of one or more logs (run it off the box)"
+    )
+    witness.add_argument(
+        "--url", action="append", required=True, help="a publisher (serve --audit-witness-listen); repeatable"
+    )
+    witness.add_argument("--key", required=True, help="the logs' verifier key file (or the key itself)")
+    witness.add_argument("--signing-key", required=True, help="the witness's own signing key (tollgate audit keygen)")
+    witness.add_argument("--state", required=True, help="the witness's directory: what it accepted, and alerts")
+    witness.add_argument("--once", action="store_true", help="poll once; exit 1 if anything was refused")
+    witness.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -144,6 +176,10 @@ def _run(args: argparse.Namespace) -> int:
             return _verify(args)
         if command == "prove":
             return _prove(args)
+        if command == "publish":
+            return _publish(args)
+        if command == "witness":
+            return _witness(args)
         if command == "verify-proof":
             return _verify_proof(args)
         return _query(args)
@@ -178,9 +214,15 @@ def _verify(args: argparse.Namespace) -> int:
     except ValueError as error:
         return _fail(f"--as-of {args.as_of!r}: {error}")
     verifier = _verifier(args.key)
-    trusted = None
+    trusted = []
     if args.trusted:
-        trusted = note.parse_checkpoint(verifier.open(pathlib.Path(args.trusted).read_text()))
+        trusted.append(note.parse_checkpoint(verifier.open(pathlib.Path(args.trusted).read_text())))
+    if args.witness:
+        state = pathlib.Path(args.witness)
+        if not (state / witness_state.STATE).exists():
+            return _fail(f"--witness {state}: no witness state here")
+        for item in witness_state.accepted(state).values():
+            trusted.append(note.parse_checkpoint(verifier.open(item.checkpoint)))
     total = sum(p.stat().st_size for directory in directories for p in layout.segments(directory))
     with _progress(args.progress, total, "verifying") as progress:
         report = audit_verify.verify_directory(directories, verifier, progress=progress, trusted=trusted, now_ms=as_of)
@@ -196,6 +238,47 @@ def _verify(args: argparse.Namespace) -> int:
         f"{report.checkpoints} signed checkpoint(s)"
     )
     return report.exit_code
+
+
+def _publish(args: argparse.Namespace) -> int:
+    directory = _log_directory(args.directory)
+    try:
+        configuration.listen_address(args.listen)
+    except ValueError as error:
+        return _fail(f"--listen {args.listen!r}: {error}")
+    host, _, port = args.listen.rpartition(":")
+    served = publish.LogPublisher(directory, host.strip("[]"), int(port)).start()
+    print(f"publishing the checkpoints of {directory} on http://{args.listen}/audit/v1/checkpoints", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    served.stop()
+    return 0
+
+
+def _witness(args: argparse.Namespace) -> int:
+    for url in args.url:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            return _fail(f"--url {url!r}: must be an http(s) URL")
+    if args.interval <= 0:
+        return _fail("--interval: must be more than 0 seconds")
+    log_key = _verifier(args.key)
+    signer = note.Signer.from_skey(pathlib.Path(args.signing_key).read_text())
+    state = pathlib.Path(args.state)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while True:
+        new, alerts = witness_state.poll(args.url, log_key, signer, state)
+        for item in new:
+            print(f"accepted {item.origin} at size {item.size}", flush=True)
+        for alert in alerts:
+            print(str(alert), file=sys.stderr, flush=True)
+        if args.once:
+            return 1 if alerts else 0
+        with contextlib.suppress(KeyboardInterrupt):
+            if stop.wait(args.interval):
+                return 0
 
 
 def _prove(args: argparse.Namespace) -> int:

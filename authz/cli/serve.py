@@ -18,7 +18,7 @@ from typing import Any
 
 from authz import configuration, loader, server, telemetry
 from authz.audit import log as audit_log
-from authz.audit import note, pseudonym, recorder
+from authz.audit import note, pseudonym, publish, recorder
 from authz.cli import common
 from authz.errors import ConfigError
 
@@ -53,13 +53,27 @@ def run(args: argparse.Namespace) -> int:
     except telemetry.TracingUnavailable as error:
         return common.fail(str(error), 2)
 
+    publisher = None
+    if audit_settings.witness_listen and audit_settings.dir is not None:
+        host, _, port = audit_settings.witness_listen.rpartition(":")
+        try:
+            publisher = publish.LogPublisher(audit_settings.dir, host.strip("[]"), int(port))
+        except OSError as error:
+            return common.fail(f"--audit-witness-listen {audit_settings.witness_listen}: {error.strerror}", 2)
+
     async def serve() -> None:
         runtime = server.Runtime(snapshot, default_allow=settings.default_allow, strict_paths=settings.strict_paths)
         runtime.tracing = tracing
         if audit_recorder is not None:
             await audit_recorder.start()
             runtime.recorder = audit_recorder
-        await server.serve(settings, runtime)
+        if publisher is not None:
+            publisher.start()
+        try:
+            await server.serve(settings, runtime)
+        finally:
+            if publisher is not None:
+                publisher.stop()
 
     try:
         asyncio.run(serve())

@@ -1,0 +1,140 @@
+"""The audit log's read-only HTTP face, for witnesses: the newest signed checkpoints, and
+consistency proofs between tree sizes.
+
+    GET /audit/v1/checkpoints                         {"logs": [{"origin": ..., "checkpoint": note}]}
+    GET /audit/v1/consistency?origin=O&old=M&new=N    {"proof": [base64 hash, ...]}  (RFC 6962)
+
+Served from the files on disk (:mod:`authz.audit.layout`), so it runs inside ``tollgate serve``
+(``--audit-witness-listen``) or beside it on a copy (``tollgate audit publish DIR``). It holds no
+secret and changes nothing. Leaf hashes are read from the segments once and remembered (32 bytes a
+record). A log whose first records went by retention cannot be proven consistent from before them:
+such a request is answered 409.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import pathlib
+import threading
+import urllib.parse
+from typing import Any
+
+from authz.audit import layout, merkle
+
+__all__ = ["LogPublisher"]
+
+_MAX_LOGS = 1000
+
+
+class _Leaves:
+    """The leaf hashes of one session, read incrementally from its segments (complete lines only)."""
+
+    def __init__(self) -> None:
+        self.hashes: list[bytes] = []
+        self.read: dict[str, int] = {}  # segment name → bytes consumed
+        self.broken = ""  # why the hashes cannot be trusted to start at seq 0
+
+    def update(self, session_dir: pathlib.Path) -> None:
+        for segment in layout.session_segments(session_dir):
+            offset = self.read.get(segment.name, 0)
+            with segment.open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+            end = data.rfind(b"\n") + 1
+            for line in data[:end].split(b"\n")[:-1]:
+                if not self.hashes and _seq(line) != 0:
+                    self.broken = "the log's first records are not here (removed by retention)"
+                self.hashes.append(merkle.leaf_hash(line + b"\n"))
+            self.read[segment.name] = offset + end
+
+
+def _seq(line: bytes) -> object:
+    try:
+        return json.loads(line).get("seq")
+    except (ValueError, AttributeError):
+        return None
+
+
+class LogPublisher:
+    """A threaded HTTP server publishing the logs under ``directory``; :meth:`stop` ends it."""
+
+    def __init__(self, directory: pathlib.Path, host: str, port: int) -> None:
+        self.directory = directory
+        self._leaves: dict[str, _Leaves] = {}
+        self._lock = threading.Lock()
+        publisher = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = publisher.answer(self.path)
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LogPublisher:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="audit-publish", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def answer(self, target: str) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) for one GET."""
+        url = urllib.parse.urlsplit(target)
+        if url.path == "/audit/v1/checkpoints":
+            return 200, {"logs": self._checkpoints()}
+        if url.path == "/audit/v1/consistency":
+            query = urllib.parse.parse_qs(url.query)
+            try:
+                origin = query["origin"][0]
+                old, new = int(query["old"][0]), int(query["new"][0])
+            except (KeyError, ValueError, IndexError):
+                return 400, {"error": "origin, old and new are required; old and new are tree sizes"}
+            return self._consistency(origin, old, new)
+        return 404, {"error": "not found"}
+
+    def _sessions(self) -> dict[str, pathlib.Path]:
+        return {
+            layout.origin_for(instance, session.name): session
+            for instance, found in layout.sessions(self.directory)
+            for session in found
+        }
+
+    def _checkpoints(self) -> list[dict[str, str]]:
+        logs = []
+        for instance, found in layout.sessions(self.directory):
+            newest = found[-1]
+            entries = [entry for entry in layout.checkpoint_entries(newest) if isinstance(entry.get("note"), str)]
+            if entries:
+                logs.append({"origin": layout.origin_for(instance, newest.name), "checkpoint": entries[-1]["note"]})
+        return logs[:_MAX_LOGS]
+
+    def _consistency(self, origin: str, old: int, new: int) -> tuple[int, dict[str, Any]]:
+        session = self._sessions().get(origin)
+        if session is None:
+            return 404, {"error": f"no log {origin!r} here"}
+        with self._lock:
+            leaves = self._leaves.setdefault(origin, _Leaves())
+            leaves.update(session)
+            if leaves.broken:
+                return 409, {"error": leaves.broken}
+            if not 0 < old <= new <= len(leaves.hashes):
+                return 400, {"error": f"sizes must satisfy 0 < old <= new <= {len(leaves.hashes)}"}
+            proof = merkle.consistency_proof(old, leaves.hashes[:new])
+        return 200, {"proof": [base64.b64encode(node).decode() for node in proof]}
