@@ -390,6 +390,10 @@ def test_a_running_servers_log_verifies_as_live_and_a_killed_ones_as_a_crash(
         assert authz.process is not None
         authz.process.send_signal(signal.SIGKILL)
         authz.process.wait(10)
+    # What the real server wrote is readable by its group at most, and nothing is world-readable.
+    for path in [audit_dir / "pod-1", *audit_dir.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        assert mode in ((0o750,) if path.is_dir() else (0o640, 0o440)), (path, oct(mode))
     # Within the bound (twice the 1 s interval plus 2 s) the session still counts as live ...
     as_of_now = subprocess.run(verify, capture_output=True, text=True, timeout=60, check=False)
     assert as_of_now.returncode == 0, as_of_now.stdout + as_of_now.stderr
