@@ -16,9 +16,7 @@ import argparse
 import contextlib
 import json
 import pathlib
-import signal
 import sys
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -242,15 +240,10 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _publish(args: argparse.Namespace) -> int:
     directory = _log_directory(args.directory)
-    try:
-        configuration.listen_address(args.listen)
-    except ValueError as error:
-        return _fail(f"--listen {args.listen!r}: {error}")
-    host, _, port = args.listen.rpartition(":")
-    served = publish.LogPublisher(directory, host.strip("[]"), int(port)).start()
+    host, port = common.listen_on("--listen", args.listen)
+    served = publish.LogPublisher(directory, host, port).start()
     print(f"publishing the checkpoints of {directory} on http://{args.listen}/audit/v1/checkpoints", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = common.stop_event()
     with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
     served.stop()
@@ -266,8 +259,7 @@ def _witness(args: argparse.Namespace) -> int:
     log_key = _verifier(args.key)
     signer = note.Signer.from_skey(pathlib.Path(args.signing_key).read_text())
     state = pathlib.Path(args.state)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = common.stop_event()
     while True:
         new, alerts = witness_state.poll(args.url, log_key, signer, state)
         for item in new:

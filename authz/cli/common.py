@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import signal
 import sys
+import threading
 from typing import Any, NoReturn
 
-__all__ = ["Parser", "fail", "version"]
+from authz import configuration
+
+__all__ = ["Parser", "fail", "listen_on", "stop_event", "version"]
 
 
 def version() -> str:
@@ -44,3 +48,20 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def listen_on(flag: str, text: str) -> tuple[str, int]:
+    """(host, port) of a ``HOST:PORT`` flag value; :class:`~authz.configuration.UsageError` naming the flag."""
+    try:
+        configuration.listen_address(text)
+    except ValueError as error:
+        raise configuration.UsageError(f"{flag} {text!r}: {error}") from None
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def stop_event() -> threading.Event:
+    """Set on SIGTERM; a foreground command waits on it (Ctrl-C ends the wait too)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    return stop

@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import pathlib
-import signal
 import sys
-import threading
 from typing import Any
 
-from authz import configuration
+from authz.cli import common
 from authz.dev import idp
 
 __all__ = ["add_parser"]
@@ -71,15 +69,10 @@ def _run(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    try:
-        configuration.listen_address(args.listen)
-    except ValueError as error:
-        raise configuration.UsageError(f"--listen {args.listen!r}: {error}") from None
-    host, _, port = args.listen.rpartition(":")
-    provider = idp.DevIdentityProvider(state_dir, host=host or "127.0.0.1", port=int(port)).start()
+    host, port = common.listen_on("--listen", args.listen)
+    provider = idp.DevIdentityProvider(state_dir, host=host, port=port).start()
     print(f"DEVELOPMENT ONLY identity provider: issuer {provider.issuer}, keys in {state_dir}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = common.stop_event()
     with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
     provider.stop()
