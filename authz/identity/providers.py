@@ -13,11 +13,16 @@ never be configured.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import re
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
 
-from authz.errors import ConfigError, Problems
+import jsonschema
+
+from authz.errors import ConfigError, ConfigErrors, Problems
 
 __all__ = [
     "ApiKeyEntry",
@@ -113,8 +118,33 @@ class ProviderSpec:
     api_key: ApiKeySettings | None = None
 
 
+@functools.cache
+def _spec_validator() -> jsonschema.Draft202012Validator:
+    text = resources.files("authz.identity").joinpath("identityprovider.schema.json").read_text()
+    return jsonschema.Draft202012Validator(json.loads(text))
+
+
 def parse_provider(document: Mapping[str, Any], *, source: str = "") -> ProviderSpec:
-    """Validate an IdentityProvider document; raise :class:`ConfigError` naming the field."""
+    """Validate an IdentityProvider document; raise :class:`ConfigError` naming the field.
+
+    The checks below come first, with their own messages; the spec must then also satisfy
+    ``identityprovider.schema.json``, the schema the CRD is generated from.
+    """
+    spec = _parse_provider(document, source)
+    errors = sorted(_spec_validator().iter_errors(document["spec"]), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigErrors([ConfigError(error.message, field=_field(error)) for error in errors])
+    return spec
+
+
+def _field(error: jsonschema.ValidationError) -> str:
+    out = "spec"
+    for part in error.absolute_path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _parse_provider(document: Mapping[str, Any], source: str) -> ProviderSpec:
     metadata = document.get("metadata") or {}
     name = metadata.get("name")
     if not isinstance(name, str) or not _NAME.match(name):

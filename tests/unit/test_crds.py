@@ -1,0 +1,88 @@
+"""The CRDs in charts/tollgate/crds: generated from the data plane's schemas (and up to date),
+structural as Kubernetes requires, documented for kubectl explain, and accepting what the data
+plane accepts."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from authz import crds, loader
+from authz.errors import ConfigError
+
+EXAMPLES = pathlib.Path(__file__).parents[2] / "examples" / "policies"
+
+
+def test_the_files_are_what_the_schemas_generate() -> None:
+    assert crds.main(["--check"]) == 0, "run python -m authz.crds"
+    for name, definition in crds.definitions().items():
+        assert yaml.safe_load((crds.TARGET / name).read_text()) == definition
+
+
+def _walk(node: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
+    found = [(path, node)]
+    for key, child in node.get("properties", {}).items():
+        found += _walk(child, f"{path}.{key}")
+    if "items" in node:
+        found += _walk(node["items"], f"{path}[]")
+    return found
+
+
+@pytest.mark.parametrize("name", sorted(crds.definitions()))
+def test_structural_and_documented(name: str) -> None:
+    definition = crds.definitions()[name]
+    [version] = definition["spec"]["versions"]
+    root = version["schema"]["openAPIV3Schema"]
+    for path, node in _walk(root, ""):
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        assert not any(key.startswith("$") for key in node), path
+        assert "additionalProperties" not in node or "properties" not in node, path  # Kubernetes forbids both
+        if path.startswith(".spec") and path not in (".spec",):
+            assert node.get("description") or path.endswith("[]"), f"{path} has no description for kubectl explain"
+    names = definition["spec"]["names"]
+    assert names["categories"] == ["tollgate"] and len(names["shortNames"]) == 1
+    assert version["subresources"] == {"status": {}}
+    assert [column["name"] for column in version["additionalPrinterColumns"]][-2:] == ["Ready", "Age"]
+
+
+def _custom_resource_validator(kind: str) -> jsonschema.Draft7Validator:
+    name = {
+        "AccessPolicy": "accesspolicies.tollgate.dev.yaml",
+        "IdentityProvider": "identityproviders.tollgate.dev.yaml",
+    }
+    [version] = crds.definitions()[name[kind]]["spec"]["versions"]
+    return jsonschema.Draft7Validator(version["schema"]["openAPIV3Schema"])
+
+
+def test_the_examples_are_valid_custom_resources() -> None:
+    documents, _, errors = loader.read_documents(EXAMPLES)
+    assert not errors and documents
+    for document in documents:
+        problems = list(_custom_resource_validator(document.body["kind"]).iter_errors(dict(document.body)))
+        assert problems == [], (document.label, problems)
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec"),
+    [
+        ("AccessPolicy", {"hosts": []}),
+        ("AccessPolicy", {"hosts": ["a.test"], "mode": "Audit"}),
+        ("AccessPolicy", {"hosts": ["a.test"], "rules": [{"name": "r"}]}),
+        ("IdentityProvider", {"type": "saml"}),
+        ("IdentityProvider", {"type": "jwt", "jwt": {"issuer": "idp.example"}}),
+        ("IdentityProvider", {"type": "jwt", "jwt": {"issuer": "https://i", "algorithms": ["none"]}}),
+        ("IdentityProvider", {"type": "apiKey", "apiKey": {"header": "x"}}),
+    ],
+)
+def test_what_the_api_server_refuses_the_data_plane_refuses_too(
+    tmp_path: pathlib.Path, kind: str, spec: dict[str, Any]
+) -> None:
+    body = {"apiVersion": "tollgate.dev/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec}
+    assert list(_custom_resource_validator(kind).iter_errors(body)), "the CRD schema accepts it"
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(body))
+    with pytest.raises(ConfigError):
+        loader.load(tmp_path / "x.yaml")
