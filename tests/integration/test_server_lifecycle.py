@@ -191,3 +191,64 @@ def test_undoing_a_rejected_change_says_which_revision_is_in_force(
     eventually(lambda: "configuration rejected" in log.read_text())
     policy.write_text(good)  # the same revision as at start: nothing to install, but it must be said
     eventually(lambda: "in force again (the rejected change was undone)" in log.read_text())
+
+
+def _configmap_revision(directory: pathlib.Path, name: str, policy: str) -> None:
+    """What the kubelet does for a ConfigMap volume: files in a timestamped directory, ``..data``
+    pointing at it, and each key a symlink through ``..data``; an update swaps ``..data`` atomically
+    (a rename of a new symlink over the old) and removes the old directory."""
+    revision = directory / f"..{name}"
+    revision.mkdir()
+    (revision / "app.yaml").write_text(policy)
+    link = directory / "..data_tmp"
+    link.symlink_to(revision.name)
+    old = (directory / "..data").resolve() if (directory / "..data").exists() else None
+    link.replace(directory / "..data")
+    if not (directory / "app.yaml").is_symlink():
+        (directory / "app.yaml").symlink_to("..data/app.yaml")
+    if old is not None:
+        for path in old.iterdir():
+            path.unlink()
+        old.rmdir()
+
+
+def test_a_configmap_volume_update_is_followed_without_failed_checks(
+    tmp_path: pathlib.Path, tollgate: Callable[..., harness.TollgateProcess], eventually: Callable[..., None]
+) -> None:
+    mount = tmp_path / "config"
+    mount.mkdir()
+    _configmap_revision(mount, "2026_11_30_00_00_00.000000001", POLICY.format(path="/always"))
+    authz = tollgate(mount, "--reload-interval", "0.1")
+    stop = threading.Event()
+    failures: list[str] = []
+    answered = [0]
+
+    def hammer() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{authz.port}") as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            while not stop.is_set():
+                reply = stub.Check(checks.check_request(host="app.test", path="/always"), timeout=5)
+                answered[0] += 1
+                if not reply.HasField("ok_response"):
+                    failures.append(reply.denied_response.body)
+
+    def allowed(path: str) -> bool:
+        with grpc.insecure_channel(f"127.0.0.1:{authz.port}") as channel:
+            reply = external_auth_pb2_grpc.AuthorizationStub(channel).Check(
+                checks.check_request(host="app.test", path=path), timeout=5
+            )
+        return reply.HasField("ok_response")
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        workers = [pool.submit(hammer) for _ in range(2)]
+        for index in range(1, 6):
+            target = f"/v{index}"
+            policy = POLICY.format(path="/always").replace("paths: [/always]", f"paths: [/always, {target}]")
+            _configmap_revision(mount, f"2026_11_30_00_00_0{index}.000000001", policy)
+            eventually(lambda t=target: allowed(t))  # type: ignore[misc]
+        stop.set()
+        for worker in workers:
+            worker.result()
+    assert answered[0] > 20 and failures == []
+    assert not allowed("/v1")  # the old revisions are gone, not merged
+    assert sorted(p.name for p in mount.iterdir()) == ["..2026_11_30_00_00_05.000000001", "..data", "app.yaml"]
