@@ -53,8 +53,8 @@ proto: $(STAMP)
 
 ## lint: ruff (checks and formatting) and mypy (strict)
 lint: $(STAMP)
-	$(BIN)/ruff check authz tests bench
-	$(BIN)/ruff format --check authz tests bench
+	$(BIN)/ruff check authz operator tests bench
+	$(BIN)/ruff format --check authz operator tests bench
 	$(BIN)/mypy
 
 ## lock: re-pin every dependency into constraints.txt from a fresh resolution
