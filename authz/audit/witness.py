@@ -11,8 +11,10 @@ For each log a publisher (:mod:`authz.audit.publish`) lists, a new checkpoint mu
 
 Accepted checkpoints are cosigned — a C2SP signed-note signature by the witness's own Ed25519 key
 over the checkpoint text — and appended to ``STATE/witness.jsonl``; anything else is an alert
-(``STATE/alerts.jsonl``, and a line on standard error), never accepted. The state is append-only:
-the newest line per origin is what the witness vouches for.
+(``STATE/alerts.jsonl``, and a line on standard error), never accepted. The history is append-only:
+the newest line per origin is what the witness vouches for. ``STATE/latest.json`` holds just those
+newest lines (replaced atomically after each poll), so a poll reads one small file however long
+the witness has run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import pathlib
 import time
 import urllib.error
@@ -33,6 +36,7 @@ from authz.audit import merkle, note
 __all__ = ["Alert", "Witnessed", "accepted", "poll"]
 
 STATE = "witness.jsonl"
+LATEST = "latest.json"
 ALERTS = "alerts.jsonl"
 _MAX_RESPONSE = 1 << 20
 
@@ -62,10 +66,14 @@ class Alert:
 def accepted(state: pathlib.Path) -> dict[str, Witnessed]:
     """The newest accepted checkpoint per origin in a witness state directory."""
     found: dict[str, Witnessed] = {}
-    path = state / STATE
-    if not path.exists():
+    latest, history = state / LATEST, state / STATE
+    if latest.exists():
+        lines = [json.dumps(entry).encode() for entry in json.loads(latest.read_text())]
+    elif history.exists():
+        lines = history.read_bytes().splitlines()  # a state written before latest.json existed
+    else:
         return found
-    for line in path.read_bytes().splitlines():
+    for line in lines:
         try:
             entry = json.loads(line)
             item = Witnessed(
@@ -106,6 +114,10 @@ def poll(
                 new.append(outcome)
     _append(state / STATE, (_state_line(item) for item in new))
     _append(state / ALERTS, (json.dumps(dataclasses.asdict(alert), sort_keys=True) for alert in alerts))
+    if new or not (state / LATEST).exists():
+        staging = state / (".staging-" + LATEST)
+        staging.write_text(json.dumps([json.loads(_state_line(item)) for item in known.values()], sort_keys=True))
+        os.replace(staging, state / LATEST)
     return new, alerts
 
 

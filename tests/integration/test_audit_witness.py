@@ -94,6 +94,9 @@ def test_the_witness_catches_a_newest_session_cut_back(
         authz.process.wait(15)
     [witnessed] = witness_state.accepted(state).values()
     assert witnessed.size >= 41
+    # The history keeps every accepted checkpoint; a poll reads only the newest per log.
+    assert len((state / witness_state.STATE).read_text().splitlines()) >= 2
+    assert len(json.loads((state / witness_state.LATEST).read_text())) == 1
     # The cosignature is the witness's signed note over the checkpoint text.
     cosigned = note.Verifier((witness_keys / "verifier.key").read_text()).open(witnessed.cosignature)
     assert cosigned == note.Verifier((audit_keys / "verifier.key").read_text()).open(witnessed.checkpoint)
