@@ -1,0 +1,121 @@
+"""What the operator publishes and the statuses it writes, from custom resources: no API needed."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from authz_operator import build
+
+from authz import loader
+
+
+def _policy(namespace: str, name: str, created: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "tollgate.dev/v1alpha1",
+        "kind": "AccessPolicy",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": created, "generation": 1},
+        "spec": spec,
+        "status": {"anything": "the operator wrote before"},
+    }
+
+
+def _provider(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "tollgate.dev/v1alpha1",
+        "kind": "IdentityProvider",
+        "metadata": {"name": name, "namespace": namespace, "creationTimestamp": "2026-11-30T00:00:00Z"},
+        "spec": spec,
+    }
+
+
+def _conditions(published: build.Published, key: str) -> dict[str, tuple[str, str, str]]:
+    return {c.type: (c.status, c.reason, c.message) for c in published.statuses[key].conditions}
+
+
+ORDERS = _policy(
+    "shop", "orders", "2026-11-30T00:00:01Z", hosts=["orders.example.com"], rules=[{"name": "r", "action": "Allow"}]
+)
+IDP = _provider(
+    "shop", "corp", type="jwt", jwt={"issuer": "https://sso.example.com", "jwksUri": "https://sso.example.com/keys"}
+)
+
+
+def test_valid_objects_are_published_and_the_data_plane_loads_them(tmp_path: pathlib.Path) -> None:
+    scoped = _policy(
+        "shop", "scoped", "2026-11-30T00:00:02Z", hosts=["api.example.com"], identity={"providers": ["corp"]}
+    )
+    published = build.build_configuration([ORDERS, IDP, scoped])
+    assert sorted(published.data) == [
+        "accesspolicy.shop.orders.yaml",
+        "accesspolicy.shop.scoped.yaml",
+        "identityprovider.shop.corp.yaml",
+    ]
+    assert "status" not in published.data["accesspolicy.shop.orders.yaml"]  # what the API server added stays out
+    for key in published.statuses:
+        assert _conditions(published, key)["Ready"] == (
+            "True",
+            "Published",
+            f"in force in revision {published.revision}",
+        )
+    for name, text in published.data.items():
+        (tmp_path / name).write_text(text)
+    snapshot = loader.load(tmp_path)
+    assert {str(p.ref) for p in snapshot.policies} == {"shop/orders", "shop/scoped"}
+    # The same objects in another order: the same revision.
+    assert build.build_configuration([scoped, IDP, ORDERS]).revision == published.revision
+
+
+def test_an_invalid_object_is_rejected_and_never_breaks_the_others() -> None:
+    broken = _policy(
+        "shop", "broken", "2026-11-30T00:00:02Z", hosts=["a.test"], rules=[{"name": "r", "action": "Maybe"}]
+    )
+    published = build.build_configuration([ORDERS, broken])
+    assert list(published.data) == ["accesspolicy.shop.orders.yaml"]
+    accepted = _conditions(published, "AccessPolicy/shop/broken")["Accepted"]
+    assert accepted[:2] == ("False", "InvalidSpec") and "spec.rules[0].action" in accepted[2]
+    assert _conditions(published, "AccessPolicy/shop/broken")["Ready"][0] == "False"
+
+
+def test_an_invalid_update_keeps_the_last_valid_version_in_force() -> None:
+    first = build.build_configuration([ORDERS])
+    edited = {**ORDERS, "spec": {"hosts": ["orders.example.com"], "rules": [{"name": "r", "action": "Maybe"}]}}
+    second = build.build_configuration([edited], previous=first.in_force)
+    assert second.data == first.data and second.revision == first.revision
+    conditions = _conditions(second, "AccessPolicy/shop/orders")
+    assert conditions["Accepted"][:2] == ("False", "InvalidSpec")
+    assert conditions["Ready"] == (
+        "True",
+        "Published",
+        f"in force in revision {first.revision} (its last valid version)",
+    )
+    # Deleting the object removes it, whatever was in force before.
+    assert build.build_configuration([], previous=second.in_force).data == {}
+
+
+def test_another_namespace_cannot_claim_a_host_or_reach_it_with_a_wildcard() -> None:
+    sneaky = _policy(
+        "other", "sneaky", "2026-11-30T00:00:05Z", hosts=["*.example.com"], rules=[{"name": "open", "action": "Allow"}]
+    )
+    published = build.build_configuration([sneaky, ORDERS])
+    assert list(published.data) == ["accesspolicy.shop.orders.yaml"]
+    accepted = _conditions(published, "AccessPolicy/other/sneaky")["Accepted"]
+    assert accepted[:2] == ("False", "HostClaimed") and "claimed first by namespace 'shop'" in accepted[2]
+    delegated = build.build_configuration([sneaky, ORDERS], delegations={"other": ["*.example.com"]})
+    assert "accesspolicy.other.sneaky.yaml" in delegated.data
+    assert _conditions(delegated, "AccessPolicy/shop/orders")["Accepted"][1] == "HostClaimed"
+
+
+def test_unknown_providers_and_conflicts_are_reported_on_the_objects_involved() -> None:
+    scoped = _policy(
+        "shop", "scoped", "2026-11-30T00:00:02Z", hosts=["api.example.com"], identity={"providers": ["nobody"]}
+    )
+    published = build.build_configuration([scoped])
+    assert _conditions(published, "AccessPolicy/shop/scoped")["Accepted"][1] == "UnknownProvider"
+    allow = _policy("shop", "allow", "2026-11-30T00:00:02Z", hosts=["orders.example.com"], defaultAction="Allow")
+    deny = _policy("shop", "deny", "2026-11-30T00:00:03Z", hosts=["orders.example.com"], defaultAction="Deny")
+    published = build.build_configuration([allow, deny])
+    for key in ("AccessPolicy/shop/allow", "AccessPolicy/shop/deny"):
+        conflicted = _conditions(published, key)["Conflicted"]
+        assert conflicted[:2] == ("True", "PoliciesDisagree") and "Deny applies" in conflicted[2]
+        assert _conditions(published, key)["Ready"][0] == "True"  # in force: Deny wins, as in files
