@@ -14,6 +14,7 @@ through this module.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -27,6 +28,7 @@ __all__ = [
     "CLOSED_MODE",
     "DIR_MODE",
     "FILE_MODE",
+    "SegmentEvidence",
     "checkpoint_entries",
     "copy_checkpoints",
     "has_sessions",
@@ -36,7 +38,6 @@ __all__ = [
     "mark_archive",
     "open_append",
     "origin_for",
-    "retention_claims",
     "seal",
     "segment_evidence",
     "segment_path",
@@ -167,13 +168,22 @@ def seal(path: pathlib.Path) -> None:
     os.chmod(path, CLOSED_MODE)
 
 
-def segment_evidence(segment: pathlib.Path) -> tuple[str, int, int, str] | None:
-    """(origin, first seq, last seq, a signed checkpoint covering the last) for a closed segment, or
-    None if it cannot be read whole or no checkpoint of its session covers it yet."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class SegmentEvidence:
+    """What retention records about a closed segment before it goes."""
+
+    origin: str  # the log it belongs to
+    last_seq: int  # its last record
+    checkpoint: str  # a signed checkpoint of that log covering ``last_seq`` (note text)
+    claims: tuple[dict[str, Any], ...]  # the retention records it holds (earlier removals)
+
+
+def segment_evidence(segment: pathlib.Path) -> SegmentEvidence | None:
+    """The evidence for removing a closed segment, read in one pass; None if it cannot be read
+    whole or no checkpoint of its session covers it yet (then it stays)."""
     try:
         lines = segment.read_bytes().split(b"\n")
-        first, last = json.loads(lines[0]), json.loads(lines[-2])
-        origin, first_seq, last_seq = str(first["origin"]), int(first["seq"]), int(last["seq"])
+        origin, last_seq = str(json.loads(lines[0])["origin"]), int(json.loads(lines[-2])["seq"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
     covering = [
@@ -183,7 +193,22 @@ def segment_evidence(segment: pathlib.Path) -> tuple[str, int, int, str] | None:
     ]
     if not covering:
         return None
-    return origin, first_seq, last_seq, min(covering, key=lambda entry: entry["size"])["note"]
+    checkpoint = str(min(covering, key=lambda entry: entry["size"])["note"])
+    return SegmentEvidence(origin, last_seq, checkpoint, tuple(_claims(lines)))
+
+
+def _claims(lines: list[bytes]) -> list[dict[str, Any]]:
+    found = []
+    for line in lines:
+        if b'"kind":"retention"' not in line:
+            continue
+        try:
+            claim = json.loads(line)["retention"]
+        except (ValueError, KeyError):
+            continue
+        if isinstance(claim, dict) and isinstance(claim.get("origin"), str) and isinstance(claim.get("last_seq"), int):
+            found.append(claim)
+    return found
 
 
 def mark_archive(archive: pathlib.Path) -> None:
@@ -207,22 +232,3 @@ def copy_checkpoints(session_dir: pathlib.Path, target: pathlib.Path) -> None:
     staging.write_bytes(source.read_bytes())
     os.chmod(staging, CLOSED_MODE)
     os.replace(staging, copy)
-
-
-def retention_claims(segment: pathlib.Path) -> list[dict[str, Any]]:
-    """The ``retention`` records a segment holds (what earlier retention removed, and when)."""
-    found: list[dict[str, Any]] = []
-    try:
-        lines = segment.read_bytes().splitlines()
-    except OSError:
-        return found
-    for line in lines:
-        if b'"kind":"retention"' not in line:
-            continue
-        try:
-            claim = json.loads(line)["retention"]
-        except (ValueError, KeyError):
-            continue
-        if isinstance(claim, dict) and isinstance(claim.get("origin"), str) and isinstance(claim.get("last_seq"), int):
-            found.append(claim)
-    return found

@@ -158,16 +158,26 @@ class AuditLog:
             or _now_ms() - self.last_checkpoint_ms >= self.settings.checkpoint_seconds * 1000
         )
 
+    def rotation_due(self) -> bool:
+        """Whether the current segment is full or old: cheap, for every record."""
+        return (
+            self._segment_bytes >= self.settings.segment_max_bytes
+            or time.monotonic() - self._segment_started >= self.settings.segment_max_seconds
+        )
+
+    def rotate(self) -> None:
+        """Checkpoint, close the segment, start the next, apply retention: disk work (fsync, and
+        reading the segments retention removes), so the recorder runs it off the event loop."""
+        self.checkpoint()
+        assert self._segment is not None
+        self._segment.close()
+        layout.seal(layout.segment_path(self.session_dir, self._segment_number))
+        self._open_segment(first=False)
+        self.apply_retention()
+
     def rotate_if_due(self) -> None:
-        too_big = self._segment_bytes >= self.settings.segment_max_bytes
-        too_old = time.monotonic() - self._segment_started >= self.settings.segment_max_seconds
-        if too_big or too_old:
-            self.checkpoint()
-            assert self._segment is not None
-            self._segment.close()
-            layout.seal(layout.segment_path(self.session_dir, self._segment_number))
-            self._open_segment(first=False)
-            self.apply_retention()
+        if self.rotation_due():
+            self.rotate()
 
     def _open_segment(self, *, first: bool) -> None:
         self._segment_number += 1
@@ -220,9 +230,9 @@ class AuditLog:
         segments = layout.instance_segments(self.directory, self.instance)
         current = layout.segment_path(self.session_dir, self._segment_number)
         doomed = [path for path in segments[: max(0, len(segments) - keep)] if path != current]
-        evidence = [(path, layout.segment_evidence(path)) for path in doomed]
-        doomed = [path for path, found in evidence if found is not None]  # unreadable: left in place
-        if not doomed:
+        evidence = {path: layout.segment_evidence(path) for path in doomed}
+        found = {path: item for path, item in evidence.items() if item is not None}  # unreadable: stays
+        if not found:
             return []
         archive = self.settings.archive_dir
         action = "archived" if archive is not None else "deleted"
@@ -230,20 +240,17 @@ class AuditLog:
         # here went": the newest claim per log is kept, including claims carried by the segments
         # about to go (they are stated again here, or the evidence would go with them).
         claims: dict[str, dict[str, Any]] = {}
-        for path, found in evidence:
-            if found is None:
-                continue
-            for carried in layout.retention_claims(path):
+        for path, item in found.items():
+            for carried in item.claims:
                 _keep_newest(claims, carried)
-            origin, _, last_seq, checkpoint = found
             _keep_newest(
                 claims,
                 {
-                    "origin": origin,
+                    "origin": item.origin,
                     "segment": path.name,
                     "first_seq": 0,
-                    "last_seq": last_seq,
-                    "checkpoint": checkpoint,
+                    "last_seq": item.last_seq,
+                    "checkpoint": item.checkpoint,
                     "action": action,
                 },
             )
@@ -260,7 +267,7 @@ class AuditLog:
                 }
             )
         self.checkpoint()  # the evidence is signed before anything is removed
-        for path in doomed:
+        for path in found:
             if archive is not None:
                 target = archive / self.instance / path.parent.name
                 layout.make_dir(target, self.settings.group_id)
@@ -269,7 +276,7 @@ class AuditLog:
                 layout.copy_checkpoints(path.parent, target)
             else:
                 path.unlink()
-        return doomed
+        return list(found)
 
 
 def _keep_newest(claims: dict[str, dict[str, Any]], claim: dict[str, Any]) -> None:

@@ -157,7 +157,8 @@ class AuditRecorder:
                 line = self.log.append(entry)
                 if self.exporter is not None:
                     self.exporter.emit(entry, line)
-                self.log.rotate_if_due()
+                if self.log.rotation_due():
+                    await asyncio.to_thread(self.log.rotate)  # fsync and retention: not on the loop
             if self.durable:
                 await asyncio.to_thread(self.log.flush, fsync=True)
             else:
