@@ -490,14 +490,23 @@ def _match_checkpoints(
     if not checkpoints:
         report.add("integrity", where, "no valid signed checkpoint")
         return
-    beyond = [size for size in checkpoints if size > result.size]
-    if archive_only and beyond:
-        # An archive holds a session's older segments; its newer records are in the live log.
-        report.add("info", where, f"records {result.size}..{max(beyond) - 1} are not in this archive (in the live log)")
-        result.closed = True  # not a crash: the session went on elsewhere
-        checkpoints = {size: checkpoint for size, checkpoint in checkpoints.items() if size <= result.size}
-        if not checkpoints:
-            return
+    result.last_checkpoint = checkpoints[max(checkpoints)]
+    if archive_only and not result.closed:
+        # An archive holds a session's older segments; the rest, and its ending, are in the live log.
+        beyond = [size for size in checkpoints if size > result.size]
+        if beyond:
+            report.add(
+                "info", where, f"records {result.size}..{max(beyond) - 1} are not in this archive (in the live log)"
+            )
+        _match_roots(result, {size: c for size, c in checkpoints.items() if size <= result.size}, report)
+        return
+    _match_roots(result, checkpoints, report)
+    _check_ending(result, max(checkpoints), report, now_ms)
+
+
+def _match_roots(result: SessionResult, checkpoints: dict[int, note.Checkpoint], report: Report) -> None:
+    """Every signed checkpoint must match the records at its size."""
+    where = result.directory.name
     for size, checkpoint in sorted(checkpoints.items()):
         if size > result.size:
             report.add(
@@ -515,8 +524,12 @@ def _match_checkpoints(
                 f"the records do not match the signed checkpoint at size {size}: records "
                 "were altered, inserted or removed",
             )
-    result.last_checkpoint = checkpoints[max(checkpoints)]
-    covered = max(checkpoints)
+
+
+def _check_ending(result: SessionResult, covered: int, report: Report, now_ms: int) -> None:
+    """How the session ends: closed, live, or a crash (see :func:`_is_live`)."""
+    where = result.directory.name
+    assert result.last_checkpoint is not None
     live = _is_live(result, now_ms)
     for torn_where, message in result.torn:
         # The running writer may be in the middle of a line; after a crash it stays cut.
