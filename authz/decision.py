@@ -107,17 +107,27 @@ def decide(
     server and ``tollgate policy explain`` share. Never raises for a request it cannot judge: a
     path whose readings disagree is a 400 Decision.
     """
-    host = snapshot.index.lookup(request.host)
+    return _judge(request, identity, snapshot.index.lookup(request.host), snapshot.revision, default_allow)
+
+
+def _judge(
+    request: request_model.HttpRequest,
+    identity: identity_model.Identity,
+    host: compiled.HostPolicies | None,
+    revision: str,
+    default_allow: bool,
+) -> Decision:
+    """:func:`decide` once the host's policies are looked up (:func:`decide_check` has them already)."""
     try:
         outcome = evaluate.evaluate(host, compiled.Context(request, identity), server_default_allow=default_allow)
     except canonical.RequestRejected as rejected:
-        return rejected_request(snapshot.revision, rejected, request)
+        return rejected_request(revision, rejected, request)
     # Deny of a caller we could not identify is "who are you?" (401), of a known one "no" (403).
     status = 200 if outcome.allowed else (403 if identity.authenticated else 401)
     # Positional, in field order (pinned by tests/unit/test_decision.py): half the cost of keywords.
     return Decision(
         ids.new_id(),  # decision_id
-        snapshot.revision,  # revision
+        revision,  # revision
         outcome.allowed,  # allowed
         status,  # status
         outcome.reason,  # reason
@@ -154,7 +164,7 @@ async def decide_check(
         identity = identity_stage.resolve_now(request, scope)
         if identity is None:  # a token not verified before: may wait for the provider's keys
             identity = await identity_stage.resolve(request, scope)
-        decision = decide(request, identity, snapshot, default_allow)
+        decision = _judge(request, identity, host, snapshot.revision, default_allow)
     except canonical.RequestRejected as rejected:
         decision = rejected_request(snapshot.revision, rejected, request)
     except identity_model.IdentityFailure as failure:
@@ -219,17 +229,21 @@ def cancelled(revision: str, request: request_model.HttpRequest | None) -> Decis
 def audit_unavailable(decision: Decision) -> Decision:
     """503 ``audit_unavailable``: durable audit mode, and the record could not be written. No
     record means no access, whatever was decided."""
-    decision.allowed = False
-    decision.status, decision.reason, decision.message = 503, "audit_unavailable", "the audit log cannot be written"
-    decision.policy = decision.rule = ""
-    return decision
+    return _overrule(decision, 503, "audit_unavailable", "the audit log cannot be written")
 
 
 def answer_failed(decision: Decision, error: BaseException) -> Decision:
     """500 ``authz_error``: the decision was made but its answer could not be built. Envoy gets a
     deny, and the audit record says so, not what was decided before."""
     was = f"{'allow' if decision.allowed else 'deny'} {decision.reason}"
+    message = f"the answer could not be built ({error.__class__.__name__}); the decision was {was}"
+    return _overrule(decision, 500, "authz_error", message)
+
+
+def _overrule(decision: Decision, status: int, reason: str, message: str) -> Decision:
+    """A decision made, then turned into a deny after the fact. No policy decided the deny, so
+    policy and rule are cleared (Envoy's access log and the audit record show them)."""
     decision.allowed = False
-    decision.status, decision.reason = 500, "authz_error"
-    decision.message = f"the answer could not be built ({error.__class__.__name__}); the decision was {was}"
+    decision.status, decision.reason, decision.message = status, reason, message
+    decision.policy = decision.rule = ""
     return decision
