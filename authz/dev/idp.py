@@ -10,6 +10,7 @@ process signs with the key the running provider serves.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import pathlib
@@ -23,7 +24,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-__all__ = ["DevIdentityProvider", "load_state", "sign_token"]
+__all__ = ["DevIdentityProvider", "b64url", "load_state", "sign_token", "unsigned_token"]
 
 AUDIENCE = "tollgate-demo"
 
@@ -86,6 +87,16 @@ def sign_token(
         claims["email"] = email
     claims.update(extra or {})
     return jwt.encode(claims, entry["pem"], algorithm="RS256", headers={"kid": entry["kid"], **(headers or {})})
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding, as JWT segments are written."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unsigned_token(header: Mapping[str, Any], claims: Mapping[str, Any]) -> str:
+    """``header.claims`` of a token, unsigned: what the attack tests forge signatures onto."""
+    return f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
 
 
 class DevIdentityProvider:

@@ -4,20 +4,17 @@ as ``token_malformed`` (401), with no traceback and no 500, before any JSON pars
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
 
+from authz.dev import idp
+
 pytestmark = pytest.mark.envoy
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
 def _token(header: bytes, payload: bytes) -> str:
-    return f"{_b64(header)}.{_b64(payload)}.c2ln"
+    return f"{idp.b64url(header)}.{idp.b64url(payload)}.c2ln"
 
 
 NESTED = b"[" * 2000 + b"]" * 2000

@@ -6,7 +6,6 @@ the upstream, and never put a traceback in Tollgate's log.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -44,14 +43,6 @@ spec:
     - {{name: public, action: Allow, to: {{paths: [/public]}}}}
     - {{name: users, action: Allow, from: {{authenticated: true}}}}
 """
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
-    return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
 
 
 class Stack:
@@ -114,20 +105,22 @@ def _rsa_public_pem(stack: Stack) -> bytes:
 
 def _hs256_with_public_key(stack: Stack) -> str:
     """The classic algorithm-confusion forgery: HMAC keyed with the RSA public key."""
-    signing_input = _unsigned({"alg": "HS256", "typ": "JWT", "kid": stack.idp.state["keys"][0]["kid"]}, stack.claims())
+    signing_input = idp.unsigned_token(
+        {"alg": "HS256", "typ": "JWT", "kid": stack.idp.state["keys"][0]["kid"]}, stack.claims()
+    )
     signature = hmac.new(_rsa_public_pem(stack), signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(signature)}"
+    return f"{signing_input}.{idp.b64url(signature)}"
 
 
 ATTACKS: list[tuple[str, Callable[[Stack], dict[str, str]], str]] = [
     (
         "alg-none",
-        lambda s: {"Authorization": "Bearer " + _unsigned({"alg": "none"}, s.claims()) + "."},
+        lambda s: {"Authorization": "Bearer " + idp.unsigned_token({"alg": "none"}, s.claims()) + "."},
         "token_algorithm_not_allowed",
     ),
     (
         "alg-none-capitalised",
-        lambda s: {"Authorization": "Bearer " + _unsigned({"alg": "None"}, s.claims()) + "."},
+        lambda s: {"Authorization": "Bearer " + idp.unsigned_token({"alg": "None"}, s.claims()) + "."},
         "token_algorithm_not_allowed",
     ),
     (
@@ -174,7 +167,7 @@ ATTACKS: list[tuple[str, Callable[[Stack], dict[str, str]], str]] = [
     ("malformed-base64", lambda s: {"Authorization": "Bearer abc.!!!$$$.def"}, "token_malformed"),
     (
         "malformed-json",
-        lambda s: {"Authorization": "Bearer " + _b64(b"{not json") + "." + _b64(b"{}") + ".sig"},
+        lambda s: {"Authorization": "Bearer " + idp.b64url(b"{not json") + "." + idp.b64url(b"{}") + ".sig"},
         "token_malformed",
     ),
     ("two-parts", lambda s: {"Authorization": "Bearer onlyone.part"}, "token_malformed"),

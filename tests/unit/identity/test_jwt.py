@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import pathlib
 import time
@@ -30,14 +29,6 @@ spec:
     audiences: [tollgate-demo]
     tokenSources: [{{header: authorization, prefix: "Bearer "}}, {{cookie: session}}]
 """
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unsigned(header: dict[str, Any], claims: dict[str, Any]) -> str:
-    return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
 
 
 def _claims(provider: idp.DevIdentityProvider, **overrides: Any) -> dict[str, Any]:
@@ -80,11 +71,14 @@ CASES: list[tuple[str, Any]] = [
     ("token_too_large", lambda p: bearer(p.token("a", extra={"pad": "x" * 9000}))),
     ("token_malformed", lambda p: bearer("only.two")),
     ("token_malformed", lambda p: bearer("abc.!!!.def")),
-    ("token_malformed", lambda p: bearer(_b64(b"[" * 40 + b"]" * 40) + "." + _b64(b"{}") + ".sig")),
+    ("token_malformed", lambda p: bearer(idp.b64url(b"[" * 40 + b"]" * 40) + "." + idp.b64url(b"{}") + ".sig")),
     ("token_unknown_issuer", lambda p: bearer(_signed(p, _claims(p, iss="https://evil.example")))),
     ("token_unsupported_crit", lambda p: bearer(_signed(p, _claims(p), crit=["urn:x"], **{"urn:x": 1}))),
-    ("token_algorithm_not_allowed", lambda p: bearer(_unsigned({"alg": "none"}, _claims(p)) + ".")),
-    ("token_algorithm_not_allowed", lambda p: bearer(_unsigned({"alg": "HS256", "kid": "k"}, _claims(p)) + ".c2ln")),
+    ("token_algorithm_not_allowed", lambda p: bearer(idp.unsigned_token({"alg": "none"}, _claims(p)) + ".")),
+    (
+        "token_algorithm_not_allowed",
+        lambda p: bearer(idp.unsigned_token({"alg": "HS256", "kid": "k"}, _claims(p)) + ".c2ln"),
+    ),
     ("token_unknown_kid", lambda p: bearer(_signed(p, _claims(p), kid="forged"))),
     ("token_key_mismatch", lambda p: bearer(_signed(p, _claims(p), kid="ec-1"))),
     ("token_bad_signature", lambda p: bearer(_signed(p, _claims(p))[:-6] + "AAAAAA")),
@@ -124,7 +118,7 @@ async def test_keys_never_fetched_is_unavailable(tmp_path: pathlib.Path) -> None
     from authz import loader  # noqa: PLC0415
 
     resolver.update(loader.load(tmp_path / "config.yaml").providers)
-    token = _unsigned({"alg": "RS256", "kid": "k"}, {"iss": "http://127.0.0.1:9", "sub": "a"}) + ".c2ln"
+    token = idp.unsigned_token({"alg": "RS256", "kid": "k"}, {"iss": "http://127.0.0.1:9", "sub": "a"}) + ".c2ln"
     assert await outcome(resolver, bearer(token)) == "identity_unavailable"
 
 
