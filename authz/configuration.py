@@ -142,6 +142,11 @@ def listen_address(text: str) -> str:
     return text
 
 
+def _optional_listen_address(text: str) -> str:
+    """A :func:`listen_address`, or "" for off."""
+    return listen_address(text) if text else ""
+
+
 def _is_ipv4(text: str) -> bool:
     try:
         ipaddress.IPv4Address(text)
@@ -252,7 +257,7 @@ class AuditSettings:
         "",
         "--audit-witness-listen",
         "HOST:PORT to publish the newest checkpoints and consistency proofs for witnesses (read-only HTTP)",
-        lambda text: listen_address(text) if text else "",
+        _optional_listen_address,
         shown="off",
     )
     group: str = _setting(
@@ -308,7 +313,7 @@ def _metavar(field: dataclasses.Field[Any]) -> str:
         return "SECONDS"
     if parse is _path:
         return "PATH"
-    if parse is listen_address or field.metadata["flag"].endswith("-listen"):
+    if parse in (listen_address, _optional_listen_address):
         return "HOST:PORT"
     flag: str = field.metadata["flag"]
     return flag.removeprefix("--").rsplit("-", 1)[-1].upper()
