@@ -168,8 +168,15 @@ def build_snapshot(documents: Iterable[Document], revision: str, *, complete: bo
 def _read_provider_files(spec: identity_providers.ProviderSpec, base: pathlib.Path) -> identity_providers.ProviderSpec:
     """Read the files a provider refers to now, so a broken file fails the load, not a request.
 
-    Relative paths are relative to the directory of the file that holds the document.
+    Relative paths are relative to the directory of the file that holds the document. A Secret
+    reference is the operator's to resolve: a document that still carries one is refused.
     """
+    if (spec.api_key and spec.api_key.keys_secret_ref) or (spec.jwt and spec.jwt.hmac_secret_ref):
+        field = "spec.apiKey.keysSecretRef" if spec.api_key else "spec.jwt.hmacSecretRef"
+        raise ConfigError(
+            "names a Kubernetes Secret, which only the operator resolves; in configuration files name a file",
+            field=field,
+        )
     if spec.api_key is not None:
         keys_file = str(base / spec.api_key.keys_file)
         settings = dataclasses.replace(spec.api_key, keys_file=keys_file, keys=apikey.load_keys(keys_file))

@@ -32,7 +32,7 @@ from authz import request as request_model
 from authz.errors import ConfigError
 from authz.identity import model, providers
 
-__all__ = ["ApiKeyVerifier", "generate_key", "load_keys"]
+__all__ = ["ApiKeyVerifier", "generate_key", "load_keys", "parse_keys"]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -49,23 +49,31 @@ def generate_key(key_id: str) -> tuple[str, str]:
 def load_keys(path: str) -> tuple[providers.ApiKeyEntry, ...]:
     """Read and validate a keys file; raise :class:`ConfigError` naming the file and entry."""
     try:
-        document: Any = yaml.safe_load(pathlib.Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
+        text = pathlib.Path(path).read_text()
+    except OSError as error:
         raise ConfigError(f"cannot read API keys file {path}: {error}", field="spec.apiKey.keysFile") from error
+    return parse_keys(text, path)
+
+
+def parse_keys(text: str, path: str, field: str = "spec.apiKey.keysFile") -> tuple[providers.ApiKeyEntry, ...]:
+    """Validate the text of a keys file (``path`` names it in messages; the operator checks a
+    Secret's value with it before it publishes the value)."""
+    try:
+        document: Any = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"cannot read API keys file {path}: {error}", field=field) from error
     if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
-        raise ConfigError(f"{path}: expected a mapping with a 'keys' list", field="spec.apiKey.keysFile")
+        raise ConfigError(f"{path}: expected a mapping with a 'keys' list", field=field)
     entries, seen = [], set()
     for index, raw in enumerate(document["keys"]):
         where = f"{path}: keys[{index}]"
         if not isinstance(raw, Mapping):
-            raise ConfigError(f"{where}: must be a mapping", field="spec.apiKey.keysFile")
+            raise ConfigError(f"{where}: must be a mapping", field=field)
         key_id, digest = str(raw.get("id", "")), str(raw.get("sha256", "")).lower()
         if not _ID.match(key_id) or key_id in seen:
-            raise ConfigError(f"{where}.id: missing, invalid or duplicate id {key_id!r}", field="spec.apiKey.keysFile")
+            raise ConfigError(f"{where}.id: missing, invalid or duplicate id {key_id!r}", field=field)
         if not _HEX64.match(digest):
-            raise ConfigError(
-                f"{where}.sha256: must be 64 hex characters (plain keys are never stored)", field="spec.apiKey.keysFile"
-            )
+            raise ConfigError(f"{where}.sha256: must be 64 hex characters (plain keys are never stored)", field=field)
         seen.add(key_id)
         entry = providers.ApiKeyEntry(
             key_id=key_id,
@@ -76,7 +84,7 @@ def load_keys(path: str) -> tuple[providers.ApiKeyEntry, ...]:
         )
         problem = model.check_identity_values(entry.subject, entry.groups, entry.roles)
         if problem:
-            raise ConfigError(f"{where}: {problem}", field="spec.apiKey.keysFile")
+            raise ConfigError(f"{where}: {problem}", field=field)
         entries.append(entry)
     return tuple(entries)
 

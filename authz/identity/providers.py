@@ -32,6 +32,7 @@ __all__ = [
     "MtlsSettings",
     "ProviderSpec",
     "RefreshSettings",
+    "SecretRef",
     "TokenSource",
     "parse_provider",
 ]
@@ -69,6 +70,17 @@ class ClaimMapping:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A key of a Secret in the provider's own namespace (``keysSecretRef``, ``hmacSecretRef``).
+
+    Only the operator resolves these: it copies the value into the Secret it publishes and hands
+    the data plane a document that names it as a file (:mod:`authz_operator.build`)."""
+
+    name: str
+    key: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class JwtSettings:
     issuer: str
     audiences: tuple[str, ...]
@@ -81,6 +93,7 @@ class JwtSettings:
     refresh: RefreshSettings
     max_token_bytes: int = 8 * 1024
     hmac_secret: bytes = dataclasses.field(default=b"", repr=False)  # read by the loader
+    hmac_secret_ref: SecretRef | None = None  # in a cluster: resolved by the operator into hmac_secret_file
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,8 +116,9 @@ class ApiKeyEntry:
 class ApiKeySettings:
     header: str
     prefix: str
-    keys_file: str
+    keys_file: str  # "" when keys_secret_ref names the keys instead
     keys: tuple[ApiKeyEntry, ...] = ()  # read by the loader from keys_file
+    keys_secret_ref: SecretRef | None = None  # in a cluster: resolved by the operator into keys_file
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,11 +176,15 @@ def _parse_provider(document: Mapping[str, Any], source: str) -> ProviderSpec:
         return ProviderSpec(name, namespace, kind, source, mtls=MtlsSettings(trust_domains=domains))
     if kind == "apiKey":
         section = _section(spec, "apiKey")
-        keys_file = section.get("keysFile")
-        if not isinstance(keys_file, str) or not keys_file:
-            raise ConfigError("keysFile is required (a file of hashed keys)", field="spec.apiKey.keysFile")
+        keys_file, keys_ref = section.get("keysFile", ""), _secret_ref(section.get("keysSecretRef"))
+        if not isinstance(keys_file, str) or bool(keys_file) == bool(keys_ref):
+            raise ConfigError(
+                "exactly one of keysFile and keysSecretRef is required (hashed keys)", field="spec.apiKey.keysFile"
+            )
         header = str(section.get("header", "x-api-key")).lower()
-        settings = ApiKeySettings(header=header, prefix=str(section.get("prefix", "")), keys_file=keys_file)
+        settings = ApiKeySettings(
+            header=header, prefix=str(section.get("prefix", "")), keys_file=keys_file, keys_secret_ref=keys_ref
+        )
         return ProviderSpec(name, namespace, kind, source, api_key=settings)
     raise ConfigError(f"type must be one of jwt, mtls, apiKey; got {kind!r}", field="spec.type")
 
@@ -193,6 +211,7 @@ _JWT_KEYS = {
     "jwksUri",
     "algorithms",
     "hmacSecretFile",
+    "hmacSecretRef",
     "claims",
     "tokenSources",
     "leewaySeconds",
@@ -224,12 +243,17 @@ def _jwt(section: Mapping[str, Any]) -> JwtSettings:
     if jwks_uri and (not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://"))):
         problems.errors.append(ConfigError("jwksUri must be an http(s) URL", field="spec.jwt.jwksUri"))
     hmac_secret_file = str(section.get("hmacSecretFile", ""))
+    hmac_ref = None
+    with problems.check():
+        hmac_ref = _secret_ref(section.get("hmacSecretRef"))
+        if hmac_ref and hmac_secret_file:
+            raise ConfigError("name hmacSecretFile or hmacSecretRef, not both", field="spec.jwt.hmacSecretRef")
     algorithms: tuple[str, ...] = ASYMMETRIC_ALGORITHMS
     with problems.check():
         algorithms = _strings(section, "algorithms", "spec.jwt.algorithms") or ASYMMETRIC_ALGORITHMS
     for index, algorithm in enumerate(algorithms):
         with problems.check():
-            _check_algorithm(algorithm, bool(hmac_secret_file), f"spec.jwt.algorithms[{index}]")
+            _check_algorithm(algorithm, bool(hmac_secret_file or hmac_ref), f"spec.jwt.algorithms[{index}]")
     claims = section.get("claims", {})
     if not isinstance(claims, Mapping) or set(claims) - _CLAIM_KEYS:
         problems.errors.append(
@@ -266,6 +290,7 @@ def _jwt(section: Mapping[str, Any]) -> JwtSettings:
         jwks_uri=jwks_uri,
         algorithms=tuple(algorithms),
         hmac_secret_file=hmac_secret_file,
+        hmac_secret_ref=hmac_ref,
         claims=ClaimMapping(**{key: str(value) for key, value in claims.items()}),
         sources=tuple(sources),
         leeway_seconds=float(leeway),
@@ -273,11 +298,18 @@ def _jwt(section: Mapping[str, Any]) -> JwtSettings:
     )
 
 
+def _secret_ref(raw: Any) -> SecretRef | None:
+    """A ``{name, key}`` Secret reference (its shape is checked by the schema)."""
+    if not isinstance(raw, Mapping):
+        return None
+    return SecretRef(str(raw.get("name", "")), str(raw.get("key", "")))
+
+
 def _check_algorithm(algorithm: str, has_secret: bool, field: str) -> None:
     if algorithm.lower() == "none":
         raise ConfigError("'none' is never accepted", field=field)
     if algorithm in HMAC_ALGORITHMS and not has_secret:
-        raise ConfigError(f"{algorithm} needs hmacSecretFile (a shared secret)", field=field)
+        raise ConfigError(f"{algorithm} needs hmacSecretFile or hmacSecretRef (a shared secret)", field=field)
     if algorithm not in ASYMMETRIC_ALGORITHMS + HMAC_ALGORITHMS:
         raise ConfigError(f"unsupported algorithm {algorithm!r}", field=field)
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from authz import crds, loader
-from authz.errors import ConfigError
+from authz.errors import ConfigError, ConfigErrors
 
 EXAMPLES = pathlib.Path(__file__).parents[2] / "examples" / "policies"
 
@@ -76,6 +76,18 @@ def test_the_examples_are_valid_custom_resources() -> None:
         ("IdentityProvider", {"type": "jwt", "jwt": {"issuer": "idp.example"}}),
         ("IdentityProvider", {"type": "jwt", "jwt": {"issuer": "https://i", "algorithms": ["none"]}}),
         ("IdentityProvider", {"type": "apiKey", "apiKey": {"header": "x"}}),
+        (
+            "IdentityProvider",
+            {"type": "apiKey", "apiKey": {"keysFile": "k", "keysSecretRef": {"name": "s", "key": "k"}}},
+        ),
+        (
+            "IdentityProvider",
+            {
+                "type": "jwt",
+                "jwt": {"issuer": "https://i", "hmacSecretFile": "f", "hmacSecretRef": {"name": "s", "key": "k"}},
+            },
+        ),
+        ("IdentityProvider", {"type": "apiKey", "apiKey": {"keysSecretRef": {"name": "S", "key": "k"}}}),
     ],
 )
 def test_what_the_api_server_refuses_the_data_plane_refuses_too(
@@ -86,3 +98,27 @@ def test_what_the_api_server_refuses_the_data_plane_refuses_too(
     (tmp_path / "x.yaml").write_text(yaml.safe_dump(body))
     with pytest.raises(ConfigError):
         loader.load(tmp_path / "x.yaml")
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"type": "apiKey", "apiKey": {"keysSecretRef": {"name": "keys", "key": "keys.yaml"}}}, "keysSecretRef"),
+        (
+            {"type": "jwt", "jwt": {"issuer": "https://i", "hmacSecretRef": {"name": "s", "key": "k"}}},
+            "hmacSecretRef",
+        ),
+    ],
+)
+def test_secret_references_are_valid_custom_resources_but_not_files(
+    tmp_path: pathlib.Path, spec: dict[str, Any], field: str
+) -> None:
+    """A Secret reference is the operator's to resolve: the API server accepts it, the file loader
+    names it and refuses it (a data plane must never start without the secret it names)."""
+    body = {"apiVersion": "tollgate.dev/v1alpha1", "kind": "IdentityProvider", "metadata": {"name": "x"}, "spec": spec}
+    assert list(_custom_resource_validator("IdentityProvider").iter_errors(body)) == []
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(body))
+    with pytest.raises(ConfigErrors) as caught:
+        loader.load(tmp_path / "x.yaml")
+    [error] = caught.value.errors
+    assert error.field is not None and error.field.endswith(field) and "only the operator" in str(error)
