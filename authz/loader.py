@@ -139,7 +139,23 @@ def build_snapshot(documents: Iterable[Document], revision: str, *, complete: bo
             errors.extend(error.located(file=document.file, document=document.label) for error in found.errors)
         except ConfigError as error:
             errors.append(error.located(file=document.file, document=document.label))
-    known = {p.name for p in providers}
+    named: dict[str, identity_providers.ProviderSpec] = {}
+    for spec in providers:
+        first = named.setdefault(spec.name, spec)
+        if first is not spec:
+            # Policies and the resolver name a provider by its name alone: two of one name would
+            # let one silently stand in for the other.
+            file, _, position = spec.source.rpartition("#")
+            errors.append(
+                ConfigError(
+                    f"IdentityProvider name {spec.name!r} is also used by {first.namespace}/{first.name} "
+                    f"({first.source}); provider names are unique across namespaces",
+                    file=file,
+                    document=f"document {position} (IdentityProvider {spec.namespace}/{spec.name})",
+                    field="metadata.name",
+                )
+            )
+    known = set(named)
     for policy in policies if complete else ():
         for item, name in enumerate(policy.providers or ()):
             if name not in known:

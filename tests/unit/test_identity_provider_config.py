@@ -86,3 +86,19 @@ def test_defaults_are_safe() -> None:
     assert not set(spec.jwt.algorithms) & set(providers.HMAC_ALGORITHMS)
     assert spec.jwt.sources == (providers.TokenSource(header="authorization", prefix="Bearer "),)
     assert spec.jwt.max_token_bytes == 8 * 1024
+
+
+def test_a_provider_name_is_unique_across_namespaces(tmp_path: pathlib.Path) -> None:
+    """Policies and the resolver name a provider by name alone: a second provider of one name in
+    another namespace must be refused, never silently stand in for the first."""
+    provider = """apiVersion: tollgate.dev/v1alpha1
+kind: IdentityProvider
+metadata: {{name: corp, namespace: {namespace}}}
+spec: {{type: jwt, jwt: {{issuer: "https://{namespace}.example", jwksUri: "https://{namespace}.example/keys"}}}}
+"""
+    (tmp_path / "a.yaml").write_text(provider.format(namespace="team-a"))
+    (tmp_path / "b.yaml").write_text(provider.format(namespace="team-b"))
+    with pytest.raises(ConfigErrors) as caught:
+        loader.load(tmp_path)
+    [error] = caught.value.errors
+    assert error.field == "metadata.name" and "team-a/corp" in str(error) and str(error).startswith(str(tmp_path))
