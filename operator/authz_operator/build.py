@@ -10,7 +10,16 @@ compiler — there is no second parser — and decides:
   neither opens nor closes anything;
 - a policy whose hosts another namespace owns is rejected (``HostClaimed``,
   :mod:`authz_operator.ownership`);
-- a policy naming an identity provider that is not (validly) there is rejected (``UnknownProvider``);
+- a provider whose ``keysSecretRef``/``hmacSecretRef`` names a Secret that is not there (in the
+  provider's own namespace, labelled ``tollgate.dev/credentials=true``) is rejected
+  (``SecretNotFound``), one whose value the data plane would refuse too (``InvalidSecret``); a
+  resolved value goes into the published Secret, never the ConfigMap, and the published document
+  names it as a file (the data plane reads the ConfigMap and the Secret as one directory);
+- providers are published as ``namespace.name``, and every policy's ``identity.providers`` names
+  them so: ``name`` is the provider of that name in the policy's own namespace, ``ns/name`` one in
+  another, and a policy without the list accepts only its own namespace's providers — a provider
+  some other tenant creates can never vouch for callers on your hosts; a policy naming a provider
+  that is not (validly) there is rejected (``UnknownProvider``);
 - policies that disagree on one host (``defaultAction``, provider lists) are all marked
   ``Conflicted``, with the data plane's message; they stay in force (Deny wins, as in the files);
 - everything accepted is published, one document per object, and only then marked ``Ready``.
@@ -26,14 +35,15 @@ from typing import Any
 import yaml
 
 from authz.errors import ConfigError, ConfigErrors
-from authz.identity import providers
+from authz.identity import apikey, providers
 from authz.policy import compile as compiled
 from authz.policy import model
 from authz_operator import ownership
 
-__all__ = ["Condition", "ObjectStatus", "Published", "build_configuration", "object_key"]
+__all__ = ["Condition", "InForce", "ObjectStatus", "Published", "SecretData", "build_configuration", "object_key"]
 
 API_VERSION = "tollgate.dev/v1alpha1"
+CREDENTIALS_LABEL = "tollgate.dev/credentials"  # on the Secrets providers may name
 _MAX_MESSAGE = 1024
 
 
@@ -52,11 +62,23 @@ class ObjectStatus:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class InForce:
+    """One object as published: its document and the Secret values it names (file name → bytes)."""
+
+    document: Mapping[str, Any]
+    files: Mapping[str, bytes] = dataclasses.field(default_factory=dict, repr=False)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Published:
     data: dict[str, str]  # ConfigMap data: one YAML document per object in force
-    revision: str
+    secret_data: dict[str, bytes]  # Secret data: the values the documents name as files
+    revision: str  # of both together
     statuses: dict[str, ObjectStatus]  # by object_key()
-    in_force: dict[str, Mapping[str, Any]]  # the document in force per object: next call's ``previous``
+    in_force: dict[str, InForce]  # per object: the next call's ``previous``
+
+
+SecretData = Mapping[tuple[str, str], Mapping[str, bytes]]  # (namespace, name) → decoded data
 
 
 def object_key(body: Mapping[str, Any]) -> str:
@@ -68,44 +90,44 @@ def object_key(body: Mapping[str, Any]) -> str:
 def build_configuration(
     objects: Sequence[Mapping[str, Any]],
     *,
-    previous: Mapping[str, Mapping[str, Any]] | None = None,
+    secrets: SecretData | None = None,
+    previous: Mapping[str, InForce] | None = None,
     delegations: Mapping[str, Sequence[str]] | None = None,
 ) -> Published:
-    """The configuration and statuses for ``objects``. ``previous``: :attr:`Published.in_force`
-    of the last call (the last valid version of each object); ``delegations``: namespace → host
-    patterns handed to it (see :mod:`authz_operator.ownership`)."""
+    """The configuration and statuses for ``objects``. ``secrets``: the labelled Secrets in
+    scope; ``previous``: :attr:`Published.in_force` of the last call (the last valid version of
+    each object); ``delegations``: namespace → host patterns handed to it (see
+    :mod:`authz_operator.ownership`)."""
     previous = previous or {}
     rejected: dict[str, Condition] = {}
-    documents: dict[str, Mapping[str, Any]] = {}
+    resolved: dict[str, InForce] = {}
     for body in sorted(objects, key=object_key):
         key, document = object_key(body), _document(body)
         problem = _invalid(document)
+        try:
+            entry = InForce(document) if problem else _resolve_secrets(document, secrets or {})
+        except _SecretProblem as secret:
+            problem, reason = str(secret), secret.reason
+        else:
+            reason = "InvalidSpec"
         if problem:
-            rejected[key] = Condition("Accepted", "False", "InvalidSpec", problem)
+            rejected[key] = Condition("Accepted", "False", reason, _short(problem))
             if key in previous:
-                documents[key] = previous[key]  # the last valid version stays in force
+                resolved[key] = previous[key]  # the last valid version stays in force
             continue
-        documents[key] = document
-    provider_names = {
-        str(doc["metadata"]["name"]) for doc in documents.values() if doc.get("kind") == "IdentityProvider"
-    }
-    policies = {key: doc for key, doc in documents.items() if doc.get("kind") == "AccessPolicy"}
-    claims = [_claim(key, doc, objects) for key, doc in policies.items()]
-    for verdict in ownership.assign(claims, delegations):
-        key = f"AccessPolicy/{verdict.claim.namespace}/{verdict.claim.name}"
-        if not verdict.accepted:
-            rejected.setdefault(key, Condition("Accepted", "False", verdict.reason, verdict.message))
-            documents.pop(key, None)
-    for key, doc in policies.items():
-        named = ((doc.get("spec") or {}).get("identity") or {}).get("providers") or []
-        missing = sorted(set(named) - provider_names)
-        if missing and key in documents:
-            message = f"spec.identity.providers names {', '.join(missing)}: no valid IdentityProvider of that name"
-            rejected.setdefault(key, Condition("Accepted", "False", "UnknownProvider", message))
-            documents.pop(key)
+        resolved[key] = entry
+    valid = dict(resolved)  # as the user wrote them: the next call's "last valid version"
+    _admit(resolved, rejected, objects, delegations or {})
+    documents = {key: entry.document for key, entry in resolved.items()}
     conflicts = _conflicts(documents)
     data = {_data_key(key): yaml.safe_dump(dict(doc), sort_keys=True) for key, doc in sorted(documents.items())}
-    revision = hashlib.sha256("\0".join(f"{k}\0{v}" for k, v in sorted(data.items())).encode()).hexdigest()[:12]
+    secret_data = {name: value for entry in resolved.values() for name, value in entry.files.items()}
+    digest = hashlib.sha256()
+    for name, text in sorted(data.items()):
+        digest.update(f"{name}\0{text}\0".encode())
+    for name, value in sorted(secret_data.items()):
+        digest.update(f"{name}\0".encode() + hashlib.sha256(value).digest())
+    revision = digest.hexdigest()[:12]
     statuses = {}
     for body in objects:
         key = object_key(body)
@@ -118,7 +140,61 @@ def build_configuration(
         if key in conflicts:
             conditions.append(Condition("Conflicted", "True", "PoliciesDisagree", _short("; ".join(conflicts[key]))))
         statuses[key] = ObjectStatus(tuple(conditions), revision)
-    return Published(data, revision, statuses, documents)
+    return Published(data, secret_data, revision, statuses, {key: valid[key] for key in resolved})
+
+
+def _admit(
+    resolved: dict[str, InForce],
+    rejected: dict[str, Condition],
+    objects: Sequence[Mapping[str, Any]],
+    delegations: Mapping[str, Sequence[str]],
+) -> None:
+    """Host ownership and provider references, on the valid documents (in place): a rejected
+    policy leaves ``resolved``; a kept one names its providers by their published names."""
+    providers_by_namespace: dict[str, list[str]] = {}
+    for key, entry in sorted(resolved.items()):
+        if entry.document.get("kind") == "IdentityProvider":
+            _, namespace, name = key.split("/")
+            providers_by_namespace.setdefault(namespace, []).append(name)
+            resolved[key] = dataclasses.replace(entry, document=_renamed(entry.document, f"{namespace}.{name}"))
+    policies = {key: entry.document for key, entry in resolved.items() if entry.document.get("kind") == "AccessPolicy"}
+    claims = [_claim(key, doc, objects) for key, doc in policies.items()]
+    for verdict in ownership.assign(claims, delegations):
+        key = f"AccessPolicy/{verdict.claim.namespace}/{verdict.claim.name}"
+        if not verdict.accepted:
+            rejected.setdefault(key, Condition("Accepted", "False", verdict.reason, verdict.message))
+            resolved.pop(key, None)
+    for key, doc in policies.items():
+        if key not in resolved:
+            continue
+        namespace = key.split("/")[1]
+        named = ((doc.get("spec") or {}).get("identity") or {}).get("providers")
+        if named is None:  # in a cluster: the providers of the policy's own namespace, never others'
+            qualified = [f"{namespace}.{name}" for name in providers_by_namespace.get(namespace, [])]
+        else:
+            qualified = [_qualified(namespace, reference) for reference in named]
+        known = {f"{ns}.{name}" for ns, names in providers_by_namespace.items() for name in names}
+        missing = [ref for ref, q in zip(named or [], qualified, strict=False) if q not in known]
+        if missing:
+            message = f"spec.identity.providers names {', '.join(missing)}: no valid IdentityProvider of that name"
+            rejected.setdefault(key, Condition("Accepted", "False", "UnknownProvider", message))
+            resolved.pop(key)
+            continue
+        spec = dict(doc.get("spec") or {})
+        spec["identity"] = {**(spec.get("identity") or {}), "providers": qualified}
+        resolved[key] = dataclasses.replace(resolved[key], document={**doc, "spec": spec})
+
+
+def _qualified(namespace: str, reference: str) -> str:
+    """A provider reference as published: ``name`` is in ``namespace``; ``other/name`` is not."""
+    owner, _, name = reference.rpartition("/")
+    return f"{owner or namespace}.{name}"
+
+
+def _renamed(document: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A provider as published: named ``namespace.name``, unique across namespaces (a namespace
+    has no dots), so a provider of one namespace can never stand in for another's."""
+    return {**document, "metadata": {**document["metadata"], "name": name}}
 
 
 def _document(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -148,6 +224,53 @@ def _invalid(document: Mapping[str, Any]) -> str:
     except ConfigError as error:
         return _short(str(error))
     return ""
+
+
+class _SecretProblem(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _resolve_secrets(document: Mapping[str, Any], secrets: SecretData) -> InForce:
+    """The provider's Secret references replaced by the files the published Secret holds."""
+    if document.get("kind") != "IdentityProvider":
+        return InForce(document)
+    spec = providers.parse_provider(document)
+    namespace, name = spec.namespace, spec.name
+    if spec.api_key is not None and spec.api_key.keys_secret_ref is not None:
+        file = f"apikeys.{namespace}.{name}"
+        value = _secret_value(secrets, namespace, spec.api_key.keys_secret_ref, "spec.apiKey.keysSecretRef")
+        try:
+            apikey.parse_keys(value.decode("utf-8", "replace"), "the Secret's keys", "spec.apiKey.keysSecretRef")
+        except ConfigError as error:
+            raise _SecretProblem("InvalidSecret", str(error)) from None
+        section = {k: v for k, v in document["spec"]["apiKey"].items() if k != "keysSecretRef"}
+        return InForce(_with_spec(document, "apiKey", {**section, "keysFile": file}), {file: value})
+    if spec.jwt is not None and spec.jwt.hmac_secret_ref is not None:
+        file = f"hmac.{namespace}.{name}"
+        value = _secret_value(secrets, namespace, spec.jwt.hmac_secret_ref, "spec.jwt.hmacSecretRef")
+        if len(value.strip()) < 32:
+            raise _SecretProblem("InvalidSecret", "spec.jwt.hmacSecretRef: an HMAC secret must be at least 32 bytes")
+        section = {k: v for k, v in document["spec"]["jwt"].items() if k != "hmacSecretRef"}
+        return InForce(_with_spec(document, "jwt", {**section, "hmacSecretFile": file}), {file: value})
+    return InForce(document)
+
+
+def _secret_value(secrets: SecretData, namespace: str, ref: providers.SecretRef, field: str) -> bytes:
+    data = secrets.get((namespace, ref.name))
+    if data is None:
+        raise _SecretProblem(
+            "SecretNotFound",
+            f"{field}: no Secret {namespace}/{ref.name} labelled {CREDENTIALS_LABEL}=true",
+        )
+    if ref.key not in data:
+        raise _SecretProblem("SecretNotFound", f"{field}: Secret {namespace}/{ref.name} has no key {ref.key!r}")
+    return data[ref.key]
+
+
+def _with_spec(document: Mapping[str, Any], section: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    return {**document, "spec": {**document["spec"], section: value}}
 
 
 def _claim(key: str, document: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> ownership.Claim:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
+import yaml
 from authz_operator import build
 
 from authz import loader
@@ -119,3 +120,81 @@ def test_unknown_providers_and_conflicts_are_reported_on_the_objects_involved() 
         conflicted = _conditions(published, key)["Conflicted"]
         assert conflicted[:2] == ("True", "PoliciesDisagree") and "Deny applies" in conflicted[2]
         assert _conditions(published, key)["Ready"][0] == "True"  # in force: Deny wins, as in files
+
+
+def _scope(published: build.Published, policy: str) -> list[str]:
+    document = yaml.safe_load(published.data[f"accesspolicy.{policy}.yaml"])
+    return list(document["spec"]["identity"]["providers"])
+
+
+def test_a_provider_vouches_only_where_its_namespace_or_a_policy_says_so() -> None:
+    """A tenant's provider of the same name never stands in for another's: providers are
+    published as ``namespace.name``, a bare name is the policy's own namespace's, and a policy
+    without a list accepts its own namespace's providers only."""
+    own = _provider("shop", "corp", type="mtls")
+    squatter = _provider("other", "corp", type="mtls")
+    named = _policy("shop", "named", "2026-11-30T00:00:02Z", hosts=["a.shop.test"], identity={"providers": ["corp"]})
+    unlisted = _policy("shop", "unlisted", "2026-11-30T00:00:03Z", hosts=["b.shop.test"])
+    shared = _policy(
+        "other", "shared", "2026-11-30T00:00:04Z", hosts=["c.other.test"], identity={"providers": ["shop/corp"]}
+    )
+    lonely = _policy("empty", "lonely", "2026-11-30T00:00:05Z", hosts=["d.empty.test"])
+    published = build.build_configuration([squatter, own, named, unlisted, shared, lonely])
+    assert _scope(published, "shop.named") == ["shop.corp"]
+    assert _scope(published, "shop.unlisted") == ["shop.corp"]
+    assert _scope(published, "other.shared") == ["shop.corp"]
+    assert _scope(published, "empty.lonely") == []  # no provider of its own: anonymous callers only
+    names = {
+        yaml.safe_load(published.data[f"identityprovider.{ns}.corp.yaml"])["metadata"]["name"]
+        for ns in ("shop", "other")
+    }
+    assert names == {"shop.corp", "other.corp"}
+    missing = _policy("shop", "x", "2026-11-30T00:00:06Z", hosts=["e.shop.test"], identity={"providers": ["nope/corp"]})
+    accepted = _conditions(build.build_configuration([own, missing]), "AccessPolicy/shop/x")["Accepted"]
+    assert accepted[:2] == ("False", "UnknownProvider") and "nope/corp" in accepted[2]
+
+
+KEYS_FILE = "keys:\n- {id: ci, sha256: " + "ab" * 32 + ", subject: ci-bot}\n"
+
+
+def _keys_provider(namespace: str = "shop") -> dict[str, Any]:
+    return _provider(namespace, "keys", type="apiKey", apiKey={"keysSecretRef": {"name": "ci-keys", "key": "keys"}})
+
+
+def test_secret_values_go_into_the_secret_and_the_data_plane_reads_both_as_one_directory(
+    tmp_path: pathlib.Path,
+) -> None:
+    secrets = {("shop", "ci-keys"): {"keys": KEYS_FILE.encode()}}
+    published = build.build_configuration([_keys_provider()], secrets=secrets)
+    assert published.secret_data == {"apikeys.shop.keys": KEYS_FILE.encode()}
+    assert "ab" * 32 not in "".join(published.data.values())  # hashes never in the ConfigMap
+    for name, text in published.data.items():
+        (tmp_path / name).write_text(text)
+    for name, value in published.secret_data.items():
+        (tmp_path / name).write_bytes(value)
+    [provider] = loader.load(tmp_path).providers
+    assert provider.api_key is not None and [k.subject for k in provider.api_key.keys] == ["ci-bot"]
+    # Rotating the Secret changes the revision; a Secret in another namespace is never read.
+    rotated = build.build_configuration(
+        [_keys_provider()], secrets={("shop", "ci-keys"): {"keys": KEYS_FILE.replace("ci-bot", "ci").encode()}}
+    )
+    assert rotated.revision != published.revision
+    elsewhere = build.build_configuration([_keys_provider("other")], secrets=secrets)
+    assert _conditions(elsewhere, "IdentityProvider/other/keys")["Accepted"][1] == "SecretNotFound"
+
+
+def test_a_missing_or_invalid_secret_rejects_the_provider_and_keeps_its_last_good_version() -> None:
+    good = build.build_configuration([_keys_provider()], secrets={("shop", "ci-keys"): {"keys": KEYS_FILE.encode()}})
+    cases = {
+        "SecretNotFound": {},
+        "InvalidSecret": {("shop", "ci-keys"): {"keys": b"keys: [{id: ci, sha256: plain-text-key}]"}},
+    }
+    for reason, secrets in cases.items():
+        later = build.build_configuration([_keys_provider()], secrets=secrets, previous=good.in_force)
+        conditions = _conditions(later, "IdentityProvider/shop/keys")
+        assert conditions["Accepted"][:2] == ("False", reason), conditions
+        assert conditions["Ready"][0] == "True" and "last valid version" in conditions["Ready"][2]
+        assert later.secret_data == good.secret_data and later.revision == good.revision
+    wrong_key = build.build_configuration([_keys_provider()], secrets={("shop", "ci-keys"): {"other": b"x"}})
+    accepted = _conditions(wrong_key, "IdentityProvider/shop/keys")["Accepted"]
+    assert accepted[:2] == ("False", "SecretNotFound") and "no key 'keys'" in accepted[2]
