@@ -1,4 +1,5 @@
-"""What ``tollgate serve`` can be told, in one place: every setting, its unit, default and sources.
+"""What ``tollgate serve`` and ``tollgate operator`` can be told, in one place: every setting, its
+unit, default and sources.
 
 Each setting is a dataclass field with its command-line flag; the environment variable is the flag
 in upper case with ``TOLLGATE_`` in front (``--reload-interval`` → ``TOLLGATE_RELOAD_INTERVAL``).
@@ -24,6 +25,8 @@ from typing import Any
 
 __all__ = [
     "AuditSettings",
+    "KubernetesConfig",
+    "OperatorSettings",
     "ServerSettings",
     "UsageError",
     "add_arguments",
@@ -163,10 +166,33 @@ def _log_level(text: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    """``--config kubernetes:NAMESPACE/NAME``: the ConfigMap and Secret the operator publishes."""
+
+    namespace: str
+    name: str
+
+
+def _config_source(text: str) -> pathlib.Path | KubernetesConfig | None:
+    if text.startswith("kubernetes:"):
+        try:
+            return KubernetesConfig(*_object_name(text.removeprefix("kubernetes:")))
+        except ValueError:
+            raise ValueError("must be kubernetes:NAMESPACE/NAME (lower-case DNS names)") from None
+    return _path(text)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ServerSettings:
     """The ext_authz server: where it listens, what it serves, how it reloads and stops."""
 
-    config: pathlib.Path | None = _setting(None, "--config", "policy YAML file or directory (required)", _path)
+    config: pathlib.Path | KubernetesConfig | None = _setting(
+        None,
+        "--config",
+        "policy YAML file or directory, or kubernetes:NAMESPACE/NAME (the operator's ConfigMap and Secret, "
+        "followed through the API) (required)",
+        _config_source,
+    )
     listen: str = _setting("127.0.0.1:9001", "--listen", "HOST:PORT for the gRPC server", listen_address)
     default_allow: bool = _setting(
         False,
@@ -195,8 +221,8 @@ class ServerSettings:
 
     @property
     def config_path(self) -> pathlib.Path:
-        if self.config is None:
-            raise UsageError("--config (or TOLLGATE_CONFIG) is required")
+        if not isinstance(self.config, pathlib.Path):
+            raise UsageError("--config (or TOLLGATE_CONFIG) must name a file or directory here")
         return self.config
 
     def check(self) -> None:
@@ -294,6 +320,111 @@ class AuditSettings:
         _ = self.group_id  # an unknown group is named now, not when the first file is created
 
 
+def _object_name(text: str) -> tuple[str, str]:
+    """``NAMESPACE/NAME`` of a Kubernetes object."""
+    namespace, slash, name = text.partition("/")
+    if not slash or not _DNS_LABEL.fullmatch(namespace) or not _DNS_SUBDOMAIN.fullmatch(name):
+        raise ValueError("must be NAMESPACE/NAME (lower-case DNS names)")
+    return namespace, name
+
+
+def _namespaces(text: str) -> tuple[str, ...]:
+    """Comma-separated namespace names; empty: every namespace."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    for name in names:
+        if not _DNS_LABEL.fullmatch(name):
+            raise ValueError(f"{name!r} is not a namespace name")
+    return names
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OperatorSettings:
+    """The operator (docs/operations.md): what it watches, where it publishes, its webhook and peers."""
+
+    publish: tuple[str, str] = _setting(
+        ("tollgate-system", "tollgate-config"),
+        "--publish",
+        "NAMESPACE/NAME of the ConfigMap (policies, providers) and Secret (keys, HMAC secrets) it publishes",
+        _object_name,
+        shown="tollgate-system/tollgate-config",
+    )
+    watch_namespaces: tuple[str, ...] = _setting(
+        (), "--watch-namespaces", "comma-separated namespaces to watch", _namespaces, shown="all"
+    )
+    delegations: pathlib.Path | None = _setting(
+        None, "--delegations", "YAML file: namespace → host patterns handed to it (docs/policy.md)", _path
+    )
+    webhook_listen: str = _setting(
+        "0.0.0.0:9443", "--webhook-listen", "HOST:PORT of the validating admission webhook (HTTPS)", listen_address
+    )
+    webhook_host: str = _setting(
+        "",
+        "--webhook-host",
+        "the name the API server calls the webhook by (its Service's DNS name)",
+        str,
+        shown="the listen address",
+    )
+    webhook_cert_dir: pathlib.Path | None = _setting(
+        None,
+        "--webhook-cert-dir",
+        "directory with tls.crt and tls.key (re-read when they change)",
+        _path,
+        shown="a self-signed certificate made at start",
+    )
+    webhook_configuration: str = _setting(
+        "tollgate.dev",
+        "--webhook-configuration",
+        "ValidatingWebhookConfiguration the operator keeps up to date (with its CA bundle); empty: none",
+        str,
+    )
+    liveness_listen: str = _setting(
+        "0.0.0.0:8080", "--liveness-listen", "HOST:PORT of the liveness endpoint /healthz", _optional_listen_address
+    )
+    peering: str = _setting(
+        "tollgate",
+        "--peering",
+        "kopf peering name: of several replicas one is active; empty: standalone (a single replica)",
+        str,
+    )
+    log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
+
+    def check(self) -> None:
+        """What no single setting can say wrong on its own (the delegations file's content)."""
+        _ = self.host_delegations()
+
+    def host_delegations(self) -> dict[str, tuple[str, ...]]:
+        """The ``--delegations`` file: ``{namespace: [host pattern, ...]}``; :class:`UsageError`
+        naming the file and entry if it cannot be used."""
+        if self.delegations is None:
+            return {}
+        import yaml  # noqa: PLC0415 - only the operator reads it
+
+        where = f"--delegations {self.delegations}"
+        try:
+            document = yaml.safe_load(self.delegations.read_text())
+        except OSError as error:
+            raise UsageError(f"{where}: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise UsageError(f"{where}: invalid YAML: {str(error).splitlines()[0]}") from None
+        if not isinstance(document, Mapping):
+            raise UsageError(f"{where}: must be a mapping of namespace to a list of host patterns")
+        found: dict[str, tuple[str, ...]] = {}
+        for namespace, patterns in document.items():
+            if not isinstance(namespace, str) or not _DNS_LABEL.fullmatch(namespace):
+                raise UsageError(f"{where}: {namespace!r} is not a namespace name")
+            if not isinstance(patterns, list) or not all(_HOST_PATTERN.fullmatch(str(p)) for p in patterns):
+                raise UsageError(f"{where}: {namespace}: must be a list of hosts, *.suffix patterns or *")
+            found[namespace] = tuple(str(p).lower() for p in patterns)
+        return found
+
+
+_HOST_PATTERN = re.compile(r"\*|(\*\.)?[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?")
+
+
 def add_arguments(parser: argparse.ArgumentParser | Any, settings: type) -> None:
     """One option per field of ``settings``; help shows the default and the variable. Values stay
     text here (argparse default None): :func:`from_arguments` parses them, flag or variable alike."""
@@ -311,7 +442,7 @@ def _metavar(field: dataclasses.Field[Any]) -> str:
     parse = field.metadata["parse"]
     if parse in (_seconds, _positive_seconds):
         return "SECONDS"
-    if parse is _path:
+    if parse in (_path, _config_source):
         return "PATH"
     if parse in (listen_address, _optional_listen_address):
         return "HOST:PORT"

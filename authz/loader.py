@@ -26,7 +26,7 @@ from authz.identity import providers as identity_providers
 from authz.policy import compile as compiled
 from authz.policy import model
 
-__all__ = ["Document", "Snapshot", "build_snapshot", "config_files", "load", "read_documents"]
+__all__ = ["Document", "Snapshot", "build_snapshot", "config_files", "load", "parse_documents", "read_documents"]
 
 _KINDS = ("AccessPolicy", "IdentityProvider")
 _MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -83,35 +83,49 @@ def read_documents(path: pathlib.Path) -> tuple[list[Document], str, list[Config
         except OSError as error:
             errors.append(ConfigError(f"cannot read: {error.strerror}", file=str(file)))
             continue
-        if len(raw) > _MAX_FILE_BYTES:
-            errors.append(ConfigError(f"file larger than {_MAX_FILE_BYTES} bytes", file=str(file)))
-            continue
         digest.update(file.name.encode() + b"\0" + raw + b"\0")
-        try:
-            bodies = list(yaml.load_all(raw, Loader=_LOADER))
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            problem = getattr(error, "problem", None) or str(error)
-            errors.append(ConfigError(f"{where}invalid YAML: {problem}", file=str(file)))
-            continue
-        for position, body in enumerate(bodies, start=1):
-            if body is None:
-                continue
-            if not isinstance(body, Mapping):
-                errors.append(
-                    ConfigError("a document must be a mapping", file=str(file), document=f"document {position}")
-                )
-                continue
-            documents.append(Document(str(file), position, body))
+        found, problems = parse_documents(str(file), raw)
+        documents += found
+        errors += problems
     return documents, digest.hexdigest()[:12], errors
 
 
-def build_snapshot(documents: Iterable[Document], revision: str, *, complete: bool = True) -> Snapshot:
+def parse_documents(name: str, raw: bytes) -> tuple[list[Document], list[ConfigError]]:
+    """The YAML documents of one file (``name`` labels them in messages): a ConfigMap key read
+    through the API is parsed exactly as a file is."""
+    if len(raw) > _MAX_FILE_BYTES:
+        return [], [ConfigError(f"file larger than {_MAX_FILE_BYTES} bytes", file=name)]
+    try:
+        bodies = list(yaml.load_all(raw, Loader=_LOADER))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        return [], [ConfigError(f"{where}invalid YAML: {problem}", file=name)]
+    documents, errors = [], []
+    for position, body in enumerate(bodies, start=1):
+        if body is None:
+            continue
+        if not isinstance(body, Mapping):
+            errors.append(ConfigError("a document must be a mapping", file=name, document=f"document {position}"))
+            continue
+        documents.append(Document(name, position, body))
+    return documents, errors
+
+
+def build_snapshot(
+    documents: Iterable[Document],
+    revision: str,
+    *,
+    complete: bool = True,
+    files: Mapping[str, bytes] | None = None,
+) -> Snapshot:
     """Validate and compile documents; raise :class:`ConfigErrors` listing every problem.
 
     ``complete``: these are all the documents (False when some file could not be read: then a
-    provider a policy names may be in that file, and is not reported missing)."""
+    provider a policy names may be in that file, and is not reported missing). ``files``: the
+    files providers name, by name, when they come from the Kubernetes API instead of a disk
+    (:mod:`authz.kube`); None reads them from beside the document's file."""
     policies: list[model.AccessPolicy] = []
     providers: list[identity_providers.ProviderSpec] = []
     errors: list[ConfigError] = []
@@ -134,24 +148,24 @@ def build_snapshot(documents: Iterable[Document], revision: str, *, complete: bo
                 policies.append(model.parse_access_policy(document.body, source=source))
             else:
                 spec = identity_providers.parse_provider(document.body, source=source)
-                providers.append(_read_provider_files(spec, pathlib.Path(document.file).parent))
+                providers.append(_read_provider_files(spec, pathlib.Path(document.file).parent, files))
         except ConfigErrors as found:
             errors.extend(error.located(file=document.file, document=document.label) for error in found.errors)
         except ConfigError as error:
             errors.append(error.located(file=document.file, document=document.label))
     named: dict[str, identity_providers.ProviderSpec] = {}
-    for spec in providers:
-        first = named.setdefault(spec.name, spec)
-        if first is not spec:
+    for provider in providers:
+        taken = named.setdefault(provider.name, provider)
+        if taken is not provider:
             # Policies and the resolver name a provider by its name alone: two of one name would
             # let one silently stand in for the other.
-            file, _, position = spec.source.rpartition("#")
+            file, _, position = provider.source.rpartition("#")
             errors.append(
                 ConfigError(
-                    f"IdentityProvider name {spec.name!r} is also used by {first.namespace}/{first.name} "
-                    f"({first.source}); provider names are unique across namespaces",
+                    f"IdentityProvider name {provider.name!r} is also used by {taken.namespace}/{taken.name} "
+                    f"({taken.source}); provider names are unique across namespaces",
                     file=file,
-                    document=f"document {position} (IdentityProvider {spec.namespace}/{spec.name})",
+                    document=f"document {position} (IdentityProvider {provider.namespace}/{provider.name})",
                     field="metadata.name",
                 )
             )
@@ -181,11 +195,14 @@ def build_snapshot(documents: Iterable[Document], revision: str, *, complete: bo
     )
 
 
-def _read_provider_files(spec: identity_providers.ProviderSpec, base: pathlib.Path) -> identity_providers.ProviderSpec:
+def _read_provider_files(
+    spec: identity_providers.ProviderSpec, base: pathlib.Path, files: Mapping[str, bytes] | None
+) -> identity_providers.ProviderSpec:
     """Read the files a provider refers to now, so a broken file fails the load, not a request.
 
-    Relative paths are relative to the directory of the file that holds the document. A Secret
-    reference is the operator's to resolve: a document that still carries one is refused.
+    Relative paths are relative to the directory of the file that holds the document (or name an
+    entry of ``files``). A Secret reference is the operator's to resolve: a document that still
+    carries one is refused.
     """
     if (spec.api_key and spec.api_key.keys_secret_ref) or (spec.jwt and spec.jwt.hmac_secret_ref):
         field = "spec.apiKey.keysSecretRef" if spec.api_key else "spec.jwt.hmacSecretRef"
@@ -194,23 +211,32 @@ def _read_provider_files(spec: identity_providers.ProviderSpec, base: pathlib.Pa
             field=field,
         )
     if spec.api_key is not None:
-        keys_file = str(base / spec.api_key.keys_file)
-        settings = dataclasses.replace(spec.api_key, keys_file=keys_file, keys=apikey.load_keys(keys_file))
+        field = "spec.apiKey.keysFile"
+        keys_file = spec.api_key.keys_file if files is not None else str(base / spec.api_key.keys_file)
+        text = _provider_file(keys_file, files, field).decode("utf-8", "replace")
+        settings = dataclasses.replace(spec.api_key, keys_file=keys_file, keys=apikey.parse_keys(text, keys_file))
         return dataclasses.replace(spec, api_key=settings)
     if spec.jwt is not None and spec.jwt.hmac_secret_file:
-        secret_file = str(base / spec.jwt.hmac_secret_file)
-        try:
-            secret = pathlib.Path(secret_file).read_bytes().strip()
-        except OSError as error:
-            raise ConfigError(
-                f"cannot read {spec.jwt.hmac_secret_file}: {error.strerror}", field="spec.jwt.hmacSecretFile"
-            ) from error
+        field = "spec.jwt.hmacSecretFile"
+        secret_file = spec.jwt.hmac_secret_file if files is not None else str(base / spec.jwt.hmac_secret_file)
+        secret = _provider_file(secret_file, files, field).strip()
         if len(secret) < 32:
-            raise ConfigError("an HMAC secret must be at least 32 bytes", field="spec.jwt.hmacSecretFile")
+            raise ConfigError("an HMAC secret must be at least 32 bytes", field=field)
         return dataclasses.replace(
             spec, jwt=dataclasses.replace(spec.jwt, hmac_secret_file=secret_file, hmac_secret=secret)
         )
     return spec
+
+
+def _provider_file(name: str, files: Mapping[str, bytes] | None, field: str) -> bytes:
+    if files is not None:
+        if name not in files:
+            raise ConfigError(f"cannot read {name}: not in the published Secret", field=field)
+        return files[name]
+    try:
+        return pathlib.Path(name).read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read {name}: {error.strerror}", field=field) from error
 
 
 def _referenced_files(spec: identity_providers.ProviderSpec) -> list[str]:

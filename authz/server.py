@@ -4,8 +4,9 @@ Owns the process lifecycle, as in grpc's Python examples:
 
 - Start: load the configuration (a broken one at start is fatal: exit 2 with every error named),
   bind, mark health SERVING. Identity providers fetch their keys in the background.
-- Reload: poll the configuration files; on a change, load and compile off the event loop and
-  swap the snapshot in one assignment. In-flight Checks keep the snapshot they started with, so
+- Reload: poll the configuration files (or follow the operator's ConfigMap and Secret through the
+  API, :mod:`authz.kube`); on a change, load and compile off the event loop and swap the snapshot
+  in one assignment. In-flight Checks keep the snapshot they started with, so
   none fails. An invalid new configuration is logged (file, document, field) and the last good one
   stays in force.
 - SIGTERM/SIGINT: health NOT_SERVING first (so Envoy's health checks move away), then stop
@@ -15,10 +16,13 @@ Owns the process lifecycle, as in grpc's Python examples:
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import pathlib
 import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (health.aio)
@@ -164,9 +168,14 @@ async def start(
 
 
 async def serve(
-    settings: configuration.ServerSettings, runtime: Runtime, *, ready: asyncio.Event | None = None
+    settings: configuration.ServerSettings,
+    runtime: Runtime,
+    *,
+    ready: asyncio.Event | None = None,
+    follow: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT, then drain."""
+    """Run until SIGTERM/SIGINT, then drain. ``follow``: what keeps the configuration current
+    (default: :func:`watch` the files, every ``--reload-interval``)."""
     server, health_servicer, port = await start(settings, runtime)
     _settle_memory()
     _log.info(
@@ -180,7 +189,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    watcher = loop.create_task(watch(settings, runtime)) if settings.reload_interval > 0 else None
+    if follow is None and settings.reload_interval > 0:
+        follow = functools.partial(watch, settings)
+    watcher = loop.create_task(follow(runtime)) if follow is not None else None
     if ready is not None:
         ready.set()
     await stop.wait()

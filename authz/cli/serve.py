@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import functools
 import logging
 import pathlib
 import socket
 from typing import Any
 
-from authz import configuration, loader, server, telemetry
+from authz import configuration, kube, loader, server, telemetry
 from authz.audit import log as audit_log
 from authz.audit import note, pseudonym, publish, recorder
 from authz.cli import common
@@ -44,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     audit_settings.check()
     check_listen(settings.listen)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    source = _kubernetes_source(settings)
     try:
-        snapshot = loader.load(settings.config_path)
+        snapshot = None if source else loader.load(settings.config_path)
         tracing = telemetry.Tracing.from_environment()
         audit_recorder = make_recorder(audit_settings)
     except ConfigError as error:
@@ -62,26 +64,45 @@ def run(args: argparse.Namespace) -> int:
             return common.fail(f"--audit-witness-listen {audit_settings.witness_listen}: {error.strerror}", 2)
 
     async def serve() -> None:
-        runtime = server.Runtime(snapshot, default_allow=settings.default_allow, strict_paths=settings.strict_paths)
+        first = await source.first() if source is not None else snapshot
+        assert first is not None
+        runtime = server.Runtime(first, default_allow=settings.default_allow, strict_paths=settings.strict_paths)
         runtime.tracing = tracing
         if audit_recorder is not None:
             await audit_recorder.start()
             runtime.recorder = audit_recorder
         if publisher is not None:
             publisher.start()
+        follow = None
+        if source is not None:
+            follow = functools.partial(_follow, source)
         try:
-            await server.serve(settings, runtime)
+            await server.serve(settings, runtime, follow=follow)
         finally:
             if publisher is not None:
                 publisher.stop()
+            if source is not None:
+                await source.close()
 
     try:
         asyncio.run(serve())
+    except ConfigError as error:
+        return common.fail(f"invalid configuration, not starting:\n{error}", 2)
     except server.ListenError as error:
         return common.fail(f"--listen {settings.listen}: {error}", 2)
     except OSError as error:
         return common.fail(f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}", 2)
     return 0
+
+
+def _kubernetes_source(settings: configuration.ServerSettings) -> kube.ConfigSource | None:
+    if not isinstance(settings.config, configuration.KubernetesConfig):
+        return None
+    return kube.ConfigSource(settings.config.namespace, settings.config.name)
+
+
+async def _follow(source: kube.ConfigSource, runtime: server.Runtime) -> None:
+    await source.follow(runtime.install, lambda: runtime.snapshot.revision)
 
 
 def check_listen(address: str) -> None:

@@ -27,7 +27,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authz import envoy_bootstrap
 
-__all__ = ["Envoy", "TollgateProcess", "audit_flags", "envoy_binary", "free_port", "wait_for_port"]
+__all__ = [
+    "Envoy",
+    "OperatorProcess",
+    "TollgateProcess",
+    "audit_flags",
+    "envoy_binary",
+    "free_port",
+    "wait_for_port",
+]
 
 
 def free_port() -> int:
@@ -242,6 +250,61 @@ class TollgateProcess:
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
         except grpc.RpcError:
+            return False
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+class OperatorProcess:
+    """``tollgate operator`` as a real subprocess against the API at ``kubeconfig``; ready once its
+    liveness endpoint answers (kopf serves it when its startup handlers are done)."""
+
+    def __init__(self, kubeconfig: pathlib.Path, *, extra: Sequence[str] = (), log_to: pathlib.Path | None = None):
+        self.liveness_port = free_port()
+        self.webhook_port = free_port()
+        self.args = [
+            sys.executable,
+            "-m",
+            "authz",
+            "operator",
+            "--liveness-listen",
+            f"127.0.0.1:{self.liveness_port}",
+            "--webhook-listen",
+            f"127.0.0.1:{self.webhook_port}",
+            *extra,
+        ]
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        self.log_to = log_to
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> OperatorProcess:
+        with _output(self.log_to) as output:
+            self.process = subprocess.Popen(self.args, stdout=output, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tollgate operator exited with {self.process.returncode}")
+            if self.alive():
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError("tollgate operator did not become ready")
+
+    def alive(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=0.5) as reply:
+                return bool(reply.status == 200)
+        except (OSError, urllib.error.URLError):
             return False
 
     def stop(self, timeout: float = 15.0) -> int | None:

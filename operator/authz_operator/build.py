@@ -22,13 +22,17 @@ compiler — there is no second parser — and decides:
   that is not (validly) there is rejected (``UnknownProvider``);
 - policies that disagree on one host (``defaultAction``, provider lists) are all marked
   ``Conflicted``, with the data plane's message; they stay in force (Deny wins, as in the files);
-- everything accepted is published, one document per object, and only then marked ``Ready``.
+- everything accepted is published, one document per object, and only then marked ``Ready``;
+  beside them ``in-force.json`` keeps each object's last valid version as its author wrote it, so
+  an operator that restarts (:func:`restore`) still knows what to keep in force for an object
+  that turned invalid (the data plane reads only ``*.yaml``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,9 +44,21 @@ from authz.policy import compile as compiled
 from authz.policy import model
 from authz_operator import ownership
 
-__all__ = ["Condition", "InForce", "ObjectStatus", "Published", "SecretData", "build_configuration", "object_key"]
+__all__ = [
+    "IN_FORCE_KEY",
+    "Condition",
+    "InForce",
+    "ObjectStatus",
+    "Published",
+    "SecretData",
+    "build_configuration",
+    "invalid",
+    "object_key",
+    "restore",
+]
 
 API_VERSION = "tollgate.dev/v1alpha1"
+IN_FORCE_KEY = "in-force.json"
 CREDENTIALS_LABEL = "tollgate.dev/credentials"  # on the Secrets providers may name
 _MAX_MESSAGE = 1024
 
@@ -59,6 +75,7 @@ class Condition:
 class ObjectStatus:
     conditions: tuple[Condition, ...]
     revision: str  # the published revision this status describes
+    digest: str = ""  # of the object's published document and Secret values; "" if not in force
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,7 +120,7 @@ def build_configuration(
     resolved: dict[str, InForce] = {}
     for body in sorted(objects, key=object_key):
         key, document = object_key(body), _document(body)
-        problem = _invalid(document)
+        problem = invalid(document)
         try:
             entry = InForce(document) if problem else _resolve_secrets(document, secrets or {})
         except _SecretProblem as secret:
@@ -122,6 +139,8 @@ def build_configuration(
     conflicts = _conflicts(documents)
     data = {_data_key(key): yaml.safe_dump(dict(doc), sort_keys=True) for key, doc in sorted(documents.items())}
     secret_data = {name: value for entry in resolved.values() for name, value in entry.files.items()}
+    in_force = {key: valid[key] for key in resolved}
+    data[IN_FORCE_KEY] = json.dumps({key: entry.document for key, entry in in_force.items()}, sort_keys=True)
     digest = hashlib.sha256()
     for name, text in sorted(data.items()):
         digest.update(f"{name}\0{text}\0".encode())
@@ -132,15 +151,32 @@ def build_configuration(
     for body in objects:
         key = object_key(body)
         conditions = [rejected.get(key) or Condition("Accepted", "True", "Accepted", "valid")]
+        part = ""
         if key in documents:
             kept = " (its last valid version)" if key in rejected else ""
-            conditions.append(Condition("Ready", "True", "Published", f"in force in revision {revision}{kept}"))
+            conditions.append(Condition("Ready", "True", "Published", f"in force{kept}"))
+            part = _digest(documents[key], resolved[key].files)
         else:
             conditions.append(Condition("Ready", "False", conditions[0].reason, "not in force"))
         if key in conflicts:
             conditions.append(Condition("Conflicted", "True", "PoliciesDisagree", _short("; ".join(conflicts[key]))))
-        statuses[key] = ObjectStatus(tuple(conditions), revision)
-    return Published(data, secret_data, revision, statuses, {key: valid[key] for key in resolved})
+        statuses[key] = ObjectStatus(tuple(conditions), revision, part)
+    return Published(data, secret_data, revision, statuses, in_force)
+
+
+def restore(config: Mapping[str, str], secret: Mapping[str, bytes]) -> dict[str, InForce]:
+    """What was in force, from the ConfigMap and Secret an earlier run published ({} if unreadable)."""
+    try:
+        documents = json.loads(config.get(IN_FORCE_KEY) or "{}")
+    except ValueError:
+        return {}
+    restored = {}
+    for key, document in documents.items() if isinstance(documents, dict) else ():
+        spec = document.get("spec") or {} if isinstance(document, dict) else {}
+        named = [(spec.get("apiKey") or {}).get("keysFile"), (spec.get("jwt") or {}).get("hmacSecretFile")]
+        files = {name: secret[name] for name in named if isinstance(name, str) and name in secret}
+        restored[str(key)] = InForce(document, files)
+    return restored
 
 
 def _admit(
@@ -197,6 +233,14 @@ def _renamed(document: Mapping[str, Any], name: str) -> dict[str, Any]:
     return {**document, "metadata": {**document["metadata"], "name": name}}
 
 
+def _digest(document: Mapping[str, Any], files: Mapping[str, bytes]) -> str:
+    """What one object contributes to the configuration, as 12 hex digits."""
+    digest = hashlib.sha256(yaml.safe_dump(dict(document), sort_keys=True).encode())
+    for name, value in sorted(files.items()):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(value).digest())
+    return digest.hexdigest()[:12]
+
+
 def _document(body: Mapping[str, Any]) -> dict[str, Any]:
     """The object as the data plane reads it: no status, no server-set metadata."""
     metadata = body.get("metadata") or {}
@@ -208,8 +252,9 @@ def _document(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _invalid(document: Mapping[str, Any]) -> str:
-    """The data plane's own verdict on one document ("" if valid)."""
+def invalid(body: Mapping[str, Any]) -> str:
+    """The data plane's own verdict on one object ("" if valid); the admission webhook's too."""
+    document = _document(body)
     try:
         if document.get("apiVersion") != API_VERSION:
             raise ConfigError(f"apiVersion must be {API_VERSION!r}", field="apiVersion")

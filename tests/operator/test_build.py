@@ -30,6 +30,10 @@ def _provider(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def _documents(published: build.Published) -> list[str]:
+    return sorted(name for name in published.data if name.endswith(".yaml"))
+
+
 def _conditions(published: build.Published, key: str) -> dict[str, tuple[str, str, str]]:
     return {c.type: (c.status, c.reason, c.message) for c in published.statuses[key].conditions}
 
@@ -51,14 +55,12 @@ def test_valid_objects_are_published_and_the_data_plane_loads_them(tmp_path: pat
         "accesspolicy.shop.orders.yaml",
         "accesspolicy.shop.scoped.yaml",
         "identityprovider.shop.corp.yaml",
+        build.IN_FORCE_KEY,
     ]
     assert "status" not in published.data["accesspolicy.shop.orders.yaml"]  # what the API server added stays out
     for key in published.statuses:
-        assert _conditions(published, key)["Ready"] == (
-            "True",
-            "Published",
-            f"in force in revision {published.revision}",
-        )
+        assert _conditions(published, key)["Ready"] == ("True", "Published", "in force")
+        assert published.statuses[key].revision == published.revision and published.statuses[key].digest
     for name, text in published.data.items():
         (tmp_path / name).write_text(text)
     snapshot = loader.load(tmp_path)
@@ -72,7 +74,7 @@ def test_an_invalid_object_is_rejected_and_never_breaks_the_others() -> None:
         "shop", "broken", "2026-11-30T00:00:02Z", hosts=["a.test"], rules=[{"name": "r", "action": "Maybe"}]
     )
     published = build.build_configuration([ORDERS, broken])
-    assert list(published.data) == ["accesspolicy.shop.orders.yaml"]
+    assert _documents(published) == ["accesspolicy.shop.orders.yaml"]
     accepted = _conditions(published, "AccessPolicy/shop/broken")["Accepted"]
     assert accepted[:2] == ("False", "InvalidSpec") and "spec.rules[0].action" in accepted[2]
     assert _conditions(published, "AccessPolicy/shop/broken")["Ready"][0] == "False"
@@ -85,13 +87,14 @@ def test_an_invalid_update_keeps_the_last_valid_version_in_force() -> None:
     assert second.data == first.data and second.revision == first.revision
     conditions = _conditions(second, "AccessPolicy/shop/orders")
     assert conditions["Accepted"][:2] == ("False", "InvalidSpec")
-    assert conditions["Ready"] == (
-        "True",
-        "Published",
-        f"in force in revision {first.revision} (its last valid version)",
-    )
+    assert conditions["Ready"] == ("True", "Published", "in force (its last valid version)")
+    assert second.statuses["AccessPolicy/shop/orders"].digest == first.statuses["AccessPolicy/shop/orders"].digest
     # Deleting the object removes it, whatever was in force before.
-    assert build.build_configuration([], previous=second.in_force).data == {}
+    assert _documents(build.build_configuration([], previous=second.in_force)) == []
+    # An operator that restarts reads what was in force from what it published.
+    restored = build.restore(second.data, second.secret_data)
+    third = build.build_configuration([edited], previous=restored)
+    assert third.data == second.data and third.revision == first.revision
 
 
 def test_another_namespace_cannot_claim_a_host_or_reach_it_with_a_wildcard() -> None:
@@ -99,7 +102,7 @@ def test_another_namespace_cannot_claim_a_host_or_reach_it_with_a_wildcard() -> 
         "other", "sneaky", "2026-11-30T00:00:05Z", hosts=["*.example.com"], rules=[{"name": "open", "action": "Allow"}]
     )
     published = build.build_configuration([sneaky, ORDERS])
-    assert list(published.data) == ["accesspolicy.shop.orders.yaml"]
+    assert _documents(published) == ["accesspolicy.shop.orders.yaml"]
     accepted = _conditions(published, "AccessPolicy/other/sneaky")["Accepted"]
     assert accepted[:2] == ("False", "HostClaimed") and "claimed first by namespace 'shop'" in accepted[2]
     delegated = build.build_configuration([sneaky, ORDERS], delegations={"other": ["*.example.com"]})
@@ -189,8 +192,9 @@ def test_a_missing_or_invalid_secret_rejects_the_provider_and_keeps_its_last_goo
         "SecretNotFound": {},
         "InvalidSecret": {("shop", "ci-keys"): {"keys": b"keys: [{id: ci, sha256: plain-text-key}]"}},
     }
-    for reason, secrets in cases.items():
-        later = build.build_configuration([_keys_provider()], secrets=secrets, previous=good.in_force)
+    restored = build.restore(good.data, good.secret_data)  # as an operator that restarted knows it
+    for (reason, secrets), previous in zip(cases.items(), (good.in_force, restored), strict=True):
+        later = build.build_configuration([_keys_provider()], secrets=secrets, previous=previous)
         conditions = _conditions(later, "IdentityProvider/shop/keys")
         assert conditions["Accepted"][:2] == ("False", reason), conditions
         assert conditions["Ready"][0] == "True" and "last valid version" in conditions["Ready"][2]
