@@ -134,7 +134,7 @@ def build_configuration(
             continue
         resolved[key] = entry
     valid = dict(resolved)  # as the user wrote them: the next call's "last valid version"
-    _admit(resolved, rejected, objects, delegations or {})
+    _admit(resolved, rejected, objects, delegations or {}, previous)
     documents = {key: entry.document for key, entry in resolved.items()}
     conflicts = _conflicts(documents)
     data = {_data_key(key): yaml.safe_dump(dict(doc), sort_keys=True) for key, doc in sorted(documents.items())}
@@ -184,6 +184,7 @@ def _admit(
     rejected: dict[str, Condition],
     objects: Sequence[Mapping[str, Any]],
     delegations: Mapping[str, Sequence[str]],
+    previous: Mapping[str, InForce],
 ) -> None:
     """Host ownership and provider references, on the valid documents (in place): a rejected
     policy leaves ``resolved``; a kept one names its providers by their published names."""
@@ -194,7 +195,8 @@ def _admit(
             providers_by_namespace.setdefault(namespace, []).append(name)
             resolved[key] = dataclasses.replace(entry, document=_renamed(entry.document, f"{namespace}.{name}"))
     policies = {key: entry.document for key, entry in resolved.items() if entry.document.get("kind") == "AccessPolicy"}
-    claims = [_claim(key, doc, objects) for key, doc in policies.items()]
+    created = {object_key(o): str((o.get("metadata") or {}).get("creationTimestamp", "")) for o in objects}
+    claims = [_claim(key, doc, created.get(key, ""), previous.get(key)) for key, doc in policies.items()]
     for verdict in ownership.assign(claims, delegations):
         key = f"AccessPolicy/{verdict.claim.namespace}/{verdict.claim.name}"
         if not verdict.accepted:
@@ -318,13 +320,12 @@ def _with_spec(document: Mapping[str, Any], section: str, value: Mapping[str, An
     return {**document, "spec": {**document["spec"], section: value}}
 
 
-def _claim(key: str, document: Mapping[str, Any], objects: Sequence[Mapping[str, Any]]) -> ownership.Claim:
-    created = next(
-        (str((o.get("metadata") or {}).get("creationTimestamp", "")) for o in objects if object_key(o) == key), ""
-    )
+def _claim(key: str, document: Mapping[str, Any], created: str, before: InForce | None) -> ownership.Claim:
     metadata = document["metadata"]
     hosts = tuple(str(host) for host in (document.get("spec") or {}).get("hosts", []))
-    return ownership.Claim(str(metadata["namespace"]), str(metadata["name"]), created, hosts)
+    held = set((before.document.get("spec") or {}).get("hosts", [])) if before else set()
+    incumbent = before is not None and set(hosts) <= held
+    return ownership.Claim(str(metadata["namespace"]), str(metadata["name"]), created, hosts, incumbent)
 
 
 def _conflicts(documents: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:

@@ -3,8 +3,11 @@
 Without it, any policy whose hosts match adds its Allow rules, so a policy in namespace B could
 open a host namespace A serves. In the cluster a host belongs to one namespace:
 
-- **First claim wins.** Policies are taken in creation order (then namespace/name, so the answer
-  never depends on list order). A policy whose host patterns overlap a host or wildcard another
+- **First claim wins.** Policies already in force keep their hosts (``incumbent``: published
+  before, with no host added since), then the rest are taken in creation order (then
+  namespace/name, so the answer never depends on list order). Creation times have one-second
+  resolution: incumbency is what stops a policy created in the same second from taking a host
+  another namespace already serves. A policy whose host patterns overlap a host or wildcard another
   namespace claimed first is rejected whole (reason ``HostClaimed``), naming the host and owner.
   Patterns overlap when some host matches both: ``orders.example.com`` and ``*.example.com`` do,
   and ``*`` overlaps everything (Tollgate's ``*.suffix`` matches any depth below the suffix).
@@ -31,6 +34,7 @@ class Claim:
     name: str
     created: str  # metadata.creationTimestamp (RFC 3339, UTC): sorts as text
     hosts: tuple[str, ...]
+    incumbent: bool = False  # in force already, with these hosts (or fewer)
 
     @property
     def ref(self) -> str:
@@ -65,7 +69,7 @@ def assign(claims: Iterable[Claim], delegations: Mapping[str, Sequence[str]] | N
     delegations = delegations or {}
     owned: list[tuple[str, str, str]] = []  # (pattern, namespace, policy)
     verdicts = []
-    for claim in sorted(claims, key=lambda c: (c.created, c.namespace, c.name)):
+    for claim in sorted(claims, key=lambda c: (not c.incumbent, c.created, c.namespace, c.name)):
         problem = _delegation_problem(claim, delegations) or _claimed_problem(claim, owned)
         if problem:
             verdicts.append(Verdict(claim, False, "HostClaimed", problem))

@@ -202,3 +202,22 @@ def test_a_missing_or_invalid_secret_rejects_the_provider_and_keeps_its_last_goo
     wrong_key = build.build_configuration([_keys_provider()], secrets={("shop", "ci-keys"): {"other": b"x"}})
     accepted = _conditions(wrong_key, "IdentityProvider/shop/keys")["Accepted"]
     assert accepted[:2] == ("False", "SecretNotFound") and "no key 'keys'" in accepted[2]
+
+
+def test_a_policy_in_force_keeps_its_host_against_an_older_or_same_second_claim() -> None:
+    first = build.build_configuration([ORDERS])
+    older = _policy(
+        "aaa", "older", "2026-11-30T00:00:00Z", hosts=["*.example.com"], rules=[{"name": "o", "action": "Allow"}]
+    )
+    later = build.build_configuration([ORDERS, older], previous=first.in_force)
+    assert _documents(later) == ["accesspolicy.shop.orders.yaml"]
+    assert _conditions(later, "AccessPolicy/aaa/older")["Accepted"][1] == "HostClaimed"
+    # Adding a host is a new claim: it cannot take one that is already served elsewhere.
+    grown = {**ORDERS, "spec": {**ORDERS["spec"], "hosts": ["orders.example.com", "x.other.test"]}}
+    served = _policy(
+        "zzz", "x", "2026-11-30T00:00:09Z", hosts=["x.other.test"], rules=[{"name": "r", "action": "Allow"}]
+    )
+    before = build.build_configuration([ORDERS, served])
+    after = build.build_configuration([grown, served], previous=before.in_force)
+    assert _conditions(after, "AccessPolicy/shop/orders")["Accepted"][1] == "HostClaimed"
+    assert "accesspolicy.zzz.x.yaml" in after.data

@@ -86,3 +86,14 @@ def test_delegation_overrides_the_order() -> None:
     # A delegated namespace still cannot reach beyond what was delegated to it.
     beyond = _claim("team-a", "wide", "06", "*.example.com")
     assert {v.claim.ref: v.accepted for v in ownership.assign([beyond], delegations)}["team-a/wide"] is not False
+
+
+def test_a_host_in_force_stays_with_its_namespace_whatever_the_clock_says() -> None:
+    """Creation times have one-second resolution: a policy created in the same second (or one
+    restored with an older timestamp) must not take a host another namespace already serves."""
+    serving = ownership.Claim("shop", "orders", "2026-11-30T00:00:01Z", ("orders.example.com",), incumbent=True)
+    same_second = ownership.Claim("aaa", "sneaky", "2026-11-30T00:00:01Z", ("*.example.com",))
+    older = ownership.Claim("bbb", "older", "2026-11-30T00:00:00Z", ("orders.example.com",))
+    verdicts = {v.claim.ref: v for v in ownership.assign([same_second, older, serving])}
+    assert verdicts["shop/orders"].accepted
+    assert not verdicts["aaa/sneaky"].accepted and not verdicts["bbb/older"].accepted
