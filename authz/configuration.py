@@ -390,7 +390,22 @@ class OperatorSettings:
         "kopf peering name: of several replicas one is active; empty: standalone (a single replica)",
         str,
     )
+    priority: int = _setting(
+        0,
+        "--priority",
+        "peering priority: the highest active replica works, the others wait; 0: random at start",
+        _count(0),
+        shown="random",
+    )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
+
+    @property
+    def peering_priority(self) -> int:
+        """kopf pauses every replica of one priority, so replicas need distinct ones: ``--priority``,
+        or a random one (a clash among a few replicas is a one-in-a-billion event)."""
+        import secrets  # noqa: PLC0415
+
+        return self.priority or 1 + secrets.randbelow(2**31 - 2)
 
     def check(self) -> None:
         """What no single setting can say wrong on its own (the delegations file's content)."""

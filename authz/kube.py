@@ -31,7 +31,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import httpx2
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import ConfigMap, Secret
@@ -81,7 +80,7 @@ class ConfigSource:
                 for kind in (ConfigMap, Secret):
                     await self._read(kind)
                 break
-            except (ApiError, OSError, httpx2.HTTPError) as error:
+            except Exception as error:  # any failure to reach the API (lightkube raises several kinds)
                 _log.warning("cannot read %s yet (%s); retrying in %.1fs", self.where, _describe(error), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
@@ -195,7 +194,7 @@ class ConfigSource:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _BACKOFF_MAX)
                 await self._reread(kind)
-            except (OSError, httpx2.HTTPError) as error:
+            except Exception as error:  # a dropped connection, a proxy's error page, ...
                 _log.warning("watch of %s lost (%s); retrying in %.1fs", self.where, _describe(error), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
@@ -204,11 +203,13 @@ class ConfigSource:
     async def _reread(self, kind: Any) -> None:
         try:
             await self._read(kind)
-        except (ApiError, OSError, httpx2.HTTPError) as error:
+        except Exception as error:
             _log.warning("cannot read %s (%s)", self.where, _describe(error))
 
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, ApiError):
         return f"{error.status.code} {error.status.reason}: {error.status.message}"
+    if isinstance(error, KeyError) and error.__context__ is not None:
+        return _describe(error.__context__)  # lightkube, on an error answer without a Content-Type
     return f"{type(error).__name__}: {error}"

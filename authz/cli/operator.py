@@ -55,6 +55,7 @@ async def _operate(kopf: Any, settings: configuration.OperatorSettings) -> None:
             namespaces=settings.watch_namespaces,
             liveness_endpoint=liveness,
             peering_name=settings.peering or None,
+            priority=settings.peering_priority,
             standalone=not settings.peering,
             memo=kopf.Memo(settings=settings),
             stop_flag=stop_flag,

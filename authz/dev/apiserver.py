@@ -80,6 +80,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self._current = 0
         self._history: list[tuple[int, kmock.resource, dict[str, Any]]] = []
         self._changed: asyncio.Condition | None = None
+        self._epoch = 0  # drop_watches() ends every watch open before it
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -113,7 +114,10 @@ class ApiServer(kmock.KubernetesEmulator):
                 return
         changed = self._condition()
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        epoch = self._epoch
         while True:
+            if self._epoch != epoch:
+                return  # dropped (drop_watches): the client must resume
             for version, resource, event in list(self._history):
                 if version <= position:
                     continue
@@ -128,7 +132,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 return
             async with changed:
                 try:
-                    await asyncio.wait_for(changed.wait_for(functools.partial(self._newer_than, position)), remaining)
+                    await asyncio.wait_for(changed.wait_for(functools.partial(self._wake, position, epoch)), remaining)
                 except TimeoutError:
                     return
 
@@ -226,6 +230,13 @@ class ApiServer(kmock.KubernetesEmulator):
 
     # -- for tests ----------------------------------------------------------------------------
 
+    async def drop_watches(self) -> None:
+        """End every open watch stream, as an API server restart or a load balancer would."""
+        self._epoch += 1
+        changed = self._condition()
+        async with changed:
+            changed.notify_all()
+
     def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:  # type: ignore[override]
         """The stored object (``resource`` like ``"v1/configmaps"``), or None."""
         return self.store.get((kmock.resource(resource), namespace, name))
@@ -245,8 +256,8 @@ class ApiServer(kmock.KubernetesEmulator):
         async with changed:
             changed.notify_all()
 
-    def _newer_than(self, version: int) -> bool:
-        return self._current > version
+    def _wake(self, version: int, epoch: int) -> bool:
+        return self._current > version or self._epoch != epoch
 
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:
@@ -331,6 +342,10 @@ class ApiServerThread:
     def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         found = self.call(lambda server: copy.deepcopy(server.get(resource, namespace, name)))
         return cast(dict[str, Any] | None, found)
+
+    def drop_watches(self) -> None:
+        assert self._loop is not None and self.server is not None
+        asyncio.run_coroutine_threadsafe(self.server.drop_watches(), self._loop).result(10)
 
     def requests(self) -> list[kmock.Request]:
         return list(self.call(list))

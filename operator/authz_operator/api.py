@@ -104,3 +104,13 @@ class ClusterApi:
         }
         await self._client.patch(kind, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
         return True
+
+
+def describe(error: BaseException) -> str:
+    """One line for a failed API call: the API's own Status when there is one."""
+    if isinstance(error, ApiError):
+        return f"{error.status.code} {error.status.reason}: {error.status.message}"
+    cause = error.__context__
+    if isinstance(error, KeyError) and cause is not None:
+        return describe(cause)  # lightkube, on an error answer without a Content-Type
+    return f"{type(error).__name__}: {error}"

@@ -74,8 +74,8 @@ class Reconciler:
                 )
                 if await self._api.publish(self._namespace, self._name, published):
                     logger.info("published revision %s (%d documents)", published.revision, len(published.in_force))
-            except api.ApiError as error:
-                raise kopf.TemporaryError(f"cannot publish: {error.status.message}", delay=_RETRY_SECONDS) from error
+            except Exception as error:  # any failure to talk to the API: retried, nothing reported Ready
+                raise kopf.TemporaryError(f"cannot publish: {api.describe(error)}", delay=_RETRY_SECONDS) from error
             self._in_force = dict(published.in_force)
             self.published = published
             await self._report(live, published, logger)
@@ -114,7 +114,11 @@ class Reconciler:
                 if error.status.code == 404:
                     continue  # deleted meanwhile
                 raise kopf.TemporaryError(
-                    f"cannot write status: {error.status.message}", delay=_RETRY_SECONDS
+                    f"cannot write status: {api.describe(error)}", delay=_RETRY_SECONDS
+                ) from error
+            except Exception as error:
+                raise kopf.TemporaryError(
+                    f"cannot write status: {api.describe(error)}", delay=_RETRY_SECONDS
                 ) from error
             self._written[key] = (uid, generation, copy.deepcopy(wanted))
             if key in published.statuses and wanted["conditions"][0]["status"] == "False":

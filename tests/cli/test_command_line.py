@@ -84,6 +84,43 @@ def test_serve_refuses_bad_flags_in_one_line(flags: list[str], named: str) -> No
     usage_error(run("serve", "--config", str(EXAMPLES), *flags), named)
 
 
+def test_serve_refuses_a_malformed_kubernetes_source() -> None:
+    usage_error(run("serve", "--config", "kubernetes:Not_A_Namespace"), "--config", "kubernetes:NAMESPACE/NAME")
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--publish", "no-slash"], "--publish"),
+        (["--publish", "UPPER/case"], "--publish"),
+        (["--watch-namespaces", "a,B_c"], "--watch-namespaces"),
+        (["--webhook-listen", "nowhere"], "--webhook-listen"),
+        (["--priority", "-1"], "--priority"),
+        (["--delegations", "/nonexistent/delegations.yaml"], "--delegations"),
+    ],
+)
+def test_operator_refuses_bad_flags_in_one_line(flags: list[str], named: str) -> None:
+    usage_error(run("operator", *flags), named)
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[a, b]", "must be a mapping"),
+        ("Team_A: [a.example.com]", "not a namespace name"),
+        ("team-a: a.example.com", "must be a list"),
+        ("team-a: ['a b']", "must be a list"),
+        ("team-a: [", "invalid YAML"),
+    ],
+)
+def test_operator_names_the_delegations_file_and_its_problem(
+    tmp_path: pathlib.Path, content: str, problem: str
+) -> None:
+    path = tmp_path / "delegations.yaml"
+    path.write_text(content)
+    usage_error(run("operator", "--delegations", str(path)), "--delegations", str(path), problem)
+
+
 def test_serve_without_config() -> None:
     usage_error(run("serve"), "--config", "TOLLGATE_CONFIG")
 

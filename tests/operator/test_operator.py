@@ -3,12 +3,21 @@ Events users read with kubectl, and what it does with bad input, deletions and r
 
 from __future__ import annotations
 
+import base64
+import json
+import pathlib
+import ssl
+import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+import kmock
 import yaml
 from lightkube import Client
-from lightkube.generic_resource import create_namespaced_resource
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
 
 from authz.dev import apiserver, harness
 
@@ -113,3 +122,239 @@ def test_an_invalid_change_is_rejected_in_status_and_the_last_good_version_stays
     kube.patch(AccessPolicy, "orders", {"spec": {"rules": [{"name": "fixed", "action": "Allow"}]}}, namespace="shop")
     eventually(lambda: _published(api)["accesspolicy.shop.orders.yaml"]["spec"]["rules"][0]["name"] == "fixed")
     eventually(lambda: _conditions(_status(api, "shop", "orders"))["Accepted"]["status"] == "True")
+
+
+def test_hosts_belong_to_the_first_namespace_unless_delegated_and_conflicts_are_on_every_policy(
+    tmp_path: pathlib.Path,
+    apiserver_thread: apiserver.ApiServerThread,
+    kube: Client,
+    start_operator: Callable[..., harness.OperatorProcess],
+    eventually: Eventually,
+) -> None:
+    api = apiserver_thread
+    delegations = tmp_path / "delegations.yaml"
+    delegations.write_text("payments: ['pay.example.org']\n")
+    start_operator("--delegations", str(delegations), "--webhook-configuration", "")
+    kube.create(_policy("shop", "orders", hosts=["orders.example.com"], rules=ALLOW))
+    eventually(lambda: "accesspolicy.shop.orders.yaml" in _published(api))
+    # Another namespace cannot reach a host shop claimed first, not even with a wildcard...
+    kube.create(_policy("other", "sneaky", hosts=["*.example.com"], rules=[{"name": "all", "action": "Allow"}]))
+    eventually(lambda: _conditions(_status(api, "other", "sneaky")).get("Accepted", {}).get("reason") == "HostClaimed")
+    assert "claimed first by namespace 'shop'" in _conditions(_status(api, "other", "sneaky"))["Accepted"]["message"]
+    assert "accesspolicy.other.sneaky.yaml" not in _published(api)
+    eventually(lambda: ("sneaky", "Warning", "HostClaimed") in _events(api, "other"))
+    # ...and a host delegated to a namespace is its own, whoever comes first.
+    kube.create(_policy("shop", "pay-too", hosts=["pay.example.org"], rules=ALLOW))
+    eventually(lambda: _conditions(_status(api, "shop", "pay-too")).get("Accepted", {}).get("reason") == "HostClaimed")
+    assert "delegated to namespace 'payments'" in _conditions(_status(api, "shop", "pay-too"))["Accepted"]["message"]
+    kube.create(_policy("payments", "pay", hosts=["pay.example.org"], rules=ALLOW))
+    eventually(lambda: "accesspolicy.payments.pay.yaml" in _published(api))
+    # Two policies of one namespace that disagree on a host: both say so, and both stay in force.
+    kube.create(_policy("payments", "strict", hosts=["pay.example.org"], defaultAction="Deny"))
+    kube.create(_policy("payments", "lax", hosts=["pay.example.org"], defaultAction="Allow"))
+    for name in ("strict", "lax"):
+        eventually(
+            lambda name=name: _conditions(_status(api, "payments", name)).get("Conflicted", {}).get("status") == "True"
+        )
+        assert "Deny applies" in _conditions(_status(api, "payments", name))["Conflicted"]["message"]
+    assert {"accesspolicy.payments.strict.yaml", "accesspolicy.payments.lax.yaml"} <= set(_published(api))
+
+
+KEYS = "keys:\n- {id: ci, sha256: " + "ab" * 32 + ", subject: ci-bot}\n"
+
+
+def test_credentials_come_from_labelled_secrets_into_the_published_secret_and_rotate(
+    apiserver_thread: apiserver.ApiServerThread,
+    kube: Client,
+    start_operator: Callable[..., harness.OperatorProcess],
+    eventually: Eventually,
+) -> None:
+    api = apiserver_thread
+    start_operator("--webhook-configuration", "")
+    keys_ref = {"keysSecretRef": {"name": "ci-keys", "key": "keys.yaml"}}
+    kube.create(
+        IdentityProvider(metadata={"name": "keys", "namespace": "ci"}, spec={"type": "apiKey", "apiKey": keys_ref})
+    )
+    # No such labelled Secret yet: rejected, nothing published.
+    eventually(
+        lambda: (
+            _conditions(_status(api, "ci", "keys", "identityproviders")).get("Accepted", {}).get("reason")
+            == "SecretNotFound"
+        )
+    )
+    unlabelled = Secret(metadata=ObjectMeta(name="ci-keys", namespace="ci"), data={"keys.yaml": _b64(KEYS)})
+    kube.create(unlabelled)  # without the label the operator never reads it
+    labelled = {"metadata": {"labels": {"tollgate.dev/credentials": "true"}}}
+    kube.patch(Secret, "ci-keys", labelled, namespace="ci")
+    eventually(lambda: "apikeys.ci.keys" in ((api.get("v1/secrets", NAMESPACE, NAME) or {}).get("data") or {}))
+    published = api.get("v1/secrets", NAMESPACE, NAME) or {}
+    assert _unb64(published["data"]["apikeys.ci.keys"]) == KEYS
+    assert "ab" * 32 not in json.dumps(api.get("v1/configmaps", NAMESPACE, NAME))  # hashes never in the ConfigMap
+    assert _published(api)["identityprovider.ci.keys.yaml"]["spec"]["apiKey"]["keysFile"] == "apikeys.ci.keys"
+    revision = published["metadata"]["annotations"]["tollgate.dev/revision"]
+    # Rotation: the new keys are published under a new revision, in both objects.
+    rotated = KEYS.replace("ci-bot", "ci-robot")
+    kube.patch(Secret, "ci-keys", {"data": {"keys.yaml": _b64(rotated)}}, namespace="ci")
+    eventually(lambda: _unb64((api.get("v1/secrets", NAMESPACE, NAME) or {})["data"]["apikeys.ci.keys"]) == rotated)
+
+    def revisions() -> tuple[str, str]:
+        configmap = api.get("v1/configmaps", NAMESPACE, NAME) or {}
+        secret = api.get("v1/secrets", NAMESPACE, NAME) or {}
+        return tuple(o["metadata"]["annotations"]["tollgate.dev/revision"] for o in (configmap, secret))  # type: ignore[return-value]
+
+    eventually(lambda: revisions()[0] == revisions()[1] != revision)
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    return base64.b64decode(text).decode()
+
+
+def _writes(api: apiserver.ApiServerThread, since: int) -> list[str]:
+    return [
+        f"{r.method} {r.url.path}"
+        for r in api.requests()[since:]
+        if str(r.method).upper().endswith(("POST", "PATCH", "PUT", "DELETE")) and "/events" not in r.url.path
+    ]
+
+
+def test_a_restarted_operator_resumes_without_writing_anything_new(
+    apiserver_thread: apiserver.ApiServerThread,
+    kube: Client,
+    start_operator: Callable[..., harness.OperatorProcess],
+    eventually: Eventually,
+) -> None:
+    api = apiserver_thread
+    first = start_operator("--webhook-configuration", "")
+    kube.create(_policy("shop", "orders", hosts=["orders.example.com"], rules=ALLOW))
+    kube.create(_policy("shop", "broken", hosts=["b.example.com"], rules=[{"name": "x", "action": "Maybe"}]))
+    eventually(lambda: _conditions(_status(api, "shop", "orders")).get("Ready", {}).get("status") == "True")
+    eventually(lambda: _conditions(_status(api, "shop", "broken")).get("Accepted", {}).get("status") == "False")
+    before = _published(api)
+    first.stop()
+    since = len(api.requests())
+    start_operator("--webhook-configuration", "", log="operator-2.log")
+    eventually(
+        lambda: any(
+            "resume" in line
+            for line in (pathlib.Path(first.log_to or "").parent / "operator-2.log").read_text().splitlines()
+        ),
+        timeout=15,
+    )
+    time.sleep(1.0)  # time for any (wrong) write to arrive
+    writes = [w for w in _writes(api, since) if "/status" in w or "configmaps" in w or "secrets" in w]
+    assert writes == [], writes
+    assert _published(api) == before
+
+
+def test_api_errors_and_dropped_watches_are_retried(
+    apiserver_thread: apiserver.ApiServerThread,
+    kube: Client,
+    start_operator: Callable[..., harness.OperatorProcess],
+    eventually: Eventually,
+) -> None:
+    """The first publish meets a 503, the first status write a 409, and the watches are cut:
+    the operator retries each (kopf's backoff) and ends where it would have."""
+    api = apiserver_thread
+
+    def inject(server: apiserver.ApiServer) -> None:
+        server["post", kmock.resource("v1/configmaps")][:1] << 503
+        server["patch", kmock.subresource("status")][:1] << 409
+
+    api.call(inject)
+    start_operator("--webhook-configuration", "")
+    kube.create(_policy("shop", "orders", hosts=["orders.example.com"], rules=ALLOW))
+    eventually(lambda: "accesspolicy.shop.orders.yaml" in _published(api), timeout=20)
+    eventually(lambda: _conditions(_status(api, "shop", "orders")).get("Ready", {}).get("status") == "True", timeout=20)
+    statuses = [r for r in api.requests() if r.subresource == "status"]
+    assert len(statuses) >= 2  # the refused one, then the one that landed
+    api.drop_watches()
+    kube.create(_policy("shop", "later", hosts=["later.example.com"], rules=ALLOW))
+    eventually(lambda: "accesspolicy.shop.later.yaml" in _published(api), timeout=20)
+
+
+def test_the_admission_webhook_answers_real_admission_reviews_over_https(
+    apiserver_thread: apiserver.ApiServerThread,
+    start_operator: Callable[..., harness.OperatorProcess],
+    eventually: Eventually,
+    tmp_path: pathlib.Path,
+) -> None:
+    """The operator keeps a ValidatingWebhookConfiguration with its URL and CA bundle; an
+    AdmissionReview sent there, as the API server would, verifying that CA, gets the data
+    plane's verdict with the field's path."""
+    api = apiserver_thread
+    start_operator()
+    key = ("admissionregistration.k8s.io/v1/validatingwebhookconfigurations", None, "tollgate.dev")
+    eventually(lambda: bool((api.get(*key) or {}).get("webhooks")))
+    webhooks = {w["name"]: w for w in (api.get(*key) or {})["webhooks"]}
+    hook = webhooks["accesspolicy-validate.tollgate.dev"]
+    assert hook["failurePolicy"] == "Ignore" and hook["rules"][0]["resources"] == ["accesspolicies"]
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(base64.b64decode(hook["clientConfig"]["caBundle"]))
+    context = ssl.create_default_context(cafile=str(ca))
+
+    def review(spec: dict[str, Any]) -> dict[str, Any]:
+        obj = {
+            "apiVersion": "tollgate.dev/v1alpha1",
+            "kind": "AccessPolicy",
+            "metadata": {"name": "p", "namespace": "shop"},
+            "spec": spec,
+        }
+        body = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "0a1b",
+                "kind": {"group": "tollgate.dev", "version": "v1alpha1", "kind": "AccessPolicy"},
+                "resource": {"group": "tollgate.dev", "version": "v1alpha1", "resource": "accesspolicies"},
+                "operation": "CREATE",
+                "namespace": "shop",
+                "name": "p",
+                "object": obj,
+                "userInfo": {"username": "alice"},
+                "dryRun": False,
+            },
+        }
+        request = urllib.request.Request(
+            hook["clientConfig"]["url"], data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, context=context, timeout=10) as reply:
+            return dict(json.load(reply)["response"])
+
+    allowed = review({"hosts": ["a.example.com"], "rules": ALLOW})
+    assert allowed["allowed"] is True and allowed["uid"] == "0a1b"
+    refused = review({"hosts": ["a.example.com"], "rules": [{"name": "x", "action": "Maybe"}]})
+    assert refused["allowed"] is False and refused["status"]["code"] == 422
+    assert "spec.rules[0].action" in refused["status"]["message"]
+
+
+def test_one_of_two_peered_operators_is_active(
+    apiserver_thread: apiserver.ApiServerThread,
+    kube: Client,
+    start_operator: Callable[..., harness.OperatorProcess],
+    eventually: Eventually,
+    tmp_path: pathlib.Path,
+) -> None:
+    api = apiserver_thread
+    peering = create_global_resource("kopf.dev", "v1", "ClusterKopfPeering", "clusterkopfpeerings")
+    kube.create(peering(metadata={"name": "tollgate"}))  # as the chart installs it
+    active = start_operator("--peering", "tollgate", "--priority", "200", "--webhook-configuration", "", log="a.log")
+    start_operator("--peering", "tollgate", "--priority", "100", "--webhook-configuration", "", log="b.log")
+    kube.create(_policy("shop", "orders", hosts=["orders.example.com"], rules=ALLOW))
+    eventually(lambda: "accesspolicy.shop.orders.yaml" in _published(api), timeout=20)
+
+    def handled(name: str) -> int:
+        return (tmp_path / name).read_text().count("Handler 'accesspolicy_create' succeeded")
+
+    eventually(lambda: handled("a.log") == 1)
+    time.sleep(0.5)
+    assert handled("b.log") == 0  # the higher priority works, the other waits
+    # The active one leaves (it removes itself from the peering): the standby takes over.
+    active.stop()
+    eventually(lambda: "Resuming operations" in (tmp_path / "b.log").read_text(), timeout=20)
+    kube.create(_policy("shop", "later", hosts=["later.example.com"], rules=ALLOW))
+    eventually(lambda: "accesspolicy.shop.later.yaml" in _published(api), timeout=20)
+    eventually(lambda: handled("b.log") == 1)
