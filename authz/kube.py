@@ -14,8 +14,9 @@ mounted ConfigMap waits for the kubelet's sync (a minute or more).
 - **Nothing published yet** (no ConfigMap) is an empty configuration: hosts no policy covers get
   ``--default-action`` (Deny by default).
 - **The API away.** A dropped or failing watch is resumed from the last resourceVersion it saw,
-  or re-read when that is too old (410); retries back off from 0.5 s to 10 s. Meanwhile the last
-  good configuration stays in force.
+  or re-read when that is too old (410); a watch silent for longer than the server was asked to
+  keep it open is started afresh after a re-read (it may be a dead connection); retries back off
+  from 0.5 s to 10 s. Meanwhile the last good configuration stays in force.
 
 lightkube's async client is used (as by the operator): typed models, watches that resume by
 resourceVersion, one dependency (httpx) and credentials from the service account or KUBECONFIG.
@@ -42,7 +43,12 @@ __all__ = ["REVISION_ANNOTATION", "ConfigSource"]
 
 REVISION_ANNOTATION = "tollgate.dev/revision"
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 10.0
-_WATCH_SECONDS = 290  # the API server ends each watch after this; it is resumed at once
+# The API server ends each watch after _WATCH_SECONDS and the client resumes it. A watch silent
+# for _SILENT_SECONDS may be quiet or may be a dead connection (a partition, a proxy that dropped
+# it without a word) — nothing tells them apart, so it is started afresh after a re-read: a
+# change is never missed for longer than that.
+_WATCH_SECONDS = 30
+_SILENT_SECONDS = _WATCH_SECONDS + 15
 
 _log = logging.getLogger(__name__)
 
@@ -177,7 +183,12 @@ class ConfigSource:
                     resource_version=since,
                     server_timeout=_WATCH_SECONDS,
                 )
-                async for event, found in stream:
+                events = aiter(stream)
+                while True:
+                    try:
+                        event, found = await asyncio.wait_for(anext(events), _SILENT_SECONDS)
+                    except StopAsyncIteration:
+                        break
                     if found.metadata.name != self.name:
                         continue
                     if event == "DELETED":
@@ -188,6 +199,9 @@ class ConfigSource:
                     delay = _BACKOFF_FIRST
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:
+                _log.debug("watch of %s silent for %ds: starting afresh", self.where, _SILENT_SECONDS)
+                await self._reread(kind)
             except ApiError as error:
                 if error.status.code != 410:
                     _log.warning("watch of %s failed (%s); retrying in %.1fs", self.where, _describe(error), delay)

@@ -81,6 +81,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self._history: list[tuple[int, kmock.resource, dict[str, Any]]] = []
         self._changed: asyncio.Condition | None = None
         self._epoch = 0  # drop_watches() ends every watch open before it
+        self._closing = False  # stopping: every watch ends at once, new ones included
 
     # -- the API ------------------------------------------------------------------------------
 
@@ -116,8 +117,8 @@ class ApiServer(kmock.KubernetesEmulator):
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         epoch = self._epoch
         while True:
-            if self._epoch != epoch:
-                return  # dropped (drop_watches): the client must resume
+            if self._epoch != epoch or self._closing:
+                return  # dropped (drop_watches), or the server is stopping: the client must resume
             for version, resource, event in list(self._history):
                 if version <= position:
                     continue
@@ -230,9 +231,11 @@ class ApiServer(kmock.KubernetesEmulator):
 
     # -- for tests ----------------------------------------------------------------------------
 
-    async def drop_watches(self) -> None:
-        """End every open watch stream, as an API server restart or a load balancer would."""
+    async def drop_watches(self, *, closing: bool = False) -> None:
+        """End every open watch stream, as an API server restart or a load balancer would
+        (``closing``: and every one opened from now on)."""
         self._epoch += 1
+        self._closing = self._closing or closing
         changed = self._condition()
         async with changed:
             changed.notify_all()
@@ -257,7 +260,7 @@ class ApiServer(kmock.KubernetesEmulator):
             changed.notify_all()
 
     def _wake(self, version: int, epoch: int) -> bool:
-        return self._current > version or self._epoch != epoch
+        return self._current > version or self._epoch != epoch or self._closing
 
     def _condition(self) -> asyncio.Condition:
         if self._changed is None:
@@ -318,9 +321,16 @@ class ApiServerThread:
                 ready.set()
 
         def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(main())
-            self._loop.close()
+            self._loop = loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(main())
+            pending = asyncio.all_tasks(loop)  # connection handlers the server left running
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
         self._thread = threading.Thread(target=run, name="apiserver", daemon=True)
         self._thread.start()
@@ -351,8 +361,12 @@ class ApiServerThread:
         return list(self.call(list))
 
     def stop(self) -> None:
+        """Stop serving: open watches end first (as an API server's restart ends them)."""
         if self._loop is not None and self._stop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+            if self._thread.is_alive():
+                assert self.server is not None
+                asyncio.run_coroutine_threadsafe(self.server.drop_watches(closing=True), self._loop).result(10)
+                self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(15)
 
     def write_kubeconfig(self, path: pathlib.Path, namespace: str = "default") -> pathlib.Path:
