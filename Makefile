@@ -40,11 +40,13 @@ crosscheck-tools:
 		fi; \
 	fi
 
-## bench: load through a real Envoy with wrk, engine micro-benchmarks, audit tools on 1M records
+## bench: load through a real Envoy with wrk, engine micro-benchmarks, audit tools on 1M records,
+##        apply → enforced through the operator
 ##        (see docs/performance.md)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/audit_query.py
+	$(BIN)/python bench/operator_apply.py 60
 
 ## proto: regenerate the audit schema code from proto/ with the pinned grpcio-tools
 proto: $(STAMP)
