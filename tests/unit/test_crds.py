@@ -10,6 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from authz_operator import build, status
 
 from authz import crds, loader
 from authz.errors import ConfigError, ConfigErrors
@@ -19,8 +20,9 @@ EXAMPLES = pathlib.Path(__file__).parents[2] / "examples" / "policies"
 
 def test_the_files_are_what_the_schemas_generate() -> None:
     assert crds.main(["--check"]) == 0, "run python -m authz.crds"
-    for name, definition in crds.definitions().items():
+    for name, definition in {**crds.definitions(), **crds.peering_definitions()}.items():
         assert yaml.safe_load((crds.TARGET / name).read_text()) == definition
+    assert sorted(p.name for p in crds.TARGET.iterdir()) == sorted({**crds.definitions(), **crds.peering_definitions()})
 
 
 def _walk(node: Any, path: str) -> list[tuple[str, dict[str, Any]]]:
@@ -122,3 +124,18 @@ def test_secret_references_are_valid_custom_resources_but_not_files(
         loader.load(tmp_path / "x.yaml")
     [error] = caught.value.errors
     assert error.field is not None and error.field.endswith(field) and "only the operator" in str(error)
+
+
+def test_every_status_field_the_operator_writes_is_declared() -> None:
+    """A real API server prunes status fields its schema does not declare; then the operator
+    would see its status differ on every reconcile and write it again, forever."""
+    condition = build.Condition("Accepted", "False", "InvalidSpec", "spec.hosts: required")
+    written = status.status_for(None, build.ObjectStatus((condition,), "abc123", "def456"), 3, "2026-11-30T00:00:00Z")
+    assert written is not None
+    for name in crds.definitions():
+        [version] = crds.definitions()[name]["spec"]["versions"]
+        declared = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+        assert set(written) <= set(declared["properties"]), name
+        assert set(written["conditions"][0]) <= set(declared["properties"]["conditions"]["items"]["properties"])
+        problems = list(jsonschema.Draft7Validator(declared).iter_errors(written))
+        assert problems == [], problems
