@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from lightkube import Client, KubeConfig  # noqa: E402
 from lightkube.generic_resource import create_namespaced_resource  # noqa: E402
+from lightkube.models.meta_v1 import ObjectMeta  # noqa: E402
 
 from authz.dev import apiserver, harness, upstream  # noqa: E402
 
@@ -53,7 +54,7 @@ def measure(changes: int) -> dict[str, object]:
             kubeconfig, extra=["--peering", "", "--webhook-configuration", ""], log_to=work / "operator.log"
         )
         authz = harness.TollgateProcess(
-            "kubernetes:tollgate-system/tollgate-config",  # type: ignore[arg-type]
+            "kubernetes:tollgate-system/tollgate-config",
             env={"KUBECONFIG": str(kubeconfig)},
             log_to=work / "tollgate.log",
         )
@@ -63,7 +64,7 @@ def measure(changes: int) -> dict[str, object]:
             authz.start()
             proxy = harness.Envoy(authz_port=authz.port, upstream_port=echo.port, log_to=work / "envoy.log").start()
             spec = {"hosts": ["app.test"], "rules": _rules("/warmup")}
-            kube.create(AccessPolicy(metadata={"name": "app", "namespace": "shop"}, spec=spec))
+            kube.create(AccessPolicy(metadata=ObjectMeta(name="app", namespace="shop"), spec=spec))
             deadline = time.monotonic() + 30
             while not _allowed(proxy.port, "/warmup") and time.monotonic() < deadline:
                 time.sleep(0.01)

@@ -114,6 +114,7 @@ class ApiServer(kmock.KubernetesEmulator):
 
     async def _stream(self, request: kmock.Request, events: AsyncIterator[Any]) -> aiohttp.web.StreamResponse:
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        assert request._raw_request is not None  # a request that came over HTTP
         await response.prepare(request._raw_request)
         async for event in events:
             if event != b"":

@@ -187,12 +187,59 @@ class Envoy:
         self._dir.cleanup()
 
 
-class TollgateProcess:
+class _Child:
+    """A ``tollgate`` subprocess: started, ready once :meth:`ready` says so, stopped by SIGTERM."""
+
+    name = "tollgate"
+    args: list[str]
+    env: dict[str, str]
+    log_to: pathlib.Path | None = None
+    cwd: pathlib.Path | None = None
+    preexec: Callable[[], None] | None = None  # runs in the child before exec (e.g. rlimits)
+    process: subprocess.Popen[bytes] | None = None
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def _start(self, timeout: float) -> None:
+        with _output(self.log_to) as output:
+            self.process = subprocess.Popen(
+                self.args,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                preexec_fn=self.preexec,  # noqa: PLW1509
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
+            if self.ready():
+                return
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"{self.name} did not become ready")
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+class TollgateProcess(_Child):
     """``tollgate serve`` as a real subprocess, ready once its gRPC health check says SERVING."""
 
     def __init__(
         self,
-        config: pathlib.Path,
+        config: pathlib.Path | str,
         *,
         extra: Sequence[str] = (),
         env: dict[str, str] | None = None,
@@ -200,8 +247,9 @@ class TollgateProcess:
         port: int | None = None,
         code: pathlib.Path | None = None,
     ) -> None:
-        """``code``: run the ``authz`` package found in this directory instead of the installed one
-        (the benchmark's baseline: another revision's code, measured in the same run)."""
+        """``config``: a path, or ``kubernetes:NS/NAME``. ``code``: run the ``authz`` package found
+        in this directory instead of the installed one (the benchmark's baseline: another
+        revision's code, measured in the same run)."""
         self.port = port or free_port()
         self.config = config
         self.args = [
@@ -221,28 +269,13 @@ class TollgateProcess:
             # `python -m` puts the working directory first on sys.path, ahead of the installed package.
             self.env["PYTHONPATH"] = str(code)
         self.log_to = log_to
-        self.preexec: Callable[[], None] | None = None  # runs in the child before exec (e.g. rlimits)
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> TollgateProcess:
-        with _output(self.log_to) as output:
-            self.process = subprocess.Popen(
-                self.args,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
-                preexec_fn=self.preexec,  # noqa: PLW1509
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tollgate exited with {self.process.returncode}")
-            if self.serving():
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError("tollgate did not become ready")
+        self._start(timeout)
+        return self
+
+    def ready(self) -> bool:
+        return self.serving()
 
     def serving(self) -> bool:
         try:
@@ -252,22 +285,12 @@ class TollgateProcess:
         except grpc.RpcError:
             return False
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
-
-class OperatorProcess:
+class OperatorProcess(_Child):
     """``tollgate operator`` as a real subprocess against the API at ``kubeconfig``; ready once its
     liveness endpoint answers (kopf serves it when its startup handlers are done)."""
+
+    name = "tollgate operator"
 
     def __init__(self, kubeconfig: pathlib.Path, *, extra: Sequence[str] = (), log_to: pathlib.Path | None = None):
         self.liveness_port = free_port()
@@ -285,20 +308,13 @@ class OperatorProcess:
         ]
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         self.log_to = log_to
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> OperatorProcess:
-        with _output(self.log_to) as output:
-            self.process = subprocess.Popen(self.args, stdout=output, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tollgate operator exited with {self.process.returncode}")
-            if self.alive():
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError("tollgate operator did not become ready")
+        self._start(timeout)
+        return self
+
+    def ready(self) -> bool:
+        return self.alive()
 
     def alive(self) -> bool:
         try:
@@ -306,18 +322,6 @@ class OperatorProcess:
                 return bool(reply.status == 200)
         except (OSError, urllib.error.URLError):
             return False
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
 
 
 @contextlib.contextmanager

@@ -60,7 +60,7 @@ def stack(
 
     def start() -> tuple[harness.TollgateProcess, harness.Envoy]:
         authz = harness.TollgateProcess(
-            SOURCE,  # type: ignore[arg-type]
+            SOURCE,
             env={"KUBECONFIG": str(kubeconfig)},
             log_to=tmp_path / "tollgate.log",
         ).start()

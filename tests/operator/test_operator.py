@@ -7,6 +7,8 @@ import base64
 import json
 import pathlib
 import ssl
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -358,3 +360,29 @@ def test_one_of_two_peered_operators_is_active(
     kube.create(_policy("shop", "later", hosts=["later.example.com"], rules=ALLOW))
     eventually(lambda: "accesspolicy.shop.later.yaml" in _published(api), timeout=20)
     eventually(lambda: handled("b.log") == 1)
+
+
+def test_kopf_run_dash_m_is_the_same_operator_configured_by_variables(
+    tmp_path: pathlib.Path,
+    kubeconfig: pathlib.Path,
+    apiserver_thread: apiserver.ApiServerThread,
+    kube: Client,
+    eventually: Eventually,
+) -> None:
+    api = apiserver_thread
+    process = harness.OperatorProcess(kubeconfig, log_to=tmp_path / "kopf.log")
+    kopf = pathlib.Path(sys.executable).with_name("kopf")
+    process.args = [str(kopf), "run", "-m", "authz_operator.main", "--standalone", "--all-namespaces"]
+    process.args.append(f"--liveness=http://127.0.0.1:{process.liveness_port}/healthz")
+    process.env.update(
+        TOLLGATE_PUBLISH="elsewhere/published",
+        TOLLGATE_WEBHOOK_LISTEN=f"127.0.0.1:{process.webhook_port}",
+        TOLLGATE_WEBHOOK_CONFIGURATION="",
+    )
+    with harness.running(process):
+        kube.create(_policy("shop", "orders", hosts=["orders.example.com"], rules=ALLOW))
+        eventually(lambda: api.get("v1/configmaps", "elsewhere", "published") is not None)
+    # A bad variable stops it with one line naming the variable.
+    process.env["TOLLGATE_PUBLISH"] = "nowhere"
+    failed = subprocess.run(process.args, env=process.env, capture_output=True, text=True, timeout=60, check=False)
+    assert failed.returncode != 0 and "TOLLGATE_PUBLISH 'nowhere'" in failed.stdout + failed.stderr

@@ -46,10 +46,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.execution.max_workers = 4
     settings.admission.server = webhook.server(ours)
     settings.admission.managed = ours.webhook_configuration or None
-    # Several replicas: one is active (kopf peering; the KopfPeering CRD ships with the chart).
-    settings.peering.name = ours.peering or "tollgate"
-    settings.peering.standalone = not ours.peering
-    settings.peering.mandatory = bool(ours.peering)
+    # Peering (several replicas, one active) is set where kopf is started: by `tollgate operator`
+    # from --peering and --priority, or by kopf run's own --peering/--standalone/--priority.
     memo["reconciler"] = reconcile.Reconciler(ours, api.ClusterApi())
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # lightkube's client logs every request at INFO
     logger.info(
