@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 from typing import Any
 
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
@@ -85,29 +86,35 @@ class EnvoyOptions:
     tracing_port: int | None = None  # an OTLP/gRPC collector: Envoy's spans, parents of Tollgate's
     access_log: bool = False  # one stdout line per request with the decision's policy and reason
     tls: dict[str, str] | None = None  # {"cert", "key", "client_ca"}: mTLS on the listener
+    # Where the clusters are, when not on ``address`` (a DNS name is resolved by Envoy: STRICT_DNS).
+    authz_host: str = ""
+    upstream_host: str = ""
+    tracing_host: str = ""
+    listen_host: str = ""  # the listener's and the admin's address ("" : ``address``)
+    admin_host: str = ""
 
 
 def bootstrap(options: EnvoyOptions) -> dict[str, Any]:
     """The static bootstrap for ``options``, as the JSON object Envoy loads."""
     clusters = []
     if options.authz_port is not None:
-        clusters.append(_cluster("tollgate", options.address, options.authz_port, http2=True))
+        clusters.append(_cluster("tollgate", options.authz_host or options.address, options.authz_port, http2=True))
     if options.upstream_port is not None:
-        clusters.append(_cluster("upstream", options.address, options.upstream_port))
+        clusters.append(_cluster("upstream", options.upstream_host or options.address, options.upstream_port))
     if options.tracing_port is not None:
-        clusters.append(_cluster("otlp", options.address, options.tracing_port, http2=True))
+        clusters.append(_cluster("otlp", options.tracing_host or options.address, options.tracing_port, http2=True))
     chain = FilterChain(
         filters=[Filter(name="envoy.filters.network.http_connection_manager", typed_config=_pack(_manager(options)))]
     )
     if options.tls is not None:
         chain.transport_socket = _downstream_tls(options.tls)
     config = Bootstrap(
-        admin=Admin(address=_address(options.address, options.admin_port)),
+        admin=Admin(address=_address(options.admin_host or options.address, options.admin_port)),
         static_resources=BootstrapStaticResources(
             listeners=[
                 Listener(
                     name="ingress",
-                    address=_address(options.address, options.listen_port),
+                    address=_address(options.listen_host or options.address, options.listen_port),
                     filter_chains=[chain],
                 )
             ],
@@ -179,7 +186,7 @@ def _manager(options: EnvoyOptions) -> HttpConnectionManager:
 def _cluster(name: str, host: str, port: int, *, http2: bool = False) -> Cluster:
     cluster = Cluster(
         name=name,
-        type=ClusterDiscoveryType.STATIC,
+        type=ClusterDiscoveryType.STATIC if _is_ip(host) else ClusterDiscoveryType.STRICT_DNS,
         connect_timeout=datetime.timedelta(seconds=1),
         load_assignment=ClusterLoadAssignment(
             cluster_name=name,
@@ -194,6 +201,14 @@ def _cluster(name: str, host: str, port: int, *, http2: bool = False) -> Cluster
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(options)
         }
     return cluster
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _downstream_tls(tls: dict[str, str]) -> TransportSocket:

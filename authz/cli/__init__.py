@@ -2,6 +2,7 @@
 
     tollgate serve --config PATH [--listen HOST:PORT] ...   run the ext_authz server   (cli.serve)
     tollgate operator [--publish NS/NAME] ...                run the Kubernetes operator (cli.operator)
+    tollgate envoy-config --authz H:P --upstream H:P        an Envoy bootstrap wired to Tollgate (cli.envoy)
     tollgate policy check PATH...                            validate configuration     (cli.policy)
     tollgate policy explain --config PATH --host H --path P  the decision for one request, and why
     tollgate apikey create --id ID                           a new API key and its hash (cli.apikey)
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from authz import configuration
-from authz.cli import apikey, audit, common, dev, operator, policy, serve
+from authz.cli import apikey, audit, common, dev, envoy, operator, policy, serve
 
 __all__ = ["main", "parser"]
 
@@ -29,7 +30,7 @@ def parser() -> common.Parser:
     root = common.Parser(prog="tollgate", description="Identity-aware access layer for Envoy.")
     root.add_argument("--version", action="version", version=f"tollgate {common.version()}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve, operator, policy, apikey, audit, dev):
+    for module in (serve, operator, envoy, policy, apikey, audit, dev):
         module.add_parser(commands)
     return root
 

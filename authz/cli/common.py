@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 
 from authz import configuration
 
-__all__ = ["Parser", "fail", "listen_on", "stop_event", "version"]
+__all__ = ["Parser", "fail", "listen_on", "number", "stop_event", "version"]
 
 
 def version() -> str:
@@ -58,6 +58,17 @@ def listen_on(flag: str, text: str) -> tuple[str, int]:
         raise configuration.UsageError(f"{flag} {text!r}: {error}") from None
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def number(flag: str, text: str, minimum: float, maximum: float) -> float:
+    """A number from ``minimum`` to ``maximum``; :class:`~authz.configuration.UsageError` naming the flag."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise configuration.UsageError(f"{flag} {text!r}: not a number") from None
+    if not minimum <= value <= maximum:
+        raise configuration.UsageError(f"{flag} {text!r}: must be from {minimum:g} to {maximum:g}")
+    return value
 
 
 def stop_event() -> threading.Event:

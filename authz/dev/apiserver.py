@@ -16,7 +16,7 @@ talk to unchanged) with the parts of a real API server the operator relies on:
   an object without a name 422 Invalid;
 - deletion with finalizers marks ``deletionTimestamp``; the object goes when the last finalizer is
   removed;
-- ``generateName``;
+- ``generateName``; the core group's discovery says ``v1`` (kmock says ``/v1``);
 - label and field selectors (equality) on lists and watches.
 
 A state change happens in the fallback handlers, so a fault injected with kmock's DSL
@@ -121,6 +121,13 @@ class ApiServer(kmock.KubernetesEmulator):
                 await response.write(json.dumps(event).encode() + b"\n")
         await response.write_eof()
         return response
+
+    async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
+        # kmock names the core group's version "/v1"; a real API server (and client-go, which
+        # Helm uses to map kinds to resources) says "v1".
+        listing = dict(await super()._serve_version(request))
+        listing["groupVersion"] = str(listing["groupVersion"]).lstrip("/")
+        return listing
 
     async def _serve_list(self, request: kmock.Request) -> kmock.Payload:
         self._known(request)
