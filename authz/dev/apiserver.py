@@ -125,7 +125,7 @@ class ApiServer(kmock.KubernetesEmulator):
     async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
         # kmock names the core group's version "/v1"; a real API server (and client-go, which
         # Helm uses to map kinds to resources) says "v1".
-        listing = dict(await super()._serve_version(request))
+        listing = cast(dict[str, Any], await super()._serve_version(request))
         listing["groupVersion"] = str(listing["groupVersion"]).lstrip("/")
         return listing
 
