@@ -122,6 +122,10 @@ class ApiServer(kmock.KubernetesEmulator):
         await response.write_eof()
         return response
 
+    async def _serve_server_version(self, request: kmock.Request) -> kmock.Payload:
+        # A supported Kubernetes release (kmock answers 1.26, which Helm charts may refuse).
+        return {"major": "1", "minor": "31", "gitVersion": "v1.31.0", "platform": "linux/amd64"}
+
     async def _serve_version(self, request: kmock.Request) -> kmock.Payload:
         # kmock names the core group's version "/v1"; a real API server (and client-go, which
         # Helm uses to map kinds to resources) says "v1".

@@ -1,0 +1,134 @@
+{{/*
+tollgate.dataplanePod: the data plane's pod template, shared by its Deployment (audit on emptyDir)
+and its StatefulSet (audit on a PersistentVolumeClaim per replica).
+*/}}
+{{- define "tollgate.dataplanePod" -}}
+{{- $c := dict "root" . "component" "dataplane" -}}
+metadata:
+  labels:
+    {{- include "tollgate.labels" $c | nindent 4 }}
+spec:
+  serviceAccountName: {{ include "tollgate.serviceAccountName" $c }}
+  automountServiceAccountToken: {{ eq .Values.dataplane.config.source "operator" }}
+  securityContext:
+    {{- include "tollgate.podSecurityContext" . | nindent 4 }}
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  # SIGTERM: health NOT_SERVING, in-flight Checks finish within --grace, the audit queue drains.
+  terminationGracePeriodSeconds: {{ add (int .Values.dataplane.grace) 15 }}
+  {{- if .Values.dataplane.topologySpread }}
+  topologySpreadConstraints:
+    - maxSkew: 1
+      topologyKey: kubernetes.io/hostname
+      whenUnsatisfiable: ScheduleAnyway
+      labelSelector:
+        matchLabels:
+          {{- include "tollgate.selectorLabels" $c | nindent 10 }}
+    - maxSkew: 1
+      topologyKey: topology.kubernetes.io/zone
+      whenUnsatisfiable: ScheduleAnyway
+      labelSelector:
+        matchLabels:
+          {{- include "tollgate.selectorLabels" $c | nindent 10 }}
+  {{- end }}
+  {{- with .Values.dataplane.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.dataplane.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: tollgate
+      image: {{ include "tollgate.image" . }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args: [serve]
+      env:
+        {{- if eq .Values.dataplane.config.source "operator" }}
+        - {name: TOLLGATE_CONFIG, value: "kubernetes:{{ .Release.Namespace }}/{{ .Values.operator.publishName }}"}
+        {{- else }}
+        - {name: TOLLGATE_CONFIG, value: /etc/tollgate/config}
+        {{- end }}
+        - {name: TOLLGATE_LISTEN, value: "0.0.0.0:{{ .Values.dataplane.grpcPort }}"}
+        - {name: TOLLGATE_DEFAULT_ACTION, value: {{ .Values.dataplane.defaultAction | quote }}}
+        - {name: TOLLGATE_PATH_MODE, value: {{ .Values.dataplane.pathMode | quote }}}
+        - {name: TOLLGATE_GRACE, value: {{ .Values.dataplane.grace | quote }}}
+        - {name: TOLLGATE_LOG_LEVEL, value: {{ .Values.dataplane.logLevel | quote }}}
+        {{- if .Values.audit.enabled }}
+        - {name: TOLLGATE_AUDIT_DIR, value: /var/lib/tollgate/audit}
+        - {name: TOLLGATE_AUDIT_SIGNING_KEY, value: /etc/tollgate/audit-keys/signing.key}
+        - {name: TOLLGATE_AUDIT_PSEUDONYM_KEYS, value: /etc/tollgate/audit-keys/pseudonyms.yaml}
+        - {name: TOLLGATE_AUDIT_MODE, value: {{ .Values.audit.mode | quote }}}
+        - {name: TOLLGATE_AUDIT_RETAIN_SEGMENTS, value: {{ .Values.audit.retainSegments | quote }}}
+        - name: TOLLGATE_AUDIT_INSTANCE  # one log per pod: the pod's name (stable in a StatefulSet)
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        {{- if .Values.audit.otelLogs }}
+        - {name: TOLLGATE_AUDIT_OTEL_LOGS, value: "true"}
+        {{- end }}
+        {{- end }}
+        {{- if .Values.otel.endpoint }}
+        - {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: {{ .Values.otel.endpoint | quote }}}
+        - {name: OTEL_TRACES_EXPORTER, value: otlp}
+        - {name: OTEL_SERVICE_NAME, value: {{ .Values.otel.serviceName | quote }}}
+        {{- end }}
+        {{- range .Values.dataplane.extraEnv }}
+        - {name: {{ .name }}, value: {{ .value | quote }}}
+        {{- end }}
+      ports:
+        - {name: grpc, containerPort: {{ .Values.dataplane.grpcPort }}, protocol: TCP}
+      # The gRPC health service: SERVING once the configuration is loaded, NOT_SERVING while draining.
+      readinessProbe:
+        grpc: {port: {{ .Values.dataplane.grpcPort }}}
+        periodSeconds: 5
+        failureThreshold: 2
+      livenessProbe:
+        grpc: {port: {{ .Values.dataplane.grpcPort }}}
+        initialDelaySeconds: 10
+        periodSeconds: 10
+        failureThreshold: 3
+      startupProbe:
+        grpc: {port: {{ .Values.dataplane.grpcPort }}}
+        periodSeconds: 2
+        failureThreshold: 60
+      resources:
+        {{- toYaml .Values.dataplane.resources | nindent 8 }}
+      securityContext:
+        {{- include "tollgate.securityContext" . | nindent 8 }}
+      volumeMounts:
+        - {name: tmp, mountPath: /tmp}
+        {{- if .Values.audit.enabled }}
+        - {name: audit, mountPath: /var/lib/tollgate/audit}
+        - {name: audit-keys, mountPath: /etc/tollgate/audit-keys, readOnly: true}
+        {{- end }}
+        {{- if eq .Values.dataplane.config.source "configMap" }}
+        - {name: config, mountPath: /etc/tollgate/config, readOnly: true}
+        {{- end }}
+  volumes:
+    - name: tmp
+      emptyDir: {sizeLimit: 64Mi}
+    {{- if and .Values.audit.enabled (not .Values.audit.persistence.enabled) }}
+    - name: audit  # lost with the pod: ship records (audit.otelLogs) or use audit.persistence
+      emptyDir: {}
+    {{- end }}
+    {{- if .Values.audit.enabled }}
+    - name: audit-keys
+      secret:
+        secretName: {{ .Values.audit.existingSecret }}
+        defaultMode: 0440
+        items:
+          - {key: signing.key, path: signing.key}
+          - {key: pseudonyms.yaml, path: pseudonyms.yaml}
+    {{- end }}
+    {{- if eq .Values.dataplane.config.source "configMap" }}
+    - name: config  # the documents and the files they name, in one directory
+      projected:
+        sources:
+          - configMap: {name: {{ .Values.dataplane.config.configMapName }}}
+          {{- with .Values.dataplane.config.secretName }}
+          - secret: {name: {{ . }}}
+          {{- end }}
+    {{- end }}
+{{- end }}

@@ -1,0 +1,220 @@
+"""The Helm chart, linted and rendered by the real Helm library (helm-sdkpy) against the emulated
+Kubernetes API, every rendered object validated with kubernetes-validate (strict, Kubernetes
+1.31), and its security-relevant content asserted: RBAC, securityContext, probes, NetworkPolicy."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from authz import crds
+from authz.dev import apiserver
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "tollgate"
+SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+RENDER = pathlib.Path(__file__).with_name("render_chart.py")
+KUBERNETES = "1.31.0"  # what the emulator reports, and the schemas objects are validated against
+OUR_KINDS = {"ClusterKopfPeering", "KopfPeering"}  # custom resources: no upstream schema
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[apiserver.ApiServerThread, pathlib.Path]]:
+    server = apiserver.ApiServerThread().start()
+    try:
+        yield server, server.write_kubeconfig(tmp_path_factory.mktemp("helm") / "kubeconfig")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def render(
+    api: tuple[apiserver.ApiServerThread, pathlib.Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[dict[str, Any] | pathlib.Path | None], dict[str, Any]]:
+    """Lint and install the chart with these values; the manifest as parsed documents, or the error."""
+    _, kubeconfig = api
+    scratch = tmp_path_factory.mktemp("values")
+
+    def run(values: dict[str, Any] | pathlib.Path | None) -> dict[str, Any]:
+        if isinstance(values, dict):
+            path = scratch / f"v{len(list(scratch.iterdir()))}.yaml"
+            path.write_text(yaml.safe_dump(values))
+            values = path
+        result = subprocess.run(
+            [sys.executable, str(RENDER), str(kubeconfig), str(CHART), *([str(values)] if values else [])],
+            env={**os.environ, "HELM_DRIVER": "memory"},  # read by Go when the library loads
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        answer: dict[str, Any] = json.loads(result.stdout)
+        answer["objects"] = [d for d in yaml.safe_load_all(answer.get("manifest", "")) if d]
+        return answer
+
+    return run
+
+
+def _find(objects: list[dict[str, Any]], kind: str, suffix: str = "") -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(suffix)]
+    assert len(found) == 1, (kind, suffix, [o["metadata"]["name"] for o in objects if o["kind"] == kind])
+    return found[0]
+
+
+def _containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
+
+
+def test_lint_finds_nothing_to_warn_about(render: Callable[..., dict[str, Any]]) -> None:
+    lint = render(SCENARIOS[0])["lint"]
+    assert lint["Errors"] is None
+    assert [m for m in lint["Messages"] if m["Severity"] >= 2] == []  # INFO only (no icon)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)
+def test_every_scenario_renders_and_every_object_is_valid(
+    render: Callable[..., dict[str, Any]], scenario: pathlib.Path
+) -> None:
+    answer = render(scenario)
+    assert "error" not in answer, answer.get("error")
+    objects = answer["objects"]
+    assert objects
+    for obj in objects:
+        if obj["kind"] in OUR_KINDS:
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+    assert not [o for o in objects if o["kind"] == "CustomResourceDefinition"]  # crds/ are posted, not rendered
+    for obj in objects:
+        spec = obj.get("spec", {}).get("template", {}).get("spec") or (obj["spec"] if obj["kind"] == "Pod" else None)
+        if spec is None:
+            continue
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in _containers(spec):
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, container["name"]
+            assert context["allowPrivilegeEscalation"] is False and context["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_the_crds_are_installed_from_crds_as_generated(
+    render: Callable[..., dict[str, Any]], api: tuple[apiserver.ApiServerThread, pathlib.Path]
+) -> None:
+    render(SCENARIOS[0])
+    server, _ = api
+    for name, definition in {**crds.definitions(), **crds.peering_definitions()}.items():
+        posted = server.get("apiextensions.k8s.io/v1/customresourcedefinitions", None, name.removesuffix(".yaml"))
+        assert posted is not None and posted["spec"] == definition["spec"], name
+
+
+def test_minimal_least_privilege_and_probes(render: Callable[..., dict[str, Any]]) -> None:
+    objects = render(CHART / "ci" / "minimal-values.yaml")["objects"]
+    role = _find(objects, "Role", "-dataplane")
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps", "secrets"],
+            "resourceNames": ["tollgate-config"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    cluster_role = _find(objects, "ClusterRole", "-operator")
+    verbs = {verb for rule in cluster_role["rules"] for verb in rule["verbs"]}
+    assert "*" not in verbs and not verbs & {"delete", "deletecollection", "update", "escalate", "bind"}
+    secrets_rules = [r for r in cluster_role["rules"] if "secrets" in r["resources"]]
+    assert [r["verbs"] for r in secrets_rules] == [["list", "watch"]]  # never get, never write, cluster-wide
+    operator_role = _find(objects, "Role", "-operator")
+    assert all("resourceNames" in r or r["verbs"] == ["create"] for r in operator_role["rules"])
+    dataplane = _find(objects, "Deployment", "-dataplane")["spec"]["template"]["spec"]
+    [container] = dataplane["containers"]
+    assert container["readinessProbe"]["grpc"]["port"] == 9001 and container["livenessProbe"]["grpc"]["port"] == 9001
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TOLLGATE_CONFIG"] == "kubernetes:tollgate-system/tollgate-config"
+    assert env["TOLLGATE_AUDIT_DIR"] and env["TOLLGATE_DEFAULT_ACTION"] == "Deny"
+    operator = _find(objects, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
+    assert operator["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    webhook = _find(objects, "ValidatingWebhookConfiguration")
+    secret = _find(objects, "Secret", "-webhook-tls")
+    for hook in webhook["webhooks"]:
+        assert hook["failurePolicy"] == "Ignore" and hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    notes = render(CHART / "ci" / "minimal-values.yaml")["notes"]
+    assert "verifier.key" in notes and "tollgate audit verify" in notes  # how an auditor gets the key
+
+
+def test_high_availability_keeps_audit_evidence_per_pod(render: Callable[..., dict[str, Any]]) -> None:
+    objects = render(CHART / "ci" / "ha-persistence-values.yaml")["objects"]
+    stateful = _find(objects, "StatefulSet", "-dataplane")
+    assert not [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-dataplane")]
+    assert stateful["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert stateful["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    [container] = stateful["spec"]["template"]["spec"]["containers"]
+    instance = next(e for e in container["env"] if e["name"] == "TOLLGATE_AUDIT_INSTANCE")
+    assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert _find(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
+    assert _find(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+    policy = _find(objects, "NetworkPolicy")
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 9001, "protocol": "TCP"}]
+    assert rule["from"][0]["podSelector"] == {"matchLabels": {"app": "envoy-gateway"}}
+    assert "delegations.yaml" in _find(objects, "ConfigMap", "-delegations")["data"]
+    assert _find(objects, "Deployment", "-operator")["spec"]["replicas"] == 2
+    assert _find(objects, "ClusterKopfPeering")
+
+
+def test_without_the_operator_the_data_plane_reads_a_mounted_configmap(render: Callable[..., dict[str, Any]]) -> None:
+    objects = render(CHART / "ci" / "no-operator-values.yaml")["objects"]
+    assert not [o for o in objects if "operator" in o["metadata"]["name"]]
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding")]  # it reads nothing from the API
+    pod = _find(objects, "Deployment", "-dataplane")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    [volume] = [v for v in pod["volumes"] if v["name"] == "config"]
+    assert volume["projected"]["sources"] == [
+        {"configMap": {"name": "tollgate-policies"}},
+        {"secret": {"name": "tollgate-policy-files"}},
+    ]
+
+
+def test_the_standalone_gateway_is_the_only_caller(render: Callable[..., dict[str, Any]]) -> None:
+    objects = render(CHART / "ci" / "standalone-envoy-values.yaml")["objects"]
+    gateway = _find(objects, "Deployment", "-gateway")["spec"]["template"]["spec"]
+    [init] = gateway["initContainers"]
+    command = init["args"][0]
+    assert (
+        "tollgate envoy-config" in command
+        and "--authz tollgate-dataplane.tollgate-system.svc.cluster.local:9001" in command
+    )
+    policy = _find(objects, "NetworkPolicy")
+    labels = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert labels["app.kubernetes.io/component"] == "gateway"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"dataplane": {"replicas": 0}, "audit": {"existingSecret": "k"}}, "/dataplane/replicas"),
+        (
+            {"dataplane": {"replica": 2}, "audit": {"existingSecret": "k"}},
+            "additional properties 'replica' not allowed",
+        ),
+        ({"dataplane": {"replicas": "two"}, "audit": {"existingSecret": "k"}}, "/dataplane/replicas"),
+        ({"dataplane": {"defaultAction": "Maybe"}, "audit": {"existingSecret": "k"}}, "/dataplane/defaultAction"),
+        ({"gateway": {"enabled": True, "upstream": "no-port"}, "audit": {"existingSecret": "k"}}, "/gateway/upstream"),
+        ({}, "audit.existingSecret"),
+        ({"audit": {"enabled": False}, "dataplane": {"networkPolicy": {"enabled": True}}}, "gatewayPodSelector"),
+        ({"audit": {"enabled": False}, "operator": {"enabled": False}}, "dataplane.config.source=operator"),
+    ],
+)
+def test_bad_values_are_refused_with_the_reason(
+    render: Callable[..., dict[str, Any]], values: dict[str, Any], message: str
+) -> None:
+    answer = render(values)
+    assert "error" in answer and message in answer["error"], answer.get("error")
