@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint lock proto clean venv crosscheck-tools
+.PHONY: demo test e2e bench lint lock proto clean venv crosscheck-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ demo: $(STAMP)
 ## test: the whole suite: unit, command line (the installed console script), real gRPC, real Envoy, real JWKS over HTTP
 test: $(STAMP) crosscheck-tools
 	$(BIN)/python -m pytest
+
+## e2e: on a kind cluster (kind-config.yaml): build and load the image, install the chart, drive it
+##      through a real Envoy gateway, verify the pods' audit log. Needs kind, kubectl and a container
+##      engine that can run containers; without them the tests skip and say which is missing.
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -m kind tests/e2e
 
 # Go and golang.org/x/mod, for the cross-check of the audit log's formats by an independent
 # implementation (tests/integration/test_audit_crosscheck.py); installed from Debian when run as
