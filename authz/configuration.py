@@ -384,6 +384,13 @@ class OperatorSettings:
     liveness_listen: str = _setting(
         "0.0.0.0:8080", "--liveness-listen", "HOST:PORT of the liveness endpoint /healthz", _optional_listen_address
     )
+    audit_keys_secret: str = _setting(
+        "",
+        "--audit-keys-secret",
+        "NAME of a Secret (beside the published ones) to create with new audit keys if it does not exist",
+        str,
+        shown="none",
+    )
     peering: str = _setting(
         "tollgate",
         "--peering",

@@ -26,7 +26,13 @@ import yaml
 
 from authz.errors import ConfigError
 
-__all__ = ["Pseudonymizer", "generate_key_file", "is_pseudonym", "load_keys"]
+__all__ = [
+    "Pseudonymizer",
+    "generate_key_file",
+    "is_pseudonym",
+    "key_file_text",
+    "load_keys",
+]
 
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -91,8 +97,13 @@ def load_keys(path: pathlib.Path) -> Pseudonymizer:
 
 def generate_key_file(path: pathlib.Path, key_id: str) -> None:
     """Write a new key file, or put a new current key in front of an existing one (rotation)."""
-    entry = {"id": key_id, "secret": base64.b64encode(secrets.token_bytes(32)).decode()}
-    existing = yaml.safe_load(path.read_text()) if path.exists() else {"keys": []}
-    existing["keys"] = [entry, *[k for k in existing.get("keys", []) if k.get("id") != key_id]]
-    path.write_text(yaml.safe_dump(existing, sort_keys=False))
+    path.write_text(key_file_text(key_id, path.read_text() if path.exists() else ""))
     path.chmod(0o600)
+
+
+def key_file_text(key_id: str, existing: str = "") -> str:
+    """A key file's text with a new current key ``key_id`` in front of those of ``existing``."""
+    entry = {"id": key_id, "secret": base64.b64encode(secrets.token_bytes(32)).decode()}
+    document = yaml.safe_load(existing) if existing else {"keys": []}
+    document["keys"] = [entry, *[k for k in document.get("keys", []) if k.get("id") != key_id]]
+    return str(yaml.safe_dump(document, sort_keys=False))

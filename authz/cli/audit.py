@@ -1,6 +1,7 @@
 """``tollgate audit ...``: keys, verification, proofs, search, export and reports.
 
 tollgate audit keygen --name NAME --out DIR          Ed25519 checkpoint signing key + verifier key
+tollgate audit keygen --name NAME --kubernetes-secret NS/NAME   the same and a pseudonym key, into a new Secret
 tollgate audit pseudonym-key --file F --id ID        create or rotate the HMAC pseudonym key file
 tollgate audit verify DIR --key VKEY [--trusted CHECKPOINT]
 tollgate audit prove DIR --record ID [--out FILE]
@@ -25,7 +26,7 @@ from typing import Any
 import tqdm
 
 from authz import configuration
-from authz.audit import layout, note, proof, pseudonym, publish, query
+from authz.audit import keys, layout, note, proof, pseudonym, publish, query
 from authz.audit import verify as audit_verify
 from authz.audit import witness as witness_state
 from authz.cli import common
@@ -41,7 +42,13 @@ def add_parser(commands: Any) -> None:
 
     keygen = sub.add_parser("keygen", help="create the checkpoint signing key and its verifier key")
     keygen.add_argument("--name", required=True, help="key name, e.g. tollgate.dev/audit/prod")
-    keygen.add_argument("--out", required=True, help="directory for signing.key and verifier.key")
+    where = keygen.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="directory for signing.key and verifier.key")
+    where.add_argument(
+        "--kubernetes-secret",
+        metavar="NS/NAME",
+        help="create this Secret with signing.key, verifier.key and pseudonyms.yaml (kept if it exists)",
+    )
 
     pkey = sub.add_parser("pseudonym-key", help="create, or rotate in a new current key of, a pseudonym key file")
     pkey.add_argument("--file", required=True, help="the pseudonym key file (created if absent)")
@@ -190,6 +197,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _keygen(args: argparse.Namespace) -> int:
+    if args.kubernetes_secret:
+        return _keygen_secret(args.name, args.kubernetes_secret)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     skey, vkey = note.generate(args.name)
@@ -201,6 +210,37 @@ def _keygen(args: argparse.Namespace) -> int:
     (out / "verifier.key").write_text(vkey + "\n")
     print(f"signing key:  {signing} (keep secret; give to tollgate serve --audit-signing-key)")
     print(f"verifier key: {out / 'verifier.key'} (give to auditors: {vkey})")
+    return 0
+
+
+def _keygen_secret(name: str, where: str) -> int:
+    """Create the audit keys Secret (the Helm chart's install hook); never replace one: a new
+    signing key would split the evidence from what auditors already verify."""
+    import base64  # noqa: PLC0415 - only this path talks to Kubernetes
+
+    from lightkube import Client  # noqa: PLC0415
+    from lightkube.core.exceptions import ApiError  # noqa: PLC0415
+    from lightkube.models.meta_v1 import ObjectMeta  # noqa: PLC0415
+    from lightkube.resources.core_v1 import Secret  # noqa: PLC0415
+
+    namespace, slash, secret_name = where.partition("/")
+    if not slash or not namespace or not secret_name:
+        return _fail(f"--kubernetes-secret {where!r}: must be NAMESPACE/NAME")
+    data = keys.new_key_set(name)
+    encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+    labels = {"app.kubernetes.io/part-of": "tollgate", "app.kubernetes.io/component": "audit-keys"}
+    client = Client(field_manager="tollgate-audit-keygen")
+    try:
+        client.create(Secret(metadata=ObjectMeta(name=secret_name, namespace=namespace, labels=labels), data=encoded))
+    except ApiError as error:
+        if error.status.code == 409:
+            print(f"Secret {where} exists: keeping its keys")
+            return 0
+        return _fail(f"--kubernetes-secret {where}: {error.status.code} {error.status.message}")
+    finally:
+        client.close()
+    verifier = data["verifier.key"].strip()
+    print(f"Secret {where}: signing.key, pseudonyms.yaml and verifier.key (give to auditors: {verifier})")
     return 0
 
 

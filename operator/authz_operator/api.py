@@ -68,6 +68,19 @@ class ClusterApi:
         config, secret = found
         return config, {key: base64.b64decode(value) for key, value in secret.items()}
 
+    async def create_secret_once(self, namespace: str, name: str, data: Mapping[str, str]) -> bool:
+        """Create the Secret with ``data`` (text) unless it exists; never change an existing one.
+        True if it was created."""
+        encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+        metadata = ObjectMeta(name=name, namespace=namespace, labels=MANAGED_BY)
+        try:
+            await self._client.create(Secret(metadata=metadata, data=encoded))
+        except ApiError as error:
+            if error.status.code == 409:
+                return False
+            raise
+        return True
+
     async def write_status(self, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         """Patch the status subresource of a custom resource (only the keys given)."""
         metadata = body["metadata"]

@@ -208,7 +208,6 @@ def test_the_standalone_gateway_is_the_only_caller(render: Callable[..., dict[st
         ({"dataplane": {"replicas": "two"}, "audit": {"existingSecret": "k"}}, "/dataplane/replicas"),
         ({"dataplane": {"defaultAction": "Maybe"}, "audit": {"existingSecret": "k"}}, "/dataplane/defaultAction"),
         ({"gateway": {"enabled": True, "upstream": "no-port"}, "audit": {"existingSecret": "k"}}, "/gateway/upstream"),
-        ({}, "audit.existingSecret"),
         ({"audit": {"enabled": False}, "dataplane": {"networkPolicy": {"enabled": True}}}, "gatewayPodSelector"),
         ({"audit": {"enabled": False}, "operator": {"enabled": False}}, "dataplane.config.source=operator"),
     ],
@@ -218,3 +217,21 @@ def test_bad_values_are_refused_with_the_reason(
 ) -> None:
     answer = render(values)
     assert "error" in answer and message in answer["error"], answer.get("error")
+
+
+def test_without_an_existing_secret_the_operator_makes_the_audit_keys_once(
+    render: Callable[..., dict[str, Any]],
+) -> None:
+    answer = render({})  # the defaults
+    assert "error" not in answer, answer.get("error")
+    objects = answer["objects"]
+    pod = _find(objects, "Deployment", "-dataplane")["spec"]["template"]["spec"]
+    [keys] = [v for v in pod["volumes"] if v["name"] == "audit-keys"]
+    assert keys["secret"]["secretName"] == "tollgate-audit-keys"
+    operator = _find(objects, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "TOLLGATE_AUDIT_KEYS_SECRET", "value": "tollgate-audit-keys"} in operator["env"]
+    assert "tollgate-audit-keys" in answer["notes"] and "kept on uninstall" in answer["notes"]
+    refused = render(
+        {"operator": {"enabled": False}, "dataplane": {"config": {"source": "configMap", "configMapName": "p"}}}
+    )
+    assert "audit.existingSecret: required without the operator" in refused["error"]

@@ -21,6 +21,7 @@ from lightkube.generic_resource import create_global_resource, create_namespaced
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
+from authz.audit import note
 from authz.dev import apiserver, harness
 
 AccessPolicy = create_namespaced_resource("tollgate.dev", "v1alpha1", "AccessPolicy", "accesspolicies")
@@ -386,3 +387,22 @@ def test_kopf_run_dash_m_is_the_same_operator_configured_by_variables(
     process.env["TOLLGATE_PUBLISH"] = "nowhere"
     failed = subprocess.run(process.args, env=process.env, capture_output=True, text=True, timeout=60, check=False)
     assert failed.returncode != 0 and "TOLLGATE_PUBLISH 'nowhere'" in failed.stdout + failed.stderr
+
+
+def test_the_audit_keys_secret_is_made_once_and_never_replaced(
+    apiserver_thread: apiserver.ApiServerThread,
+    start_operator: Callable[..., harness.OperatorProcess],
+    eventually: Eventually,
+) -> None:
+    api = apiserver_thread
+    first = start_operator("--audit-keys-secret", "audit-keys", "--webhook-configuration", "")
+    eventually(lambda: api.get("v1/secrets", NAMESPACE, "audit-keys") is not None)
+    data = {k: _unb64(v) for k, v in (api.get("v1/secrets", NAMESPACE, "audit-keys") or {})["data"].items()}
+    assert set(data) == {"signing.key", "verifier.key", "pseudonyms.yaml"}
+    signer = note.Signer.from_skey(data["signing.key"])  # a working key pair
+    assert note.Verifier(data["verifier.key"]).open(signer.sign("tollgate\n")) == "tollgate\n"
+    first.stop()
+    start_operator("--audit-keys-secret", "audit-keys", "--webhook-configuration", "", log="operator-2.log")
+    time.sleep(1.0)
+    again = {k: _unb64(v) for k, v in (api.get("v1/secrets", NAMESPACE, "audit-keys") or {})["data"].items()}
+    assert again == data  # a new signing key would split the evidence from what auditors verify

@@ -116,7 +116,7 @@ spec:
     {{- if .Values.audit.enabled }}
     - name: audit-keys
       secret:
-        secretName: {{ .Values.audit.existingSecret }}
+        secretName: {{ include "tollgate.auditSecret" . }}
         defaultMode: 0440
         items:
           - {key: signing.key, path: signing.key}

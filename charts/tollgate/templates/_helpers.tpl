@@ -88,14 +88,22 @@ seccompProfile:
 {{- end }}
 
 {{/*
+tollgate.auditSecret: the Secret with the audit keys: audit.existingSecret, or the one the operator
+creates once at start (never replacing it) when none is named.
+*/}}
+{{- define "tollgate.auditSecret" -}}
+{{- default (printf "%s-audit-keys" (include "tollgate.fullname" .)) .Values.audit.existingSecret }}
+{{- end }}
+
+{{/*
 tollgate.check: what the schema cannot say; fails the render with one line naming the value.
 */}}
 {{- define "tollgate.check" -}}
-{{- if and .Values.audit.enabled (not .Values.audit.existingSecret) }}
-{{- fail "audit.existingSecret: name the Secret with signing.key and pseudonyms.yaml (docs/operations.md: tollgate audit keygen), or set audit.enabled=false" }}
-{{- end }}
 {{- if and (eq .Values.dataplane.config.source "configMap") (not .Values.dataplane.config.configMapName) }}
 {{- fail "dataplane.config.configMapName: required with dataplane.config.source=configMap" }}
+{{- end }}
+{{- if and .Values.audit.enabled (not .Values.audit.existingSecret) (not .Values.operator.enabled) }}
+{{- fail "audit.existingSecret: required without the operator (which otherwise makes the keys): tollgate audit keygen --kubernetes-secret NS/NAME" }}
 {{- end }}
 {{- if and (eq .Values.dataplane.config.source "operator") (not .Values.operator.enabled) }}
 {{- fail "dataplane.config.source=operator needs operator.enabled=true (or use source configMap)" }}

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from authz import configuration
+from authz.audit import keys
 from authz_operator import api, reconcile, webhook
 
 __all__ = ["FINALIZER", "cleanup", "configure"]
@@ -48,13 +49,31 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.admission.managed = ours.webhook_configuration or None
     # Peering (several replicas, one active) is set where kopf is started: by `tollgate operator`
     # from --peering and --priority, or by kopf run's own --peering/--standalone/--priority.
-    memo["reconciler"] = reconcile.Reconciler(ours, api.ClusterApi())
+    cluster = api.ClusterApi()
+    memo["reconciler"] = reconcile.Reconciler(ours, cluster)
+    if ours.audit_keys_secret:
+        await _audit_keys(cluster, ours, logger)
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # lightkube's client logs every request at INFO
     logger.info(
         "publishing to %s/%s, watching %s",
         *ours.publish,
         ", ".join(ours.watch_namespaces) or "all namespaces",
     )
+
+
+async def _audit_keys(cluster: api.ClusterApi, ours: configuration.OperatorSettings, logger: Any) -> None:
+    """The data plane's audit keys, made once (the chart names the Secret when the user did not):
+    never replaced, since a new signing key would split the evidence from what auditors verify."""
+    namespace = ours.publish[0]
+    name = f"tollgate.dev/audit/{namespace}/{ours.audit_keys_secret}"
+    try:
+        created = await cluster.create_secret_once(namespace, ours.audit_keys_secret, keys.new_key_set(name))
+    except Exception as error:  # the API away at start: kopf retries the startup handler
+        raise kopf.TemporaryError(f"cannot create the audit keys Secret: {api.describe(error)}", delay=2) from error
+    if created:
+        logger.info(
+            "created the audit keys Secret %s/%s (auditors: its verifier.key)", namespace, ours.audit_keys_secret
+        )
 
 
 async def cleanup(memo: kopf.Memo) -> None:
