@@ -235,3 +235,26 @@ def test_without_an_existing_secret_the_operator_makes_the_audit_keys_once(
         {"operator": {"enabled": False}, "dataplane": {"config": {"source": "configMap", "configMapName": "p"}}}
     )
     assert "audit.existingSecret: required without the operator" in refused["error"]
+
+
+def test_the_gateway_examples_point_at_what_the_chart_serves(render: Callable[..., dict[str, Any]]) -> None:
+    """Istio's and Envoy Gateway's manifests name the data plane Service and port the chart
+    renders, and fail closed. (Their CRDs have no schema kubernetes-validate ships; the Istio
+    mesh ConfigMap, a built-in kind, is validated.)"""
+    service = _find(render(CHART / "ci" / "minimal-values.yaml")["objects"], "Service", "-dataplane")
+    name, port = service["metadata"]["name"], service["spec"]["ports"][0]["port"]
+    istio = list(yaml.safe_load_all((ROOT / "examples" / "gateways" / "istio.yaml").read_text()))
+    kubernetes_validate.validate(istio[0], KUBERNETES, strict=True)
+    [provider] = yaml.safe_load(istio[0]["data"]["mesh"])["extensionProviders"]
+    grpc = provider["envoyExtAuthzGrpc"]
+    assert grpc["service"] == f"{name}.tollgate-system.svc.cluster.local" and grpc["port"] == port
+    assert grpc["failOpen"] is False
+    assert istio[1]["spec"]["action"] == "CUSTOM" and istio[1]["spec"]["provider"]["name"] == provider["name"]
+    policy, grant = yaml.safe_load_all((ROOT / "examples" / "gateways" / "envoy-gateway.yaml").read_text())
+    [backend] = policy["spec"]["extAuth"]["grpc"]["backendRefs"]
+    assert (backend["name"], backend["namespace"], backend["port"]) == (name, "tollgate-system", port)
+    assert policy["spec"]["extAuth"]["failOpen"] is False
+    assert (
+        grant["spec"]["to"][0]["name"] == name
+        and grant["spec"]["from"][0]["namespace"] == policy["metadata"]["namespace"]
+    )
