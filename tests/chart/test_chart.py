@@ -75,10 +75,19 @@ def _containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [*pod_spec.get("initContainers", []), *pod_spec["containers"]]
 
 
-def test_lint_finds_nothing_to_warn_about(render: Callable[..., dict[str, Any]]) -> None:
-    lint = render(SCENARIOS[0])["lint"]
+@pytest.mark.parametrize("scenario", [None, *SCENARIOS], ids=lambda p: p.name if p else "defaults")
+def test_lint_finds_nothing_to_warn_about(render: Callable[..., dict[str, Any]], scenario: pathlib.Path | None) -> None:
+    lint = render(scenario)["lint"]
     assert lint["Errors"] is None
     assert [m for m in lint["Messages"] if m["Severity"] >= 2] == []  # INFO only (no icon)
+
+
+def test_every_value_has_a_comment() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.strip() and not line.lstrip().startswith("#"):
+            previous = next(p for p in reversed(lines[:number]) if p.strip()) if number else ""
+            assert previous.lstrip().startswith("#"), f"values.yaml line {number + 1} has no comment: {line}"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda p: p.name)
