@@ -217,6 +217,13 @@ class ServerSettings:
     tls_client_ca: pathlib.Path | None = _setting(
         None, "--tls-client-ca", "CA for client certificates, PEM: clients (Envoy) must present one", _path
     )
+    metrics_listen: str = _setting(
+        "",
+        "--metrics-listen",
+        "HOST:PORT for HTTP health (/healthz, /readyz) for Kubernetes probes",
+        _optional_listen_address,
+        shown="off",
+    )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
 
     @property

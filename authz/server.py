@@ -29,7 +29,7 @@ from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (h
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz import configuration, loader, service, telemetry
+from authz import configuration, health, loader, service, telemetry
 from authz.errors import ConfigError
 from authz.identity import resolve
 
@@ -177,6 +177,11 @@ async def serve(
     """Run until SIGTERM/SIGINT, then drain. ``follow``: what keeps the configuration current
     (default: :func:`watch` the files, every ``--reload-interval``)."""
     server, health_servicer, port = await start(settings, runtime)
+    http_health = None
+    if settings.metrics_listen:
+        host, _, http_port = settings.metrics_listen.rpartition(":")
+        http_health = health.HealthServer(runtime, host.strip("[]"), int(http_port))
+        await http_health.start()
     _settle_memory()
     _log.info(
         "listening on %s (port %d), configuration revision %s, %d policies",
@@ -196,6 +201,8 @@ async def serve(
         ready.set()
     await stop.wait()
     _log.info("shutting down: draining for up to %.1fs", settings.grace)
+    if http_health is not None:
+        http_health.draining = True  # /readyz says 503 when gRPC health says NOT_SERVING
     await health_servicer.enter_graceful_shutdown()
     if watcher is not None:
         watcher.cancel()
@@ -204,4 +211,6 @@ async def serve(
     if runtime.recorder is not None:
         await runtime.recorder.close()
     runtime.tracing.shutdown()
+    if http_health is not None:
+        await http_health.stop()
     _log.info("stopped")

@@ -180,6 +180,11 @@ class AuditRecorder:
             if done is not None and not done.done():
                 done.set_result(True)
 
+    @property
+    def writable(self) -> bool:
+        """False from a failed write until the next attempt (a second later) succeeds."""
+        return self._healthy
+
     def _probe(self) -> None:
         """After a write failure, let the next batch try again (the disk may have recovered)."""
         self._healthy = True

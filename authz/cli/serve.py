@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     settings.check()
     audit_settings.check()
     check_listen(settings.listen)
+    if settings.metrics_listen:
+        check_listen(settings.metrics_listen, "--metrics-listen")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     source = _kubernetes_source(settings)
     try:
@@ -105,7 +107,7 @@ async def _follow(source: kube.ConfigSource, runtime: server.Runtime) -> None:
     await source.follow(runtime.install, lambda: runtime.snapshot.revision)
 
 
-def check_listen(address: str) -> None:
+def check_listen(address: str, flag: str = "--listen") -> None:
     """:class:`~authz.configuration.UsageError` if ``address`` cannot be bound now (in use, not
     this machine's), with the reason gRPC would only write to its own log."""
     host, _, port = address.rpartition(":")
@@ -113,7 +115,7 @@ def check_listen(address: str) -> None:
     try:
         found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
-        raise configuration.UsageError(f"--listen {address}: cannot resolve {host!r} ({error.strerror})") from None
+        raise configuration.UsageError(f"{flag} {address}: cannot resolve {host!r} ({error.strerror})") from None
     for family, kind, protocol, _, where in found:
         with socket.socket(family, kind, protocol) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -121,7 +123,7 @@ def check_listen(address: str) -> None:
                 probe.bind(where)
             except OSError as error:
                 reason = "address already in use" if error.errno == errno.EADDRINUSE else error.strerror
-                raise configuration.UsageError(f"--listen {address}: {reason}") from None
+                raise configuration.UsageError(f"{flag} {address}: {reason}") from None
 
 
 def make_recorder(settings: configuration.AuditSettings) -> recorder.AuditRecorder | None:

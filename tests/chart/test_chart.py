@@ -145,7 +145,11 @@ def test_minimal_least_privilege_and_probes(render: Callable[..., dict[str, Any]
     assert all("resourceNames" in r or r["verbs"] == ["create"] for r in operator_role["rules"])
     dataplane = _find(objects, "Deployment", "-dataplane")["spec"]["template"]["spec"]
     [container] = dataplane["containers"]
-    assert container["readinessProbe"]["grpc"]["port"] == 9001 and container["livenessProbe"]["grpc"]["port"] == 9001
+    assert container["startupProbe"]["grpc"]["port"] == 9001
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    ports = {p["name"]: p["port"] for p in _find(objects, "Service", "-dataplane")["spec"]["ports"]}
+    assert ports == {"grpc": 9001, "metrics": 9090}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TOLLGATE_CONFIG"] == "kubernetes:tollgate-system/tollgate-config"
     assert env["TOLLGATE_AUDIT_DIR"] and env["TOLLGATE_DEFAULT_ACTION"] == "Deny"

@@ -78,6 +78,7 @@ def test_a_bad_variable_never_breaks_help_and_is_named_when_used(tmp_path: pathl
         (["--tls-cert", "/etc/hostname"], "--tls-key"),
         (["--audit-dir", "/tmp/x"], "--audit-signing-key"),
         (["--no-such-flag"], "--no-such-flag"),
+        (["--metrics-listen", "nowhere"], "--metrics-listen"),
     ],
 )
 def test_serve_refuses_bad_flags_in_one_line(flags: list[str], named: str) -> None:

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -273,10 +275,10 @@ def test_sync_mode_fails_closed_when_the_log_cannot_be_written(
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
+    http_port = harness.free_port()
+    flags = ["--audit-instance", "pod-1", "--audit-mode", "sync", "--metrics-listen", f"127.0.0.1:{http_port}"]
     process = harness.TollgateProcess(
-        config,
-        extra=harness.audit_flags(audit_keys, audit_dir, "--audit-instance", "pod-1", "--audit-mode", "sync"),
-        log_to=tmp_path / "tollgate.log",
+        config, extra=harness.audit_flags(audit_keys, audit_dir, *flags), log_to=tmp_path / "tollgate.log"
     )
     process.preexec = small_files
     process.start()
@@ -290,6 +292,10 @@ def test_sync_mode_fails_closed_when_the_log_cannot_be_written(
                 if reasons[-1] == "audit_unavailable":
                     assert reply.denied_response.status.code == 503
                     assert not reply.HasField("ok_response")
+                    # ...and /readyz takes the pod out of the Service meanwhile (it retries a second later).
+                    with pytest.raises(urllib.error.HTTPError) as unready:
+                        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=5)
+                    assert unready.value.code == 503 and b"audit log not writable" in unready.value.read()
                     break
         assert reasons[-1] == "audit_unavailable", "the file size limit was never reached"
         assert "default_deny" in reasons  # normal decisions were recorded before the failure

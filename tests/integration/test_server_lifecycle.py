@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -143,8 +145,14 @@ def test_sigterm_drains_in_flight_requests(tmp_path: pathlib.Path, eventually: C
     provider = idp.DevIdentityProvider(tmp_path / "idp").start()
     config = tmp_path / "config.yaml"
     config.write_text(PROVIDER.format(issuer=provider.issuer))
-    authz = harness.TollgateProcess(config, extra=["--grace", "10"], log_to=tmp_path / "tollgate.log").start()
+    http_port = harness.free_port()
+    authz = harness.TollgateProcess(
+        config, extra=["--grace", "10", "--metrics-listen", f"127.0.0.1:{http_port}"], log_to=tmp_path / "tollgate.log"
+    ).start()
     try:
+        assert _http(http_port, "/healthz") == (200, "ok\n")
+        status, text = _http(http_port, "/readyz")
+        assert status == 200 and text.startswith("ready: configuration revision ")
         channel = grpc.insecure_channel(f"127.0.0.1:{authz.port}")
         stub = external_auth_pb2_grpc.AuthorizationStub(channel)
         warm = checks.check_request(host="app.test", headers={"authorization": f"Bearer {provider.token('alice')}"})
@@ -168,6 +176,8 @@ def test_sigterm_drains_in_flight_requests(tmp_path: pathlib.Path, eventually: C
             assert status == health_pb2.HealthCheckResponse.NOT_SERVING
         except grpc.RpcError as refused:  # already refusing new RPCs: also correct
             assert refused.code() == grpc.StatusCode.UNAVAILABLE
+        assert _http(http_port, "/readyz") == (503, "draining: shutting down\n")  # as gRPC health says
+        assert _http(http_port, "/healthz")[0] == 200  # alive until the in-flight Check is answered
         reply = future.result()
         assert reply.HasField("ok_response"), reply
         assert authz.process.wait(15) == 0
@@ -177,6 +187,14 @@ def test_sigterm_drains_in_flight_requests(tmp_path: pathlib.Path, eventually: C
     finally:
         authz.stop()
         provider.stop()
+
+
+def _http(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def test_undoing_a_rejected_change_says_which_revision_is_in_force(

@@ -53,6 +53,7 @@ spec:
         - {name: TOLLGATE_CONFIG, value: /etc/tollgate/config}
         {{- end }}
         - {name: TOLLGATE_LISTEN, value: "0.0.0.0:{{ .Values.dataplane.grpcPort }}"}
+        - {name: TOLLGATE_METRICS_LISTEN, value: "0.0.0.0:{{ .Values.dataplane.metricsPort }}"}
         - {name: TOLLGATE_DEFAULT_ACTION, value: {{ .Values.dataplane.defaultAction | quote }}}
         - {name: TOLLGATE_PATH_MODE, value: {{ .Values.dataplane.pathMode | quote }}}
         - {name: TOLLGATE_GRACE, value: {{ .Values.dataplane.grace | quote }}}
@@ -79,20 +80,22 @@ spec:
         {{- end }}
       ports:
         - {name: grpc, containerPort: {{ .Values.dataplane.grpcPort }}, protocol: TCP}
-      # The gRPC health service: SERVING once the configuration is loaded, NOT_SERVING while draining.
-      readinessProbe:
-        grpc: {port: {{ .Values.dataplane.grpcPort }}}
-        periodSeconds: 5
-        failureThreshold: 2
-      livenessProbe:
-        grpc: {port: {{ .Values.dataplane.grpcPort }}}
-        initialDelaySeconds: 10
-        periodSeconds: 10
-        failureThreshold: 3
+        - {name: metrics, containerPort: {{ .Values.dataplane.metricsPort }}, protocol: TCP}
+      # Started: the gRPC health service says SERVING (the configuration is loaded, the port bound).
       startupProbe:
         grpc: {port: {{ .Values.dataplane.grpcPort }}}
         periodSeconds: 2
         failureThreshold: 60
+      # Ready: configuration loaded, not draining, and in sync audit mode the log writable.
+      readinessProbe:
+        httpGet: {path: /readyz, port: metrics}
+        periodSeconds: 5
+        failureThreshold: 2
+      # Alive: the event loop answers.
+      livenessProbe:
+        httpGet: {path: /healthz, port: metrics}
+        periodSeconds: 10
+        failureThreshold: 3
       resources:
         {{- toYaml .Values.dataplane.resources | nindent 8 }}
       securityContext:
