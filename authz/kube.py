@@ -78,23 +78,22 @@ class ConfigSource:
         return self._client
 
     async def first(self) -> loader.Snapshot:
-        """The configuration now; retries until the API answers (:class:`ConfigErrors` if what is
-        published is invalid, as for a file)."""
+        """The configuration now; retries until the API answers and the pair agrees
+        (:class:`ConfigErrors` if what is published is invalid, as for a file)."""
         delay = _BACKOFF_FIRST
         while True:
             try:
                 for kind in (ConfigMap, Secret):
                     await self._read(kind)
-                break
             except Exception as error:  # any failure to reach the API (lightkube raises several kinds)
                 _log.warning("cannot read %s yet (%s); retrying in %.1fs", self.where, _describe(error), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX)
-        snapshot = self.snapshot()
-        if snapshot is None:  # the Secret lags behind the ConfigMap: the operator is writing now
-            await asyncio.sleep(_BACKOFF_FIRST)
-            return await self.first()
-        return snapshot
+            else:
+                snapshot = self.snapshot()
+                if snapshot is not None:
+                    return snapshot
+                _log.info("%s: the ConfigMap and Secret revisions differ (being written); reading again", self.where)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX)
 
     async def follow(self, install: Callable[[loader.Snapshot], None], current: Callable[[], str]) -> None:
         """Watch both objects until cancelled; ``install`` each new valid snapshot whose revision
