@@ -29,7 +29,7 @@ from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (h
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz import configuration, health, loader, service, telemetry
+from authz import configuration, loader, service, telemetry
 from authz.errors import ConfigError
 from authz.identity import resolve
 
@@ -179,6 +179,8 @@ async def serve(
     server, health_servicer, port = await start(settings, runtime)
     http_health = None
     if settings.metrics_listen:
+        from authz import health  # noqa: PLC0415 - aiohttp loads only when HTTP health is asked for
+
         host, _, http_port = settings.metrics_listen.rpartition(":")
         http_health = health.HealthServer(runtime, host.strip("[]"), int(http_port))
         await http_health.start()

@@ -17,7 +17,6 @@ from typing import Any
 
 import yaml
 
-from authz import envoy_bootstrap
 from authz.cli import common
 
 __all__ = ["add_parser"]
@@ -47,6 +46,9 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # envoy-data-plane's typed classes take a second to import: only this command loads them.
+    from authz import envoy_bootstrap  # noqa: PLC0415
+
     authz_host, authz_port = common.listen_on("--authz", args.authz)
     upstream_host, upstream_port = common.listen_on("--upstream", args.upstream)
     listen_host, listen_port = common.listen_on("--listen", args.listen)

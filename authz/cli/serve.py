@@ -15,13 +15,16 @@ import functools
 import logging
 import pathlib
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from authz import configuration, kube, loader, server, telemetry
+from authz import configuration, loader, server, telemetry
 from authz.audit import log as audit_log
 from authz.audit import note, pseudonym, publish, recorder
 from authz.cli import common
 from authz.errors import ConfigError
+
+if TYPE_CHECKING:
+    from authz import kube
 
 __all__ = ["add_parser", "check_listen", "make_recorder"]
 
@@ -100,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
 def _kubernetes_source(settings: configuration.ServerSettings) -> kube.ConfigSource | None:
     if not isinstance(settings.config, configuration.KubernetesConfig):
         return None
+    from authz import kube  # noqa: PLC0415 - the Kubernetes client loads only for this source
+
     return kube.ConfigSource(settings.config.namespace, settings.config.name)
 
 
