@@ -10,7 +10,9 @@ compiler — there is no second parser — and decides:
   neither opens nor closes anything;
 - a policy whose hosts another namespace owns is rejected (``HostClaimed``,
   :mod:`authz_operator.ownership`);
-- a provider whose ``keysSecretRef``/``hmacSecretRef`` names a Secret that is not there (in the
+- a provider naming a file (``keysFile``, ``hmacSecretFile``) is refused: in a cluster that path
+  would be read on the data plane's own disk; a provider whose ``keysSecretRef``/``hmacSecretRef``
+  names a Secret that is not there (in the
   provider's own namespace, labelled ``tollgate.dev/credentials=true``) is rejected
   (``SecretNotFound``), one whose value the data plane would refuse too (``InvalidSecret``); a
   resolved value goes into the published Secret, never the ConfigMap, and the published document
@@ -263,7 +265,7 @@ def invalid(body: Mapping[str, Any]) -> str:
         if document.get("kind") == "AccessPolicy":
             model.parse_access_policy(document)
         elif document.get("kind") == "IdentityProvider":
-            providers.parse_provider(document)
+            _no_file_paths(providers.parse_provider(document))
         else:
             raise ConfigError("kind must be AccessPolicy or IdentityProvider", field="kind")
     except ConfigErrors as errors:
@@ -271,6 +273,15 @@ def invalid(body: Mapping[str, Any]) -> str:
     except ConfigError as error:
         return _short(str(error))
     return ""
+
+
+def _no_file_paths(spec: providers.ProviderSpec) -> None:
+    """In a cluster keys and secrets come from Secrets: a file path in a resource would name a
+    file on the data plane's own disk (its service account token, the audit signing key)."""
+    if spec.api_key is not None and spec.api_key.keys_file:
+        raise ConfigError("in a cluster name a Secret (keysSecretRef), not a file", field="spec.apiKey.keysFile")
+    if spec.jwt is not None and spec.jwt.hmac_secret_file:
+        raise ConfigError("in a cluster name a Secret (hmacSecretRef), not a file", field="spec.jwt.hmacSecretFile")
 
 
 class _SecretProblem(Exception):

@@ -221,3 +221,26 @@ def test_a_policy_in_force_keeps_its_host_against_an_older_or_same_second_claim(
     after = build.build_configuration([grown, served], previous=before.in_force)
     assert _conditions(after, "AccessPolicy/shop/orders")["Accepted"][1] == "HostClaimed"
     assert "accesspolicy.zzz.x.yaml" in after.data
+
+
+def test_a_provider_resource_may_not_name_a_file_on_the_data_planes_disk() -> None:
+    """keysFile or hmacSecretFile in a resource would be read from the data plane pod's disk (its
+    service account token, the audit signing key): only Secret references are accepted."""
+    for spec, field in (
+        ({"type": "apiKey", "apiKey": {"keysFile": "/var/run/secrets/kubernetes.io/serviceaccount/token"}}, "keysFile"),
+        (
+            {
+                "type": "jwt",
+                "jwt": {
+                    "issuer": "https://i",
+                    "algorithms": ["HS256"],
+                    "hmacSecretFile": "/etc/tollgate/audit-keys/signing.key",
+                },
+            },
+            "hmacSecretFile",
+        ),
+    ):
+        published = build.build_configuration([_provider("shop", "sneaky", **spec)])
+        accepted = _conditions(published, "IdentityProvider/shop/sneaky")["Accepted"]
+        assert accepted[:2] == ("False", "InvalidSpec") and field in accepted[2] and "Secret" in accepted[2]
+        assert _documents(published) == []
