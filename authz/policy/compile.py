@@ -172,6 +172,7 @@ class HostPolicies:
 class Conflict:
     host: str
     message: str
+    policies: tuple[str, ...] = ()  # the policies involved, "namespace/name"
 
 
 class PolicyIndex:
@@ -308,11 +309,14 @@ def _conflicts(host: str, policies: list[model.AccessPolicy]) -> list[Conflict]:
     actions = {p.default_action for p in enforce}
     if len(actions) > 1:
         names = ", ".join(f"{p.ref}={p.default_action}" for p in enforce)
-        found.append(Conflict(host, f"policies disagree on defaultAction ({names}); Deny applies"))
+        refs = tuple(str(p.ref) for p in enforce)
+        found.append(Conflict(host, f"policies disagree on defaultAction ({names}); Deny applies", refs))
     scoped = [p for p in policies if p.mode is model.Mode.ENFORCE and p.providers is not None]
     if len(scoped) > 1 and not _provider_scope(scoped):
         names = ", ".join(f"{p.ref}={list(p.providers or ())}" for p in scoped)
-        found.append(Conflict(host, f"identity.providers lists share no provider ({names}); no credential is accepted"))
+        refs = tuple(str(p.ref) for p in scoped)
+        message = f"identity.providers lists share no provider ({names}); no credential is accepted"
+        found.append(Conflict(host, message, refs))
     return found
 
 

@@ -345,12 +345,11 @@ def _conflicts(documents: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str
         key: model.parse_access_policy(doc) for key, doc in documents.items() if doc.get("kind") == "AccessPolicy"
     }
     _, conflicts = compiled.compile_policies(list(policies.values()))
+    keys = {str(policy.ref): key for key, policy in policies.items()}
     found: dict[str, list[str]] = {}
     for conflict in conflicts:
-        for key, policy in policies.items():
-            named = f"({policy.ref}=" in conflict.message or f", {policy.ref}=" in conflict.message
-            if named:
-                found.setdefault(key, []).append(f"{conflict.host}: {conflict.message}")
+        for ref in conflict.policies:
+            found.setdefault(keys[ref], []).append(f"{conflict.host}: {conflict.message}")
     return found
 
 
