@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import pathlib
 import re
 import secrets
 from collections.abc import Mapping
@@ -32,7 +31,7 @@ from authz import request as request_model
 from authz.errors import ConfigError
 from authz.identity import model, providers
 
-__all__ = ["ApiKeyVerifier", "generate_key", "load_keys", "parse_keys"]
+__all__ = ["ApiKeyVerifier", "generate_key", "parse_keys"]
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -44,15 +43,6 @@ def generate_key(key_id: str) -> tuple[str, str]:
         raise ValueError("a key id is lower-case letters, digits and '-' (at most 63)")
     key = f"{key_id}.{secrets.token_urlsafe(32)}"
     return key, hashlib.sha256(key.encode()).hexdigest()
-
-
-def load_keys(path: str) -> tuple[providers.ApiKeyEntry, ...]:
-    """Read and validate a keys file; raise :class:`ConfigError` naming the file and entry."""
-    try:
-        text = pathlib.Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"cannot read API keys file {path}: {error}", field="spec.apiKey.keysFile") from error
-    return parse_keys(text, path)
 
 
 def parse_keys(text: str, path: str, field: str = "spec.apiKey.keysFile") -> tuple[providers.ApiKeyEntry, ...]:
