@@ -39,7 +39,7 @@ from lightkube.resources.core_v1 import ConfigMap, Secret
 from authz import loader
 from authz.errors import ConfigError, ConfigErrors
 
-__all__ = ["REVISION_ANNOTATION", "ConfigSource"]
+__all__ = ["REVISION_ANNOTATION", "ConfigSource", "describe"]
 
 REVISION_ANNOTATION = "tollgate.dev/revision"
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 10.0
@@ -86,7 +86,7 @@ class ConfigSource:
                 for kind in (ConfigMap, Secret):
                     await self._read(kind)
             except Exception as error:  # any failure to reach the API (lightkube raises several kinds)
-                _log.warning("cannot read %s yet (%s); retrying in %.1fs", self.where, _describe(error), delay)
+                _log.warning("cannot read %s yet (%s); retrying in %.1fs", self.where, describe(error), delay)
             else:
                 snapshot = self.snapshot()
                 if snapshot is not None:
@@ -203,12 +203,12 @@ class ConfigSource:
                 await self._reread(kind)
             except ApiError as error:
                 if error.status.code != 410:
-                    _log.warning("watch of %s failed (%s); retrying in %.1fs", self.where, _describe(error), delay)
+                    _log.warning("watch of %s failed (%s); retrying in %.1fs", self.where, describe(error), delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _BACKOFF_MAX)
                 await self._reread(kind)
             except Exception as error:  # a dropped connection, a proxy's error page, ...
-                _log.warning("watch of %s lost (%s); retrying in %.1fs", self.where, _describe(error), delay)
+                _log.warning("watch of %s lost (%s); retrying in %.1fs", self.where, describe(error), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _BACKOFF_MAX)
                 await self._reread(kind)
@@ -217,12 +217,13 @@ class ConfigSource:
         try:
             await self._read(kind)
         except Exception as error:
-            _log.warning("cannot read %s (%s)", self.where, _describe(error))
+            _log.warning("cannot read %s (%s)", self.where, describe(error))
 
 
-def _describe(error: BaseException) -> str:
+def describe(error: BaseException) -> str:
+    """One line for a failed API call: the API's own Status when there is one."""
     if isinstance(error, ApiError):
         return f"{error.status.code} {error.status.reason}: {error.status.message}"
     if isinstance(error, KeyError) and error.__context__ is not None:
-        return _describe(error.__context__)  # lightkube, on an error answer without a Content-Type
+        return describe(error.__context__)  # lightkube, on an error answer without a Content-Type
     return f"{type(error).__name__}: {error}"

@@ -21,11 +21,12 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Secret
 from lightkube.types import PatchType
 
+from authz import kube
 from authz_operator import build
 
 __all__ = ["REVISION_ANNOTATION", "ApiError", "ClusterApi"]
 
-REVISION_ANNOTATION = "tollgate.dev/revision"  # on the ConfigMap and the Secret: the pair belongs together
+REVISION_ANNOTATION = kube.REVISION_ANNOTATION  # on the ConfigMap and the Secret: the pair belongs together
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tollgate-operator", "app.kubernetes.io/part-of": "tollgate"}
 FIELD_MANAGER = "tollgate-operator"
 
@@ -117,13 +118,3 @@ class ClusterApi:
         }
         await self._client.patch(kind, name, patch, namespace=namespace, patch_type=PatchType.MERGE)
         return True
-
-
-def describe(error: BaseException) -> str:
-    """One line for a failed API call: the API's own Status when there is one."""
-    if isinstance(error, ApiError):
-        return f"{error.status.code} {error.status.reason}: {error.status.message}"
-    cause = error.__context__
-    if isinstance(error, KeyError) and cause is not None:
-        return describe(cause)  # lightkube, on an error answer without a Content-Type
-    return f"{type(error).__name__}: {error}"

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import kopf
 
-from authz import configuration
+from authz import configuration, kube
 from authz_operator import api, build, status
 
 __all__ = ["Inputs", "Reconciler"]
@@ -75,7 +75,7 @@ class Reconciler:
                 if await self._api.publish(self._namespace, self._name, published):
                     logger.info("published revision %s (%d documents)", published.revision, len(published.in_force))
             except Exception as error:  # any failure to talk to the API: retried, nothing reported Ready
-                raise kopf.TemporaryError(f"cannot publish: {api.describe(error)}", delay=_RETRY_SECONDS) from error
+                raise kopf.TemporaryError(f"cannot publish: {kube.describe(error)}", delay=_RETRY_SECONDS) from error
             self._in_force = dict(published.in_force)
             self.published = published
             await self._report(live, published, logger)
@@ -110,16 +110,12 @@ class Reconciler:
                     )
             try:
                 await self._api.write_status(body, wanted)
-            except api.ApiError as error:
-                if error.status.code == 404:
+            except Exception as error:  # any failure to reach the API: kopf retries the handler
+                if isinstance(error, api.ApiError) and error.status.code == 404:
                     continue  # deleted meanwhile
                 raise kopf.TemporaryError(
-                    f"cannot write status: {api.describe(error)}", delay=_RETRY_SECONDS
-                ) from error
-            except Exception as error:
-                raise kopf.TemporaryError(
-                    f"cannot write status: {api.describe(error)}", delay=_RETRY_SECONDS
+                    f"cannot write status: {kube.describe(error)}", delay=_RETRY_SECONDS
                 ) from error
             self._written[key] = (uid, generation, copy.deepcopy(wanted))
-            if key in published.statuses and wanted["conditions"][0]["status"] == "False":
+            if wanted["conditions"][0]["status"] == "False":
                 logger.warning("%s rejected: %s", key, wanted["conditions"][0]["message"])

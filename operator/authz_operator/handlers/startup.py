@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from authz import configuration
+from authz import configuration, kube
 from authz.audit import keys
 from authz_operator import api, reconcile, webhook
 
@@ -69,7 +69,7 @@ async def _audit_keys(cluster: api.ClusterApi, ours: configuration.OperatorSetti
     try:
         created = await cluster.create_secret_once(namespace, ours.audit_keys_secret, keys.new_key_set(name))
     except Exception as error:  # the API away at start: kopf retries the startup handler
-        raise kopf.TemporaryError(f"cannot create the audit keys Secret: {api.describe(error)}", delay=2) from error
+        raise kopf.TemporaryError(f"cannot create the audit keys Secret: {kube.describe(error)}", delay=2) from error
     if created:
         logger.info(
             "created the audit keys Secret %s/%s (auditors: its verifier.key)", namespace, ours.audit_keys_secret
