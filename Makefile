@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test e2e bench lint lock proto clean venv crosscheck-tools
+.PHONY: demo test e2e bench lint lock proto clean venv crosscheck-tools monitoring-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python -m authz.dev.demo
 
 ## test: the whole suite: unit, command line (the installed console script), real gRPC, real Envoy, real JWKS over HTTP
-test: $(STAMP) crosscheck-tools
+test: $(STAMP) crosscheck-tools monitoring-tools
 	$(BIN)/python -m pytest
 
 ## e2e: on a kind cluster (kind-config.yaml): build and load the image, install the chart, drive it
@@ -43,6 +43,18 @@ crosscheck-tools:
 			echo "installing Debian's golang-go and golang-golang-x-mod-dev for the audit cross-check"; \
 			apt-get update -qq >/dev/null 2>&1; \
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-golang-x-mod-dev >/dev/null 2>&1 || true; \
+		fi; \
+	fi
+
+# Debian's Prometheus (with promtool) and Alertmanager, for the tests of metrics, alerting rules,
+# the dashboard and alert notifications; installed when run as root, else those tests are skipped
+# and say which tool is missing.
+monitoring-tools:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's prometheus and prometheus-alertmanager for the metrics and alert tests"; \
+			apt-get update -qq >/dev/null 2>&1; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null 2>&1 || true; \
 		fi; \
 	fi
 

@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "AuditSettings",
+    "DetectionSettings",
     "KubernetesConfig",
     "OperatorSettings",
     "ServerSettings",
@@ -220,7 +221,7 @@ class ServerSettings:
     metrics_listen: str = _setting(
         "",
         "--metrics-listen",
-        "HOST:PORT for HTTP health (/healthz, /readyz) for Kubernetes probes",
+        "HOST:PORT for HTTP /metrics (Prometheus) and health (/healthz, /readyz) for Kubernetes probes",
         _optional_listen_address,
         shown="off",
     )
@@ -346,6 +347,40 @@ def _namespaces(text: str) -> tuple[str, ...]:
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+def _http_url(text: str) -> str:
+    if text and (not text.startswith(("http://", "https://")) or "\x00" in text or " " in text):
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DetectionSettings:
+    """Real-time detection of suspicious access (docs/operations.md): on or off, thresholds, where alerts go."""
+
+    enabled: bool = _setting(
+        True,
+        "--detection",
+        "on: watch decisions for brute force, token replay, spikes; off",
+        _choice(on=True, off=False),
+    )
+    detectors: pathlib.Path | None = _setting(
+        None,
+        "--detectors",
+        "YAML file of detector thresholds and windows (docs/operations.md)",
+        _path,
+        shown="built in",
+    )
+    alertmanager_url: str = _setting(
+        "", "--alertmanager-url", "Alertmanager base URL to notify of alerts (POST /api/v2/alerts)", _http_url
+    )
+
+    def check(self) -> None:
+        if self.detectors is not None and not self.detectors.is_file():
+            raise UsageError(f"--detectors {self.detectors}: no such file")
+        if self.alertmanager_url and not self.enabled:
+            raise UsageError("--alertmanager-url needs --detection on")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -95,6 +95,7 @@ class Decision:
     span_id: str = ""
     started_ns: int = 0
     duration_ns: int = 0
+    claimed_subject: str = ""  # a rejected token's unverified subject: for the detectors only
 
 
 def decide(
@@ -176,6 +177,7 @@ async def decide_check(
             message=failure.message,
             request=request,
             provider=failure.provider,
+            claimed_subject=failure.claimed_subject,
         )
     except Exception as error:  # fail closed: a fault in Tollgate must never become an allow
         _log.exception("decision failed: %s", error.__class__.__name__)

@@ -1,5 +1,6 @@
-"""Health over HTTP for Kubernetes probes, on ``--metrics-listen`` (the port ``/metrics`` joins).
+"""Metrics and health over HTTP, on ``--metrics-listen``: for Prometheus and Kubernetes probes.
 
+- ``GET /metrics``: every metric in Prometheus' text format (:mod:`authz.metrics`), when metrics are on.
 - ``GET /healthz``: 200 while the event loop answers (liveness).
 - ``GET /readyz``: 200 when the server should get traffic: a configuration is loaded, it is not
   draining, and in sync audit mode the audit log is writable (a sync server denies every request
@@ -8,7 +9,8 @@
 
 Consistent with the gRPC health service during a drain: :func:`authz.server.serve` marks this
 draining at the same moment it sets gRPC health NOT_SERVING. Served by aiohttp (already in the
-image for the operator), on the same event loop as Checks; each answer is a few attribute reads.
+image for the operator), on the same event loop as Checks; a probe's answer is a few attribute reads, a scrape
+renders the tallies (a few ms, once per scrape interval).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ _log = logging.getLogger(__name__)
 
 
 class HealthServer:
-    def __init__(self, runtime: Any, host: str, port: int) -> None:
+    def __init__(self, runtime: Any, host: str, port: int, *, export: Any = None) -> None:
         self._runtime = runtime
+        self._export = export
         self._host, self._port = host, port
         self.draining = False
         self._runner: aiohttp.web.AppRunner | None = None
@@ -34,6 +37,8 @@ class HealthServer:
     async def start(self) -> None:
         app = aiohttp.web.Application()
         app.add_routes([aiohttp.web.get("/healthz", self._alive), aiohttp.web.get("/readyz", self._ready)])
+        if self._export is not None:
+            app.add_routes([aiohttp.web.get("/metrics", self._metrics)])
         self._runner = aiohttp.web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = aiohttp.web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
@@ -42,7 +47,7 @@ class HealthServer:
         sockets = getattr(server, "sockets", None) or []
         if sockets:
             self.port = int(sockets[0].getsockname()[1])
-        _log.info("health on http://%s:%d/healthz and /readyz", self._host, self.port)
+        _log.info("metrics and health on http://%s:%d (/metrics, /healthz, /readyz)", self._host, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -59,6 +64,12 @@ class HealthServer:
         if recorder is not None and recorder.durable and not recorder.writable:
             found.append("audit log not writable (sync mode denies what it cannot record)")
         return found
+
+    async def _metrics(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        body, content_type = self._export.exposition()
+        response = aiohttp.web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
 
     async def _alive(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         return aiohttp.web.Response(text="ok\n")

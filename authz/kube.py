@@ -95,9 +95,14 @@ class ConfigSource:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
 
-    async def follow(self, install: Callable[[loader.Snapshot], None], current: Callable[[], str]) -> None:
+    async def follow(
+        self,
+        install: Callable[[loader.Snapshot], None],
+        current: Callable[[], str],
+        rejected: Callable[[], None] = lambda: None,
+    ) -> None:
         """Watch both objects until cancelled; ``install`` each new valid snapshot whose revision
-        differs from ``current()``."""
+        differs from ``current()``; call ``rejected`` for each invalid one (kept out)."""
         watchers = [asyncio.create_task(self._watch(kind)) for kind in (ConfigMap, Secret)]
         try:
             while True:
@@ -107,6 +112,7 @@ class ConfigSource:
                     snapshot = self.snapshot()
                 except ConfigError as error:
                     _log.error("configuration in %s rejected, keeping revision %s:\n%s", self.where, current(), error)
+                    rejected()
                     continue
                 if snapshot is None or snapshot.revision == current():
                     continue

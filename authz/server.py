@@ -29,7 +29,7 @@ from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (h
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz import configuration, loader, service, telemetry
+from authz import configuration, detect, loader, metrics, service, telemetry
 from authz.errors import ConfigError
 from authz.identity import resolve
 
@@ -53,12 +53,20 @@ class Runtime:
         self.strict_paths = strict_paths
         self.snapshot = snapshot
         self.identity.update(snapshot.providers)
+        self.check_metrics: metrics.CheckMetrics | None = None  # set when metrics are exported
+        self.detection: detect.Detection | None = None  # set when detection is on
+        self.reloads_applied = self.reloads_rejected = 0  # configuration changes: a metric
 
     def install(self, snapshot: loader.Snapshot) -> None:
         self.identity.update(snapshot.providers)
         self.identity.start()
         self.snapshot = snapshot
+        self.reloads_applied += 1
         _settle_memory()
+
+    def reload_rejected(self) -> None:
+        """A new configuration was invalid and the last good one stays (counted for the metrics)."""
+        self.reloads_rejected += 1
 
 
 def _settle_memory() -> None:
@@ -100,6 +108,7 @@ async def watch(settings: configuration.ServerSettings, runtime: Runtime) -> Non
             snapshot = await asyncio.to_thread(loader.load, settings.config_path)
         except ConfigError as error:
             rejected = True
+            runtime.reload_rejected()
             _log.error("configuration rejected, keeping revision %s:\n%s", runtime.snapshot.revision, error)
             continue
         if snapshot.revision == runtime.snapshot.revision and snapshot.files == runtime.snapshot.files:
@@ -175,15 +184,22 @@ async def serve(
     follow: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain. ``follow``: what keeps the configuration current
-    (default: :func:`watch` the files, every ``--reload-interval``)."""
+    (default: :func:`watch` the files, every ``--reload-interval``). Metrics are counted when they
+    are exported: on ``--metrics-listen``'s ``/metrics``, or over OTLP (``OTEL_METRICS_EXPORTER``)."""
+    export = None
+    if settings.metrics_listen or metrics.otlp_requested():
+        runtime.check_metrics = metrics.CheckMetrics()
+        export = metrics.Export(runtime, otlp=metrics.otlp_requested())
     server, health_servicer, port = await start(settings, runtime)
     http_health = None
     if settings.metrics_listen:
         from authz import health  # noqa: PLC0415 - aiohttp loads only when HTTP health is asked for
 
         host, _, http_port = settings.metrics_listen.rpartition(":")
-        http_health = health.HealthServer(runtime, host.strip("[]"), int(http_port))
+        http_health = health.HealthServer(runtime, host.strip("[]"), int(http_port), export=export)
         await http_health.start()
+    if runtime.detection is not None:
+        runtime.detection.start()
     _settle_memory()
     _log.info(
         "listening on %s (port %d), configuration revision %s, %d policies",
@@ -210,9 +226,13 @@ async def serve(
         watcher.cancel()
     await server.stop(settings.grace)
     await runtime.identity.close()
+    if runtime.detection is not None:
+        await runtime.detection.close()  # before the recorder: its last alert records go in
     if runtime.recorder is not None:
         await runtime.recorder.close()
     runtime.tracing.shutdown()
+    if export is not None:
+        export.shutdown()
     if http_health is not None:
         await http_health.stop()
     _log.info("stopped")

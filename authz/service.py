@@ -18,7 +18,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import message as protobuf_message
 
-from authz import canonical, response, telemetry
+from authz import canonical, detect, metrics, response, telemetry
 from authz import check_request as envoy_request
 from authz import decision as decision_model
 
@@ -63,6 +63,10 @@ class Runtime(Protocol):
     def strict_paths(self) -> bool: ...
     @property
     def tracing(self) -> telemetry.Tracing: ...
+    @property
+    def check_metrics(self) -> metrics.CheckMetrics | None: ...
+    @property
+    def detection(self) -> detect.Detection | None: ...
 
 
 _NO_HEADERS: dict[str, str] = {}
@@ -108,6 +112,9 @@ class AuthorizationService:
         span = tracing.start(headers) if traced else None
         decision: decision_model.Decision | None = None
         recorded = False
+        tally = runtime.check_metrics
+        if tally is not None:
+            tally.in_flight += 1
         try:
             if check_request is None:
                 decision = decision_model.unparseable(runtime.snapshot.revision)
@@ -141,6 +148,14 @@ class AuthorizationService:
                 decision = decision_model.cancelled(runtime.snapshot.revision, request)
             raise
         finally:
+            if tally is not None:
+                tally.in_flight -= 1
+            if decision is not None:
+                if tally is not None:
+                    tally.observe(decision)
+                detection = runtime.detection
+                if detection is not None:
+                    detection.observe(decision)
             if decision is not None and not recorded and traced:
                 tracing.annotate(decision, headers, span)
                 if recorder is not None:

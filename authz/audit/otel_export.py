@@ -27,7 +27,10 @@ __all__ = ["LogExport"]
 
 
 class LogExport:
-    def __init__(self) -> None:
+    """Records as OpenTelemetry log records; ``alert`` records are events named ``tollgate.alert``
+    (the detectors use this class too, when only alerts are exported: ``OTEL_LOGS_EXPORTER=otlp``)."""
+
+    def __init__(self, scope: str = "tollgate.audit") -> None:
         if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")):
             raise telemetry.TracingUnavailable(
                 "--audit-otel-logs needs OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT)"
@@ -39,29 +42,57 @@ class LogExport:
         resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "tollgate")})
         self._provider = LoggerProvider(resource=resource)
         self._provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))
-        self._logger = self._provider.get_logger("tollgate.audit")
+        self._logger = self._provider.get_logger(scope)
 
     def emit(self, entry: Mapping[str, Any], line: bytes) -> None:
         trace = entry.get("trace") or {}
         trace_id, span_id = trace.get("trace_id", ""), trace.get("span_id", "")
-        denied = entry.get("decision") in ("deny", "error") or entry.get("kind") == "loss"
-        self._logger.emit(
-            LogRecord(
-                timestamp=int(entry.get("time_ms", 0)) * 1_000_000,
-                body=line.decode().rstrip("\n"),
-                severity_number=SeverityNumber.WARN if denied else SeverityNumber.INFO,
-                severity_text="WARN" if denied else "INFO",
+        kind = entry.get("kind")
+        denied = entry.get("decision") in ("deny", "error") or kind in ("loss", "alert")
+        attributes: dict[str, str | int] = {
+            "tollgate.audit.kind": str(kind or ""),
+            "tollgate.audit.origin": str(entry.get("origin", "")),
+            "tollgate.audit.seq": int(entry.get("seq", 0)),
+            "tollgate.decision": str(entry.get("decision", "")),
+            "tollgate.reason": str(entry.get("reason", "")),
+        }
+        alert = entry.get("alert")
+        if kind == "alert" and isinstance(alert, Mapping):
+            for name in (
+                "alert_id",
+                "state",
+                "detector",
+                "key_kind",
+                "key",
+                "count",
+                "first_decision",
+                "last_decision",
+            ):
+                value = alert.get(name, "")
+                attributes[f"tollgate.alert.{name}"] = value if isinstance(value, int) else str(value)
+        timestamp = int(entry.get("time_ms", 0)) * 1_000_000
+        severity = SeverityNumber.WARN if denied else SeverityNumber.INFO
+        body = line.decode().rstrip("\n")
+        if kind == "alert":  # an event, and no trace: a detector saw many requests, not one
+            log_record = LogRecord(
+                timestamp=timestamp,
+                body=body,
+                severity_number=severity,
+                severity_text=severity.name,
+                attributes=attributes,
+                event_name="tollgate.alert",
+            )
+        else:
+            log_record = LogRecord(
+                timestamp=timestamp,
+                body=body,
+                severity_number=severity,
+                severity_text=severity.name,
                 trace_id=int(trace_id, 16) if trace_id else None,
                 span_id=int(span_id, 16) if span_id else None,
-                attributes={
-                    "tollgate.audit.kind": str(entry.get("kind", "")),
-                    "tollgate.audit.origin": str(entry.get("origin", "")),
-                    "tollgate.audit.seq": int(entry.get("seq", 0)),
-                    "tollgate.decision": str(entry.get("decision", "")),
-                    "tollgate.reason": str(entry.get("reason", "")),
-                },
+                attributes=attributes,
             )
-        )
+        self._logger.emit(log_record)
 
     def shutdown(self) -> None:
         self._provider.shutdown()

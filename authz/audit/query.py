@@ -184,8 +184,34 @@ def _flat(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write(items: Iterable[dict[str, Any]], output: TextIO, fmt: str) -> int:
+_ALERT_COLUMNS = [
+    "time",
+    "state",
+    "detector",
+    "key_kind",
+    "key",
+    "count",
+    "threshold",
+    "window_seconds",
+    "first_decision",
+    "last_decision",
+    "alert_id",
+    "id",
+]
+
+
+def _flat_alert(item: dict[str, Any]) -> dict[str, Any]:
+    alert = item.get("alert", {})
+    return {"time": item.get("time"), "id": item.get("id")} | {
+        name: alert.get(name) for name in _ALERT_COLUMNS if name not in ("time", "id")
+    }
+
+
+def write(items: Iterable[dict[str, Any]], output: TextIO, fmt: str, *, kind: str = "decision") -> int:
+    """Write ``items`` as JSON lines, CSV or a table; ``kind``: the records' kind (decision or alert)."""
     count = 0
+    if kind == "alert" and fmt != "json":
+        return _write_alerts(items, output, fmt)
     if fmt == "json":
         for item in items:
             output.write(json.dumps(item, sort_keys=True, separators=(",", ":")) + "\n")
@@ -205,6 +231,26 @@ def write(items: Iterable[dict[str, Any]], output: TextIO, fmt: str) -> int:
                 f"{(flat['subject'] or '-')[:12]:12} {flat['method']} {flat['host']}{flat['path']}\n"
             )
             count += 1
+    return count
+
+
+def _write_alerts(items: Iterable[dict[str, Any]], output: TextIO, fmt: str) -> int:
+    count = 0
+    if fmt == "csv":
+        writer = csv.DictWriter(output, fieldnames=_ALERT_COLUMNS)
+        writer.writeheader()
+    else:
+        output.write(f"{'TIME':24} {'STATE':8} {'DETECTOR':24} {'COUNT':>6} KEY\n")
+    for item in items:
+        flat = _flat_alert(item)
+        if fmt == "csv":
+            writer.writerow(flat)
+        else:
+            output.write(
+                f"{flat['time']:24} {flat['state']:8} {flat['detector']:24} {flat['count']!s:>6} "
+                f"{flat['key_kind']} {flat['key']}\n"
+            )
+        count += 1
     return count
 
 

@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from authz import decision as decision_model
-from authz import ids
+from authz import ids, metrics
 from authz.audit import log as audit_log
 from authz.audit import pseudonym, record
 
@@ -37,7 +37,8 @@ __all__ = ["AuditRecorder"]
 _log = logging.getLogger(__name__)
 _LINGER = 0.005  # seconds an async batch may gather before it is written
 _COMMIT_DELAY = 0.001  # seconds a sync batch waits for company, only when other records are coming
-Item = tuple[decision_model.Decision, int, "asyncio.Future[bool] | None"]  # decision, time (ms), ack
+# decision (or a ready-made record: an alert), time (ms), ack
+Item = tuple["decision_model.Decision | dict[str, Any]", int, "asyncio.Future[bool] | None"]
 
 
 class AuditRecorder:
@@ -64,7 +65,9 @@ class AuditRecorder:
         self._lost_reason = ""
         self._lost_first_ms = 0
         self._lost_last_ms = 0
-        self.written = 0
+        self.written = 0  # records written (decisions and alerts): a metric
+        self.lost_total: dict[str, int] = {}  # decisions never recorded, by reason: a metric
+        self.fsync_latency = metrics.Histogram(metrics.FSYNC_BUCKETS_SECONDS)  # sync mode: a metric
         self.batches = 0  # batches written (written / batches: the group commit's batch size)
         self._concurrent = False  # sync: did records arrive while the last batch was being written?
         self._healthy = True
@@ -120,7 +123,19 @@ class AuditRecorder:
         self._wake.set()
         return await done
 
+    def record_event(self, entry: dict[str, Any]) -> None:
+        """Queue a record that is not a decision (an alert, :mod:`authz.detect`): complete but for
+        the log's own fields. Never waits, in either mode. A full queue takes it all the same: alerts
+        are few (one per detector, key and window), and a loss record counts decisions only."""
+        self._pending.append((entry, time.time_ns() // 1_000_000, None))
+        self._wake.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
     def _count_loss(self, now: int, reason: str) -> None:
+        self.lost_total[reason] = self.lost_total.get(reason, 0) + 1
         if not self._lost:
             self._lost_first_ms = now
         self._lost += 1
@@ -153,14 +168,19 @@ class AuditRecorder:
             if self._lost:
                 self._write_loss()
             for decision, time_ms, _ in batch:
-                entry = record.decision_record(decision, time_ms, self.pseudonyms)
+                if isinstance(decision, dict):
+                    entry = decision
+                else:
+                    entry = record.decision_record(decision, time_ms, self.pseudonyms)
                 line = self.log.append(entry)
                 if self.exporter is not None:
                     self.exporter.emit(entry, line)
                 if self.log.rotation_due():
                     await asyncio.to_thread(self.log.rotate)  # fsync and retention: not on the loop
             if self.durable:
+                started = time.perf_counter_ns()
                 await asyncio.to_thread(self.log.flush, fsync=True)
+                self.fsync_latency.observe("", time.perf_counter_ns() - started)
             else:
                 self.log.flush(fsync=False)
             if self.log.checkpoint_due():
@@ -168,7 +188,10 @@ class AuditRecorder:
         except OSError as error:
             self._healthy = False
             _log.error("audit log cannot be written (%s): %s", error.strerror, error.filename or self.log.session_dir)
-            for _, time_ms, done in batch:
+            for item, time_ms, done in batch:
+                if isinstance(item, dict):  # an alert: it also went out as a log line and a metric
+                    _log.error("audit: alert record %s could not be written", item.get("id"))
+                    continue
                 self._count_loss(time_ms, "write_failed")
                 if done is not None and not done.done():
                     done.set_result(False)

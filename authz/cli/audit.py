@@ -102,6 +102,10 @@ def add_parser(commands: Any) -> None:
         command.add_argument("--reason", help="the reason code, exactly (e.g. token_expired)")
         command.add_argument("--progress", action="store_true", help="show a progress bar (default: on a terminal)")
         if name == "query":
+            kinds = ["decision", "alert"]
+            command.add_argument(
+                "--kind", choices=kinds, default="decision", help="decisions, or the detectors' alerts"
+            )
             command.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format")
             command.add_argument("--out", help="file to write (default: standard output)")
         else:
@@ -361,6 +365,7 @@ def _query(args: argparse.Namespace) -> int:
         reason=args.reason,
         subjects=searched["--subject"],
         emails=searched["--email"],
+        kinds=frozenset({getattr(args, "kind", "decision")}),
     )
     total = sum(p.stat().st_size for p in layout.segments(directory))
     with _progress(args.progress, total, "reading") as progress:
@@ -370,8 +375,8 @@ def _query(args: argparse.Namespace) -> int:
             return 0
         if args.out:
             with open(args.out, "w", newline="") as output:
-                count = query.write(items, output, args.format)
+                count = query.write(items, output, args.format, kind=args.kind)
             print(f"{count} record(s) written to {args.out}", file=sys.stderr)
         else:
-            query.write(items, sys.stdout, args.format)
+            query.write(items, sys.stdout, args.format, kind=args.kind)
     return 0

@@ -13,11 +13,12 @@ import asyncio
 import errno
 import functools
 import logging
+import os
 import pathlib
 import socket
 from typing import TYPE_CHECKING, Any
 
-from authz import configuration, loader, server, telemetry
+from authz import configuration, detect, loader, server, telemetry
 from authz.audit import log as audit_log
 from authz.audit import note, pseudonym, publish, recorder
 from authz.cli import common
@@ -38,14 +39,19 @@ def add_parser(commands: Any) -> None:
     )
     configuration.add_arguments(serve, configuration.ServerSettings)
     configuration.add_arguments(serve.add_argument_group("audit trail (docs/audit.md)"), configuration.AuditSettings)
+    configuration.add_arguments(
+        serve.add_argument_group("detection of suspicious access (docs/operations.md)"), configuration.DetectionSettings
+    )
     serve.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = configuration.from_arguments(configuration.ServerSettings, args)
     audit_settings = configuration.from_arguments(configuration.AuditSettings, args)
+    detection_settings = configuration.from_arguments(configuration.DetectionSettings, args)
     settings.check()
     audit_settings.check()
+    detection_settings.check()
     check_listen(settings.listen)
     if settings.metrics_listen:
         check_listen(settings.metrics_listen, "--metrics-listen")
@@ -55,18 +61,13 @@ def run(args: argparse.Namespace) -> int:
         snapshot = None if source else loader.load(settings.config_path)
         tracing = telemetry.Tracing.from_environment()
         audit_recorder = make_recorder(audit_settings)
+        detection = make_detection(detection_settings, audit_settings, audit_recorder)
     except ConfigError as error:
         return common.fail(f"invalid configuration, not starting:\n{error}", 2)
     except telemetry.TracingUnavailable as error:
         return common.fail(str(error), 2)
 
-    publisher = None
-    if audit_settings.witness_listen and audit_settings.dir is not None:
-        host, _, port = audit_settings.witness_listen.rpartition(":")
-        try:
-            publisher = publish.LogPublisher(audit_settings.dir, host.strip("[]"), int(port))
-        except OSError as error:
-            return common.fail(f"--audit-witness-listen {audit_settings.witness_listen}: {error.strerror}", 2)
+    publisher = _witness_publisher(audit_settings)
 
     async def serve() -> None:
         first = await source.first() if source is not None else snapshot
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if audit_recorder is not None:
             await audit_recorder.start()
             runtime.recorder = audit_recorder
+        runtime.detection = detection
         if publisher is not None:
             publisher.start()
         follow = None
@@ -100,6 +102,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _witness_publisher(settings: configuration.AuditSettings) -> publish.LogPublisher | None:
+    if not settings.witness_listen or settings.dir is None:
+        return None
+    host, _, port = settings.witness_listen.rpartition(":")
+    try:
+        return publish.LogPublisher(settings.dir, host.strip("[]"), int(port))
+    except OSError as error:
+        raise configuration.UsageError(f"--audit-witness-listen {settings.witness_listen}: {error.strerror}") from None
+
+
 def _kubernetes_source(settings: configuration.ServerSettings) -> kube.ConfigSource | None:
     if not isinstance(settings.config, configuration.KubernetesConfig):
         return None
@@ -109,7 +121,46 @@ def _kubernetes_source(settings: configuration.ServerSettings) -> kube.ConfigSou
 
 
 async def _follow(source: kube.ConfigSource, runtime: server.Runtime) -> None:
-    await source.follow(runtime.install, lambda: runtime.snapshot.revision)
+    await source.follow(runtime.install, lambda: runtime.snapshot.revision, runtime.reload_rejected)
+
+
+def make_detection(
+    settings: configuration.DetectionSettings,
+    audit_settings: configuration.AuditSettings,
+    audit: recorder.AuditRecorder | None,
+) -> detect.Detection | None:
+    """The detectors (None with ``--detection off``), writing alerts to the audit log (keyed by its
+    pseudonyms) and notifying Alertmanager when ``--alertmanager-url`` is set. A ``--detectors``
+    file that cannot be used is a :class:`~authz.errors.ConfigError` naming it."""
+    if not settings.enabled:
+        return None
+    thresholds = detect.load_settings(settings.detectors) if settings.detectors else detect.Settings()
+    notifier = None
+    if settings.alertmanager_url:
+        from authz import alertmanager  # noqa: PLC0415 - only when alerts are sent
+
+        notifier = alertmanager.Notifier(settings.alertmanager_url, instance=audit_settings.instance_name)
+    return detect.Detection(
+        thresholds,
+        pseudonyms=audit.pseudonyms if audit is not None else None,
+        recorder=audit,
+        events=_alert_events(audit_settings),
+        notifier=notifier,
+    )
+
+
+def _alert_events(audit: configuration.AuditSettings) -> Any:
+    """Where alerts go as OpenTelemetry log events: with ``--audit-otel-logs``, the audit copy
+    carries them (they are audit records); else, with ``OTEL_LOGS_EXPORTER=otlp``, their own export."""
+    if audit.otel_logs:
+        return None
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    if "otlp" not in {name.strip().lower() for name in os.environ.get("OTEL_LOGS_EXPORTER", "").split(",")}:
+        return None
+    from authz.audit import otel_export  # noqa: PLC0415 - the logs SDK loads only when asked for
+
+    return otel_export.LogExport(scope="tollgate.detect")
 
 
 def check_listen(address: str, flag: str = "--listen") -> None:

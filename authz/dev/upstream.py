@@ -18,6 +18,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def _echo(self) -> None:
+        self.server.count()  # type: ignore[attr-defined]
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
@@ -37,12 +38,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    served = 0  # requests answered: what reached the upstream at all
+
+    def count(self) -> None:
+        with self._lock:
+            self.served += 1
+
+    _lock = threading.Lock()
+
+
 class EchoUpstream:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = http.server.ThreadingHTTPServer((host, port), _Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), _Handler)
         self.port = self._server.server_address[1]
         self._thread: threading.Thread | None = None
+
+    @property
+    def served(self) -> int:
+        """Requests the upstream has answered since it started."""
+        return self._server.served
 
     def start(self) -> EchoUpstream:
         self._thread = threading.Thread(target=self._server.serve_forever, name="echo-upstream", daemon=True)

@@ -53,6 +53,7 @@ class KeySet:
         self.fetched_at: float | None = None  # monotonic time of the last successful fetch
         self.trusted_until = -math.inf  # monotonic time after which these keys are too stale to use
         self.refresh_failures = 0
+        self.refreshes = 0  # successful fetches (with refresh_failures: a metric)
         self.last_error = ""
         self._jwks_uri = jwks_uri
         self._raw_keys = ""
@@ -151,6 +152,7 @@ class KeySet:
             _log.warning("jwks refresh failed for provider %s: %s%s", self.provider, error, stale)
             return
         self.last_error = ""
+        self.refreshes += 1
         clamped = min(
             max(max_age if max_age is not None else self.refresh.max_seconds, self.refresh.min_seconds),
             self.refresh.max_seconds,

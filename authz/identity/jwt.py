@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import dataclasses
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -67,6 +68,7 @@ class TokenCache:
 
     def __init__(self, size: int = 10_000) -> None:
         self._size = size
+        self.hits = self.misses = 0  # lookups, for the metrics
         self._entries: collections.OrderedDict[bytes, tuple[model.Identity, float, str, int]] = (
             collections.OrderedDict()
         )
@@ -75,17 +77,21 @@ class TokenCache:
         """The cached identity, if its provider is among ``verifiers`` and its key set unchanged."""
         entry = self._entries.get(digest)
         if entry is None:
+            self.misses += 1
             return None
         identity, expires, provider, generation = entry
         for verifier in verifiers:
             if verifier.name == provider:
                 break
         else:
+            self.misses += 1
             return None  # verified by a provider out of scope here: verify again (and fail)
         if expires <= time.time() or verifier.generation() != generation:
             del self._entries[digest]
+            self.misses += 1
             return None
         self._entries.move_to_end(digest)
+        self.hits += 1
         return identity
 
     def put(self, digest: bytes, identity: model.Identity, expires: float, provider: str, generation: int) -> None:
@@ -333,15 +339,24 @@ async def verify_token(token: str, verifiers: Sequence[JwtVerifier], cache: Toke
     if len(token) > limit:
         raise model.IdentityFailure("token_too_large", f"token is larger than {limit} bytes")
     header, payload = _unverified_parts(token)
-    issuer = str(payload.get("iss", "")).rstrip("/")
-    verifier = next((v for v in verifiers if v.issuer == issuer), None)
-    if verifier is None:
-        raise model.IdentityFailure("token_unknown_issuer", "no identity provider in scope issues this token")
-    if "crit" in header:
-        # RFC 7515 §4.1.11: a recipient that does not understand a critical extension must reject.
-        raise model.IdentityFailure(
-            "token_unsupported_crit", "token requires unsupported extensions (crit)", provider=verifier.name
-        )
-    identity, expires = await verifier.verify(token, header)
-    cache.put(_digest(token), identity, expires, verifier.name, verifier.generation())
+    try:
+        issuer = str(payload.get("iss", "")).rstrip("/")
+        verifier = next((v for v in verifiers if v.issuer == issuer), None)
+        if verifier is None:
+            raise model.IdentityFailure("token_unknown_issuer", "no identity provider in scope issues this token")
+        if "crit" in header:
+            # RFC 7515 §4.1.11: a recipient that does not understand a critical extension must reject.
+            raise model.IdentityFailure(
+                "token_unsupported_crit", "token requires unsupported extensions (crit)", provider=verifier.name
+            )
+        identity, expires = await verifier.verify(token, header)
+    except model.IdentityFailure as failure:
+        claimed = payload.get("sub")
+        if isinstance(claimed, str):  # for the detectors (authz.detect), never for a decision
+            failure.claimed_subject = claimed[: model.MAX_IDENTITY_VALUE]
+        raise
+    digest = _digest(token)
+    # The token's hash travels with its identity, for the token-replay detector (authz.detect).
+    identity = dataclasses.replace(identity, token_hash=digest[:16].hex())
+    cache.put(digest, identity, expires, verifier.name, verifier.generation())
     return identity

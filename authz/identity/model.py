@@ -38,6 +38,9 @@ class Identity:
     key_id: str = ""  # API key id (never the key)
     mfa: bool = False
     claims: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # BLAKE2b of the bearer token (its cache key, first 128 bits): names one token, for the
+    # token-replay detector; not part of who the caller is.
+    token_hash: str = dataclasses.field(default="", compare=False)
 
 
 ANONYMOUS = Identity(authenticated=False, method="none")
@@ -55,6 +58,8 @@ class IdentityFailure(Exception):
         self.message = message
         self.status = status
         self.provider = provider
+        # The subject a rejected token claims, unverified: only the detectors read it.
+        self.claimed_subject = ""
 
 
 # What the upstream is told (authz.response) is never cut short: a value that cannot be passed on

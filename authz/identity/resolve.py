@@ -37,6 +37,12 @@ class IdentityResolver:
         # The JWT verifiers for each scope (a host's provider set; None: all): hosts share few scopes.
         self._scoped: dict[frozenset[str] | None, list[jwt.JwtVerifier]] = {}
         self.token_cache = jwt.TokenCache()
+        self._retired_lookups = (0, 0)  # hits and misses of token caches replaced since
+
+    def cache_lookups(self) -> tuple[int, int]:
+        """Token cache hits and misses since start (for the metrics: they never go down)."""
+        hits, misses = self._retired_lookups
+        return hits + self.token_cache.hits, misses + self.token_cache.misses
 
     def update(self, specs: Iterable[providers.ProviderSpec]) -> None:
         """Swap in a new provider set; verifiers whose spec did not change are kept as they are."""
@@ -58,6 +64,7 @@ class IdentityResolver:
         if retired:
             # A provider's settings changed (say, a new HMAC secret, or another issuer): nothing it
             # verified before may be served from the cache.
+            self._retired_lookups = self.cache_lookups()
             self.token_cache = jwt.TokenCache()
         self._jwt, self._api_keys, self._mtls, self._specs = jwt_verifiers, api_keys, mtls_verifiers, by_name
         self._scoped = {}

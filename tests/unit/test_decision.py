@@ -47,6 +47,7 @@ def test_field_order_is_pinned() -> None:
         "span_id",
         "started_ns",
         "duration_ns",
+        "claimed_subject",
     ]
 
 

@@ -96,7 +96,8 @@ async def test_refresh_failure_serves_stale_keys_for_a_bounded_time(provider: id
             provider.mode = mode
             failures = keys.refresh_failures
             await keys.fetch_once()
-            assert keys.refresh_failures == failures + 1
+            # ">": the background refresh may have failed against the same mode meanwhile
+            assert keys.refresh_failures > failures and keys.last_error
             assert keys.keys, "the last good key set was dropped"
         assert "larger than" in keys.last_error or "503" in keys.last_error
         resolver.token_cache = type(resolver.token_cache)()  # verify with keys, not the cache

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AuditRecord(_message.Message):
-    __slots__ = ("v", "kind", "id", "seq", "origin", "prev", "time", "time_ms", "decision", "status", "reason", "message", "policy", "rule", "revision", "dry_run", "identity", "request", "trace", "latency_us", "pseudonym_key", "loss", "previous", "tree", "server", "retention")
+    __slots__ = ("v", "kind", "id", "seq", "origin", "prev", "time", "time_ms", "decision", "status", "reason", "message", "policy", "rule", "revision", "dry_run", "identity", "request", "trace", "latency_us", "pseudonym_key", "loss", "previous", "tree", "server", "retention", "alert")
     V_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class AuditRecord(_message.Message):
     TREE_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     RETENTION_FIELD_NUMBER: _ClassVar[int]
+    ALERT_FIELD_NUMBER: _ClassVar[int]
     v: int
     kind: str
     id: str
@@ -60,7 +61,38 @@ class AuditRecord(_message.Message):
     tree: TreeState
     server: Server
     retention: Retention
-    def __init__(self, v: _Optional[int] = ..., kind: _Optional[str] = ..., id: _Optional[str] = ..., seq: _Optional[int] = ..., origin: _Optional[str] = ..., prev: _Optional[str] = ..., time: _Optional[str] = ..., time_ms: _Optional[int] = ..., decision: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., policy: _Optional[str] = ..., rule: _Optional[str] = ..., revision: _Optional[str] = ..., dry_run: _Optional[_Union[DryRun, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., trace: _Optional[_Union[Trace, _Mapping]] = ..., latency_us: _Optional[int] = ..., pseudonym_key: _Optional[str] = ..., loss: _Optional[_Union[Loss, _Mapping]] = ..., previous: _Optional[_Union[PreviousCheckpoint, _Mapping]] = ..., tree: _Optional[_Union[TreeState, _Mapping]] = ..., server: _Optional[_Union[Server, _Mapping]] = ..., retention: _Optional[_Union[Retention, _Mapping]] = ...) -> None: ...
+    alert: Alert
+    def __init__(self, v: _Optional[int] = ..., kind: _Optional[str] = ..., id: _Optional[str] = ..., seq: _Optional[int] = ..., origin: _Optional[str] = ..., prev: _Optional[str] = ..., time: _Optional[str] = ..., time_ms: _Optional[int] = ..., decision: _Optional[str] = ..., status: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., policy: _Optional[str] = ..., rule: _Optional[str] = ..., revision: _Optional[str] = ..., dry_run: _Optional[_Union[DryRun, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ..., request: _Optional[_Union[Request, _Mapping]] = ..., trace: _Optional[_Union[Trace, _Mapping]] = ..., latency_us: _Optional[int] = ..., pseudonym_key: _Optional[str] = ..., loss: _Optional[_Union[Loss, _Mapping]] = ..., previous: _Optional[_Union[PreviousCheckpoint, _Mapping]] = ..., tree: _Optional[_Union[TreeState, _Mapping]] = ..., server: _Optional[_Union[Server, _Mapping]] = ..., retention: _Optional[_Union[Retention, _Mapping]] = ..., alert: _Optional[_Union[Alert, _Mapping]] = ...) -> None: ...
+
+class Alert(_message.Message):
+    __slots__ = ("alert_id", "state", "detector", "key_kind", "key", "count", "threshold", "window_seconds", "first_decision", "last_decision", "first_time_ms", "last_time_ms", "pseudonym_key")
+    ALERT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_FIELD_NUMBER: _ClassVar[int]
+    KEY_KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_DECISION_FIELD_NUMBER: _ClassVar[int]
+    LAST_DECISION_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    PSEUDONYM_KEY_FIELD_NUMBER: _ClassVar[int]
+    alert_id: str
+    state: str
+    detector: str
+    key_kind: str
+    key: str
+    count: int
+    threshold: int
+    window_seconds: int
+    first_decision: str
+    last_decision: str
+    first_time_ms: int
+    last_time_ms: int
+    pseudonym_key: str
+    def __init__(self, alert_id: _Optional[str] = ..., state: _Optional[str] = ..., detector: _Optional[str] = ..., key_kind: _Optional[str] = ..., key: _Optional[str] = ..., count: _Optional[int] = ..., threshold: _Optional[int] = ..., window_seconds: _Optional[int] = ..., first_decision: _Optional[str] = ..., last_decision: _Optional[str] = ..., first_time_ms: _Optional[int] = ..., last_time_ms: _Optional[int] = ..., pseudonym_key: _Optional[str] = ...) -> None: ...
 
 class Retention(_message.Message):
     __slots__ = ("origin", "segment", "first_seq", "last_seq", "checkpoint", "action")
