@@ -79,10 +79,22 @@ def test_a_bad_variable_never_breaks_help_and_is_named_when_used(tmp_path: pathl
         (["--audit-dir", "/tmp/x"], "--audit-signing-key"),
         (["--no-such-flag"], "--no-such-flag"),
         (["--metrics-listen", "nowhere"], "--metrics-listen"),
+        (["--detection", "maybe"], "--detection"),
+        (["--detectors", "/nonexistent/detectors.yaml"], "--detectors"),
+        (["--alertmanager-url", "alertmanager:9093"], "--alertmanager-url"),
+        (["--alertmanager-url", "http://alertmanager:9093", "--detection", "off"], "--alertmanager-url"),
     ],
 )
 def test_serve_refuses_bad_flags_in_one_line(flags: list[str], named: str) -> None:
     usage_error(run("serve", "--config", str(EXAMPLES), *flags), named)
+
+
+def test_serve_refuses_a_detectors_file_naming_file_and_field(tmp_path: pathlib.Path) -> None:
+    detectors = tmp_path / "detectors.yaml"
+    detectors.write_text("detectors:\n  tokenReplay: {addresses: 0}\n")
+    result = run("serve", "--config", str(EXAMPLES), "--detectors", str(detectors))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert str(detectors) in result.stderr and "detectors.tokenReplay.addresses" in result.stderr
 
 
 def test_serve_refuses_a_malformed_kubernetes_source() -> None:
