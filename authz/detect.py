@@ -51,7 +51,7 @@ from authz import ids
 from authz.audit import pseudonym, record
 from authz.errors import ConfigError
 
-__all__ = ["DEFAULT_RULES", "DETECTORS", "Alert", "Detection", "Rule", "Settings", "load_settings"]
+__all__ = ["DEFAULT_RULES", "DETECTORS", "SCHEMA", "Alert", "Detection", "Rule", "Settings", "load_settings"]
 
 _log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _rule_schema(fields: Mapping[str, str]) -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "properties": properties}
 
 
-_SCHEMA = {
+SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
@@ -135,7 +135,7 @@ def load_settings(path: pathlib.Path) -> Settings:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ConfigError(f"cannot read the detector settings: {error}", file=str(path)) from error
     document = {} if document is None else document
-    problem = next(iter(sorted(jsonschema.Draft202012Validator(_SCHEMA).iter_errors(document), key=str)), None)
+    problem = next(iter(sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(document), key=str)), None)
     if problem is not None:
         where = ".".join(str(part) for part in problem.absolute_path) or "(top level)"
         raise ConfigError(f"{where}: {problem.message}", file=str(path), field=where)

@@ -92,6 +92,13 @@ class ApiServer(kmock.KubernetesEmulator):
         self._epoch = 0  # drop_watches() ends every watch open before it
         self._closing = False  # stopping: every watch ends at once, new ones included
 
+    def declare(self, name: str, kind: str, *, namespaced: bool = True) -> None:
+        """Serve one more resource (``group/version/plural``), as a cluster whose CRDs include it
+        (e.g. the Prometheus Operator's ``monitoring.coreos.com/v1/servicemonitors``)."""
+        info = self.resources[name]
+        info.kind, info.singular, info.namespaced = kind, kind.lower(), namespaced
+        info.verbs = {"create", "delete", "get", "list", "patch", "update", "watch"}
+
     # -- the API ------------------------------------------------------------------------------
 
     async def _handle(self, request: kmock.Request) -> Any:

@@ -16,8 +16,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from authz import crds
-from authz.dev import apiserver
+from authz import crds, detect
+from authz.dev import apiserver, monitoring
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tollgate"
@@ -25,12 +25,18 @@ SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 RENDER = pathlib.Path(__file__).with_name("render_chart.py")
 KUBERNETES = "1.31.0"  # what the emulator reports, and the schemas objects are validated against
 OUR_KINDS = {"ClusterKopfPeering", "KopfPeering"}  # custom resources: no upstream schema
+# The Prometheus Operator's kinds: kubernetes-validate has no schema for them either;
+# test_the_monitoring_objects checks them with promtool and against what they point at.
+PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[apiserver.ApiServerThread, pathlib.Path]]:
     server = apiserver.ApiServerThread().start()
     try:
+        for kind in sorted(PROMETHEUS_OPERATOR_KINDS):  # a cluster with the Prometheus Operator
+            name = f"monitoring.coreos.com/v1/{kind.lower()}s"
+            server.call(lambda emulator, name=name, kind=kind: emulator.declare(name, kind))
         yield server, server.write_kubeconfig(tmp_path_factory.mktemp("helm") / "kubeconfig")
     finally:
         server.stop()
@@ -99,7 +105,7 @@ def test_every_scenario_renders_and_every_object_is_valid(
     objects = answer["objects"]
     assert objects
     for obj in objects:
-        if obj["kind"] in OUR_KINDS:
+        if obj["kind"] in OUR_KINDS | PROMETHEUS_OPERATOR_KINDS:
             continue
         kubernetes_validate.validate(obj, KUBERNETES, strict=True)
     assert not [o for o in objects if o["kind"] == "CustomResourceDefinition"]  # crds/ are posted, not rendered
@@ -175,9 +181,10 @@ def test_high_availability_keeps_audit_evidence_per_pod(render: Callable[..., di
     assert _find(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
     assert _find(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
     policy = _find(objects, "NetworkPolicy")
-    [rule] = policy["spec"]["ingress"]
+    rule, metrics_rule = policy["spec"]["ingress"]
     assert rule["ports"] == [{"port": 9001, "protocol": "TCP"}]
     assert rule["from"][0]["podSelector"] == {"matchLabels": {"app": "envoy-gateway"}}
+    assert metrics_rule == {"ports": [{"port": 9090, "protocol": "TCP"}]}  # scrapes: anyone, unless metricsFrom
     assert "delegations.yaml" in _find(objects, "ConfigMap", "-delegations")["data"]
     assert _find(objects, "Deployment", "-operator")["spec"]["replicas"] == 2
     assert _find(objects, "ClusterKopfPeering")
@@ -223,6 +230,18 @@ def test_the_standalone_gateway_is_the_only_caller(render: Callable[..., dict[st
         ({"gateway": {"enabled": True, "upstream": "no-port"}, "audit": {"existingSecret": "k"}}, "/gateway/upstream"),
         ({"audit": {"enabled": False}, "dataplane": {"networkPolicy": {"enabled": True}}}, "gatewayPodSelector"),
         ({"audit": {"enabled": False}, "operator": {"enabled": False}}, "dataplane.config.source=operator"),
+        (
+            {"detection": {"settings": {"detectors": {"tokenReplay": {"addresses": 0}}}}, "audit": {"enabled": False}},
+            "/detection/settings/detectors/tokenReplay/addresses",
+        ),
+        (
+            {"detection": {"alertmanagerUrl": "alertmanager:9093"}, "audit": {"enabled": False}},
+            "/detection/alertmanagerUrl",
+        ),
+        (
+            {"metrics": {"serviceMonitor": {"interval": "often"}}, "audit": {"enabled": False}},
+            "/metrics/serviceMonitor/interval",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_the_reason(
@@ -271,3 +290,60 @@ def test_the_gateway_examples_point_at_what_the_chart_serves(render: Callable[..
         grant["spec"]["to"][0]["name"] == name
         and grant["spec"]["from"][0]["namespace"] == policy["metadata"]["namespace"]
     )
+
+
+def test_the_monitoring_objects(render: Callable[..., dict[str, Any]], tmp_path: pathlib.Path) -> None:
+    """ServiceMonitor, PrometheusRule, dashboard and detector settings, each checked against what it
+    names: the rules by promtool, the monitor against the Service, the settings by the data plane's
+    own parser."""
+    objects = render(CHART / "ci" / "monitoring-values.yaml")["objects"]
+    rules = _find(objects, "PrometheusRule")
+    assert rules["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    if not monitoring.missing(monitoring.PROMTOOL):
+        (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules["spec"]))
+        command = ["promtool", "check", "rules", str(tmp_path / "rules.yaml")]
+        checked = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    monitor = _find(objects, "ServiceMonitor", "-dataplane")
+    service = _find(objects, "Service", "-dataplane")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+    dashboard = _find(objects, "ConfigMap", "-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    assert json.loads(dashboard["data"]["tollgate.json"]) == shipped
+
+    settings_map = _find(objects, "ConfigMap", "-detectors")
+    (tmp_path / "detectors.yaml").write_text(settings_map["data"]["detectors.yaml"])
+    settings = detect.load_settings(tmp_path / "detectors.yaml")
+    assert settings.max_keys == 20_000 and settings.rules["auth_failures_by_source"].threshold == 30
+    assert not settings.rules["dry_run_denials"].enabled
+    pod = _find(objects, "Deployment", "-dataplane")["spec"]["template"]
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["TOLLGATE_ALERTMANAGER_URL"] == "http://alertmanager-operated.monitoring:9093"
+    mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    assert env["TOLLGATE_DETECTORS"] == mounts["detectors"] + "/detectors.yaml"
+    assert "checksum/detectors" in pod["metadata"]["annotations"]
+
+    policy = _find(objects, "NetworkPolicy")
+    metrics_rule = policy["spec"]["ingress"][1]
+    assert metrics_rule["ports"] == [{"port": 9090, "protocol": "TCP"}]
+    assert metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+
+
+def test_detection_off_and_no_monitoring_objects_by_default(render: Callable[..., dict[str, Any]]) -> None:
+    objects = render(CHART / "ci" / "minimal-values.yaml")["objects"]
+    assert not [o for o in objects if o["kind"] in PROMETHEUS_OPERATOR_KINDS]
+    env = _find(objects, "Deployment", "-dataplane")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "TOLLGATE_DETECTION" not in {e["name"] for e in env}  # on, with the built-in settings
+    off = render({"detection": {"enabled": False}, "audit": {"existingSecret": "k"}})["objects"]
+    env = _find(off, "Deployment", "-dataplane")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "TOLLGATE_DETECTION", "value": "off"} in env
+
+
+def test_the_chart_checks_detector_settings_as_the_data_plane_does() -> None:
+    """values.schema.json's detection.settings is the --detectors file's schema: what Helm accepts,
+    the data plane accepts (and the other way round)."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["detection"]["properties"]["settings"] == detect.SCHEMA

@@ -7,6 +7,11 @@ and its StatefulSet (audit on a PersistentVolumeClaim per replica).
 metadata:
   labels:
     {{- include "tollgate.labels" $c | nindent 4 }}
+  {{- if and .Values.detection.enabled .Values.detection.settings }}
+  annotations:
+    # the detectors' settings are read at start: a change rolls the pods
+    checksum/detectors: {{ toYaml .Values.detection.settings | sha256sum }}
+  {{- end }}
 spec:
   serviceAccountName: {{ include "tollgate.serviceAccountName" $c }}
   automountServiceAccountToken: {{ eq .Values.dataplane.config.source "operator" }}
@@ -74,6 +79,19 @@ spec:
         - {name: OTEL_EXPORTER_OTLP_ENDPOINT, value: {{ .Values.otel.endpoint | quote }}}
         - {name: OTEL_TRACES_EXPORTER, value: otlp}
         - {name: OTEL_SERVICE_NAME, value: {{ .Values.otel.serviceName | quote }}}
+        {{- if .Values.otel.metrics }}
+        - {name: OTEL_METRICS_EXPORTER, value: otlp}
+        {{- end }}
+        {{- end }}
+        {{- if .Values.detection.enabled }}
+        {{- with .Values.detection.alertmanagerUrl }}
+        - {name: TOLLGATE_ALERTMANAGER_URL, value: {{ . | quote }}}
+        {{- end }}
+        {{- if .Values.detection.settings }}
+        - {name: TOLLGATE_DETECTORS, value: /etc/tollgate/detectors/detectors.yaml}
+        {{- end }}
+        {{- else }}
+        - {name: TOLLGATE_DETECTION, value: "off"}
         {{- end }}
         {{- range .Values.dataplane.extraEnv }}
         - {name: {{ .name }}, value: {{ .value | quote }}}
@@ -109,6 +127,9 @@ spec:
         {{- if eq .Values.dataplane.config.source "configMap" }}
         - {name: config, mountPath: /etc/tollgate/config, readOnly: true}
         {{- end }}
+        {{- if and .Values.detection.enabled .Values.detection.settings }}
+        - {name: detectors, mountPath: /etc/tollgate/detectors, readOnly: true}
+        {{- end }}
   volumes:
     - name: tmp
       emptyDir: {sizeLimit: 64Mi}
@@ -133,5 +154,9 @@ spec:
           {{- with .Values.dataplane.config.secretName }}
           - secret: {name: {{ . }}}
           {{- end }}
+    {{- end }}
+    {{- if and .Values.detection.enabled .Values.detection.settings }}
+    - name: detectors
+      configMap: {name: {{ include "tollgate.fullname" . }}-detectors}
     {{- end }}
 {{- end }}
