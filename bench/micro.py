@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from authz import decision, loader, server, service
+from authz import decision, detect, loader, metrics, server, service
 from authz.dev import checks, idp
 from authz.identity import jwt as jwt_identity
 from authz.identity import model, providers, resolve
@@ -156,8 +156,29 @@ def _provider_spec(issuer: str) -> Any:
     )
 
 
+def observers() -> dict[str, dict[str, float]]:
+    """What a Check adds when metrics and detection are on: one observe() each, per decision kind."""
+    tally = metrics.CheckMetrics()
+    detection = detect.Detection(detect.Settings())
+    token = model.Identity(authenticated=True, method="jwt", subject="alice", token_hash="ab" * 16)
+    request = HttpRequest("GET", "app.example.com", "/orders", source_ip="198.51.100.7")
+
+    def made(**fields: Any) -> decision.Decision:
+        return decision.Decision(decision_id="d", revision="r", request=request, duration_ns=180_000, **fields)
+
+    anonymous_allow = made(allowed=True, status=200, reason="rule_allow", policy="shop/orders")
+    token_allow = made(allowed=True, status=200, reason="rule_allow", policy="shop/orders", identity=token)
+    failure = made(status=401, reason="token_invalid")
+    return {
+        "metrics observe (allow)": _time(lambda: tally.observe(anonymous_allow), 100_000),
+        "detection observe (allow, no token)": _time(lambda: detection.observe(anonymous_allow), 100_000),
+        "detection observe (allow, token)": _time(lambda: detection.observe(token_allow), 100_000),
+        "detection observe (401)": _time(lambda: detection.observe(failure), 100_000),
+    }
+
+
 def run() -> dict[str, dict[str, float]]:
-    return {**engine(), **tokens()}
+    return {**engine(), **tokens(), **observers()}
 
 
 if __name__ == "__main__":

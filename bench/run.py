@@ -15,6 +15,10 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
                          running that revision's code, measured in the same run (before/after)
     audit-async-1000     tollgate-1000 with the audit trail, async mode (default)
     audit-sync-1000      tollgate-1000 with the audit trail, sync mode (fsync'd group commit)
+    bare-jwt-1000        tollgate-jwt-1000 with --detection off (the others run the detectors, the default)
+    observed-jwt-1000    tollgate-jwt-1000 with --metrics-listen, its /metrics scraped every second
+    bare-hostile-token-1000
+                         hostile-token-1000 with --detection off: every request a 401 the detectors count
 
 All backends and their Envoys start first; then short measurements are interleaved round by round
 (A, B, C, A, B, C, ...) and the median of the rounds is reported, so machine drift hits every
@@ -44,6 +48,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -133,6 +140,20 @@ class Backend:
         return self.process.process.pid if self.process is not None else None
 
 
+class _Scraper(threading.Thread):
+    """GET /metrics every second while the server runs, as a (busy) Prometheus would."""
+
+    def __init__(self, port: int, process: Any) -> None:
+        super().__init__(daemon=True, name="scraper")
+        self._url, self._process = f"http://127.0.0.1:{port}/metrics", process
+
+    def run(self) -> None:
+        while self._process.process.poll() is None:
+            with contextlib.suppress(OSError), urllib.request.urlopen(self._url, timeout=5) as reply:
+                reply.read()
+            time.sleep(1)
+
+
 class _Noop:
     def __init__(self) -> None:
         self.port = harness.free_port()
@@ -212,8 +233,17 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
         (work / "signing.key").write_text(skey)
         pseudonym.generate_key_file(work / "pseudonyms.yaml", "bench")
 
-        def tollgate(config: pathlib.Path, audit: str = "", code: pathlib.Path | None = None) -> Callable[[], Any]:
-            extra = ["--reload-interval", "0", "--log-level", "WARNING"]
+        def tollgate(
+            config: pathlib.Path,
+            audit: str = "",
+            code: pathlib.Path | None = None,
+            *flags: str,
+            scrape: bool = False,
+        ) -> Callable[[], Any]:
+            extra = ["--reload-interval", "0", "--log-level", "WARNING", *flags]
+            metrics_port = harness.free_port() if scrape else 0
+            if scrape:
+                extra += ["--metrics-listen", f"127.0.0.1:{metrics_port}"]
             if audit:
                 extra += [
                     "--audit-dir",
@@ -228,6 +258,8 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
 
             def start() -> Any:
                 process = harness.TollgateProcess(config, extra=extra, log_to=work / "tollgate.log", code=code).start()
+                if scrape:
+                    _Scraper(metrics_port, process).start()
                 return process, process.port
 
             return start
@@ -261,6 +293,25 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             ("hostile-host-1000", Backend(tollgate(many)), f"{many_host},a.{many_host}", {}),
             ("audit-async-1000", Backend(tollgate(many, "async")), many_host, {}),
             ("audit-sync-1000", Backend(tollgate(many, "sync")), many_host, {}),
+            # Detection and metrics (docs/performance.md): the same requests, each costed alone.
+            (
+                "bare-jwt-1000",
+                Backend(tollgate(jwt_dir, "", None, "--detection", "off")),
+                jwt_host,
+                {"Authorization": f"Bearer {token}"},
+            ),
+            (
+                "observed-jwt-1000",
+                Backend(tollgate(jwt_dir, scrape=True)),
+                jwt_host,
+                {"Authorization": f"Bearer {token}"},
+            ),
+            (
+                "bare-hostile-token-1000",
+                Backend(tollgate(jwt_dir, "", None, "--detection", "off")),
+                jwt_host,
+                {"Authorization": f"Bearer {nested}"},
+            ),
             *compared,
         ]
     finally:
@@ -334,6 +385,7 @@ def main() -> int:
                 "p99_ms": statistics.median(r["p99_ms"] for r in runs),
                 "non_2xx": sum(r["non_2xx"] for r in runs),
                 "rounds_rps": [r["rps"] for r in runs],
+                "rounds_cpu_us": [r["authz_cpu_us"] for r in runs],
                 "authz_cpu_us": _median_or_none([r["authz_cpu_us"] for r in runs]),
                 "envoy_cpu_us": _median_or_none([r["envoy_cpu_us"] for r in runs]),
             }
@@ -350,6 +402,15 @@ def main() -> int:
 def _median_or_none(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if known else None
+
+
+def _paired_cpu(n: dict[str, Any], b: dict[str, Any]) -> str:
+    pairs = [
+        x / y
+        for x, y in zip(n.get("rounds_cpu_us", []), b.get("rounds_cpu_us", []), strict=False)
+        if x is not None and y
+    ]
+    return f"{100 * statistics.median(pairs):.1f} %" if pairs else "—"
 
 
 def _us(value: float | None) -> str:
@@ -382,6 +443,8 @@ def render(results: dict[str, Any]) -> str:
     pairs += [("tollgate-jwt-1000", "noop-authz-jwt")]
     pairs += [(name, "baseline-" + name) for name in ("tollgate-1000", "tollgate-jwt-1000")]
     pairs += [("audit-async-1000", "tollgate-1000"), ("audit-sync-1000", "audit-async-1000")]
+    pairs += [("tollgate-jwt-1000", "bare-jwt-1000"), ("observed-jwt-1000", "tollgate-jwt-1000")]
+    pairs += [("observed-jwt-1000", "bare-jwt-1000"), ("hostile-token-1000", "bare-hostile-token-1000")]
     ratios = []
     for name, base in pairs:
         if name in load and base in load:
@@ -390,12 +453,16 @@ def render(results: dict[str, Any]) -> str:
                     b = load[base][connections]
                     paired = statistics.median(x / y for x, y in zip(n["rounds_rps"], b["rounds_rps"], strict=True))
                     of_medians = 100 * n["rps"] / b["rps"]
-                    ratios.append(f"| {name} / {base} | {connections} | {of_medians:.1f} % | {100 * paired:.1f} % |")
+                    cpu = _paired_cpu(n, b)
+                    ratios.append(
+                        f"| {name} / {base} | {connections} | {of_medians:.1f} % | {100 * paired:.1f} % | {cpu} |"
+                    )
     if ratios:
         lines += [
             "",
-            "| ratio (same run) | conns | ratio of medians | median of per-round ratios |",
-            "|---|---:|---:|---:|",
+            "| ratio (same run) | conns | rps: ratio of medians | rps: median of per-round ratios "
+            "| ext_authz CPU µs/req: median of per-round ratios |",
+            "|---|---:|---:|---:|---:|",
             *ratios,
         ]
     if results.get("micro"):

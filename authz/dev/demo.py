@@ -3,7 +3,8 @@ requests with real tokens, each decision printed; keeps running until Ctrl-C
 (``DEMO_ONESHOT=1`` exits after the samples, non-zero if any sample was decided unexpectedly).
 
 Ports (override with environment variables): Envoy DEMO_ENVOY_PORT=10000, Tollgate
-DEMO_TOLLGATE_PORT=9001, identity provider 9400 (fixed: examples/policies/identity.yaml names it).
+DEMO_TOLLGATE_PORT=9001, its metrics and health DEMO_METRICS_PORT=9090, identity provider 9400
+(fixed: examples/policies/identity.yaml names it).
 Everything the demo writes — its audit log, the verifier key, the identity provider's keys — goes
 to ``.tollgate-demo/`` in the working directory (``DEMO_DIR`` to change), emptied at each start, so
 the README's tour can name the files.
@@ -119,6 +120,7 @@ def main() -> int:
     shutil.copytree(_EXAMPLES, config)
     envoy_port = int(os.environ.get("DEMO_ENVOY_PORT", "10000"))
     tollgate_port = int(os.environ.get("DEMO_TOLLGATE_PORT", "9001"))
+    metrics_port = int(os.environ.get("DEMO_METRICS_PORT", "9090"))
     try:
         provider = idp.DevIdentityProvider(work / "idp", port=_IDP_PORT)
     except OSError as error:
@@ -126,18 +128,21 @@ def main() -> int:
         return 2
     echo = upstream.EchoUpstream()
     audit_dir, audit_flags, verifier_key = _audit_setup(work)
-    authz = harness.TollgateProcess(config, extra=audit_flags, log_to=work / "tollgate.log", port=tollgate_port)
+    extra = [*audit_flags, "--metrics-listen", f"127.0.0.1:{metrics_port}"]
+    authz = harness.TollgateProcess(config, extra=extra, log_to=work / "tollgate.log", port=tollgate_port)
     proxy = harness.Envoy(authz_port=authz.port, upstream_port=echo.port, log_to=work / "envoy.log", port=envoy_port)
     print(f"{_BOLD}Tollgate demo{_RESET}  (work directory {work})")
     print(f"  identity provider  {provider.issuer}   DEVELOPMENT ONLY")
     print(f"  upstream (echo)    http://127.0.0.1:{echo.port}")
     print(f"  tollgate (gRPC)    127.0.0.1:{authz.port}   config {config}")
+    print(f"  metrics            http://127.0.0.1:{metrics_port}/metrics   (and /healthz, /readyz)")
     print(f"  envoy              http://127.0.0.1:{envoy_port}")
     print(f"  audit log          {audit_dir}")
     with harness.running(provider, echo, authz, proxy):
         _wait_for_keys(envoy_port, provider)
         unexpected = run_samples(envoy_port, provider)
         show_audit(audit_dir)
+        unexpected += not brute_force(envoy_port, audit_dir)
         if oneshot:
             authz.stop()  # SIGTERM: the audit session is closed with a final signed checkpoint
             intact = verify_audit(audit_dir, verifier_key)
@@ -152,6 +157,8 @@ def main() -> int:
         )
         print(f"  .venv/bin/tollgate dev token --state {work / 'idp'} --sub alice --groups staff")
         print(f"  .venv/bin/tollgate audit query {audit_dir} --since 10m")
+        print(f"  .venv/bin/tollgate audit query {audit_dir} --kind alert")
+        print(f"  curl -s http://127.0.0.1:{metrics_port}/metrics | grep tollgate_checks_total")
         print(f"  .venv/bin/tollgate audit verify {audit_dir} --key {verifier_key}   (after Ctrl-C)")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -196,6 +203,28 @@ def show_audit(audit_dir: pathlib.Path) -> None:
             f"  {item['decision']:5} {request['method']:6} {request['host']}{request['path']}  "
             f"{_DIM}with the DryRun policies enforced: would {dry['decision']} ({dry['reason']}, {deciding}){_RESET}"
         )
+
+
+def brute_force(envoy_port: int, audit_dir: pathlib.Path) -> bool:
+    """25 forged tokens from one address: the detector raises one alert, in the signed audit log."""
+    print(f"\n{_BOLD}A brute force{_RESET}: 25 forged tokens from one address")
+    for attempt in range(25):
+        _request(envoy_port, "GET", "orders.example.com", "/orders", bearer(f"forged.token.{attempt}"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alerts = list(query.iter_records(audit_dir, query.Filters(kinds=frozenset({"alert"}))))
+        if alerts:
+            alert = alerts[0]["alert"]
+            print(
+                f"  {_RED}alert {alert['state']}{_RESET}: {alert['detector']}, {alert['key_kind']} "
+                f"{alert['key'][:12]}… (a pseudonym), {alert['count']} failures within {alert['window_seconds']} s"
+                f"\n  {_DIM}in the audit log, the metrics and the server log; first decision "
+                f"{alert['first_decision']}{_RESET}"
+            )
+            return True
+        time.sleep(0.2)
+    print(f"  {_RED}UNEXPECTED: no alert was raised{_RESET}")
+    return False
 
 
 def verify_audit(audit_dir: pathlib.Path, verifier_key: pathlib.Path) -> bool:

@@ -34,6 +34,7 @@ def test_demo_oneshot_then_the_readme_tour(tmp_path: pathlib.Path) -> None:
         "DEMO_DIR": str(demo_dir),
         "DEMO_ENVOY_PORT": str(harness.free_port()),
         "DEMO_TOLLGATE_PORT": str(harness.free_port()),
+        "DEMO_METRICS_PORT": str(harness.free_port()),
     }
     result = subprocess.run(
         [sys.executable, "-m", "authz.dev.demo"], env=env, capture_output=True, text=True, timeout=120, check=False
@@ -42,6 +43,9 @@ def test_demo_oneshot_then_the_readme_tour(tmp_path: pathlib.Path) -> None:
     assert result.returncode == 0, out + result.stderr
     assert "all samples decided as expected" in out and "UNEXPECTED" not in out
     assert "Audit log verified offline: intact" in out
+    assert re.search(
+        r"alert firing.*: auth_failures_by_source, source_ip [0-9a-f]{12}… \(a pseudonym\), 20 failures", out
+    )
     assert (
         f"audit log     {demo_dir / 'audit'}" in out
         and f"verifier key  {demo_dir / 'audit-keys' / 'verifier.key'}" in out
