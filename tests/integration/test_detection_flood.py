@@ -1,0 +1,104 @@
+"""A flood of unique source addresses through a real Envoy: 100,000 failed authentications, each
+from its own loopback address (127.x.y.z, so Envoy reports a different source for every
+connection), with one real offender among them. The server's memory stays bounded, the offender
+is caught, and not one of the one-off addresses raises an alert."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from authz.audit import pseudonym
+from authz.dev import harness, idp, upstream
+
+pytestmark = pytest.mark.envoy
+
+CONFIG = """
+apiVersion: tollgate.dev/v1alpha1
+kind: IdentityProvider
+metadata: {{name: dev}}
+spec: {{type: jwt, jwt: {{issuer: "{issuer}", audiences: [tollgate-demo]}}}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: app}}
+spec:
+  hosts: [app.test]
+  rules: [{{name: staff, action: Allow, to: {{paths: [/private]}}, from: {{groups: [staff]}}}}]
+"""
+FLOOD = 100_000
+OFFENDER = "127.250.0.1"
+REQUEST = b"GET /private HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer forged\r\nConnection: close\r\n\r\n"
+
+
+def rss_bytes(pid: int) -> int:
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    assert match is not None
+    return int(match.group(1)) * 1024
+
+
+def source(index: int) -> str:
+    return f"127.{1 + (index >> 16) % 200}.{(index >> 8) & 255}.{index & 255 or 1}"
+
+
+async def send(port: int, address: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+    try:
+        writer.write(REQUEST)
+        status = await reader.readline()
+        await reader.read()
+        return int(status.split()[1])
+    finally:
+        writer.close()
+
+
+async def flood(port: int, addresses: list[str], concurrency: int = 48) -> list[int]:
+    queue = iter(addresses)
+    statuses: list[int] = []
+
+    async def worker() -> None:
+        for address in queue:
+            statuses.append(await send(port, address))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return statuses
+
+
+def test_a_flood_of_unique_addresses_keeps_memory_bounded_and_catches_the_offender(
+    tmp_path: pathlib.Path,
+    dev_idp: idp.DevIdentityProvider,
+    echo_upstream: upstream.EchoUpstream,
+    tollgate: Callable[..., harness.TollgateProcess],
+    envoy: Callable[..., harness.Envoy],
+    audit_keys: pathlib.Path,
+    http: Callable[..., Any],
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(issuer=dev_idp.issuer))
+    authz = tollgate(config, *harness.audit_flags(audit_keys, tmp_path / "audit"))
+    proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
+    assert authz.process is not None
+    # Warm up: the server's caches (pseudonyms, canonical targets, answers) fill as they will.
+    assert set(asyncio.run(flood(proxy.port, [source(FLOOD + i) for i in range(10_000)]))) == {401}
+    before = rss_bytes(authz.process.pid)
+    addresses = [source(i) for i in range(FLOOD)]
+    for position in range(0, FLOOD, 2000):  # 50 attempts from the offender, spread over the flood
+        addresses.insert(position + position // 2000, OFFENDER)
+    statuses = asyncio.run(flood(proxy.port, addresses))
+    assert statuses.count(401) == len(addresses) == FLOOD + 50
+    grown = rss_bytes(authz.process.pid) - before
+    assert authz.stop() == 0
+    log = (tmp_path / "tollgate.log").read_text()
+    firing = re.findall(r"alert firing detector=(\S+) key_kind=(\S+) key=(\S+)", log)
+    offender = pseudonym.load_keys(audit_keys / "pseudonyms.yaml")(OFFENDER)
+    assert firing == [("auth_failures_by_source", "source_ip", offender)]
+    print(f"resident memory grew by {grown / 1e6:.1f} MB over the flood")
+    # Keeping a window for each of the 110,000 addresses would take well over 100 MB; the
+    # detectors keep 10,000 keys, the other caches are bounded too.
+    assert grown < 30 * 1024 * 1024, f"resident memory grew by {grown / 1e6:.1f} MB"
