@@ -30,10 +30,11 @@ class LogExport:
     """Records as OpenTelemetry log records; ``alert`` records are events named ``tollgate.alert``
     (the detectors use this class too, when only alerts are exported: ``OTEL_LOGS_EXPORTER=otlp``)."""
 
-    def __init__(self, scope: str = "tollgate.audit") -> None:
+    def __init__(self, scope: str = "tollgate.audit", *, asked_by: str = "--audit-otel-logs") -> None:
+        """``asked_by``: what turned the export on, for the error when it cannot work."""
         if not (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")):
             raise telemetry.TracingUnavailable(
-                "--audit-otel-logs needs OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT)"
+                f"{asked_by} needs OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT)"
             )
         try:
             from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter  # noqa: PLC0415

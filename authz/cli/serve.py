@@ -160,7 +160,7 @@ def _alert_events(audit: configuration.AuditSettings) -> Any:
         return None
     from authz.audit import otel_export  # noqa: PLC0415 - the logs SDK loads only when asked for
 
-    return otel_export.LogExport(scope="tollgate.detect")
+    return otel_export.LogExport(scope="tollgate.detect", asked_by="OTEL_LOGS_EXPORTER=otlp (alert events)")
 
 
 def check_listen(address: str, flag: str = "--listen") -> None:

@@ -97,6 +97,14 @@ def test_serve_refuses_a_detectors_file_naming_file_and_field(tmp_path: pathlib.
     assert str(detectors) in result.stderr and "detectors.tokenReplay.addresses" in result.stderr
 
 
+def test_alert_events_without_an_otlp_endpoint_are_refused_in_one_line() -> None:
+    unset = {"OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": ""}
+    result = run("serve", "--config", str(EXAMPLES), env={"OTEL_LOGS_EXPORTER": "otlp", **unset})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the warning that the audit trail is off
+    assert last.startswith("tollgate: OTEL_LOGS_EXPORTER=otlp") and "OTEL_EXPORTER_OTLP_ENDPOINT" in last
+
+
 def test_serve_refuses_a_malformed_kubernetes_source() -> None:
     usage_error(run("serve", "--config", "kubernetes:Not_A_Namespace"), "--config", "kubernetes:NAMESPACE/NAME")
 
