@@ -226,6 +226,12 @@ class ServerSettings:
         shown="off",
     )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
+    event_loop: str = _setting(
+        "auto",
+        "--event-loop",
+        "auto: uvloop if installed, else asyncio; uvloop (required); asyncio",
+        _choice(auto="auto", uvloop="uvloop", asyncio="asyncio"),
+    )
 
     @property
     def config_path(self) -> pathlib.Path:

@@ -19,6 +19,8 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
     observed-jwt-1000    tollgate-jwt-1000 with --metrics-listen, its /metrics scraped every second
     bare-hostile-token-1000
                          hostile-token-1000 with --detection off: every request a 401 the detectors count
+    noop-authz-uvloop    noop-authz on uvloop's event loop
+    asyncio-jwt-1000     tollgate-jwt-1000 on asyncio's own loop (the others run on uvloop, the default)
 
 All backends and their Envoys start first; then short measurements are interleaved round by round
 (A, B, C, A, B, C, ...) and the median of the rounds is reported, so machine drift hits every
@@ -155,10 +157,10 @@ class _Scraper(threading.Thread):
 
 
 class _Noop:
-    def __init__(self) -> None:
+    def __init__(self, *loop: str) -> None:
         self.port = harness.free_port()
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "noop_authz.py"), str(self.port)], cwd=ROOT
+            [sys.executable, str(ROOT / "bench" / "noop_authz.py"), str(self.port), *loop], cwd=ROOT
         )
         harness.wait_for_port(self.port)
 
@@ -268,6 +270,10 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             server = _Noop()
             return server, server.port
 
+        def noop_uvloop() -> Any:
+            server = _Noop("uvloop")
+            return server, server.port
+
         compared = []
         revision = os.environ.get("BENCH_BASELINE", "")
         if revision:
@@ -284,6 +290,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
         yield [
             ("envoy-only", Backend(None), one_host, {}),
             ("noop-authz", Backend(noop), one_host, {}),
+            ("noop-authz-uvloop", Backend(noop_uvloop), one_host, {}),
             ("tollgate-1", Backend(tollgate(one)), one_host, {}),
             ("tollgate-1000", Backend(tollgate(many)), many_host, {}),
             ("noop-authz-jwt", Backend(noop), jwt_host, {"Authorization": f"Bearer {token}"}),
@@ -303,6 +310,12 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             (
                 "observed-jwt-1000",
                 Backend(tollgate(jwt_dir, scrape=True)),
+                jwt_host,
+                {"Authorization": f"Bearer {token}"},
+            ),
+            (
+                "asyncio-jwt-1000",
+                Backend(tollgate(jwt_dir, "", None, "--event-loop", "asyncio")),
                 jwt_host,
                 {"Authorization": f"Bearer {token}"},
             ),
@@ -445,6 +458,7 @@ def render(results: dict[str, Any]) -> str:
     pairs += [("audit-async-1000", "tollgate-1000"), ("audit-sync-1000", "audit-async-1000")]
     pairs += [("tollgate-jwt-1000", "bare-jwt-1000"), ("observed-jwt-1000", "tollgate-jwt-1000")]
     pairs += [("observed-jwt-1000", "bare-jwt-1000"), ("hostile-token-1000", "bare-hostile-token-1000")]
+    pairs += [("noop-authz-uvloop", "noop-authz"), ("tollgate-jwt-1000", "asyncio-jwt-1000")]
     ratios = []
     for name, base in pairs:
         if name in load and base in load:

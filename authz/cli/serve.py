@@ -18,7 +18,7 @@ import pathlib
 import socket
 from typing import TYPE_CHECKING, Any
 
-from authz import configuration, detect, loader, server, telemetry
+from authz import configuration, detect, loader, loops, server, telemetry
 from authz.audit import log as audit_log
 from authz.audit import note, pseudonym, publish, recorder
 from authz.cli import common
@@ -45,7 +45,10 @@ def add_parser(commands: Any) -> None:
     serve.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _settings(
+    args: argparse.Namespace,
+) -> tuple[configuration.ServerSettings, configuration.AuditSettings, configuration.DetectionSettings]:
+    """Every setting, read and checked (:class:`~authz.configuration.UsageError` naming the flag)."""
     settings = configuration.from_arguments(configuration.ServerSettings, args)
     audit_settings = configuration.from_arguments(configuration.AuditSettings, args)
     detection_settings = configuration.from_arguments(configuration.DetectionSettings, args)
@@ -55,7 +58,14 @@ def run(args: argparse.Namespace) -> int:
     check_listen(settings.listen)
     if settings.metrics_listen:
         check_listen(settings.metrics_listen, "--metrics-listen")
+    return settings, audit_settings, detection_settings
+
+
+def run(args: argparse.Namespace) -> int:
+    settings, audit_settings, detection_settings = _settings(args)
+    loop_factory, loop_name = loops.factory(settings.event_loop)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("authz.server").info("event loop: %s", loop_name)
     source = _kubernetes_source(settings)
     try:
         snapshot = None if source else loader.load(settings.config_path)
@@ -92,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                 await source.close()
 
     try:
-        asyncio.run(serve())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve())
     except ConfigError as error:
         return common.fail(f"invalid configuration, not starting:\n{error}", 2)
     except server.ListenError as error:
