@@ -283,13 +283,26 @@ class _Spread:
         return bool(now - next(iter(sources.values()))[0] <= self.window)
 
 
+@dataclasses.dataclass(slots=True)
+class _Tally:
+    """One key's windows: the current one, the last closed one, and the baseline of earlier ones."""
+
+    index: int  # the current window: monotonic seconds // window
+    events: int = 0
+    counted: int = 0  # denial_spike: every event; dry_run_denials: the would-be denials
+    closed_events: int = 0  # the last closed window's (0 if it had none)
+    closed_counted: int = 0
+    baseline: float | None = None  # None: no quiet window seen yet
+    first: Event | None = None  # the first counted event of the current window
+
+
 class _Windows:
     """Fixed windows per key (``window`` seconds, aligned for all keys): the current window's
     tally, the last closed one's, and (denial_spike) a baseline of the past ones."""
 
     def __init__(self, rule: Rule, limit: int, *, share: bool) -> None:
         self.rule = rule
-        self.share = share  # dry_run_denials: the share of ``extra`` in ``count`` decides, not a baseline
+        self.share = share  # dry_run_denials: the share of counted events decides, not a baseline
         self.window = rule.window_seconds
         self.table = _Table(limit)
         self._alpha = 2 / (_BASELINE_WINDOWS + 1)
@@ -299,53 +312,53 @@ class _Windows:
         DryRun policy would deny (``counted``) or allow (dry_run_denials)."""
         now = event[0]
         index = int(now // self.window)
-        # [window index, events, counted events, last closed's events, its counted, baseline (None: no
-        # quiet window seen yet), first counted event]
-        state = self.table.touch(key, now, lambda: [index, 0, 0, 0, 0, None, None])
-        if state[0] != index:
-            self._roll(state, index)
-        state[1] += 1
+        tally: _Tally = self.table.touch(key, now, lambda: _Tally(index))
+        if tally.index != index:
+            self._roll(tally, index)
+        tally.events += 1
         if counted:
-            state[2] += 1
-            if state[6] is None:
-                state[6] = event
-        if state[6] is None or not self.reached(state[1], state[2], state[5]):
+            tally.counted += 1
+            if tally.first is None:
+                tally.first = event
+        if tally.first is None or not self.reached(tally.events, tally.counted, tally.baseline):
             return None
         rule = self.rule
         if self.share:
-            return Hit(state[2], state[6], rule.share_percent, self.window)
-        return Hit(state[1], state[6], max(rule.threshold, math.ceil(rule.factor * (state[5] or 0.0))), self.window)
+            return Hit(tally.counted, tally.first, rule.share_percent, self.window)
+        threshold = max(rule.threshold, math.ceil(rule.factor * (tally.baseline or 0.0)))
+        return Hit(tally.events, tally.first, threshold, self.window)
 
-    def _roll(self, state: list[Any], index: int) -> None:
-        gap = index - state[0]
-        closed, closed_extra = state[1], state[2]
-        baseline = state[5]
-        if not self.reached(closed, closed_extra, baseline):  # alerting windows stay out of the baseline
-            baseline = closed if baseline is None else baseline + self._alpha * (closed - baseline)
+    def _roll(self, tally: _Tally, index: int) -> None:
+        gap = index - tally.index
+        baseline = tally.baseline
+        if not self.reached(tally.events, tally.counted, baseline):  # alerting windows stay out of it
+            baseline = tally.events if baseline is None else baseline + self._alpha * (tally.events - baseline)
         if baseline is not None:
             baseline *= (1 - self._alpha) ** (gap - 1)  # the empty windows in between
-        state[5] = baseline
-        state[3], state[4] = (closed, closed_extra) if gap == 1 else (0, 0)
-        state[0], state[1], state[2], state[6] = index, 0, 0, None
+        tally.baseline = baseline
+        tally.closed_events, tally.closed_counted = (tally.events, tally.counted) if gap == 1 else (0, 0)
+        tally.index, tally.events, tally.counted, tally.first = index, 0, 0, None
 
-    def reached(self, count: int, extra: int, baseline: float | None) -> bool:
+    def reached(self, events: int, counted: int, baseline: float | None) -> bool:
         rule = self.rule
-        if count < rule.threshold:
+        if events < rule.threshold:
             return False
         if self.share:
-            return extra * 100 >= rule.share_percent * count
-        return count >= rule.factor * (baseline or 0.0)
+            return counted * 100 >= rule.share_percent * events
+        return events >= rule.factor * (baseline or 0.0)
 
     def holds(self, key: Any, now: float) -> bool:
         """The current window has reached the threshold, or the last closed one had."""
-        state = self.table.get(key)
-        if state is None:
+        tally: _Tally | None = self.table.get(key)
+        if tally is None:
             return False
         index = int(now // self.window)
-        if state[0] == index:
-            return self.reached(state[1], state[2], state[5]) or self.reached(state[3], state[4], state[5])
-        if state[0] == index - 1:
-            return self.reached(state[1], state[2], state[5])
+        if tally.index == index:
+            return self.reached(tally.events, tally.counted, tally.baseline) or self.reached(
+                tally.closed_events, tally.closed_counted, tally.baseline
+            )
+        if tally.index == index - 1:
+            return self.reached(tally.events, tally.counted, tally.baseline)
         return False
 
 
