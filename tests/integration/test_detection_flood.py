@@ -1,7 +1,10 @@
-"""A flood of unique source addresses through a real Envoy: 100,000 failed authentications, each
-from its own loopback address (127.x.y.z, so Envoy reports a different source for every
-connection), with one real offender among them. The server's memory stays bounded, the offender
-is caught, and not one of the one-off addresses raises an alert."""
+"""Detection through a real Envoy, with real source addresses: each connection comes from its own
+loopback address (127.x.y.z), so Envoy reports a different source for each.
+
+- A flood of 100,000 failed authentications from unique addresses, with one real offender among
+  them: the server's memory stays bounded, the offender is caught, and not one of the one-off
+  addresses raises an alert.
+- One token used from many addresses is reported as token replay, and still decided by policy."""
 
 from __future__ import annotations
 
@@ -102,3 +105,52 @@ def test_a_flood_of_unique_addresses_keeps_memory_bounded_and_catches_the_offend
     # Keeping a window for each of the 110,000 addresses would take well over 100 MB; the
     # detectors keep 10,000 keys, the other caches are bounded too.
     assert grown < 30 * 1024 * 1024, f"resident memory grew by {grown / 1e6:.1f} MB"
+
+
+async def send_with(port: int, address: str, request: bytes) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+    try:
+        writer.write(request)
+        status = await reader.readline()
+        rest = await reader.read()
+        return int(status.split()[1]), rest
+    finally:
+        writer.close()
+
+
+def test_one_token_from_many_addresses_is_reported_and_still_decided_by_policy(
+    tmp_path: pathlib.Path,
+    dev_idp: idp.DevIdentityProvider,
+    echo_upstream: upstream.EchoUpstream,
+    tollgate: Callable[..., harness.TollgateProcess],
+    envoy: Callable[..., harness.Envoy],
+    audit_keys: pathlib.Path,
+) -> None:
+    """Detection reports and never decides: the replayed token keeps working as policy says,
+    and the alert names the token only by its pseudonym."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(issuer=dev_idp.issuer))
+    authz = tollgate(config, *harness.audit_flags(audit_keys, tmp_path / "audit"))
+    proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
+    token = dev_idp.token("alice", groups=["staff"])
+    request = (
+        f"GET /private HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+    async def from_addresses(addresses: list[str]) -> list[tuple[int, bytes]]:
+        return [await send_with(proxy.port, address, request) for address in addresses]
+
+    for _ in range(50):  # the provider's keys arrive in the background
+        if asyncio.run(from_addresses(["127.9.0.1"]))[0][0] != 503:
+            break
+    home = asyncio.run(from_addresses(["127.9.0.1"] * 20))
+    assert [status for status, _ in home] == [200] * 20
+    assert "alert firing" not in (tmp_path / "tollgate.log").read_text()
+    travelled = asyncio.run(from_addresses([f"127.9.0.{n}" for n in range(2, 7)]))
+    assert [status for status, _ in travelled] == [200] * 5  # reported, not blocked: policy decides
+    assert all(b'"x-tollgate-subject": ["alice"]' in body for _, body in travelled)
+    assert authz.stop() == 0
+    log = (tmp_path / "tollgate.log").read_text()
+    firing = re.findall(r"alert firing detector=(\S+) key_kind=(\S+) key=\S+ count=(\d+)", log)
+    assert firing == [("token_replay", "token", "5")]
+    assert token not in log
