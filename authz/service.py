@@ -150,18 +150,28 @@ class AuthorizationService:
         finally:
             if tally is not None:
                 tally.in_flight -= 1
-            if decision is not None:
-                if tally is not None:
-                    tally.observe(decision)
-                detection = runtime.detection
-                if detection is not None:
-                    detection.observe(decision)
+            if decision is not None and (tally is not None or runtime.detection is not None):
+                _observe(tally, runtime.detection, decision)
             if decision is not None and not recorded and traced:
                 tracing.annotate(decision, headers, span)
                 if recorder is not None:
                     await recorder.record(decision)
             if span is not None:
                 span.end()
+
+
+def _observe(
+    tally: metrics.CheckMetrics | None, detection: detect.Detection | None, decision: decision_model.Decision
+) -> None:
+    """Count the decision and show it to the detectors. A fault in either is logged and goes no
+    further: it must not cost the Check its answer, nor the decision its audit record."""
+    try:
+        if tally is not None:
+            tally.observe(decision)
+        if detection is not None:
+            detection.observe(decision)
+    except Exception as error:
+        _log.exception("metrics or detection failed: %s", error.__class__.__name__)
 
 
 def _answer(decision: decision_model.Decision) -> bytes:

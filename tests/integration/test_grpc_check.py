@@ -23,7 +23,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from authz import configuration, decision, loader, response, server
+from authz import configuration, decision, detect, loader, metrics, response, server
 from authz.dev import checks
 
 POLICY = """
@@ -184,6 +184,27 @@ async def test_an_answer_that_cannot_be_built_is_a_deny_and_recorded_as_one(
     [record] = recorder.decisions  # what Envoy received, not the allow that was decided
     assert (record.allowed, record.status, record.reason) == (False, 500, "authz_error")
     assert record.message == "the answer could not be built (ValueError); the decision was allow rule_allow"
+
+
+async def test_a_fault_in_metrics_or_detection_costs_neither_the_answer_nor_the_record(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Injected (no request makes the observers fail): both raise on every decision.
+    class Broken(metrics.CheckMetrics):
+        def observe(self, item: decision.Decision) -> None:
+            raise RuntimeError("bug")
+
+    running.runtime.check_metrics = Broken()
+    running.runtime.detection = detect.Detection(detect.Settings())
+    running.runtime.detection.observe = Broken().observe  # type: ignore[method-assign]
+    recorder = running.runtime.recorder
+    assert isinstance(recorder, ListRecorder)
+    allowed = await _check(running.port, checks.check_request(host="site.test", path="/public"))
+    denied = await _check(running.port, checks.check_request(host="site.test", path="/x"))
+    assert allowed.HasField("ok_response") and denied.denied_response.status.code == 401
+    assert [d.reason for d in recorder.decisions] == ["rule_allow", "default_deny"]
+    assert "metrics or detection failed: RuntimeError" in caplog.text
+    assert running.runtime.check_metrics.in_flight == 0
 
 
 async def test_one_record_per_check_whatever_happens(running: Running) -> None:
