@@ -326,6 +326,8 @@ def test_the_monitoring_objects(render: Callable[..., dict[str, Any]], tmp_path:
     assert env["TOLLGATE_DETECTORS"] == mounts["detectors"] + "/detectors.yaml"
     assert "checksum/detectors" in pod["metadata"]["annotations"]
 
+    notes = render(CHART / "ci" / "monitoring-values.yaml")["notes"]
+    assert "Alertmanager at http://alertmanager-operated.monitoring:9093" in notes and "--kind alert" in notes
     policy = _find(objects, "NetworkPolicy")
     metrics_rule = policy["spec"]["ingress"][1]
     assert metrics_rule["ports"] == [{"port": 9090, "protocol": "TCP"}]
