@@ -397,6 +397,13 @@ class Detection:
         spike, dry = enabled("denial_spike"), enabled("dry_run_denials")
         self._spike = _Windows(spike, limit, share=False) if spike else None
         self._dry = _Windows(dry, limit, share=True) if dry else None
+        # The enabled detectors by name: what sweep() asks whether an alert still holds, and prunes.
+        enabled_detectors = zip(
+            DETECTORS, (self._by_source, self._by_subject, self._replay, self._spike, self._dry), strict=True
+        )
+        self._detectors: dict[str, _Burst | _Spread | _Windows] = {
+            name: detector for name, detector in enabled_detectors if detector is not None
+        }
         self._clock_offset = time.time() - clock()  # monotonic → wall clock, for records
         self._task: asyncio.Task[None] | None = None
 
@@ -479,29 +486,13 @@ class Detection:
             table.prune(now - horizon, firing.__contains__)
 
     def _holds(self, key: tuple[str, Any], now: float) -> bool:
-        detector, value = key
-        if detector == "auth_failures_by_source":
-            return self._by_source is not None and self._by_source.holds(value, now)
-        if detector == "auth_failures_by_subject":
-            return self._by_subject is not None and self._by_subject.holds(value, now)
-        if detector == "token_replay":
-            return self._replay is not None and self._replay.holds(value, now)
-        if detector == "denial_spike":
-            return self._spike is not None and self._spike.holds(value, now)
-        return self._dry is not None and self._dry.holds(value, now)
+        name, value = key
+        detector = self._detectors.get(name)
+        return detector is not None and detector.holds(value, now)
 
     def _tables(self) -> list[tuple[str, _Table, float]]:
-        found: list[tuple[str, _Table, float]] = []
-        for name, detector in (
-            ("auth_failures_by_source", self._by_source),
-            ("auth_failures_by_subject", self._by_subject),
-            ("token_replay", self._replay),
-            ("denial_spike", self._spike),
-            ("dry_run_denials", self._dry),
-        ):
-            if detector is not None:
-                found.append((name, detector.table, 2 * detector.window + 1))
-        return found
+        """Each enabled detector's table, and how long its keys stay after their last event."""
+        return [(name, d.table, 2 * d.window + 1) for name, d in self._detectors.items()]
 
     def active_by_detector(self) -> dict[str, int]:
         counts = dict.fromkeys(DETECTORS, 0)

@@ -29,6 +29,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from authz import telemetry
+
 if TYPE_CHECKING:
     from authz import decision as decision_model
 
@@ -141,11 +143,8 @@ _INSTRUMENTS = (
 
 
 def otlp_requested() -> bool:
-    """``OTEL_METRICS_EXPORTER`` names ``otlp`` (and the SDK is not disabled)."""
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return False
-    names = {name.strip().lower() for name in os.environ.get("OTEL_METRICS_EXPORTER", "").split(",")}
-    return "otlp" in names
+    """``OTEL_METRICS_EXPORTER`` names ``otlp`` (:func:`authz.telemetry.otlp_requested`)."""
+    return telemetry.otlp_requested("OTEL_METRICS_EXPORTER")
 
 
 class Export:

@@ -32,7 +32,7 @@ from opentelemetry.trace.propagation import tracecontext
 
 from authz import decision as decision_model
 
-__all__ = ["Tracing", "TracingUnavailable", "ids_from_headers"]
+__all__ = ["Tracing", "TracingUnavailable", "ids_from_headers", "otlp_requested"]
 
 _log = logging.getLogger(__name__)
 _SPAN_NAME = "envoy.service.auth.v3.Authorization/Check"
@@ -58,6 +58,14 @@ def ids_from_headers(headers: Mapping[str, str]) -> tuple[str, str]:
         trace_id, span_id = single.split("-")[:2]
         return trace_id.rjust(32, "0"), span_id
     return "", ""
+
+
+def otlp_requested(variable: str) -> bool:
+    """``variable`` (``OTEL_METRICS_EXPORTER``, ``OTEL_LOGS_EXPORTER``) names ``otlp`` among its
+    comma-separated exporters, and ``OTEL_SDK_DISABLED`` is not ``true``."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    return "otlp" in {name.strip().lower() for name in os.environ.get(variable, "").split(",")}
 
 
 class TracingUnavailable(Exception):

@@ -13,7 +13,6 @@ import asyncio
 import errno
 import functools
 import logging
-import os
 import pathlib
 import socket
 from typing import TYPE_CHECKING, Any
@@ -163,11 +162,7 @@ def make_detection(
 def _alert_events(audit: configuration.AuditSettings) -> Any:
     """Where alerts go as OpenTelemetry log events: with ``--audit-otel-logs``, the audit copy
     carries them (they are audit records); else, with ``OTEL_LOGS_EXPORTER=otlp``, their own export."""
-    if audit.otel_logs:
-        return None
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
-    if "otlp" not in {name.strip().lower() for name in os.environ.get("OTEL_LOGS_EXPORTER", "").split(",")}:
+    if audit.otel_logs or not telemetry.otlp_requested("OTEL_LOGS_EXPORTER"):
         return None
     from authz.audit import otel_export  # noqa: PLC0415 - the logs SDK loads only when asked for
 
