@@ -21,19 +21,6 @@ from authz.dev import harness, idp, upstream
 
 pytestmark = pytest.mark.envoy
 
-CONFIG = """
-apiVersion: tollgate.dev/v1alpha1
-kind: IdentityProvider
-metadata: {{name: dev}}
-spec: {{type: jwt, jwt: {{issuer: "{issuer}", audiences: [tollgate-demo]}}}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: AccessPolicy
-metadata: {{name: app}}
-spec:
-  hosts: [app.test]
-  rules: [{{name: staff, action: Allow, to: {{paths: [/private]}}, from: {{groups: [staff]}}}}]
-"""
 FLOOD = 100_000
 OFFENDER = "127.250.0.1"
 REQUEST = b"GET /private HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer forged\r\nConnection: close\r\n\r\n"
@@ -83,7 +70,9 @@ def test_a_flood_of_unique_addresses_keeps_memory_bounded_and_catches_the_offend
     http: Callable[..., Any],
 ) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(issuer=dev_idp.issuer))
+    config.write_text(
+        dev_idp.app_config("{name: staff, action: Allow, to: {paths: [/private]}, from: {groups: [staff]}}")
+    )
     authz = tollgate(config, *harness.audit_flags(audit_keys, tmp_path / "audit"))
     proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
     assert authz.process is not None
@@ -129,7 +118,9 @@ def test_one_token_from_many_addresses_is_reported_and_still_decided_by_policy(
     """Detection reports and never decides: the replayed token keeps working as policy says,
     and the alert names the token only by its pseudonym."""
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(issuer=dev_idp.issuer))
+    config.write_text(
+        dev_idp.app_config("{name: staff, action: Allow, to: {paths: [/private]}, from: {groups: [staff]}}")
+    )
     authz = tollgate(config, *harness.audit_flags(audit_keys, tmp_path / "audit"))
     proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
     token = dev_idp.token("alice", groups=["staff"])

@@ -19,20 +19,6 @@ from authz.dev import harness, idp, upstream
 
 pytestmark = pytest.mark.envoy
 
-CONFIG = """
-apiVersion: tollgate.dev/v1alpha1
-kind: IdentityProvider
-metadata: {{name: dev}}
-spec: {{type: jwt, jwt: {{issuer: "{issuer}", audiences: [tollgate-demo]}}}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: AccessPolicy
-metadata: {{name: app}}
-spec:
-  hosts: [app.test]
-  rules: [{{name: staff, action: Allow, to: {{paths: [/private]}}, from: {{groups: [staff]}}}}]
-"""
-
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_the_same_answers_audit_and_drain_on_either_loop(
@@ -46,7 +32,9 @@ def test_the_same_answers_audit_and_drain_on_either_loop(
     http: Callable[..., Any],
 ) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(issuer=dev_idp.issuer))
+    config.write_text(
+        dev_idp.app_config("{name: staff, action: Allow, to: {paths: [/private]}, from: {groups: [staff]}}")
+    )
     metrics_port = harness.free_port()
     audit_dir = tmp_path / "audit"
     authz = tollgate(

@@ -36,21 +36,6 @@ pytestmark = [
     ),
 ]
 
-CONFIG = """
-apiVersion: tollgate.dev/v1alpha1
-kind: IdentityProvider
-metadata: {{name: dev}}
-spec: {{type: jwt, jwt: {{issuer: "{issuer}", audiences: [tollgate-demo]}}}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: AccessPolicy
-metadata: {{name: app, namespace: shop}}
-spec:
-  hosts: [app.test]
-  rules:
-    - {{name: public, action: Allow, to: {{paths: [/public]}}}}
-    - {{name: staff, action: Allow, to: {{paths: [/private]}}, from: {{groups: [staff]}}}}
-"""
 # A window of a few seconds, so that the test sees the alert resolved without waiting a minute.
 DETECTORS = "detectors:\n  authFailuresBySource: {threshold: 20, windowSeconds: 3}\n"
 
@@ -104,7 +89,13 @@ def stack(
 ) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("monitoring")
     config = directory / "config.yaml"
-    config.write_text(CONFIG.format(issuer=dev_idp.issuer))
+    config.write_text(
+        dev_idp.app_config(
+            "{name: public, action: Allow, to: {paths: [/public]}}",
+            "{name: staff, action: Allow, to: {paths: [/private]}, from: {groups: [staff]}}",
+            namespace="shop",
+        )
+    )
     detectors = directory / "detectors.yaml"
     detectors.write_text(DETECTORS)
     started: list[Any] = []

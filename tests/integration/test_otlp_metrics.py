@@ -19,20 +19,6 @@ from authz.dev import harness, idp, upstream
 
 pytestmark = pytest.mark.envoy
 
-CONFIG = """
-apiVersion: tollgate.dev/v1alpha1
-kind: IdentityProvider
-metadata: {{name: dev}}
-spec: {{type: jwt, jwt: {{issuer: "{issuer}", audiences: [tollgate-demo]}}}}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: AccessPolicy
-metadata: {{name: app}}
-spec:
-  hosts: [app.test]
-  rules: [{{name: public, action: Allow, to: {{paths: [/public]}}}}]
-"""
-
 
 class Receiver(metrics_service_pb2_grpc.MetricsServiceServicer, logs_service_pb2_grpc.LogsServiceServicer):
     """A minimal OTLP/gRPC receiver: keeps the metrics and log records it is sent."""
@@ -78,7 +64,7 @@ def test_metrics_and_alert_events_over_otlp(
 ) -> None:
     sink, port = receiver
     config = tmp_path / "policy.yaml"
-    config.write_text(CONFIG.format(issuer=dev_idp.issuer))
+    config.write_text(dev_idp.app_config("{name: public, action: Allow, to: {paths: [/public]}}"))
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
