@@ -29,6 +29,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.metrics import Observation
+
 from authz import telemetry
 
 if TYPE_CHECKING:
@@ -200,8 +202,6 @@ class Export:
             create[kind](name, [getattr(self, callback)], unit=unit, description=description)
 
     def _checks(self, options: Any) -> Iterator[Any]:
-        from opentelemetry.metrics import Observation  # noqa: PLC0415
-
         for (decision, reason, policy), count in list(self.checks.checks.items()):
             yield Observation(count, {"decision": decision, "reason": reason, "policy": policy})
 
@@ -269,8 +269,6 @@ class Export:
 
 
 def _one(value: float, **attributes: str) -> Iterator[Any]:
-    from opentelemetry.metrics import Observation  # noqa: PLC0415
-
     yield Observation(value, attributes)
 
 

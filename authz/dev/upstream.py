@@ -41,12 +41,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     served = 0  # requests answered: what reached the upstream at all
+    _lock = threading.Lock()
 
     def count(self) -> None:
         with self._lock:
             self.served += 1
-
-    _lock = threading.Lock()
 
 
 class EchoUpstream:
