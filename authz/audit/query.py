@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from authz.audit import layout, pseudonym
 
-__all__ = ["Filters", "iter_records", "parse_time", "report", "write"]
+__all__ = ["Filters", "iter_records", "parse_time", "report", "stream", "write"]
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -54,6 +54,7 @@ class Filters:
     host: str | None = None
     path_prefix: str | None = None
     reason: str | None = None
+    policy: str | None = None  # namespace/name of the deciding policy, exactly
     kinds: frozenset[str] = frozenset({"decision"})
 
     def subject_needles(self) -> list[bytes]:
@@ -71,6 +72,8 @@ class Filters:
             needles.append(f'"host":{json.dumps(self.host)}'.encode())
         if self.reason:
             needles.append(f'"reason":{json.dumps(self.reason)}'.encode())
+        if self.policy:
+            needles.append(f'"policy":{json.dumps(self.policy)}'.encode())
         return needles
 
     def match(self, item: dict[str, Any]) -> bool:
@@ -92,6 +95,8 @@ class Filters:
         if self.host and request.get("host") != self.host:
             return False
         if self.path_prefix and not str(request.get("path", "")).startswith(self.path_prefix):
+            return False
+        if self.policy and item.get("policy") != self.policy:
             return False
         return not (self.reason and item.get("reason") != self.reason)
 
@@ -208,50 +213,66 @@ def _flat_alert(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def write(items: Iterable[dict[str, Any]], output: TextIO, fmt: str, *, kind: str = "decision") -> int:
-    """Write ``items`` as JSON lines, CSV or a table; ``kind``: the records' kind (decision or alert)."""
-    count = 0
-    if kind == "alert" and fmt != "json":
-        return _write_alerts(items, output, fmt)
-    if fmt == "json":
-        for item in items:
-            output.write(json.dumps(item, sort_keys=True, separators=(",", ":")) + "\n")
-            count += 1
-    elif fmt == "csv":
-        writer = csv.DictWriter(output, fieldnames=_COLUMNS)
-        writer.writeheader()
-        for item in items:
-            writer.writerow(_flat(item))
-            count += 1
-    else:
-        output.write(f"{'TIME':24} {'DECISION':8} {'STATUS':6} {'REASON':22} {'SUBJECT':12} REQUEST\n")
-        for item in items:
-            flat = _flat(item)
-            output.write(
-                f"{flat['time']:24} {flat['decision']:8} {flat['status']!s:6} {flat['reason']:22} "
-                f"{(flat['subject'] or '-')[:12]:12} {flat['method']} {flat['host']}{flat['path']}\n"
-            )
-            count += 1
-    return count
+    """Write ``items`` as JSON lines, CSV or a table; ``kind``: the records' kind (decision or alert).
+    Returns how many were written."""
+    counted = [0]
+    for chunk in stream(items, fmt, kind=kind, counted=counted):
+        output.write(chunk)
+    return counted[0]
 
 
-def _write_alerts(items: Iterable[dict[str, Any]], output: TextIO, fmt: str) -> int:
-    count = 0
-    if fmt == "csv":
-        writer = csv.DictWriter(output, fieldnames=_ALERT_COLUMNS)
-        writer.writeheader()
-    else:
-        output.write(f"{'TIME':24} {'STATE':8} {'DETECTOR':24} {'COUNT':>6} KEY\n")
+def stream(
+    items: Iterable[dict[str, Any]],
+    fmt: str,
+    *,
+    kind: str = "decision",
+    counted: list[int] | None = None,
+    batch: int = 500,
+) -> Iterator[str]:
+    """The text :func:`write` writes, in chunks of ``batch`` records (a streamed download:
+    ``tollgate audit ui``'s export). ``counted[0]`` is kept at the number of records so far."""
+    counted = counted if counted is not None else [0]
+    buffer = io.StringIO()
+    line = _row_writer(buffer, fmt, kind)
     for item in items:
-        flat = _flat_alert(item)
-        if fmt == "csv":
-            writer.writerow(flat)
-        else:
-            output.write(
-                f"{flat['time']:24} {flat['state']:8} {flat['detector']:24} {flat['count']!s:>6} "
-                f"{flat['key_kind']} {flat['key']}\n"
-            )
-        count += 1
-    return count
+        line(item)
+        counted[0] += 1
+        if counted[0] % batch == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue()
+
+
+def _row_writer(buffer: io.StringIO, fmt: str, kind: str) -> Callable[[dict[str, Any]], object]:
+    """Write the header of ``fmt`` to ``buffer``; return what writes one record to it."""
+    if fmt == "json":
+        return lambda item: buffer.write(json.dumps(item, sort_keys=True, separators=(",", ":")) + "\n")
+    if fmt == "csv":
+        writer = csv.DictWriter(buffer, fieldnames=_ALERT_COLUMNS if kind == "alert" else _COLUMNS)
+        writer.writeheader()
+        flat = _flat_alert if kind == "alert" else _flat
+        return lambda item: writer.writerow(flat(item))
+    if kind == "alert":
+        buffer.write(f"{'TIME':24} {'STATE':8} {'DETECTOR':24} {'COUNT':>6} KEY\n")
+        return lambda item: buffer.write(_alert_row(_flat_alert(item)))
+    buffer.write(f"{'TIME':24} {'DECISION':8} {'STATUS':6} {'REASON':22} {'SUBJECT':12} REQUEST\n")
+    return lambda item: buffer.write(_decision_row(_flat(item)))
+
+
+def _decision_row(flat: dict[str, Any]) -> str:
+    return (
+        f"{flat['time']:24} {flat['decision']:8} {flat['status']!s:6} {flat['reason']:22} "
+        f"{(flat['subject'] or '-')[:12]:12} {flat['method']} {flat['host']}{flat['path']}\n"
+    )
+
+
+def _alert_row(flat: dict[str, Any]) -> str:
+    return (
+        f"{flat['time']:24} {flat['state']:8} {flat['detector']:24} {flat['count']!s:>6} "
+        f"{flat['key_kind']} {flat['key']}\n"
+    )
 
 
 def report(items: Iterable[dict[str, Any]], *, threshold: int = 5, window_s: int = 60, top: int = 10) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 
 from authz.audit import layout, merkle, note, record
 
-__all__ = ["Finding", "Report", "verify_directory"]
+__all__ = ["Finding", "Report", "SessionState", "verify_directory"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -39,6 +39,7 @@ class Finding:
     severity: str  # "integrity" | "crash" | "info"
     where: str
     message: str
+    origin: str = ""  # the session's log it concerns ("" for the directory as a whole)
 
     def __str__(self) -> str:
         return f"{self.severity.upper()}: {self.where}: {self.message}"
@@ -62,15 +63,32 @@ class SessionResult:
     retained: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)  # (where, retention record)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionState:
+    """One session's verdict, for a summary (``tollgate audit ui``'s integrity page)."""
+
+    instance: str
+    session: str
+    origin: str
+    state: str  # tampered | crashed | live | closed | archived (an archive read alone)
+    records: int
+    last_checkpoint_ms: int | None  # when the newest signed checkpoint was made
+
+
 @dataclasses.dataclass
 class Report:
     findings: list[Finding] = dataclasses.field(default_factory=list)
     sessions: int = 0
     records: int = 0
     checkpoints: int = 0
+    states: list[SessionState] = dataclasses.field(default_factory=list)
 
     def add(self, severity: str, where: str, message: str) -> None:
         self.findings.append(Finding(severity, where, message))
+
+    def attribute(self, since: int, origin: str) -> None:
+        """Mark the findings added since index ``since`` as concerning ``origin``'s log."""
+        self.findings[since:] = [dataclasses.replace(f, origin=f.origin or origin) for f in self.findings[since:]]
 
     @property
     def exit_code(self) -> int:
@@ -118,6 +136,7 @@ def verify_directory(
         names = sorted(merged[instance])
         for position, name in enumerate(names):
             wanted = {checkpoint.size for checkpoint in kept}
+            since = len(report.findings)
             result = _verify_session(
                 merged[instance][name],
                 instance,
@@ -129,23 +148,48 @@ def verify_directory(
                 now_ms=now_ms,
                 archive_only=archive_only,
             )
+            report.attribute(since, result.origin)
             results[result.origin] = result
             report.sessions += 1
             links.append((previous, result))
             previous = result
     retained = _retention_evidence(results.values(), verifier, report)
     for previous, result in links:
+        since = len(report.findings)
         _check_session_link(previous, result, report, retained)
+        report.attribute(since, result.origin)
     for result in results.values():
+        since = len(report.findings)
         _check_removed_records(result, report, retained, archive_only)
+        report.attribute(since, result.origin)
     if report.sessions == 0:
         report.add("integrity", ", ".join(map(str, directories)), "no audit sessions found")
     for given in directories:
         for stray in layout.strays(given):
             report.add("integrity", str(stray), "this file belongs to no log (copied in, or left behind by hand)")
     for checkpoint in kept:
+        since = len(report.findings)
         _check_trusted(checkpoint, results, report, retained)
+        report.attribute(since, checkpoint.origin if checkpoint.origin in results else "")
+    report.states = [_state(result, report, now_ms, archive_only) for result in results.values()]
     return report
+
+
+def _state(result: SessionResult, report: Report, now_ms: int, archive_only: bool) -> SessionState:
+    severities = {f.severity for f in report.findings if f.origin == result.origin}
+    if "integrity" in severities:
+        state = "tampered"
+    elif "crash" in severities:
+        state = "crashed"
+    elif result.closed:
+        state = "closed"
+    elif archive_only:
+        state = "archived"
+    else:
+        state = "live" if _is_live(result, now_ms) else "crashed"
+    instance = result.origin.split("/")[-2]
+    last = result.last_checkpoint.time_ms if result.last_checkpoint is not None else None
+    return SessionState(instance, result.directory.name, result.origin, state, result.size, last)
 
 
 Retained = dict[str, list[tuple[int, int, str]]]  # origin → (first seq, last seq, where recorded)
