@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import random
 import subprocess
 import sys
 import tempfile
@@ -18,48 +17,11 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from authz import decision, ids  # noqa: E402
-from authz.audit import log as audit_log  # noqa: E402
-from authz.audit import note, pseudonym, record  # noqa: E402
-from authz.identity import model  # noqa: E402
-from authz.request import HttpRequest  # noqa: E402
+from authz.dev import auditlog  # noqa: E402
 
 
 def write_log(directory: pathlib.Path, count: int) -> pathlib.Path:
-    skey, vkey = note.generate("tollgate.dev/audit/bench")
-    (directory / "verifier.key").write_text(vkey)
-    pseudonym.generate_key_file(directory / "pseudonyms.yaml", "bench")
-    keys = pseudonym.load_keys(directory / "pseudonyms.yaml")
-    settings = audit_log.LogSettings(checkpoint_every=10_000, checkpoint_seconds=3600, segment_max_bytes=64 << 20)
-    log = audit_log.AuditLog(directory / "audit", note.Signer.from_skey(skey), instance="bench", settings=settings)
-    log.open()
-    rng = random.Random(1)
-    start_ms = time.time_ns() // 1_000_000 - count  # one record per millisecond, ending now
-    for index in range(count):
-        user = f"user-{rng.randrange(1000)}"
-        allowed = rng.random() < 0.8
-        item = decision.Decision(
-            decision_id=ids.new_id(),
-            revision="bench",
-            allowed=allowed,
-            status=200 if allowed else 403,
-            reason="rule_allow" if allowed else "default_deny",
-            policy="bench/app",
-            request=HttpRequest(
-                method="GET",
-                host=f"svc-{rng.randrange(50)}.bench.test",
-                path=f"/api/orders/{index % 977}",
-                source_ip=f"10.0.{rng.randrange(256)}.7",
-                request_id=f"r{index}",
-            ),
-            identity=model.Identity(authenticated=True, method="jwt", subject=user, groups=("staff",)),
-        )
-        log.append(record.decision_record(item, start_ms + index, keys))
-        if log.checkpoint_due():
-            log.checkpoint()
-        log.rotate_if_due()
-    log.close()
-    return directory / "audit"
+    return auditlog.write_log(directory, count).directory
 
 
 def timed(command: list[str]) -> float:
@@ -80,14 +42,14 @@ def main() -> int:
         results = {"records": count, "bytes": size, "write_s": written}
         runs = {
             "verify": [*tool, "verify", str(audit), "--key", str(directory / "verifier.key")],
-            "query --decision deny --host svc-7.bench.test (json)": [
+            "query --decision deny --host svc-7.example.test (json)": [
                 *tool,
                 "query",
                 str(audit),
                 "--decision",
                 "deny",
                 "--host",
-                "svc-7.bench.test",
+                "svc-7.example.test",
                 "--format",
                 "json",
             ],
