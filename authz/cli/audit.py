@@ -6,9 +6,10 @@ tollgate audit pseudonym-key --file F --id ID        create or rotate the HMAC p
 tollgate audit verify DIR --key VKEY [--trusted CHECKPOINT]
 tollgate audit prove DIR --record ID [--out FILE]
 tollgate audit verify-proof FILE --key VKEY
-tollgate audit query DIR [--since --until --subject --decision --host --path-prefix --reason]
+tollgate audit query DIR [--since --until --subject --decision --host --path-prefix --reason --policy]
                      [--format table|json|csv] [--pseudonym-keys F]
 tollgate audit report DIR [--since --until] [--threshold N --window S]
+tollgate audit ui DIR [--archive DIR] --key VKEY [--listen HOST:PORT] [--pseudonym-keys F] [--trace-url URL]
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def add_parser(commands: Any) -> None:
     )
 
     _add_witness_parsers(sub)
+    _add_ui_parser(sub)
 
     prove = sub.add_parser("prove", help="export one record with its inclusion proof")
     prove.add_argument("directory", help="the audit log directory (--audit-dir)")
@@ -100,6 +102,7 @@ def add_parser(commands: Any) -> None:
         command.add_argument("--host", help="the request's host, exactly")
         command.add_argument("--path-prefix", help="the request's canonical path starts with this")
         command.add_argument("--reason", help="the reason code, exactly (e.g. token_expired)")
+        command.add_argument("--policy", help="the deciding policy, exactly (namespace/name)")
         command.add_argument("--progress", action="store_true", help="show a progress bar (default: on a terminal)")
         if name == "query":
             kinds = ["decision", "alert"]
@@ -132,6 +135,28 @@ def _add_witness_parsers(sub: Any) -> None:
     witness.add_argument("--state", required=True, help="the witness's directory: what it accepted, and alerts")
     witness.add_argument("--once", action="store_true", help="poll once; exit 1 if anything was refused")
     witness.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
+
+
+def _add_ui_parser(sub: Any) -> None:
+    ui = sub.add_parser("ui", help="a read-only web view of the log for auditors (serve it behind Envoy and Tollgate)")
+    ui.add_argument("directory", help="the audit log directory (--audit-dir)")
+    ui.add_argument("--archive", help="its archive (--audit-archive-dir), read with it as one log")
+    ui.add_argument("--key", required=True, help="verifier key file (or the key itself): every page shows the verdict")
+    ui.add_argument("--listen", default="127.0.0.1:9403", metavar="HOST:PORT", help="where to serve")
+    ui.add_argument("--pseudonym-keys", help="the pseudonym key file, to search by real subject or e-mail")
+    ui.add_argument(
+        "--index", help="the search index file (default: under $XDG_CACHE_HOME/tollgate); never in the log directory"
+    )
+    ui.add_argument(
+        "--trace-url", default="", help="link to your tracing UI, with {trace_id}: https://grafana/trace/{trace_id}"
+    )
+    ui.add_argument(
+        "--local-only",
+        action="store_true",
+        help="serve without Tollgate's identity headers; only on a loopback address, and views are not recorded",
+    )
+    ui.add_argument("--refresh", default="5", help="seconds between two looks for new records")
+    ui.add_argument("--verify-interval", default="60", help="at least this many seconds between two verifications")
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -191,6 +216,8 @@ def _run(args: argparse.Namespace) -> int:
             return _witness(args)
         if command == "verify-proof":
             return _verify_proof(args)
+        if command == "ui":
+            return _ui(args)
         return _query(args)
     except note.NoteError as error:
         return _fail(f"--key: {error}")
@@ -363,6 +390,7 @@ def _query(args: argparse.Namespace) -> int:
         host=args.host,
         path_prefix=args.path_prefix,
         reason=args.reason,
+        policy=args.policy,
         subjects=searched["--subject"],
         emails=searched["--email"],
         kinds=frozenset({getattr(args, "kind", "decision")}),
@@ -379,4 +407,65 @@ def _query(args: argparse.Namespace) -> int:
             print(f"{count} record(s) written to {args.out}", file=sys.stderr)
         else:
             query.write(items, sys.stdout, args.format, kind=args.kind)
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import hashlib  # noqa: PLC0415 - only the web view needs these
+    import ipaddress  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+
+    from authz.auditview import app as auditview  # noqa: PLC0415
+
+    directories = [_log_directory(args.directory)]
+    if args.archive:
+        archive = pathlib.Path(args.archive)
+        if not archive.is_dir():
+            return _fail(f"--archive {archive}: no such directory")
+        directories.append(archive)
+    host, port = common.listen_on("--listen", args.listen)
+    if args.local_only:
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            return _fail(f"--local-only: --listen {args.listen!r} is not a loopback address")
+    if args.trace_url:
+        parts = urllib.parse.urlsplit(args.trace_url)
+        if parts.scheme not in ("http", "https") or "{trace_id}" not in args.trace_url:
+            return _fail(f"--trace-url {args.trace_url!r}: must be an http(s) URL containing {{trace_id}}")
+    key_text = pathlib.Path(args.key).read_text() if pathlib.Path(args.key).exists() else args.key
+    _verifier(args.key)  # a bad key is a usage error now (note.NoteError)
+    keys = pseudonym.load_keys(pathlib.Path(args.pseudonym_keys)) if args.pseudonym_keys else None
+    if args.index:
+        index_path = pathlib.Path(args.index)
+    else:
+        cache = pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache")
+        digest = hashlib.sha256("\n".join(str(d.resolve()) for d in directories).encode()).hexdigest()[:16]
+        index_path = cache / "tollgate" / f"audit-index-{digest}.sqlite3"
+    for directory in directories:
+        if directory.resolve() in (index_path.resolve(), *index_path.resolve().parents):
+            return _fail(f"--index {index_path}: inside the log directory {directory}; the web view never writes there")
+    settings = auditview.Settings(
+        directories=tuple(directories),
+        verifier_key=key_text,
+        index_path=index_path,
+        pseudonym_keys=keys,
+        trace_url=args.trace_url,
+        local_only=args.local_only,
+        refresh_seconds=common.number("--refresh", args.refresh, 0.1, 3600),
+        verify_interval=common.number("--verify-interval", args.verify_interval, 0.1, 86400),
+    )
+    application = auditview.create_app(settings)
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"audit trail of {', '.join(map(str, directories))} on http://{shown}:{port}/ (index: {index_path})", flush=True
+    )
+    config = uvicorn.Config(
+        application, host=host, port=port, log_level="warning", proxy_headers=False, server_header=False
+    )
+    uvicorn.Server(config).run()
     return 0

@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from authz import envoy_bootstrap
 
 __all__ = [
+    "AuditUI",
     "Envoy",
     "OperatorProcess",
     "TollgateProcess",
@@ -283,6 +284,55 @@ class TollgateProcess(_Child):
                 reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
         except grpc.RpcError:
+            return False
+
+
+class AuditUI(_Child):
+    """``tollgate audit ui`` as a real subprocess, ready once ``/healthz`` answers."""
+
+    name = "tollgate audit ui"
+
+    def __init__(
+        self,
+        directory: pathlib.Path,
+        verifier_key: pathlib.Path,
+        index: pathlib.Path,
+        *,
+        extra: Sequence[str] = (),
+        log_to: pathlib.Path | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.args = [
+            sys.executable,
+            "-m",
+            "authz",
+            "audit",
+            "ui",
+            str(directory),
+            "--key",
+            str(verifier_key),
+            "--index",
+            str(index),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            *extra,
+        ]
+        self.env = dict(os.environ)
+        self.log_to = log_to
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> AuditUI:
+        self._start(timeout)
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply:  # noqa: S310 - loopback
+                return bool(reply.status == 200)
+        except OSError:
             return False
 
 

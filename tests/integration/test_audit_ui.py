@@ -1,0 +1,429 @@
+"""``tollgate audit ui`` end to end: behind a real Envoy and a real Tollgate, in Debian's headless
+Chromium, over the very log that Tollgate writes.
+
+- An auditor (group ``auditors``, token in a cookie) sees the pages; anyone else gets Tollgate's
+  403 or 401 and never reaches the page; every view, export and proof download is itself a
+  decision record naming who looked at what. Identity headers a client forges are not believed.
+- In the browser: the overview, a search by real subject and date through the form, a record,
+  its inclusion proof (checked with ``tollgate audit verify-proof``), and a CSV export equal,
+  byte for byte, to ``tollgate audit query`` for the same filter.
+- A tampered log is flagged on every page; bad input gets a 400 naming the parameter; a hostile
+  host name in the log stays text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import html
+import io
+import json
+import os
+import pathlib
+import re
+import shutil
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from authz import cli
+from authz.audit import pseudonym
+from authz.dev import auditlog, harness, idp
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "images" / "audit-ui-overview.png"
+_MISSING = []
+with contextlib.suppress(ImportError):
+    from selenium.webdriver.common.by import By
+
+    from authz.dev import browser
+
+    _MISSING = browser.missing()
+needs_browser = pytest.mark.skipif(
+    bool(_MISSING), reason=f"needs {' and '.join(_MISSING)} (make test installs them when run as root)"
+)
+pytestmark = [pytest.mark.envoy]
+
+CONFIG = """\
+apiVersion: tollgate.dev/v1alpha1
+kind: IdentityProvider
+metadata: {{name: corp}}
+spec:
+  type: jwt
+  jwt:
+    issuer: "{issuer}"
+    audiences: [tollgate-demo]
+    tokenSources: [{{header: authorization, prefix: "Bearer "}}, {{cookie: session}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: audit-ui, namespace: tollgate}}
+spec:
+  hosts: [audit.test]
+  rules:
+    - {{name: auditors, action: Allow, from: {{groups: [auditors]}}}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: app, namespace: shop}}
+spec:
+  hosts: [app.test]
+  rules:
+    - {{name: staff, action: Allow, to: {{paths: [/orders]}}, from: {{groups: [staff]}}}}
+"""
+
+
+class Stack:
+    def __init__(self, **parts: Any) -> None:
+        self.__dict__.update(parts)
+
+    def token(self, subject: str, *groups: str) -> str:
+        return str(self.idp.token(subject, groups=list(groups)))
+
+    def records(self, *flags: str) -> list[dict[str, Any]]:
+        """``tollgate audit query --format json`` on the log, with ``flags``."""
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli.main(["audit", "query", str(self.audit_dir), "--format", "json", *flags]) == 0
+        return [json.loads(line) for line in out.getvalue().splitlines()]
+
+    def pseudonym(self, value: str) -> str:
+        return str(pseudonym.load_keys(self.keys / "pseudonyms.yaml")(value))
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, dev_idp: idp.DevIdentityProvider, module_audit_keys: pathlib.Path
+) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp("audit-ui")
+    config = directory / "config.yaml"
+    config.write_text(CONFIG.format(issuer=dev_idp.issuer))
+    audit_dir = directory / "audit"
+    started: list[Any] = []
+    try:
+        authz = harness.TollgateProcess(
+            config,
+            extra=harness.audit_flags(
+                module_audit_keys, audit_dir, "--audit-mode", "sync", "--audit-checkpoint-seconds", "0.5"
+            ),
+            log_to=directory / "tollgate.log",
+        ).start()
+        started.append(authz)
+        ui = harness.AuditUI(
+            audit_dir,
+            module_audit_keys / "verifier.key",
+            directory / "index.sqlite3",
+            extra=["--pseudonym-keys", str(module_audit_keys / "pseudonyms.yaml"), "--refresh", "0.3"],
+            log_to=directory / "ui.log",
+        ).start()
+        started.append(ui)
+        proxy = harness.Envoy(authz_port=authz.port, upstream_port=ui.port, log_to=directory / "envoy.log").start()
+        started.append(proxy)
+        yield Stack(idp=dev_idp, authz=authz, ui=ui, proxy=proxy, audit_dir=audit_dir, keys=module_audit_keys)
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.2)
+
+
+def _recorded(stack: Stack, decision_id: str) -> dict[str, Any]:
+    found = wait_until(
+        lambda: [r for r in stack.records("--host", "audit.test") if r["id"] == decision_id], what=decision_id
+    )
+    return dict(found[0])
+
+
+def test_auditors_see_the_page_others_are_refused_and_every_visit_is_recorded(
+    stack: Stack, http: Callable[..., Any]
+) -> None:
+    ann = {"authorization": "Bearer " + stack.token("ann", "auditors")}
+    page = http(stack.proxy.port, "GET", "/", host="audit.test", headers=ann)
+    assert page.status == 200
+    text = page.body.decode()
+    assert "Signed in as <strong>ann</strong> (auditors) via Tollgate" in text
+    # The page names the record of this very view: allowed, by ann, for this path.
+    (decision_id,) = re.findall(r'decision\s+<a href="/records/([0-9a-f-]+)">', text)
+    seen = _recorded(stack, decision_id)
+    assert seen["decision"] == "allow" and seen["policy"] == "tollgate/audit-ui" and seen["request"]["path"] == "/"
+    assert seen["identity"]["subject"] == stack.pseudonym("ann")
+
+    # Not an auditor: Tollgate's 403, and the page never answered (its own refusal reads otherwise).
+    bob = {"authorization": "Bearer " + stack.token("bob", "staff")}
+    for headers in (bob, {**bob, "x-tollgate-subject": "ann", "x-tollgate-groups": "auditors"}):
+        refused = http(stack.proxy.port, "GET", "/search", host="audit.test", headers=headers)
+        assert refused.status == 403 and b"Tollgate audit trail" not in refused.body
+    assert http(stack.proxy.port, "GET", "/", host="audit.test").status == 401
+    denied = wait_until(
+        lambda: stack.records("--host", "audit.test", "--decision", "deny", "--subject", stack.pseudonym("bob")),
+        what="bob's denials",
+    )
+    assert len(denied) == 2 and {r["status"] for r in denied} == {403}
+    assert {r["request"]["path"] for r in denied} == {"/search"}
+
+    # An auditor who forges identity headers is shown as who Tollgate says she is.
+    forged = http(
+        stack.proxy.port, "GET", "/", host="audit.test", headers={**ann, "x-tollgate-subject": "mallory"}
+    ).body.decode()
+    assert "Signed in as <strong>ann</strong>" in forged and "mallory" not in forged
+
+    # Around Envoy, straight to the page: no identity from Tollgate, refused.
+    with pytest.raises(urllib.error.HTTPError) as refused_directly:
+        urllib.request.urlopen(stack.ui.url + "/", timeout=5)
+    assert refused_directly.value.code == 403
+    assert b"no identity from Tollgate" in refused_directly.value.read()
+
+
+@needs_browser
+def test_in_a_browser_search_a_record_its_proof_and_an_export(
+    stack: Stack, http: Callable[..., Any], tmp_path: pathlib.Path
+) -> None:
+    since = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M")
+    alice = {"authorization": "Bearer " + stack.token("alice", "staff")}
+    for path in ("/orders", "/admin", "/orders/7"):
+        http(stack.proxy.port, "GET", path, host="app.test", headers=alice)
+    http(stack.proxy.port, "GET", "/admin", host="app.test")
+    time.sleep(1.0)  # a signed checkpoint covers them (every 0.5 s)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver = browser.chromium(downloads, resolve=["audit.test"])
+    base = f"http://audit.test:{stack.proxy.port}"
+    try:
+        driver.get(base + "/healthz")  # any page of the site, to set its cookie
+        driver.add_cookie({"name": "session", "value": stack.token("ann", "auditors"), "path": "/"})
+
+        driver.get(base + "/?range=1h")
+        assert "ann" in driver.find_element(By.ID, "viewer").text
+        assert driver.find_element(By.ID, "chart-timeline").get_attribute("src").startswith("data:image/svg+xml")
+        wait_until(lambda: _counted(driver), what="the overview counting the requests to app.test")
+
+        # Search by the real subject (the server has the pseudonym keys) and a date, in the form.
+        driver.get(base + "/search")
+        driver.find_element(By.NAME, "subject").send_keys("alice")
+        driver.find_element(By.NAME, "since").send_keys(since)
+        driver.find_element(By.ID, "search-button").click()
+        expected = stack.records(
+            "--subject", "alice", "--pseudonym-keys", str(stack.keys / "pseudonyms.yaml"), "--since", since
+        )
+        assert len(expected) == 3
+        assert driver.find_element(By.ID, "result-count").text.startswith("3 matching decision(s)")
+        links = driver.find_elements(By.CLASS_NAME, "record-link")
+        assert len(links) == 3
+        permalink = driver.find_element(By.ID, "permalink").get_attribute("href")
+        assert "subject=alice" in permalink and urllib.parse.quote(since) in permalink
+
+        # Export CSV: the same bytes `tollgate audit query` writes for the same filter.
+        driver.find_element(By.ID, "export-csv").click()
+        exported = browser.wait_for_download(downloads, lambda p: p.suffix == ".csv")
+        reference = tmp_path / "query.csv"
+        with contextlib.redirect_stderr(io.StringIO()):
+            assert cli.main([
+                "audit", "query", str(stack.audit_dir), "--subject", "alice", "--since", since,
+                "--pseudonym-keys", str(stack.keys / "pseudonyms.yaml"), "--format", "csv", "--out", str(reference),
+            ]) == 0  # fmt: skip
+        assert exported.read_bytes() == reference.read_bytes()
+        assert exported.read_bytes().count(b"\n") == 4  # a header and alice's three decisions
+
+        # A record, and its inclusion proof: checked offline with nothing but the verifier key.
+        links[0].click()
+        record_id = driver.find_element(By.ID, "record-id").text
+        assert record_id == expected[-1]["id"]  # newest first
+        assert "alice" not in driver.find_element(By.ID, "raw").text  # pseudonyms only
+        driver.find_element(By.ID, "download-proof").click()
+        proof = browser.wait_for_download(downloads, lambda p: p.name == f"proof-{record_id}.json")
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            assert cli.main(["audit", "verify-proof", str(proof), "--key", str(stack.keys / "verifier.key")]) == 0
+        assert f"record {record_id}" in said.getvalue()
+
+        driver.get(base + "/integrity")
+        assert "intact" in driver.find_element(By.ID, "verdict").text
+        assert driver.find_element(By.ID, "sessions").text.count("live") == 1
+    finally:
+        driver.quit()
+
+    # Who looked at what: each of those views is a decision record by ann, path by path.
+    views = {"/", "/search", f"/records/{record_id}", f"/records/{record_id}/proof", "/export", "/integrity"}
+
+    def viewed() -> set[str]:
+        by_ann = stack.records("--host", "audit.test", "--subject", stack.pseudonym("ann"), "--decision", "allow")
+        return {r["request"]["path"] for r in by_ann}
+
+    wait_until(lambda: viewed() >= views, what="the views in the audit log")
+
+
+def _counted(driver: Any) -> bool:
+    """Whether the overview counts alice's four requests yet (reloading it if not)."""
+    driver.refresh()
+    return bool(int(driver.find_element(By.ID, "totals").text.split()[0]) >= 4)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> auditlog.Written:
+    """A day of decisions (20,000, one every 4.3 s), alerts, and a client-chosen host with markup."""
+    return auditlog.write_log(
+        tmp_path_factory.mktemp("synthetic"),
+        20_000,
+        spacing_ms=4320,
+        users=200,
+        hosts=8,
+        alert_every=2500,
+        odd_hosts=('<img src=x onerror="alert(1)">.test',),
+    )
+
+
+@pytest.fixture
+def local_ui(synthetic: auditlog.Written, tmp_path: pathlib.Path) -> Iterator[Callable[..., harness.AuditUI]]:
+    started: list[harness.AuditUI] = []
+
+    def start(directory: pathlib.Path = synthetic.directory, *extra: str) -> harness.AuditUI:
+        ui = harness.AuditUI(
+            directory,
+            synthetic.verifier_key,
+            tmp_path / f"index-{len(started)}.sqlite3",
+            extra=["--local-only", "--refresh", "0.3", "--verify-interval", "0.5", *extra],
+            log_to=tmp_path / "ui.log",
+        ).start()
+        started.append(ui)
+        return ui
+
+    yield start
+    for ui in started:
+        ui.stop()
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def _indexed(ui: harness.AuditUI) -> str:
+    return str(wait_until(lambda: (page := _get(ui.url + "/?range=all")[1]) and "Indexing" not in page and page))
+
+
+@needs_browser
+def test_a_tampered_log_is_flagged_on_every_page(
+    local_ui: Callable[..., harness.AuditUI], synthetic: auditlog.Written, tmp_path: pathlib.Path
+) -> None:
+    copy = tmp_path / "audit"
+    shutil.copytree(synthetic.directory, copy)
+    ui = local_ui(copy)
+    _indexed(ui)
+    driver = browser.chromium(tmp_path, width=1280, height=1500)
+    try:
+        driver.get(ui.url + "/?range=all")
+        wait_until(lambda: _banner(driver, "Log verified intact"), what="the intact banner")
+        driver.save_screenshot(str(tmp_path / "overview.png"))
+        if os.environ.get("TOLLGATE_UPDATE_SCREENSHOT") == "1":  # the README's picture
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            shutil.copy(tmp_path / "overview.png", SCREENSHOT)
+        record = driver.find_element(By.CSS_SELECTOR, "#alerts a").get_attribute("href")
+
+        # One record's path edited in place, same length: the hash chain and the Merkle tree break.
+        (segment,) = list(copy.rglob("segment-*.jsonl"))
+        data = segment.read_bytes()
+        segment.write_bytes(data.replace(b'"path":"/api/orders/5"', b'"path":"/api/orders/6"', 1))
+        for page in ("/?range=all", "/search?decision=deny", record, "/integrity"):
+            driver.get(page if page.startswith("http") else ui.url + page)
+            wait_until(lambda: _banner(driver, "TAMPERED"), what=f"the tampered banner on {page}")
+        assert "tampered" in driver.find_element(By.ID, "sessions").text
+        assert "INTEGRITY" in driver.find_element(By.ID, "findings").text
+    finally:
+        driver.quit()
+
+
+def _banner(driver: Any, text: str) -> bool:
+    if text not in driver.find_element(By.ID, "integrity-banner").text:
+        driver.refresh()
+        return False
+    return True
+
+
+def test_pages_answer_bad_input_with_400_naming_the_parameter(local_ui: Callable[..., harness.AuditUI]) -> None:
+    ui = local_ui()
+    _indexed(ui)
+    for query, says in (
+        ("since=yesterday-ish", "since: 'yesterday-ish' is not a time"),
+        ("until=2026-13-45", "until: '2026-13-45' is not a time"),
+        ("decision=maybe", "decision: 'maybe' is not allow, deny or error"),
+        ("subject=alice", "subject: 'alice' is not a pseudonym (32 hex digits)"),
+        ("page=0", "page: must be from 1 to"),
+        ("page=two", "page: not a number"),
+        ("host=" + "h" * 600, "host: longer than 512 characters"),
+    ):
+        status, body = _get(f"{ui.url}/search?{query}")
+        assert status == 400 and says in html.unescape(body), (query, body[-300:])
+        assert "Traceback" not in body
+    assert _get(ui.url + "/export?format=xml")[0] == 400
+    assert _get(ui.url + "/?range=forever")[0] == 400
+    assert _get(ui.url + "/records/no-such-record")[0] == 404
+
+
+def test_a_hostile_host_name_stays_text_and_trace_ids_link_out(
+    local_ui: Callable[..., harness.AuditUI], synthetic: auditlog.Written
+) -> None:
+    ui = local_ui(synthetic.directory, "--trace-url", "https://tracing.example/trace/{trace_id}")
+    page = _indexed(ui)
+    hostile = '<img src=x onerror="alert(1)">.test'
+    status, body = _get(ui.url + "/search?" + urllib.parse.urlencode({"host": hostile}))
+    assert status == 200 and "<strong>1</strong> matching decision(s)" in body
+    assert hostile not in body and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;.test" in body
+    assert "<img src=x" not in page and "&lt;img src=x" in page  # the overview lists hosts too
+    record_id = re.findall(r'href="/records/([0-9a-f-]+)" class="record-link"', body)[0]
+    status, record = _get(f"{ui.url}/records/{record_id}")
+    assert status == 200 and 'href="https://tracing.example/trace/00000000000000000000000000000000"' in record
+    with urllib.request.urlopen(ui.url + "/", timeout=10) as reply:
+        policy = reply.headers["content-security-policy"]
+    assert "script-src" not in policy and "default-src 'none'" in policy  # no script may run at all
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (
+            ["--local-only", "--listen", "0.0.0.0:9999"],
+            "--local-only: --listen '0.0.0.0:9999' is not a loopback address",
+        ),
+        (
+            ["--trace-url", "https://tracing/trace"],
+            "--trace-url 'https://tracing/trace': must be an http(s) URL containing {trace_id}",
+        ),
+        (["--refresh", "0"], "--refresh '0': must be from 0.1 to 3600"),
+        (["--archive", "/nonexistent"], "--archive /nonexistent: no such directory"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(
+    synthetic: auditlog.Written, flags: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["audit", "ui", str(synthetic.directory), "--key", str(synthetic.verifier_key), *flags]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_index_is_never_written_into_the_log_directory(
+    synthetic: auditlog.Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inside = synthetic.directory / "index.sqlite3"
+    assert (
+        cli.main(
+            ["audit", "ui", str(synthetic.directory), "--key", str(synthetic.verifier_key), "--index", str(inside)]
+        )
+        == 2
+    )
+    assert "inside the log directory" in capsys.readouterr().err and not inside.exists()
