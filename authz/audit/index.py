@@ -10,8 +10,8 @@ Why SQLite (stdlib ``sqlite3``): the workload is many small filtered lookups (on
 denials, one record by id, a page of 50) plus a few aggregations for the overview, against a file
 that one writer appends to while pages read it. SQLite's B-tree indexes answer the lookups in
 milliseconds, WAL mode lets the pages read while the indexer writes, and it needs no dependency.
-The overview's aggregations read a per-minute rollup kept at index time, not the records, so they
-stay fast on millions of records (docs/performance.md). DuckDB scans faster, but a columnar engine
+The overview's aggregations read a rollup kept at index time (per minute, hour and day), not the
+records, so they stay fast on millions of records (docs/performance.md). DuckDB scans faster, but a columnar engine
 gains little on these point lookups and would add a 40 MB dependency and a single-writer lock.
 
 Search semantics are :class:`authz.audit.query.Filters`'s: SQL narrows, and the export applies
@@ -36,7 +36,7 @@ from authz.audit import layout, query
 
 __all__ = ["Index", "Overview", "Reader", "Row"]
 
-_VERSION = 1
+_VERSION = 2
 _BATCH = 5000  # records per transaction while indexing
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,9 +60,9 @@ CREATE INDEX IF NOT EXISTS records_reason ON records (reason, time_ms);
 CREATE INDEX IF NOT EXISTS records_policy ON records (policy, time_ms);
 CREATE INDEX IF NOT EXISTS records_denied_subject ON records (decision, time_ms, subject);
 CREATE INDEX IF NOT EXISTS records_denied_source ON records (decision, time_ms, source_ip);
-CREATE TABLE IF NOT EXISTS minutes (
-    minute INTEGER NOT NULL, decision TEXT NOT NULL, reason TEXT NOT NULL, host TEXT NOT NULL,
-    policy TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (minute, decision, reason, host, policy)
+CREATE TABLE IF NOT EXISTS rollup (
+    unit TEXT NOT NULL, dim TEXT NOT NULL, start INTEGER NOT NULL, key TEXT NOT NULL, decision TEXT NOT NULL,
+    n INTEGER NOT NULL, PRIMARY KEY (unit, dim, start, key, decision)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (
     file INTEGER NOT NULL, at INTEGER NOT NULL, length INTEGER NOT NULL, id TEXT NOT NULL,
@@ -71,6 +71,13 @@ CREATE TABLE IF NOT EXISTS alerts (
 CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time_ms);
 CREATE INDEX IF NOT EXISTS alerts_file ON alerts (file, at);
 """
+# The rollup: decisions counted per UTC minute, hour and day ("all"), and per hour and day by
+# reason, host and policy. A time range is cut into whole days, whole hours, whole minutes and what
+# is left (see _pieces); each piece is read from the coarsest table that holds it whole.
+UNITS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000}
+DIMENSIONS = ("reason", "host", "policy")
+# Bucket widths the overview's timeline chooses from: each a whole number of the units it is read from.
+_WIDTHS = [m * 60_000 for m in (1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 10080)]
 _COLUMNS = (
     "id, time_ms, decision, status, reason, policy, rule, host, path, method, subject, email, source_ip, "
     "trace_id, request_id"
@@ -150,6 +157,25 @@ def _blank_nulls(row: tuple[Any, ...]) -> list[Any]:
     return [value if value is not None else "" for value in row]
 
 
+def _bars(since_ms: int, until_ms: int, width: int) -> int:
+    """How many buckets of ``width``, aligned to multiples of it, cover [since_ms, until_ms)."""
+    return -(-(until_ms - (since_ms - since_ms % width)) // width)
+
+
+def _pieces(low: int, high: int, units: Sequence[str]) -> list[tuple[str | None, int, int]]:
+    """[low, high) as whole ``units`` (coarsest first) and, with unit None, the rest: at most two
+    pieces per unit and two of records."""
+    if low >= high:
+        return []
+    if not units:
+        return [(None, low, high)]
+    size = UNITS[units[0]]
+    first, last = -(-low // size) * size, high // size * size
+    if first >= last:
+        return _pieces(low, high, units[1:])
+    return [*_pieces(low, first, units[1:]), (units[0], first, last), *_pieces(last, high, units[1:])]
+
+
 class Reader:
     """Read-only queries on one connection (one per request: cheap, and safe across threads)."""
 
@@ -206,40 +232,36 @@ class Reader:
                 opened[1].close()
 
     def overview(self, since_ms: int, until_ms: int, *, top: int = 10, buckets: int = 60) -> Overview:
-        """Counts for the overview page over [since_ms, until_ms), from the per-minute rollup
-        (to the minute) and, for the top denied subjects and sources, from the records."""
-        first, last = since_ms // 60000, (until_ms - 1) // 60000
-        span = max(1, last - first + 1)
-        bucket_minutes = max(1, -(-span // buckets))
-        rollup = " FROM minutes WHERE minute BETWEEN ? AND ?"
+        """Counts for the overview page over [since_ms, until_ms), exact to the millisecond: from
+        the rollup for the whole days, hours and minutes inside the range, and from the records
+        for the rest. Top denied subjects and sources come from the records (a covering index)."""
+        day = UNITS["d"]
+        longest = day * -(-(until_ms - since_ms) // (day * max(1, buckets - 1)))  # whole days, for long ranges
+        width = next((w for w in _WIDTHS if _bars(since_ms, until_ms, w) <= buckets), max(longest, _WIDTHS[-1]))
+        origin = since_ms - since_ms % width
         series: dict[int, dict[str, int]] = {}
-        for bucket, decision, n in self._db.execute(
-            f"SELECT (minute - ?) / ?, decision, sum(n){rollup} GROUP BY 1, 2", (first, bucket_minutes, first, last)
-        ):
-            series.setdefault(int(bucket), {})[decision] = int(n)
+        for bucket, decision, n in self._counted("all", since_ms, until_ms, width=width, origin=origin):
+            counts = series.setdefault(int(bucket), {})
+            counts[decision] = counts.get(decision, 0) + n
         totals: dict[str, int] = {}
         for counts in series.values():
             for decision, n in counts.items():
                 totals[decision] = totals.get(decision, 0) + n
-        bucket_ms = bucket_minutes * 60000
-        start = first * 60000
-        count = -(-span // bucket_minutes)
-        filled = [(start + i * bucket_ms, series.get(i, {})) for i in range(count)]
-        reasons = [
-            (str(reason), int(n))
-            for reason, n in self._db.execute(
-                f"SELECT reason, sum(n){rollup} AND decision != 'allow' GROUP BY 1 ORDER BY 2 DESC LIMIT ?",
-                (first, last, top),
-            )
-        ]
-        per: dict[str, list[tuple[str, dict[str, int]]]] = {}
-        for column in ("host", "policy"):
-            grouped: dict[str, dict[str, int]] = {}
-            for key, decision, n in self._db.execute(
-                f"SELECT {column}, decision, sum(n){rollup} GROUP BY 1, 2", (first, last)
-            ):
-                grouped.setdefault(str(key), {})[decision] = int(n)
-            per[column] = sorted(grouped.items(), key=lambda kv: -sum(kv[1].values()))[:top]
+        filled = [(origin + i * width, series.get(i, {})) for i in range(_bars(since_ms, until_ms, width))]
+        per: dict[str, dict[str, dict[str, int]]] = {}
+        for dim in DIMENSIONS:
+            grouped = per.setdefault(dim, {})
+            for key, decision, n in self._counted(dim, since_ms, until_ms):
+                counts = grouped.setdefault(str(key), {})
+                counts[decision] = counts.get(decision, 0) + n
+        reasons = sorted(
+            ((key, sum(n for d, n in counts.items() if d != "allow")) for key, counts in per["reason"].items()),
+            key=lambda kv: (-kv[1], kv[0]),
+        )
+        busiest = {
+            dim: sorted(per[dim].items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:top]
+            for dim in ("host", "policy")
+        }
         denied = {}
         for column in ("subject", "source_ip"):
             denied[column] = [
@@ -247,20 +269,12 @@ class Reader:
                 for key, n in self._db.execute(
                     f"SELECT {column}, count(*) FROM records INDEXED BY records_denied_{column.removesuffix('_ip')} "
                     f"WHERE decision IN ('deny', 'error') AND time_ms >= ? AND time_ms < ? AND {column} != '' "
-                    "GROUP BY 1 ORDER BY 2 DESC LIMIT ?",
+                    "GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
                     (since_ms, until_ms, top),
                 )
             ]
         alerts = [
-            {
-                "id": row[0],
-                "time_ms": row[1],
-                "state": row[2],
-                "detector": row[3],
-                "key_kind": row[4],
-                "key": row[5],
-                "count": row[6],
-            }
+            dict(zip(("id", "time_ms", "state", "detector", "key_kind", "key", "count"), row, strict=True))
             for row in self._db.execute(
                 "SELECT id, time_ms, state, detector, key_kind, key, count FROM alerts "
                 "WHERE time_ms >= ? AND time_ms < ? ORDER BY time_ms DESC LIMIT ?",
@@ -269,15 +283,38 @@ class Reader:
         ]
         return Overview(
             buckets=filled,
-            bucket_ms=bucket_ms,
+            bucket_ms=width,
             totals=totals,
-            reasons=reasons,
-            hosts=per["host"],
-            policies=per["policy"],
+            reasons=[(key, n) for key, n in reasons if n][:top],
+            hosts=busiest["host"],
+            policies=busiest["policy"],
             subjects=denied["subject"],
             sources=denied["source_ip"],
             alerts=alerts,
         )
+
+    def _counted(
+        self, dim: str, since_ms: int, until_ms: int, *, width: int = 0, origin: int = 0
+    ) -> Iterator[tuple[Any, str, int]]:
+        """(group, decision, count) over [since_ms, until_ms) for ``dim``: "all" grouped into time
+        buckets of ``width`` from ``origin``, else grouped by the dimension's value."""
+        units = [u for u, size in UNITS.items() if (dim == "all" or u != "m") and (not width or width % size == 0)]
+        for unit, low, high in _pieces(since_ms, until_ms, units):
+            if unit is None:
+                group = f"(time_ms - {origin}) / {width}" if width else dim
+                rows = self._db.execute(
+                    f"SELECT {group}, decision, count(*) FROM records WHERE time_ms >= ? AND time_ms < ? GROUP BY 1, 2",
+                    (low, high),
+                )
+            else:
+                group = f"(start - {origin}) / {width}" if width else "key"
+                rows = self._db.execute(
+                    f"SELECT {group}, decision, sum(n) FROM rollup WHERE unit = ? AND dim = ? AND start >= ? "
+                    "AND start < ? GROUP BY 1, 2",
+                    (unit, dim, low, high),
+                )
+            for key, decision, n in rows:
+                yield (key if key is not None else ""), str(decision), int(n)
 
     def span(self) -> tuple[int, int] | None:
         """The times of the oldest and newest decision indexed."""
@@ -345,20 +382,22 @@ class Index:
             return added
 
     def _forget(self, db: sqlite3.Connection, file_id: int) -> None:
-        for table in ("records", "alerts"):
-            if table == "records":
-                for minute, decision, reason, host, policy, n in db.execute(
-                    "SELECT time_ms / 60000, decision, coalesce(reason, ''), coalesce(host, ''), coalesce(policy, ''), "
-                    "count(*) FROM records WHERE file = ? GROUP BY 1, 2, 3, 4, 5",
+        batch = _Batch(file_id)
+        for unit, size in UNITS.items():
+            for dim in ("all", *DIMENSIONS):
+                if dim != "all" and unit == "m":
+                    continue
+                key = "''" if dim == "all" else f"coalesce({dim}, '')"
+                for start, value, decision, n in db.execute(
+                    f"SELECT time_ms / {size} * {size}, {key}, decision, count(*) FROM records WHERE file = ? "
+                    "GROUP BY 1, 2, 3",
                     (file_id,),
                 ).fetchall():
-                    db.execute(
-                        "UPDATE minutes SET n = n - ? WHERE minute = ? AND decision = ? AND reason = ? AND host = ? "
-                        "AND policy = ?",
-                        (n, minute, decision, reason, host, policy),
-                    )
+                    batch.rollup[(unit, dim, start, value, decision)] = -n
+        batch.flush(db)
+        db.execute("DELETE FROM rollup WHERE n <= 0")
+        for table in ("records", "alerts"):
             db.execute(f"DELETE FROM {table} WHERE file = ?", (file_id,))
-        db.execute("DELETE FROM minutes WHERE n <= 0")
         db.execute("DELETE FROM files WHERE id = ?", (file_id,))
 
     def _refresh_file(self, db: sqlite3.Connection, key: str, segment: pathlib.Path) -> int:
@@ -413,7 +452,7 @@ class _Batch:
         self.file_id = file_id
         self.rows: list[tuple[Any, ...]] = []
         self.alerts: list[tuple[Any, ...]] = []
-        self.minutes: dict[tuple[int, str, str, str, str], int] = {}
+        self.rollup: dict[tuple[str, str, int, str, str], int] = {}
         self.added = 0
 
     @property
@@ -453,8 +492,15 @@ class _Batch:
                     request.get("request_id", ""),
                 )
             )
-            slot = (time_ms // 60000, decision, reason, host, policy)
-            self.minutes[slot] = self.minutes.get(slot, 0) + 1
+            rollup = self.rollup
+            for unit, size in UNITS.items():
+                start = time_ms - time_ms % size
+                slot = (unit, "all", start, "", decision)
+                rollup[slot] = rollup.get(slot, 0) + 1
+                if unit != "m":
+                    for dim, value in (("reason", reason), ("host", host), ("policy", policy)):
+                        slot = (unit, dim, start, value, decision)
+                        rollup[slot] = rollup.get(slot, 0) + 1
         elif kind == "alert":
             alert = item.get("alert") or {}
             fields = ("state", "detector", "key_kind", "key")
@@ -464,11 +510,11 @@ class _Batch:
         db.executemany(f"INSERT INTO records (file, at, length, {_COLUMNS}) VALUES ({', '.join('?' * 18)})", self.rows)
         db.executemany("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self.alerts)
         db.executemany(
-            "INSERT INTO minutes VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
-            [(*slot, n) for slot, n in self.minutes.items()],
+            "INSERT INTO rollup VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+            [(*slot, n) for slot, n in self.rollup.items()],
         )
         db.commit()
         self.added += self.size
         self.rows.clear()
         self.alerts.clear()
-        self.minutes.clear()
+        self.rollup.clear()

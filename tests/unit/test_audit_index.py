@@ -76,10 +76,16 @@ def test_pages_follow_one_another_without_gaps_or_repeats(built: index.Index) ->
     assert len(seen) == total == len(set(seen))
 
 
-def test_the_overview_counts_what_the_records_hold(written: auditlog.Written, built: index.Index) -> None:
-    # The rollup is per minute: a range that starts on a minute boundary compares exactly.
-    since, until = written.first_ms + 600_000, written.last_ms + 1
-    since -= since % 60000
+@pytest.mark.parametrize(
+    ("start", "length"),
+    [(600_123, 10**9), (0, 2_999_001), (61_001, 59_000), (1_234_567, 3_600_000), (-86_400_000, 2 * 86_400_000)],
+)
+def test_the_overview_counts_what_the_records_hold(
+    written: auditlog.Written, built: index.Index, start: int, length: int
+) -> None:
+    # Ranges that start and end off minute, hour and day boundaries: rollup and records together, exactly.
+    since = written.first_ms + start
+    until = min(since + length, written.last_ms + 1)
     items = list(query.iter_records(written.directory, query.Filters(since_ms=since, until_ms=until)))
     with built.reader() as reader:
         summary = reader.overview(since, until, buckets=20)
@@ -91,10 +97,15 @@ def test_the_overview_counts_what_the_records_hold(written: auditlog.Written, bu
     assert dict(summary.reasons) == {
         reason: n for reason, n in collections.Counter(item["reason"] for item in denied).items()
     }
-    top = collections.Counter(item["identity"]["subject"] for item in denied).most_common(1)[0]
-    assert summary.subjects[0][1] == top[1]
+    top = collections.Counter(item["identity"]["subject"] for item in denied).most_common(1)
+    assert [n for _, n in summary.subjects[:1]] == [n for _, n in top]
+    for start_ms, counts in summary.buckets:  # each bar counts exactly its slice of the range
+        inside = [i for i in items if start_ms <= i["time_ms"] < start_ms + summary.bucket_ms]
+        assert counts == dict(collections.Counter(i["decision"] for i in inside))
     hosts = collections.Counter(item["request"]["host"] for item in items)
     assert {host: sum(counts.values()) for host, counts in summary.hosts} == dict(hosts)
+    policies = collections.Counter((item["policy"], item["decision"]) for item in items)
+    assert {(p, d): n for p, counts in summary.policies for d, n in counts.items()} == dict(policies)
     assert len(summary.alerts) == sum(
         1
         for _ in query.iter_records(
