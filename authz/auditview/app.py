@@ -44,6 +44,7 @@ _HERE = pathlib.Path(__file__).parent
 RANGES = {"1h": 3_600_000, "24h": 86_400_000, "7d": 7 * 86_400_000, "30d": 30 * 86_400_000, "all": 0}
 _MAX_PARAM = 512  # characters in one filter value
 _MAX_PAGE = 10_000
+_LATEST_MS = 253402300800000  # 10000-01-01: a time beyond it is a typo (and would not fit SQLite's integers)
 _FILTER_NAMES = ("since", "until", "subject", "email", "decision", "host", "path_prefix", "reason", "policy")
 _SECURITY_HEADERS = [
     (
@@ -67,6 +68,7 @@ class Settings:
     local_only: bool = False  # serve without Tollgate's identity headers (loopback only)
     refresh_seconds: float = 5.0  # how often new records are indexed
     verify_interval: float = 60.0  # at least this long between two verifications
+    witness: pathlib.Path | None = None  # a witness's state directory: what it accepted must still be here
     page_size: int = 50
 
 
@@ -84,10 +86,11 @@ class _State:
         self.settings = settings
         self.index = index.Index(settings.index_path, settings.directories)
         self.integrity = integrity.Integrity(
-            settings.directories, settings.verifier_key, interval=settings.verify_interval
+            settings.directories, settings.verifier_key, interval=settings.verify_interval, witness=settings.witness
         )
         self.indexed_once = False
         self.index_error = ""
+        self.verify_error = ""
 
 
 class _Identity:
@@ -179,9 +182,10 @@ def _filters(params: Mapping[str, str], keys: pseudonym.Pseudonymizer | None) ->
         try:
             times[name] = query.parse_time(given[name], now) if given[name] else None
         except (ValueError, OverflowError):
-            raise _bad(
-                f"{name}: {given[name]!r} is not a time (RFC 3339 in UTC, epoch ms, or an age like 2h)"
-            ) from None
+            times[name] = -1
+        moment = times[name]
+        if moment is not None and not 0 <= moment < _LATEST_MS:
+            raise _bad(f"{name}: {given[name]!r} is not a time (RFC 3339 in UTC, epoch ms, or an age like 2h)")
     if given["decision"] and given["decision"] not in ("allow", "deny", "error"):
         raise _bad(f"decision: {given['decision']!r} is not allow, deny or error")
     searched: dict[str, frozenset[str]] = {}
@@ -247,6 +251,7 @@ class _Pages:
                 "verdict_age": _age(verdict.finished_ms) if verdict else "",
                 "indexing": not self.state.indexed_once,
                 "index_error": self.state.index_error,
+                "verify_error": self.state.verify_error,
                 "pseudonyms_searchable": self.settings.pseudonym_keys is not None,
                 **context,
             },
@@ -408,7 +413,9 @@ class _Pages:
         while True:
             try:
                 await self.state.integrity.check()
-            except Exception:
+                self.state.verify_error = ""
+            except Exception as error:  # shown on every page; the last verdict stays until a new one
+                self.state.verify_error = str(error)
                 log.exception("audit ui: verification failed to run")
             await asyncio.sleep(min(self.settings.verify_interval, self.settings.refresh_seconds))
 

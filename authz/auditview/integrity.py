@@ -1,25 +1,37 @@
 """The integrity verdict every page shows: ``tollgate audit verify`` run again and again.
 
-Verification reads every record, so it runs in a separate process (it must not hold the event loop
-or the pages' GIL) at most once per interval, and again whenever a log file changed. The newest
-verdict is kept until the next is ready: a tampered log stays flagged; it is never hidden by a
-verification still in progress.
+Verification reads every record (and, given a witness's state, checks that the log still holds
+every checkpoint the witness accepted, as ``tollgate audit verify --witness``). So it runs in a
+separate process, which must not hold the event loop or the pages' GIL, at most once per interval
+and again whenever a file of the log (or the witness's state) changed. The newest verdict is kept
+until the next is ready: a tampered log stays flagged; it is never hidden by a verification still
+in progress.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import multiprocessing
 import pathlib
 import time
 from collections.abc import Sequence
+from multiprocessing.connection import Connection
 
 from authz.audit import note
 from authz.audit import verify as audit_verify
+from authz.audit import witness as witness_state
 
 __all__ = ["Integrity", "Verdict"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Witnessed:
+    """What a witness accepted for one log: the newest checkpoint it vouches for."""
+
+    origin: str
+    size: int
+    time_ms: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +41,7 @@ class Verdict:
     report: audit_verify.Report
     finished_ms: int
     seconds: float
+    witnessed: tuple[Witnessed, ...] = ()
 
     @property
     def state(self) -> str:
@@ -40,9 +53,15 @@ class Verdict:
         return [f for f in self.report.findings if f.severity != "info"]
 
 
-def _verify(directories: list[str], key: str) -> audit_verify.Report:
-    """In the worker process: the verifier's report (picklable dataclasses)."""
-    return audit_verify.verify_directory([pathlib.Path(d) for d in directories], note.Verifier(key))
+def _verify(directories: list[str], key: str, witness: str, answer: Connection) -> None:
+    """In the worker process: send the verifier's report and what the witness (if any) accepted,
+    each accepted checkpoint being one the log must still hold (as ``audit verify --witness``)."""
+    verifier = note.Verifier(key)
+    accepted = list(witness_state.accepted(pathlib.Path(witness)).values()) if witness else []
+    trusted = [note.parse_checkpoint(verifier.open(item.checkpoint)) for item in accepted]
+    report = audit_verify.verify_directory([pathlib.Path(d) for d in directories], verifier, trusted=trusted)
+    answer.send((report, tuple(Witnessed(item.origin, item.size, item.time_ms) for item in accepted)))
+    answer.close()
 
 
 def fingerprint(directories: Sequence[pathlib.Path]) -> tuple[tuple[str, int, int], ...]:
@@ -62,31 +81,59 @@ def fingerprint(directories: Sequence[pathlib.Path]) -> tuple[tuple[str, int, in
 class Integrity:
     """Owns the verification process and the newest verdict."""
 
-    def __init__(self, directories: Sequence[pathlib.Path], verifier_key: str, *, interval: float) -> None:
+    def __init__(
+        self,
+        directories: Sequence[pathlib.Path],
+        verifier_key: str,
+        *,
+        interval: float,
+        witness: pathlib.Path | None = None,
+    ) -> None:
         note.Verifier(verifier_key)  # a bad key is refused now, not in the worker
         self.directories = list(directories)
+        self.witness = witness
         self.key = verifier_key
         self.interval = interval
         self.verdict: Verdict | None = None
         self._seen: tuple[tuple[str, int, int], ...] | None = None
         self._last_start = 0.0
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn")
-        )
+        self._worker: multiprocessing.process.BaseProcess | None = None
 
     async def check(self) -> None:
         """Verify again if a file changed and the interval has passed since the last run."""
-        current = await asyncio.to_thread(fingerprint, self.directories)
+        current = await asyncio.to_thread(fingerprint, [*self.directories, *([self.witness] if self.witness else [])])
         if current == self._seen and self.verdict is not None:
             return
         if time.monotonic() - self._last_start < self.interval and self.verdict is not None:
             return
         self._last_start = started = time.monotonic()
-        report = await asyncio.get_running_loop().run_in_executor(
-            self._pool, _verify, [str(d) for d in self.directories], self.key
-        )
+        report, witnessed = await self._run()
         self._seen = current
-        self.verdict = Verdict(report, time.time_ns() // 1_000_000, time.monotonic() - started)
+        self.verdict = Verdict(report, time.time_ns() // 1_000_000, time.monotonic() - started, witnessed)
+
+    async def _run(self) -> tuple[audit_verify.Report, tuple[Witnessed, ...]]:
+        """One verification in a fresh process (a daemon: it never outlives the server)."""
+        context = multiprocessing.get_context("spawn")
+        receiving, sending = context.Pipe(duplex=False)
+        worker = context.Process(
+            target=_verify,
+            args=([str(d) for d in self.directories], self.key, str(self.witness or ""), sending),
+            daemon=True,
+        )
+        worker.start()
+        sending.close()
+        self._worker = worker
+        try:
+            answer: tuple[audit_verify.Report, tuple[Witnessed, ...]] = await asyncio.to_thread(receiving.recv)
+        except EOFError:
+            raise RuntimeError(f"the verification process ended without a verdict (exit {worker.exitcode})") from None
+        finally:
+            receiving.close()
+            await asyncio.to_thread(worker.join)
+            self._worker = None
+        return answer
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop a verification under way (at shutdown)."""
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.terminate()

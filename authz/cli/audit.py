@@ -9,7 +9,7 @@ tollgate audit verify-proof FILE --key VKEY
 tollgate audit query DIR [--since --until --subject --decision --host --path-prefix --reason --policy]
                      [--format table|json|csv] [--pseudonym-keys F]
 tollgate audit report DIR [--since --until] [--threshold N --window S]
-tollgate audit ui DIR [--archive DIR] --key VKEY [--listen HOST:PORT] [--pseudonym-keys F] [--trace-url URL]
+tollgate audit ui DIR [--archive DIR] --key VKEY [--listen HOST:PORT] [--pseudonym-keys F] [--witness STATE]
 """
 
 from __future__ import annotations
@@ -154,6 +154,9 @@ def _add_ui_parser(sub: Any) -> None:
         "--local-only",
         action="store_true",
         help="serve without Tollgate's identity headers; only on a loopback address, and views are not recorded",
+    )
+    ui.add_argument(
+        "--witness", metavar="STATE", help="a witness's state directory: the log must still hold all it accepted"
     )
     ui.add_argument("--refresh", default="5", help="seconds between two looks for new records")
     ui.add_argument("--verify-interval", default="60", help="at least this many seconds between two verifications")
@@ -437,6 +440,9 @@ def _ui(args: argparse.Namespace) -> int:
         parts = urllib.parse.urlsplit(args.trace_url)
         if parts.scheme not in ("http", "https") or "{trace_id}" not in args.trace_url:
             return _fail(f"--trace-url {args.trace_url!r}: must be an http(s) URL containing {{trace_id}}")
+    witness = pathlib.Path(args.witness) if args.witness else None
+    if witness is not None and not (witness / witness_state.STATE).exists():
+        return _fail(f"--witness {witness}: no witness state here")
     key_text = pathlib.Path(args.key).read_text() if pathlib.Path(args.key).exists() else args.key
     _verifier(args.key)  # a bad key is a usage error now (note.NoteError)
     keys = pseudonym.load_keys(pathlib.Path(args.pseudonym_keys)) if args.pseudonym_keys else None
@@ -458,6 +464,7 @@ def _ui(args: argparse.Namespace) -> int:
         local_only=args.local_only,
         refresh_seconds=common.number("--refresh", args.refresh, 0.1, 3600),
         verify_interval=common.number("--verify-interval", args.verify_interval, 0.1, 86400),
+        witness=witness,
     )
     application = auditview.create_app(settings)
     shown = f"[{host}]" if ":" in host else host

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from authz import cli
-from authz.audit import pseudonym
+from authz.audit import note, pseudonym, publish, witness
 from authz.dev import auditlog, harness, idp
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -361,6 +361,8 @@ def test_pages_answer_bad_input_with_400_naming_the_parameter(local_ui: Callable
     for query, says in (
         ("since=yesterday-ish", "since: 'yesterday-ish' is not a time"),
         ("until=2026-13-45", "until: '2026-13-45' is not a time"),
+        ("since=99999999999999999999999", "since: '99999999999999999999999' is not a time"),
+        ("since=9999999999999d", "since: '9999999999999d' is not a time"),
         ("decision=maybe", "decision: 'maybe' is not allow, deny or error"),
         ("subject=alice", "subject: 'alice' is not a pseudonym (32 hex digits)"),
         ("page=0", "page: must be from 1 to"),
@@ -427,3 +429,37 @@ def test_the_index_is_never_written_into_the_log_directory(
         == 2
     )
     assert "inside the log directory" in capsys.readouterr().err and not inside.exists()
+
+
+def test_with_a_witness_a_log_cut_back_to_an_earlier_checkpoint_is_tampered(
+    local_ui: Callable[..., harness.AuditUI], synthetic: auditlog.Written, tmp_path: pathlib.Path
+) -> None:
+    # A witness accepts the whole log, through the real publisher.
+    served = publish.LogPublisher(synthetic.directory, "127.0.0.1", port := harness.free_port()).start()
+    try:
+        signer = note.Signer.from_skey(note.generate("witness.test")[0])
+        verifier = note.Verifier(synthetic.verifier_key.read_text())
+        state = tmp_path / "witness"
+        new, alerts = witness.poll([f"http://127.0.0.1:{port}"], verifier, signer, state)
+    finally:
+        served.stop()
+    assert len(new) == 1 and not alerts
+    # A copy cut back to an earlier signed checkpoint, the later ones gone: on its own it reads as a
+    # log still being written (its newest checkpoint is recent). Only the witness knows it held more.
+    cut = tmp_path / "audit"
+    shutil.copytree(synthetic.directory, cut)
+    (segment,) = list(cut.rglob("segment-*.jsonl"))
+    checkpoints = segment.with_name("checkpoints.jsonl")
+    entries = checkpoints.read_bytes().splitlines(keepends=True)
+    earlier = sorted(json.loads(line)["size"] for line in entries)[-2]
+    assert 1 < earlier < new[0].size
+    segment.write_bytes(b"".join(segment.read_bytes().splitlines(keepends=True)[:earlier]))
+    checkpoints.write_bytes(b"".join(line for line in entries if json.loads(line)["size"] <= earlier))
+
+    alone = local_ui(cut)
+    page = wait_until(lambda: (text := _get(alone.url + "/integrity")[1]) and "Log verified intact" in text and text)
+    assert "TAMPERED" not in page and "No witness state given" in page
+    watched = local_ui(cut, "--witness", str(state))
+    page = wait_until(lambda: (text := _get(watched.url + "/integrity")[1]) and "TAMPERED" in text and text)
+    assert f'<td class="n">{new[0].size}</td>' in page  # the witness's size, shown
+    assert "INTEGRITY" in page
