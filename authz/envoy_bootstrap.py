@@ -92,6 +92,8 @@ class EnvoyOptions:
     tracing_host: str = ""
     listen_host: str = ""  # the listener's and the admin's address ("" : ``address``)
     admin_host: str = ""
+    # Hosts served by an upstream of their own on ``address``, (host name, port): the demo's audit UI.
+    host_upstreams: tuple[tuple[str, int], ...] = ()
 
 
 def bootstrap(options: EnvoyOptions) -> dict[str, Any]:
@@ -101,6 +103,8 @@ def bootstrap(options: EnvoyOptions) -> dict[str, Any]:
         clusters.append(_cluster("tollgate", options.authz_host or options.address, options.authz_port, http2=True))
     if options.upstream_port is not None:
         clusters.append(_cluster("upstream", options.upstream_host or options.address, options.upstream_port))
+    for number, (_, port) in enumerate(options.host_upstreams):
+        clusters.append(_cluster(f"upstream-{number}", options.address, port))
     if options.tracing_port is not None:
         clusters.append(_cluster("otlp", options.tracing_host or options.address, options.tracing_port, http2=True))
     chain = FilterChain(
@@ -161,7 +165,9 @@ def _manager(options: EnvoyOptions) -> HttpConnectionManager:
         normalize_path=options.normalize_path,
         merge_slashes=options.merge_slashes,
         generate_request_id=True,
-        route_config=RouteConfiguration(virtual_hosts=[VirtualHost(name="all", domains=["*"], routes=[route])]),
+        route_config=RouteConfiguration(
+            virtual_hosts=[*_host_upstreams(options), VirtualHost(name="all", domains=["*"], routes=[route])]
+        ),
         http_filters=filters,
     )
     if options.access_log:
@@ -181,6 +187,17 @@ def _manager(options: EnvoyOptions) -> HttpConnectionManager:
             random_sampling=Percent(value=100),
         )
     return manager
+
+
+def _host_upstreams(options: EnvoyOptions) -> list[VirtualHost]:
+    return [
+        VirtualHost(
+            name=f"upstream-{number}",
+            domains=[host, f"{host}:{options.listen_port}"],
+            routes=[Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster=f"upstream-{number}"))],
+        )
+        for number, (host, _) in enumerate(options.host_upstreams)
+    ]
 
 
 def _cluster(name: str, host: str, port: int, *, http2: bool = False) -> Cluster:

@@ -121,6 +121,7 @@ def main() -> int:
     envoy_port = int(os.environ.get("DEMO_ENVOY_PORT", "10000"))
     tollgate_port = int(os.environ.get("DEMO_TOLLGATE_PORT", "9001"))
     metrics_port = int(os.environ.get("DEMO_METRICS_PORT", "9090"))
+    ui_port = int(os.environ.get("DEMO_UI_PORT", "9403"))
     try:
         provider = idp.DevIdentityProvider(work / "idp", port=_IDP_PORT)
     except OSError as error:
@@ -130,7 +131,23 @@ def main() -> int:
     audit_dir, audit_flags, verifier_key = _audit_setup(work)
     extra = [*audit_flags, "--metrics-listen", f"127.0.0.1:{metrics_port}"]
     authz = harness.TollgateProcess(config, extra=extra, log_to=work / "tollgate.log", port=tollgate_port)
-    proxy = harness.Envoy(authz_port=authz.port, upstream_port=echo.port, log_to=work / "envoy.log", port=envoy_port)
+    # The auditors' web view: behind this Envoy for audit.example.com (only group auditors), and
+    # --local-only on loopback for a browser on this machine.
+    ui = harness.AuditUI(
+        audit_dir,
+        verifier_key,
+        work / "audit-index.sqlite3",
+        extra=["--local-only", "--pseudonym-keys", str(verifier_key.with_name("pseudonyms.yaml"))],
+        log_to=work / "audit-ui.log",
+        port=ui_port,
+    )
+    proxy = harness.Envoy(
+        authz_port=authz.port,
+        upstream_port=echo.port,
+        log_to=work / "envoy.log",
+        port=envoy_port,
+        host_upstreams=(("audit.example.com", ui_port),),
+    )
     print(f"{_BOLD}Tollgate demo{_RESET}  (work directory {work})")
     print(f"  identity provider  {provider.issuer}   DEVELOPMENT ONLY")
     print(f"  upstream (echo)    http://127.0.0.1:{echo.port}")
@@ -138,11 +155,13 @@ def main() -> int:
     print(f"  metrics            http://127.0.0.1:{metrics_port}/metrics   (and /healthz, /readyz)")
     print(f"  envoy              http://127.0.0.1:{envoy_port}")
     print(f"  audit log          {audit_dir}")
-    with harness.running(provider, echo, authz, proxy):
+    print(f"  audit web view     http://127.0.0.1:{ui_port}/   (through Envoy: Host audit.example.com, group auditors)")
+    with harness.running(provider, echo, authz, ui, proxy):
         _wait_for_keys(envoy_port, provider)
         unexpected = run_samples(envoy_port, provider)
         show_audit(audit_dir)
         unexpected += not brute_force(envoy_port, audit_dir)
+        unexpected += not audit_view(envoy_port, ui_port, provider)
         if oneshot:
             authz.stop()  # SIGTERM: the audit session is closed with a final signed checkpoint
             intact = verify_audit(audit_dir, verifier_key)
@@ -150,22 +169,41 @@ def main() -> int:
             print(f"\n{'all samples decided as expected' if not unexpected else f'{unexpected} unexpected'}")
             return 1 if unexpected or not intact else 0
         _print_files(work, audit_dir, verifier_key)
-        token = provider.token("alice", groups=["staff"])
-        print(
-            f"\nTry it yourself (Ctrl-C to stop):\n  curl -H 'Host: orders.example.com' "
-            f"-H 'Authorization: Bearer {token}' http://127.0.0.1:{envoy_port}/orders"
+        _print_try(
+            work,
+            provider=provider,
+            envoy_port=envoy_port,
+            metrics_port=metrics_port,
+            audit_dir=audit_dir,
+            verifier_key=verifier_key,
         )
-        print(f"  .venv/bin/tollgate dev token --state {work / 'idp'} --sub alice --groups staff")
-        print(f"  .venv/bin/tollgate audit query {audit_dir} --since 10m")
-        print(f"  .venv/bin/tollgate audit query {audit_dir} --kind alert")
-        print(f"  curl -s http://127.0.0.1:{metrics_port}/metrics | grep tollgate_checks_total")
-        print(f"  .venv/bin/tollgate audit verify {audit_dir} --key {verifier_key}   (after Ctrl-C)")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
     print("stopped")
     return 0
+
+
+def _print_try(
+    work: pathlib.Path,
+    *,
+    provider: idp.DevIdentityProvider,
+    envoy_port: int,
+    metrics_port: int,
+    audit_dir: pathlib.Path,
+    verifier_key: pathlib.Path,
+) -> None:
+    token = provider.token("alice", groups=["staff"])
+    print(
+        f"\nTry it yourself (Ctrl-C to stop):\n  curl -H 'Host: orders.example.com' "
+        f"-H 'Authorization: Bearer {token}' http://127.0.0.1:{envoy_port}/orders"
+    )
+    print(f"  .venv/bin/tollgate dev token --state {work / 'idp'} --sub alice --groups staff")
+    print(f"  .venv/bin/tollgate audit query {audit_dir} --since 10m")
+    print(f"  .venv/bin/tollgate audit query {audit_dir} --kind alert")
+    print(f"  curl -s http://127.0.0.1:{metrics_port}/metrics | grep tollgate_checks_total")
+    print(f"  .venv/bin/tollgate audit verify {audit_dir} --key {verifier_key}   (after Ctrl-C)")
 
 
 def _print_files(work: pathlib.Path, audit_dir: pathlib.Path, verifier_key: pathlib.Path) -> None:
@@ -225,6 +263,22 @@ def brute_force(envoy_port: int, audit_dir: pathlib.Path) -> bool:
         time.sleep(0.2)
     print(f"  {_RED}UNEXPECTED: no alert was raised{_RESET}")
     return False
+
+
+def audit_view(envoy_port: int, ui_port: int, provider: idp.DevIdentityProvider) -> bool:
+    """The auditors' web view through Envoy: an auditor sees it, anyone else is refused by Tollgate."""
+    print(f"\n{_BOLD}The auditors' web view{_RESET} (tollgate audit ui), behind the same Envoy and Tollgate")
+    expected = True
+    for who, groups, wanted in (("dana", ["auditors"], 200), ("alice", ["staff"], 403)):
+        status, _ = _request(envoy_port, "GET", "audit.example.com", "/", bearer(provider.token(who, groups=groups)))
+        colour = _GREEN if status == 200 else _RED
+        mark = "" if status == wanted else f"  {_RED}UNEXPECTED (wanted {wanted}){_RESET}"
+        expected &= status == wanted
+        print(
+            f"  {colour}{status}{_RESET}  GET    audit.example.com/  {_DIM}as {who} ({', '.join(groups)}){_RESET}{mark}"
+        )
+    print(f"  open http://127.0.0.1:{ui_port}/ in a browser {_DIM}(--local-only: this machine only){_RESET}")
+    return expected
 
 
 def verify_audit(audit_dir: pathlib.Path, verifier_key: pathlib.Path) -> bool:

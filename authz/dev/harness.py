@@ -300,8 +300,9 @@ class AuditUI(_Child):
         *,
         extra: Sequence[str] = (),
         log_to: pathlib.Path | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.args = [
             sys.executable,
             "-m",

@@ -35,6 +35,7 @@ def test_demo_oneshot_then_the_readme_tour(tmp_path: pathlib.Path) -> None:
         "DEMO_ENVOY_PORT": str(harness.free_port()),
         "DEMO_TOLLGATE_PORT": str(harness.free_port()),
         "DEMO_METRICS_PORT": str(harness.free_port()),
+        "DEMO_UI_PORT": str(ui_port := harness.free_port()),
     }
     result = subprocess.run(
         [sys.executable, "-m", "authz.dev.demo"], env=env, capture_output=True, text=True, timeout=120, check=False
@@ -43,6 +44,10 @@ def test_demo_oneshot_then_the_readme_tour(tmp_path: pathlib.Path) -> None:
     assert result.returncode == 0, out + result.stderr
     assert "all samples decided as expected" in out and "UNEXPECTED" not in out
     assert "Audit log verified offline: intact" in out
+    # The auditors' web view: offered, and behind Tollgate only the auditor got in.
+    assert f"open http://127.0.0.1:{ui_port}/ in a browser" in out
+    assert re.search(r"200.*GET    audit.example.com/.*as dana \(auditors\)", out)
+    assert re.search(r"403.*GET    audit.example.com/.*as alice \(staff\)", out)
     assert re.search(
         r"alert firing.*: auth_failures_by_source, source_ip [0-9a-f]{12}… \(a pseudonym\), 20 failures", out
     )
