@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from authz import crds, detect
+from authz import cli, crds, detect
 from authz.dev import apiserver, monitoring
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -24,7 +24,8 @@ CHART = ROOT / "charts" / "tollgate"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 RENDER = pathlib.Path(__file__).with_name("render_chart.py")
 KUBERNETES = "1.31.0"  # what the emulator reports, and the schemas objects are validated against
-OUR_KINDS = {"ClusterKopfPeering", "KopfPeering"}  # custom resources: no upstream schema
+# Custom resources: no upstream schema (AccessPolicy is checked by the data plane's own loader).
+OUR_KINDS = {"ClusterKopfPeering", "KopfPeering", "AccessPolicy"}
 # The Prometheus Operator's kinds: kubernetes-validate has no schema for them either;
 # test_the_monitoring_objects checks them with promtool and against what they point at.
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
@@ -217,9 +218,58 @@ def test_the_standalone_gateway_is_the_only_caller(render: Callable[..., dict[st
     assert labels["app.kubernetes.io/component"] == "gateway"
 
 
+def test_the_audit_web_view_reads_the_log_and_is_reached_only_through_the_gateway(
+    render: Callable[..., dict[str, Any]], tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    objects = render(CHART / "ci" / "audit-ui-values.yaml")["objects"]
+    pod = _find(objects, "Deployment", "-dataplane")["spec"]["template"]["spec"]
+    (sidecar,) = [c for c in pod["containers"] if c["name"] == "audit-ui"]
+    assert sidecar["args"][:3] == ["audit", "ui", "/var/lib/tollgate/audit"]
+    assert "--pseudonym-keys=/etc/tollgate/audit-verifier/pseudonyms.yaml" in sidecar["args"]
+    assert "--trace-url=https://grafana.corp.example/explore?traceId={trace_id}" in sidecar["args"]
+    assert not any(arg.startswith("--local-only") for arg in sidecar["args"])
+    mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
+    assert mounts["audit"]["readOnly"] is True  # it never writes to the log
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    keys = [item["key"] for item in volumes["audit-verifier"]["secret"]["items"]]
+    assert keys == ["verifier.key", "pseudonyms.yaml"]  # never the signing key
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "audit-ui"}
+    service = _find(objects, "Service", "-dataplane")
+    assert {"name": "audit-ui", "port": 9403, "targetPort": "audit-ui", "protocol": "TCP", "appProtocol": "http"} in (
+        service["spec"]["ports"]
+    )
+    (gateway_rule, _) = _find(objects, "NetworkPolicy")["spec"]["ingress"]
+    assert {"port": 9403, "protocol": "TCP"} in gateway_rule["ports"]
+    assert gateway_rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    # The AccessPolicy admits only the auditors' group, and the data plane's own loader accepts it.
+    policy = _find(objects, "AccessPolicy", "-audit-ui")
+    assert policy["spec"]["hosts"] == ["audit.corp.example"]
+    assert policy["spec"]["rules"] == [
+        {"name": "auditors", "action": "Allow", "to": {"methods": ["GET", "HEAD"]}, "from": {"groups": ["compliance"]}}
+    ]
+    policy["metadata"]["namespace"] = "tollgate-system"
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    assert cli.main(["policy", "check", str(tmp_path / "policy.yaml")]) == 0, capsys.readouterr()
+    # Off by default: no sidecar, no port, no policy.
+    default = render(None)["objects"]
+    assert not [o for o in default if o["kind"] == "AccessPolicy"]
+    assert "audit-ui" not in json.dumps(default)
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
+        ({"auditUI": {"enabled": True}, "audit": {"enabled": False}}, "auditUI.enabled: needs audit.enabled=true"),
+        (
+            {
+                "auditUI": {"enabled": True},
+                "operator": {"enabled": False},
+                "audit": {"existingSecret": "k"},
+                "dataplane": {"config": {"source": "configMap", "configMapName": "c"}},
+            },
+            "auditUI.createPolicy: needs operator.enabled=true",
+        ),
+        ({"auditUI": {"traceUrl": "https://tracing/no-placeholder"}}, "/auditUI/traceUrl"),
         ({"dataplane": {"replicas": 0}, "audit": {"existingSecret": "k"}}, "/dataplane/replicas"),
         (
             {"dataplane": {"replica": 2}, "audit": {"existingSecret": "k"}},

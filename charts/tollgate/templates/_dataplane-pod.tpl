@@ -130,9 +130,60 @@ spec:
         {{- if and .Values.detection.enabled .Values.detection.settings }}
         - {name: detectors, mountPath: /etc/tollgate/detectors, readOnly: true}
         {{- end }}
+    {{- if .Values.auditUI.enabled }}
+    # The auditors' web view: reads this pod's log (read-only) and verifies it with the verifier key;
+    # never the signing key. Who may look is decided by Tollgate in front of it (docs/audit.md).
+    - name: audit-ui
+      image: {{ include "tollgate.image" . }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args:
+        - audit
+        - ui
+        - /var/lib/tollgate/audit
+        - --key=/etc/tollgate/audit-verifier/verifier.key
+        - --listen=0.0.0.0:{{ .Values.auditUI.port }}
+        - --index=/var/cache/tollgate/audit-index.sqlite3
+        {{- if .Values.auditUI.searchRealNames }}
+        - --pseudonym-keys=/etc/tollgate/audit-verifier/pseudonyms.yaml
+        {{- end }}
+        {{- with .Values.auditUI.traceUrl }}
+        - --trace-url={{ . }}
+        {{- end }}
+      ports:
+        - {name: audit-ui, containerPort: {{ .Values.auditUI.port }}, protocol: TCP}
+      readinessProbe:
+        httpGet: {path: /healthz, port: audit-ui}
+        periodSeconds: 10
+      livenessProbe:
+        httpGet: {path: /healthz, port: audit-ui}
+        periodSeconds: 20
+        failureThreshold: 3
+      resources:
+        {{- toYaml .Values.auditUI.resources | nindent 8 }}
+      securityContext:
+        {{- include "tollgate.securityContext" . | nindent 8 }}
+      volumeMounts:
+        - {name: tmp, mountPath: /tmp}
+        - {name: audit, mountPath: /var/lib/tollgate/audit, readOnly: true}
+        - {name: audit-verifier, mountPath: /etc/tollgate/audit-verifier, readOnly: true}
+        - {name: audit-ui-index, mountPath: /var/cache/tollgate}
+    {{- end }}
   volumes:
     - name: tmp
       emptyDir: {sizeLimit: 64Mi}
+    {{- if .Values.auditUI.enabled }}
+    - name: audit-ui-index  # a cache: rebuilt from the log when the pod starts
+      emptyDir: {sizeLimit: 2Gi}
+    - name: audit-verifier
+      secret:
+        secretName: {{ include "tollgate.auditSecret" . }}
+        defaultMode: 0440
+        items:
+          - {key: verifier.key, path: verifier.key}
+          {{- if .Values.auditUI.searchRealNames }}
+          - {key: pseudonyms.yaml, path: pseudonyms.yaml}
+          {{- end }}
+    {{- end }}
     {{- if and .Values.audit.enabled (not .Values.audit.persistence.enabled) }}
     - name: audit  # lost with the pod: ship records (audit.otelLogs) or use audit.persistence
       emptyDir: {}

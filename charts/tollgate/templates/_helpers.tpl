@@ -111,6 +111,12 @@ tollgate.check: what the schema cannot say; fails the render with one line namin
 {{- if and .Values.dataplane.networkPolicy.enabled (not .Values.gateway.enabled) (not .Values.dataplane.networkPolicy.gatewayPodSelector) }}
 {{- fail "dataplane.networkPolicy.gatewayPodSelector: name the gateway's pods (an empty selector would admit every pod)" }}
 {{- end }}
+{{- if and .Values.auditUI.enabled (not .Values.audit.enabled) }}
+{{- fail "auditUI.enabled: needs audit.enabled=true (the web view shows the audit log)" }}
+{{- end }}
+{{- if and .Values.auditUI.enabled .Values.auditUI.createPolicy (not .Values.operator.enabled) }}
+{{- fail "auditUI.createPolicy: needs operator.enabled=true (AccessPolicy is the operator's resource); set it false and write the policy into your configuration" }}
+{{- end }}
 {{- if and .Values.dataplane.autoscaling.enabled (lt (int .Values.dataplane.autoscaling.maxReplicas) (int .Values.dataplane.autoscaling.minReplicas)) }}
 {{- fail "dataplane.autoscaling.maxReplicas: must be at least minReplicas" }}
 {{- end }}
