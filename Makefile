@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test e2e bench lint lock proto clean venv crosscheck-tools monitoring-tools
+.PHONY: demo test e2e bench lint lock proto clean venv crosscheck-tools monitoring-tools browser-tools
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python -m authz.dev.demo
 
 ## test: the whole suite: unit, command line (the installed console script), real gRPC, real Envoy, real JWKS over HTTP
-test: $(STAMP) crosscheck-tools monitoring-tools
+test: $(STAMP) crosscheck-tools monitoring-tools browser-tools
 	$(BIN)/python -m pytest
 
 ## e2e: on a kind cluster (kind-config.yaml): build and load the image, install the chart, drive it
@@ -58,12 +58,25 @@ monitoring-tools:
 		fi; \
 	fi
 
-## bench: load through a real Envoy with wrk, engine micro-benchmarks, audit tools on 1M records,
+# Debian's Chromium and its driver, for the browser tests of the auditors' web view
+# (tests/integration/test_audit_ui.py); installed when run as root, else those tests are skipped and
+# say which is missing. Nothing is downloaded from elsewhere.
+browser-tools:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's chromium and chromium-driver for the audit web view's browser tests"; \
+			apt-get update -qq >/dev/null 2>&1; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || true; \
+		fi; \
+	fi
+
+## bench: load through a real Envoy with wrk, engine micro-benchmarks, audit tools and the web view on 1M records,
 ##        apply → enforced through the operator
 ##        (see docs/performance.md)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/audit_query.py
+	$(BIN)/python bench/audit_ui.py
 	$(BIN)/python bench/operator_apply.py 60
 
 ## proto: regenerate the audit schema code from proto/ with the pinned grpcio-tools
