@@ -36,6 +36,7 @@ __all__ = [
     "envoy_binary",
     "free_port",
     "wait_for_port",
+    "wait_until",
 ]
 
 
@@ -43,6 +44,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until[T](condition: Callable[[], T], timeout: float = 20.0, what: str = "") -> T:
+    """Call ``condition`` every 0.2 s until it returns something true, and return that; an
+    AssertionError naming ``what`` after ``timeout`` seconds (for tests and scripts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.2)
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:

@@ -162,17 +162,28 @@ class DevIdentityProvider:
         self.state["keys"] = [_new_key(), *(self.state["keys"] if keep_old else [])]
         (self.state_dir / "idp.json").write_text(json.dumps(self.state))
 
-    def app_config(self, *rules: str, namespace: str = "") -> str:
-        """A configuration most tests start from: this provider as IdentityProvider ``dev``, and one
-        AccessPolicy ``app`` (in ``namespace``, if given) on host ``app.test`` with ``rules`` (each
-        one rule in YAML flow style)."""
+    def provider_config(self, name: str = "dev", *, cookie: str = "") -> str:
+        """This provider as an IdentityProvider document; with ``cookie``, tokens are also read from
+        that cookie (as a browser sends them), besides the Authorization header."""
+        sources = (
+            f', tokenSources: [{{header: authorization, prefix: "Bearer "}}, {{cookie: {cookie}}}]' if cookie else ""
+        )
+        return (
+            f"apiVersion: tollgate.dev/v1alpha1\nkind: IdentityProvider\nmetadata: {{name: {name}}}\n"
+            f'spec: {{type: jwt, jwt: {{issuer: "{self.issuer}", audiences: [tollgate-demo]{sources}}}}}\n'
+        )
+
+    def app_config(self, *rules: str, namespace: str = "", cookie: str = "") -> str:
+        """A configuration most tests start from: this provider as IdentityProvider ``dev`` (see
+        :meth:`provider_config` for ``cookie``), and one AccessPolicy ``app`` (in ``namespace``, if
+        given) on host ``app.test`` with ``rules`` (each one rule in YAML flow style)."""
         where = f", namespace: {namespace}" if namespace else ""
         listed = "".join(f"\n    - {rule}" for rule in rules)
         return (
-            "apiVersion: tollgate.dev/v1alpha1\nkind: IdentityProvider\nmetadata: {name: dev}\n"
-            f'spec: {{type: jwt, jwt: {{issuer: "{self.issuer}", audiences: [tollgate-demo]}}}}\n---\n'
-            f"apiVersion: tollgate.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: app{where}}}\n"
-            f"spec:\n  hosts: [app.test]\n  rules:{listed}\n"
+            self.provider_config(cookie=cookie)
+            + "---\n"
+            + f"apiVersion: tollgate.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: app{where}}}\n"
+            + f"spec:\n  hosts: [app.test]\n  rules:{listed}\n"
         )
 
     def token(self, subject: str, **kwargs: Any) -> str:

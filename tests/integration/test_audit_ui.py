@@ -49,32 +49,22 @@ needs_browser = pytest.mark.skipif(
 )
 pytestmark = [pytest.mark.envoy]
 
-CONFIG = """\
-apiVersion: tollgate.dev/v1alpha1
-kind: IdentityProvider
-metadata: {{name: corp}}
-spec:
-  type: jwt
-  jwt:
-    issuer: "{issuer}"
-    audiences: [tollgate-demo]
-    tokenSources: [{{header: authorization, prefix: "Bearer "}}, {{cookie: session}}]
----
+POLICIES = """\
 apiVersion: tollgate.dev/v1alpha1
 kind: AccessPolicy
-metadata: {{name: audit-ui, namespace: tollgate}}
+metadata: {name: audit-ui, namespace: tollgate}
 spec:
   hosts: [audit.test]
   rules:
-    - {{name: auditors, action: Allow, from: {{groups: [auditors]}}}}
+    - {name: auditors, action: Allow, from: {groups: [auditors]}}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: AccessPolicy
-metadata: {{name: app, namespace: shop}}
+metadata: {name: app, namespace: shop}
 spec:
   hosts: [app.test]
   rules:
-    - {{name: staff, action: Allow, to: {{paths: [/orders]}}, from: {{groups: [staff]}}}}
+    - {name: staff, action: Allow, to: {paths: [/orders]}, from: {groups: [staff]}}
 """
 
 
@@ -102,7 +92,7 @@ def stack(
 ) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("audit-ui")
     config = directory / "config.yaml"
-    config.write_text(CONFIG.format(issuer=dev_idp.issuer))
+    config.write_text(dev_idp.provider_config("corp", cookie="session") + "---\n" + POLICIES)
     audit_dir = directory / "audit"
     started: list[Any] = []
     try:
@@ -130,19 +120,8 @@ def stack(
             process.stop()
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        time.sleep(0.2)
-
-
 def _recorded(stack: Stack, decision_id: str) -> dict[str, Any]:
-    found = wait_until(
+    found = harness.wait_until(
         lambda: [r for r in stack.records("--host", "audit.test") if r["id"] == decision_id], what=decision_id
     )
     return dict(found[0])
@@ -168,7 +147,7 @@ def test_auditors_see_the_page_others_are_refused_and_every_visit_is_recorded(
         refused = http(stack.proxy.port, "GET", "/search", host="audit.test", headers=headers)
         assert refused.status == 403 and b"Tollgate audit trail" not in refused.body
     assert http(stack.proxy.port, "GET", "/", host="audit.test").status == 401
-    denied = wait_until(
+    denied = harness.wait_until(
         lambda: stack.records("--host", "audit.test", "--decision", "deny", "--subject", stack.pseudonym("bob")),
         what="bob's denials",
     )
@@ -209,7 +188,7 @@ def test_in_a_browser_search_a_record_its_proof_and_an_export(
         driver.get(base + "/?range=1h")
         assert "ann" in driver.find_element(By.ID, "viewer").text
         assert driver.find_element(By.ID, "chart-timeline").get_attribute("src").startswith("data:image/svg+xml")
-        wait_until(lambda: _counted(driver), what="the overview counting the requests to app.test")
+        harness.wait_until(lambda: _counted(driver), what="the overview counting the requests to app.test")
 
         # Search by the real subject (the server has the pseudonym keys) and a date, in the form.
         driver.get(base + "/search")
@@ -262,7 +241,7 @@ def test_in_a_browser_search_a_record_its_proof_and_an_export(
         by_ann = stack.records("--host", "audit.test", "--subject", stack.pseudonym("ann"), "--decision", "allow")
         return {r["request"]["path"] for r in by_ann}
 
-    wait_until(lambda: viewed() >= views, what="the views in the audit log")
+    harness.wait_until(lambda: viewed() >= views, what="the views in the audit log")
 
 
 def _counted(driver: Any) -> bool:
@@ -314,7 +293,9 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def _indexed(ui: harness.AuditUI) -> str:
-    return str(wait_until(lambda: (page := _get(ui.url + "/?range=all")[1]) and "Indexing" not in page and page))
+    return str(
+        harness.wait_until(lambda: (page := _get(ui.url + "/?range=all")[1]) and "Indexing" not in page and page)
+    )
 
 
 @needs_browser
@@ -328,7 +309,7 @@ def test_a_tampered_log_is_flagged_on_every_page(
     driver = browser.chromium(tmp_path, width=1280, height=1500)
     try:
         driver.get(ui.url + "/?range=all")
-        wait_until(lambda: _banner(driver, "Log verified intact"), what="the intact banner")
+        harness.wait_until(lambda: _banner(driver, "Log verified intact"), what="the intact banner")
         driver.save_screenshot(str(tmp_path / "overview.png"))
         if os.environ.get("TOLLGATE_UPDATE_SCREENSHOT") == "1":  # the README's picture
             SCREENSHOT.parent.mkdir(exist_ok=True)
@@ -341,7 +322,7 @@ def test_a_tampered_log_is_flagged_on_every_page(
         segment.write_bytes(data.replace(b'"path":"/api/orders/5"', b'"path":"/api/orders/6"', 1))
         for page in ("/?range=all", "/search?decision=deny", record, "/integrity"):
             driver.get(page if page.startswith("http") else ui.url + page)
-            wait_until(lambda: _banner(driver, "TAMPERED"), what=f"the tampered banner on {page}")
+            harness.wait_until(lambda: _banner(driver, "TAMPERED"), what=f"the tampered banner on {page}")
         assert "tampered" in driver.find_element(By.ID, "sessions").text
         assert "INTEGRITY" in driver.find_element(By.ID, "findings").text
     finally:
@@ -457,9 +438,11 @@ def test_with_a_witness_a_log_cut_back_to_an_earlier_checkpoint_is_tampered(
     checkpoints.write_bytes(b"".join(line for line in entries if json.loads(line)["size"] <= earlier))
 
     alone = local_ui(cut)
-    page = wait_until(lambda: (text := _get(alone.url + "/integrity")[1]) and "Log verified intact" in text and text)
+    page = harness.wait_until(
+        lambda: (text := _get(alone.url + "/integrity")[1]) and "Log verified intact" in text and text
+    )
     assert "TAMPERED" not in page and "No witness state given" in page
     watched = local_ui(cut, "--witness", str(state))
-    page = wait_until(lambda: (text := _get(watched.url + "/integrity")[1]) and "TAMPERED" in text and text)
+    page = harness.wait_until(lambda: (text := _get(watched.url + "/integrity")[1]) and "TAMPERED" in text and text)
     assert f'<td class="n">{new[0].size}</td>' in page  # the witness's size, shown
     assert "INTEGRITY" in page

@@ -140,17 +140,6 @@ def stack(
             process.stop()
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        time.sleep(0.2)
-
-
 def ordinary_traffic(stack: Stack, http: Callable[..., Any]) -> None:
     """Allowed, denied and refused requests, with and without a token: every metric gets data."""
     staff = {"authorization": "Bearer " + stack.idp.token("alice", groups=["staff"])}
@@ -174,7 +163,9 @@ def test_a_brute_force_through_envoy_raises_one_alert_everywhere_and_resolves(
     assert stack.upstream.served == seen  # not one of them reached the upstream
     source = pseudonym.load_keys(stack.keys / "pseudonyms.yaml")("127.0.0.1")
 
-    received = wait_until(lambda: stack.alertmanager.alerts(alertname="TollgateSuspiciousAccess"), what="Alertmanager")
+    received = harness.wait_until(
+        lambda: stack.alertmanager.alerts(alertname="TollgateSuspiciousAccess"), what="Alertmanager"
+    )
     (alert,) = received
     assert alert["labels"]["detector"] == "auth_failures_by_source"
     assert alert["labels"]["key"] == source and alert["labels"]["key_kind"] == "source_ip"
@@ -183,8 +174,8 @@ def test_a_brute_force_through_envoy_raises_one_alert_everywhere_and_resolves(
     assert stack.log().count("alert firing detector=auth_failures_by_source") == 1
 
     # The burst is over: resolved after the 3-second window, in the log and in Alertmanager.
-    wait_until(lambda: "alert resolved detector=auth_failures_by_source" in stack.log(), what="the resolution")
-    wait_until(
+    harness.wait_until(lambda: "alert resolved detector=auth_failures_by_source" in stack.log(), what="the resolution")
+    harness.wait_until(
         lambda: not stack.alertmanager.alerts(alertname="TollgateSuspiciousAccess"), what="Alertmanager resolved"
     )
     assert stack.sample("tollgate_alerts_active", detector="auth_failures_by_source") == 0.0
@@ -213,7 +204,7 @@ def test_prometheus_scrapes_every_metric_with_its_type_and_no_personal_data(
     ordinary_traffic(stack, http)
     prometheus = stack.prometheus
     scraped = 'tollgate_checks_total{reason="rule_allow"} > 5'
-    wait_until(lambda: prometheus.query(scraped)["data"]["result"], what="a scrape")
+    harness.wait_until(lambda: prometheus.query(scraped)["data"]["result"], what="a scrape")
     metadata = prometheus.metadata()
     types = {name.removesuffix("_total"): m[0]["type"] for name, m in metadata.items() if name.startswith("tollgate_")}
     assert types == TYPES
@@ -233,7 +224,9 @@ def test_prometheus_scrapes_every_metric_with_its_type_and_no_personal_data(
 def test_every_dashboard_expression_evaluates_on_real_metrics(stack: Stack, http: Callable[..., Any]) -> None:
     ordinary_traffic(stack, http)
     prometheus = stack.prometheus
-    wait_until(lambda: prometheus.query("tollgate_audit_records_written_total > 0")["data"]["result"], what="a scrape")
+    harness.wait_until(
+        lambda: prometheus.query("tollgate_audit_records_written_total > 0")["data"]["result"], what="a scrape"
+    )
     dashboard = json.loads((ROOT / "charts" / "tollgate" / "files" / "grafana-dashboard.json").read_text())
     names = prometheus.names()
     expressions = [

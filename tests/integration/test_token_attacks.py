@@ -23,27 +23,6 @@ from authz.dev import harness, idp, upstream
 
 pytestmark = pytest.mark.envoy
 
-CONFIG = """
-apiVersion: tollgate.dev/v1alpha1
-kind: IdentityProvider
-metadata: {{name: dev}}
-spec:
-  type: jwt
-  jwt:
-    issuer: "{issuer}"
-    audiences: [tollgate-demo]
-    tokenSources: [{{header: authorization, prefix: "Bearer "}}, {{cookie: session}}]
----
-apiVersion: tollgate.dev/v1alpha1
-kind: AccessPolicy
-metadata: {{name: app}}
-spec:
-  hosts: [app.test]
-  rules:
-    - {{name: public, action: Allow, to: {{paths: [/public]}}}}
-    - {{name: users, action: Allow, from: {{authenticated: true}}}}
-"""
-
 
 class Stack:
     def __init__(self, provider: idp.DevIdentityProvider, proxy: harness.Envoy, log: pathlib.Path) -> None:
@@ -69,7 +48,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     provider = idp.DevIdentityProvider(directory / "idp").start()
     ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
     provider.extra_keys = [{**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_public)), "kid": "ec-1"}]
-    (directory / "config.yaml").write_text(CONFIG.format(issuer=provider.issuer))
+    (directory / "config.yaml").write_text(
+        provider.app_config(
+            "{name: public, action: Allow, to: {paths: [/public]}}",
+            "{name: users, action: Allow, from: {authenticated: true}}",
+            cookie="session",
+        )
+    )
     echo = upstream.EchoUpstream().start()
     log = directory / "tollgate.log"
     authz = harness.TollgateProcess(directory / "config.yaml", log_to=log).start()
