@@ -24,10 +24,15 @@ from typing import Any, TextIO
 
 from authz.audit import layout, pseudonym
 
-__all__ = ["Filters", "iter_records", "parse_time", "report", "stream", "write"]
+__all__ = ["Filters", "is_age", "iter_records", "parse_time", "report", "stream", "write"]
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def is_age(text: str) -> bool:
+    """Whether ``text`` is an age (``15m``, ``2h``), which :func:`parse_time` reads relative to now."""
+    return _RELATIVE.match(text.strip()) is not None
 
 
 def parse_time(text: str, now_ms: int) -> int:

@@ -212,6 +212,11 @@ def _filters(params: Mapping[str, str], keys: pseudonym.Pseudonymizer | None) ->
         reason=given["reason"] or None,
         policy=given["policy"] or None,
     )
+    # An age ("2h") is pinned to the time it was read: pages, permalinks and exports of one search
+    # then show the same records, however much later they are opened.
+    for name, moment in times.items():
+        if moment is not None and query.is_age(given[name]):
+            given[name] = _iso(moment).replace(" ", "T")
     return filters, {name: value for name, value in given.items() if value}
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from authz import cli
-from authz.audit import note, pseudonym, publish, witness
+from authz.audit import note, pseudonym, publish, query, witness
 from authz.dev import auditlog, harness, idp
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -339,7 +339,7 @@ def _banner(driver: Any, text: str) -> bool:
 def test_pages_answer_bad_input_with_400_naming_the_parameter(local_ui: Callable[..., harness.AuditUI]) -> None:
     ui = local_ui()
     _indexed(ui)
-    for query, says in (
+    for asked, says in (
         ("since=yesterday-ish", "since: 'yesterday-ish' is not a time"),
         ("until=2026-13-45", "until: '2026-13-45' is not a time"),
         ("since=99999999999999999999999", "since: '99999999999999999999999' is not a time"),
@@ -350,8 +350,8 @@ def test_pages_answer_bad_input_with_400_naming_the_parameter(local_ui: Callable
         ("page=two", "page: not a number"),
         ("host=" + "h" * 600, "host: longer than 512 characters"),
     ):
-        status, body = _get(f"{ui.url}/search?{query}")
-        assert status == 400 and says in html.unescape(body), (query, body[-300:])
+        status, body = _get(f"{ui.url}/search?{asked}")
+        assert status == 400 and says in html.unescape(body), (asked, body[-300:])
         assert "Traceback" not in body
     assert _get(ui.url + "/export?format=xml")[0] == 400
     assert _get(ui.url + "/?range=forever")[0] == 400
@@ -446,3 +446,40 @@ def test_with_a_witness_a_log_cut_back_to_an_earlier_checkpoint_is_tampered(
     page = harness.wait_until(lambda: (text := _get(watched.url + "/integrity")[1]) and "TAMPERED" in text and text)
     assert f'<td class="n">{new[0].size}</td>' in page  # the witness's size, shown
     assert "INTEGRITY" in page
+
+
+def test_an_age_in_a_search_is_pinned_in_its_permalink_pages_and_export(
+    local_ui: Callable[..., harness.AuditUI], synthetic: auditlog.Written
+) -> None:
+    ui = local_ui()
+    _indexed(ui)
+    before = time.time_ns() // 1_000_000 - 6 * 3_600_000
+    status, body = _get(ui.url + "/search?since=6h&decision=deny")
+    after = time.time_ns() // 1_000_000 - 6 * 3_600_000
+    assert status == 200
+    links = {
+        name: html.unescape(re.search(rf'href="([^"]*)" id="{name}"', body).group(1))  # type: ignore[union-attr]
+        for name in ("permalink", "next", "export-csv")
+    }
+    for link in links.values():
+        (since,) = urllib.parse.parse_qs(urllib.parse.urlsplit(link).query)["since"]
+        assert since.endswith("Z") and before <= query.parse_time(since, 0) <= after, link
+
+
+def test_the_json_export_is_what_the_command_line_writes_for_the_same_filter(
+    local_ui: Callable[..., harness.AuditUI], synthetic: auditlog.Written, tmp_path: pathlib.Path
+) -> None:
+    ui = local_ui(synthetic.directory, "--pseudonym-keys", str(synthetic.pseudonym_keys))
+    _indexed(ui)
+    since = str(synthetic.first_ms + 3_600_000)
+    asked = {"since": since, "subject": "user-7", "decision": "deny", "format": "json"}
+    with urllib.request.urlopen(ui.url + "/export?" + urllib.parse.urlencode(asked), timeout=30) as reply:
+        exported = reply.read()
+        assert reply.headers["content-disposition"].startswith('attachment; filename="tollgate-audit-')
+    reference = tmp_path / "query.jsonl"
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert cli.main([
+            "audit", "query", str(synthetic.directory), "--since", since, "--subject", "user-7", "--decision", "deny",
+            "--pseudonym-keys", str(synthetic.pseudonym_keys), "--format", "json", "--out", str(reference),
+        ]) == 0  # fmt: skip
+    assert exported == reference.read_bytes() and exported.count(b"\n") >= 5
