@@ -67,7 +67,7 @@ class Settings:
     trace_url: str = ""  # a URL with {trace_id}, to the user's tracing UI
     local_only: bool = False  # serve without Tollgate's identity headers (loopback only)
     refresh_seconds: float = 5.0  # how often new records are indexed
-    verify_interval: float = 60.0  # at least this long between two verifications
+    verify_interval: float = 300.0  # at least this long between two verifications
     witness: pathlib.Path | None = None  # a witness's state directory: what it accepted must still be here
     page_size: int = 50
 

@@ -159,7 +159,11 @@ def _add_ui_parser(sub: Any) -> None:
         "--witness", metavar="STATE", help="a witness's state directory: the log must still hold all it accepted"
     )
     ui.add_argument("--refresh", default="5", help="seconds between two looks for new records")
-    ui.add_argument("--verify-interval", default="60", help="at least this many seconds between two verifications")
+    ui.add_argument(
+        "--verify-interval",
+        default="300",
+        help="at least this many seconds between two verifications (each reads every record)",
+    )
 
 
 def _fail(message: str, code: int = 2) -> int:
