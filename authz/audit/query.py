@@ -250,6 +250,17 @@ def stream(
         yield buffer.getvalue()
 
 
+# A cell a spreadsheet would read as a formula (OWASP "CSV injection"): some values are chosen by
+# clients (a request id, a host), and CSV exports are opened by people, in spreadsheets.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _spreadsheet_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with every text value that starts like a formula prefixed with ``'`` (CSV only:
+    JSON lines keep every value exactly as logged)."""
+    return {k: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_STARTS) else v for k, v in row.items()}
+
+
 def _row_writer(buffer: io.StringIO, fmt: str, kind: str) -> Callable[[dict[str, Any]], object]:
     """Write the header of ``fmt`` to ``buffer``; return what writes one record to it."""
     if fmt == "json":
@@ -258,7 +269,7 @@ def _row_writer(buffer: io.StringIO, fmt: str, kind: str) -> Callable[[dict[str,
         writer = csv.DictWriter(buffer, fieldnames=_ALERT_COLUMNS if kind == "alert" else _COLUMNS)
         writer.writeheader()
         flat = _flat_alert if kind == "alert" else _flat
-        return lambda item: writer.writerow(flat(item))
+        return lambda item: writer.writerow(_spreadsheet_safe(flat(item)))
     if kind == "alert":
         buffer.write(f"{'TIME':24} {'STATE':8} {'DETECTOR':24} {'COUNT':>6} KEY\n")
         return lambda item: buffer.write(_alert_row(_flat_alert(item)))
