@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 from authz.audit import layout, merkle, note, record
@@ -21,29 +22,41 @@ class ProofError(Exception):
     pass
 
 
-def _find(directory: pathlib.Path, record_id: str) -> tuple[pathlib.Path, int]:
+def _session_dirs(directories: Sequence[pathlib.Path], record_id: str) -> tuple[list[pathlib.Path], int]:
+    """The directories holding the record's session (the live log's, and its archive's), and the
+    record's position in that session's log."""
     needle = f'"id":"{record_id}"'.encode()
-    for _, sessions in layout.sessions(directory):
-        for session_dir in sessions:
-            for segment in layout.session_segments(session_dir):
-                for line in segment.read_bytes().splitlines():
-                    if needle in line:
-                        return session_dir, int(json.loads(line)["seq"])
-    raise ProofError(f"no record with id {record_id} in {directory}")
+    for directory in directories:
+        for _, sessions in layout.sessions(directory):
+            for session_dir in sessions:
+                for segment in layout.session_segments(session_dir):
+                    for line in segment.read_bytes().splitlines():
+                        if needle in line:
+                            relative = session_dir.relative_to(directory)
+                            found = [d / relative for d in directories if (d / relative).is_dir()]
+                            return found, int(json.loads(line)["seq"])
+    raise ProofError(f"no record with id {record_id} in {', '.join(map(str, directories))}")
 
 
-def make_proof(directory: pathlib.Path, record_id: str) -> dict[str, Any]:
-    session_dir, index = _find(directory, record_id)
+def make_proof(directory: pathlib.Path | Sequence[pathlib.Path], record_id: str) -> dict[str, Any]:
+    """The proof of one record. ``directory``: the log, or the log and its archive (a session's
+    older segments may have been archived by retention: the proof needs all of them)."""
+    directories = [directory] if isinstance(directory, pathlib.Path) else list(directory)
+    session_dirs, index = _session_dirs(directories, record_id)
+    segments = sorted({s.name: s for d in session_dirs for s in layout.session_segments(d)}.items())
     leaves: list[bytes] = []
     target = b""
-    for segment in layout.session_segments(session_dir):
+    for _, segment in segments:
         for line in segment.read_bytes().split(b"\n")[:-1]:
             if len(leaves) == 0 and json.loads(line)["seq"] != 0:
-                raise ProofError("the record's session was partly removed by retention; a proof needs all of it")
+                raise ProofError(
+                    "the record's session was partly removed by retention (or archived: give the archive too); "
+                    "a proof needs all of it"
+                )
             if len(leaves) == index:
                 target = line + b"\n"
             leaves.append(merkle.leaf_hash(line + b"\n"))
-    entries = list(layout.checkpoint_entries(session_dir))
+    entries = [entry for d in session_dirs for entry in layout.checkpoint_entries(d)]
     covering = [e for e in entries if index < e["size"] <= len(leaves)]
     if not covering:
         raise ProofError("no signed checkpoint covers this record yet; try again after the next checkpoint")

@@ -4,7 +4,7 @@ tollgate audit keygen --name NAME --out DIR          Ed25519 checkpoint signing 
 tollgate audit keygen --name NAME --kubernetes-secret NS/NAME   the same and a pseudonym key, into a new Secret
 tollgate audit pseudonym-key --file F --id ID        create or rotate the HMAC pseudonym key file
 tollgate audit verify DIR --key VKEY [--trusted CHECKPOINT]
-tollgate audit prove DIR --record ID [--out FILE]
+tollgate audit prove DIR --record ID [--archive DIR] [--out FILE]
 tollgate audit verify-proof FILE --key VKEY
 tollgate audit query DIR [--since --until --subject --decision --host --path-prefix --reason --policy]
                      [--format table|json|csv] [--pseudonym-keys F]
@@ -84,6 +84,9 @@ def add_parser(commands: Any) -> None:
     prove = sub.add_parser("prove", help="export one record with its inclusion proof")
     prove.add_argument("directory", help="the audit log directory (--audit-dir)")
     prove.add_argument("--record", required=True, help="record id (the decision id)")
+    prove.add_argument(
+        "--archive", help="the log's archive (--audit-archive-dir): older segments of the record's session"
+    )
     prove.add_argument("--out", help="file to write (default: standard output)")
 
     check = sub.add_parser("verify-proof", help="check a proof file with nothing but the verifier key")
@@ -353,7 +356,8 @@ def _witness(args: argparse.Namespace) -> int:
 
 def _prove(args: argparse.Namespace) -> int:
     try:
-        made = proof.make_proof(pathlib.Path(args.directory), args.record)
+        given = [pathlib.Path(args.directory), *([pathlib.Path(args.archive)] if args.archive else [])]
+        made = proof.make_proof(given, args.record)
     except proof.ProofError as error:
         return _fail(str(error), 1)
     text = json.dumps(made, indent=2) + "\n"

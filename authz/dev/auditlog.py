@@ -43,16 +43,25 @@ def write_log(
     hosts: int = 50,
     alert_every: int = 0,
     odd_hosts: tuple[str, ...] = (),
+    segment_bytes: int = 64 << 20,
+    archive: pathlib.Path | None = None,
     seed: int = 1,
 ) -> Written:
     """``count`` decisions, one every ``spacing_ms``, the last at ``end_ms`` (default: now); 80 %
     allowed. ``alert_every``: also an alert record after every that many decisions (0: none).
-    ``odd_hosts``: host names (say, markup a client sent) the first decisions carry, one each."""
+    ``odd_hosts``: host names (say, markup a client sent) the first decisions carry, one each.
+    ``archive``: keep the newest segment only, and let retention move older ones there."""
     skey, vkey = note.generate("tollgate.dev/audit/synthetic")
     (directory / "verifier.key").write_text(vkey)
     pseudonym.generate_key_file(directory / "pseudonyms.yaml", "synthetic")
     keys = pseudonym.load_keys(directory / "pseudonyms.yaml")
-    settings = audit_log.LogSettings(checkpoint_every=10_000, checkpoint_seconds=3600, segment_max_bytes=64 << 20)
+    settings = audit_log.LogSettings(
+        checkpoint_every=10_000,
+        checkpoint_seconds=3600,
+        segment_max_bytes=segment_bytes,
+        retain_segments=1 if archive is not None else 0,
+        archive_dir=archive,
+    )
     log = audit_log.AuditLog(directory / "audit", note.Signer.from_skey(skey), instance="synthetic", settings=settings)
     log.open()
     rng = random.Random(seed)  # noqa: S311 - reproducible test data, not secrets

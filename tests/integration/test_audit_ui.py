@@ -268,10 +268,12 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> auditlog.Written:
 def local_ui(synthetic: auditlog.Written, tmp_path: pathlib.Path) -> Iterator[Callable[..., harness.AuditUI]]:
     started: list[harness.AuditUI] = []
 
-    def start(directory: pathlib.Path = synthetic.directory, *extra: str) -> harness.AuditUI:
+    def start(
+        directory: pathlib.Path = synthetic.directory, *extra: str, key: pathlib.Path = synthetic.verifier_key
+    ) -> harness.AuditUI:
         ui = harness.AuditUI(
             directory,
-            synthetic.verifier_key,
+            key,
             tmp_path / f"index-{len(started)}.sqlite3",
             extra=["--local-only", "--refresh", "0.3", "--verify-interval", "0.5", *extra],
             log_to=tmp_path / "ui.log",
@@ -483,3 +485,35 @@ def test_the_json_export_is_what_the_command_line_writes_for_the_same_filter(
             "--pseudonym-keys", str(synthetic.pseudonym_keys), "--format", "json", "--out", str(reference),
         ]) == 0  # fmt: skip
     assert exported == reference.read_bytes() and exported.count(b"\n") >= 5
+
+
+def test_a_proof_of_a_record_whose_session_was_partly_archived_needs_and_uses_the_archive(
+    local_ui: Callable[..., harness.AuditUI], tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The real writer with small segments and retention archiving all but the newest.
+    archive = tmp_path / "archive"
+    written = auditlog.write_log(tmp_path, 3000, segment_bytes=200_000, archive=archive)
+    assert list(archive.rglob("segment-*.jsonl")) and list(written.directory.rglob("segment-*.jsonl"))
+    live_ids = [
+        json.loads(line)["id"]
+        for segment in written.directory.rglob("segment-*.jsonl")
+        for line in segment.read_text().splitlines()
+        if '"kind":"decision"' in line
+    ]
+    record_id = live_ids[0]  # in the live log; its session's first segments are in the archive
+    key = str(written.verifier_key)
+    out = tmp_path / "proof.json"
+    assert cli.main(["audit", "prove", str(written.directory), "--record", record_id, "--out", str(out)]) == 1
+    assert "give the archive too" in capsys.readouterr().err
+    assert cli.main(["audit", "prove", str(written.directory), "--record", record_id, "--archive", str(archive),
+                     "--out", str(out)]) == 0  # fmt: skip
+    assert cli.main(["audit", "verify-proof", str(out), "--key", key]) == 0
+
+    ui = local_ui(written.directory, "--archive", str(archive), key=written.verifier_key)
+    harness.wait_until(lambda: _get(f"{ui.url}/records/{record_id}")[0] == 200, what="the record indexed")
+    page = harness.wait_until(lambda: (text := _get(ui.url + "/integrity")[1]) and "Verdict" in text and text)
+    assert "intact" in page and "TAMPERED" not in page  # the live log and its archive verify as one
+    status, body = _get(f"{ui.url}/records/{record_id}/proof")
+    assert status == 200
+    (tmp_path / "downloaded.json").write_text(body)
+    assert cli.main(["audit", "verify-proof", str(tmp_path / "downloaded.json"), "--key", key]) == 0
