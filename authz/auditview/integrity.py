@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import multiprocessing
 import pathlib
 import time
@@ -42,6 +43,7 @@ class Verdict:
     finished_ms: int
     seconds: float
     witnessed: tuple[Witnessed, ...] = ()
+    witness_alerts: tuple[str, ...] = ()  # the newest of what the witness refused, newest last
 
     @property
     def state(self) -> str:
@@ -60,8 +62,28 @@ def _verify(directories: list[str], key: str, witness: str, answer: Connection) 
     accepted = list(witness_state.accepted(pathlib.Path(witness)).values()) if witness else []
     trusted = [note.parse_checkpoint(verifier.open(item.checkpoint)) for item in accepted]
     report = audit_verify.verify_directory([pathlib.Path(d) for d in directories], verifier, trusted=trusted)
-    answer.send((report, tuple(Witnessed(item.origin, item.size, item.time_ms) for item in accepted)))
+    witnessed = tuple(Witnessed(item.origin, item.size, item.time_ms) for item in accepted)
+    answer.send((report, witnessed, _newest_alerts(pathlib.Path(witness)) if witness else ()))
     answer.close()
+
+
+def _newest_alerts(state: pathlib.Path, count: int = 20) -> tuple[str, ...]:
+    """The newest ``count`` alerts of a witness (its refusals: rollbacks, forks, bad signatures,
+    an unreachable publisher), read from the end of its append-only alerts file."""
+    path = state / witness_state.ALERTS
+    if not path.exists():
+        return ()
+    with path.open("rb") as handle:
+        handle.seek(max(0, path.stat().st_size - 65536))
+        lines = handle.read().splitlines()[-count:]
+    shown = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+            shown.append(str(witness_state.Alert(item["source"], item["origin"], item["message"])))
+        except (ValueError, KeyError, TypeError):
+            continue  # the first, cut line of the tail read, or a torn last one
+    return tuple(shown)
 
 
 def fingerprint(directories: Sequence[pathlib.Path]) -> tuple[tuple[str, int, int], ...]:
@@ -107,11 +129,11 @@ class Integrity:
         if time.monotonic() - self._last_start < self.interval and self.verdict is not None:
             return
         self._last_start = started = time.monotonic()
-        report, witnessed = await self._run()
+        report, witnessed, alerts = await self._run()
         self._seen = current
-        self.verdict = Verdict(report, time.time_ns() // 1_000_000, time.monotonic() - started, witnessed)
+        self.verdict = Verdict(report, time.time_ns() // 1_000_000, time.monotonic() - started, witnessed, alerts)
 
-    async def _run(self) -> tuple[audit_verify.Report, tuple[Witnessed, ...]]:
+    async def _run(self) -> tuple[audit_verify.Report, tuple[Witnessed, ...], tuple[str, ...]]:
         """One verification in a fresh process (a daemon: it never outlives the server)."""
         context = multiprocessing.get_context("spawn")
         receiving, sending = context.Pipe(duplex=False)
@@ -124,7 +146,9 @@ class Integrity:
         sending.close()
         self._worker = worker
         try:
-            answer: tuple[audit_verify.Report, tuple[Witnessed, ...]] = await asyncio.to_thread(receiving.recv)
+            answer: tuple[audit_verify.Report, tuple[Witnessed, ...], tuple[str, ...]] = await asyncio.to_thread(
+                receiving.recv
+            )
         except EOFError:
             raise RuntimeError(f"the verification process ended without a verdict (exit {worker.exitcode})") from None
         finally:

@@ -439,6 +439,14 @@ def test_with_a_witness_a_log_cut_back_to_an_earlier_checkpoint_is_tampered(
     segment.write_bytes(b"".join(segment.read_bytes().splitlines(keepends=True)[:earlier]))
     checkpoints.write_bytes(b"".join(line for line in entries if json.loads(line)["size"] <= earlier))
 
+    # The witness, shown the cut log, refuses it: a smaller checkpoint than it accepted.
+    served = publish.LogPublisher(cut, "127.0.0.1", port := harness.free_port()).start()
+    try:
+        refused, alerts = witness.poll([f"http://127.0.0.1:{port}"], verifier, signer, state)
+    finally:
+        served.stop()
+    assert not refused and len(alerts) == 1
+
     alone = local_ui(cut)
     page = harness.wait_until(
         lambda: (text := _get(alone.url + "/integrity")[1]) and "Log verified intact" in text and text
@@ -447,6 +455,7 @@ def test_with_a_witness_a_log_cut_back_to_an_earlier_checkpoint_is_tampered(
     watched = local_ui(cut, "--witness", str(state))
     page = harness.wait_until(lambda: (text := _get(watched.url + "/integrity")[1]) and "TAMPERED" in text and text)
     assert f'<td class="n">{new[0].size}</td>' in page  # the witness's size, shown
+    assert html.escape(str(alerts[0])) in page  # and what it refused
     assert "INTEGRITY" in page
 
 
