@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import ipaddress
 import json
 import logging
 import pathlib
@@ -109,18 +110,34 @@ class _Identity:
         decision_id = headers.get(identity_headers.DECISION_ID, "")
         if subject and decision_id:
             viewer = Viewer(subject, _groups(headers.get(identity_headers.GROUPS, "")), decision_id)
-        elif self.local_only:
+        elif self.local_only and _loopback_host(headers.get("host", "")):
             viewer = Viewer("", "", "")
         else:
+            reason = (
+                "--local-only answers only requests addressed to a loopback name or address (Host), so that "
+                "a web page cannot reach it through a DNS name rebound to this machine"
+                if self.local_only
+                else "this page is served behind Envoy and Tollgate, which identify the viewer and record every view"
+            )
             page = responses.PlainTextResponse(
-                "403 Forbidden: no identity from Tollgate. This page is served behind Envoy and Tollgate, "
-                "which identify the viewer and record every view (see docs/audit.md).\n",
+                f"403 Forbidden: no identity from Tollgate. {reason[0].upper()}{reason[1:]} (see docs/audit.md).\n",
                 status_code=403,
             )
             await page(scope, receive, send)
             return
         scope.setdefault("state", {})["viewer"] = viewer
         await self.app(scope, receive, send)
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine: localhost or a loopback address, any port."""
+    name = host.rpartition("]")[0].lstrip("[") if host.startswith("[") else host.partition(":")[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _groups(header: str) -> str:

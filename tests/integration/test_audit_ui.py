@@ -526,3 +526,17 @@ def test_a_proof_of_a_record_whose_session_was_partly_archived_needs_and_uses_th
     assert status == 200
     (tmp_path / "downloaded.json").write_text(body)
     assert cli.main(["audit", "verify-proof", str(tmp_path / "downloaded.json"), "--key", key]) == 0
+
+
+def test_local_only_answers_only_requests_addressed_to_this_machine(
+    local_ui: Callable[..., harness.AuditUI], http: Callable[..., Any]
+) -> None:
+    # A page in the auditor's browser could point a DNS name of its own at 127.0.0.1 (rebinding)
+    # and read the view: the Host it sends is then that name, which --local-only refuses.
+    ui = local_ui()
+    # (HTTP/1.1 without a Host is refused by the HTTP server itself, before the page: 400.)
+    for host, status in (("127.0.0.1", 200), ("localhost:9403", 200), ("attacker.example", 403), (None, 400)):
+        reply = http(ui.port, "GET", "/integrity", host=host)
+        assert reply.status == status, (host, reply.body[:200])
+    refused = http(ui.port, "GET", "/", host="attacker.example:9403")
+    assert b"loopback name or address" in refused.body
