@@ -31,12 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry.metrics import Observation
 
-from authz import telemetry
-
 if TYPE_CHECKING:
     from authz import decision as decision_model
 
-__all__ = ["BUCKETS_SECONDS", "MAX_SERIES", "CheckMetrics", "Export", "Histogram", "otlp_requested", "outcome"]
+__all__ = ["BUCKETS_SECONDS", "MAX_SERIES", "CheckMetrics", "Export", "Histogram", "outcome"]
 
 _log = logging.getLogger(__name__)
 
@@ -144,14 +142,10 @@ _INSTRUMENTS = (
 )
 
 
-def otlp_requested() -> bool:
-    """``OTEL_METRICS_EXPORTER`` names ``otlp`` (:func:`authz.telemetry.otlp_requested`)."""
-    return telemetry.otlp_requested("OTEL_METRICS_EXPORTER")
-
-
 class Export:
     """The OpenTelemetry MeterProvider over the runtime's numbers: a Prometheus registry for
-    ``/metrics`` and, when :func:`otlp_requested`, a periodic OTLP exporter (``OTEL_EXPORTER_OTLP_*``,
+    ``/metrics`` and, with ``otlp`` (``OTEL_METRICS_EXPORTER`` names otlp: see
+    :func:`authz.telemetry.otlp_requested`), a periodic OTLP exporter (``OTEL_EXPORTER_OTLP_*``,
     ``OTEL_METRIC_EXPORT_INTERVAL``)."""
 
     def __init__(self, runtime: Any, *, otlp: bool = False) -> None:

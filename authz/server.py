@@ -187,9 +187,10 @@ async def serve(
     (default: :func:`watch` the files, every ``--reload-interval``). Metrics are counted when they
     are exported: on ``--metrics-listen``'s ``/metrics``, or over OTLP (``OTEL_METRICS_EXPORTER``)."""
     export = None
-    if settings.metrics_listen or metrics.otlp_requested():
+    otlp = telemetry.otlp_requested("OTEL_METRICS_EXPORTER")
+    if settings.metrics_listen or otlp:
         runtime.check_metrics = metrics.CheckMetrics()
-        export = metrics.Export(runtime, otlp=metrics.otlp_requested())
+        export = metrics.Export(runtime, otlp=otlp)
     server, health_servicer, port = await start(settings, runtime)
     http_health = None
     if settings.metrics_listen:

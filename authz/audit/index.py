@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import pathlib
 import sqlite3
@@ -212,24 +213,16 @@ class Reader:
             f"SELECT f.path, t.at, t.length FROM {'alerts' if alerts else 'records'} t "
             f"JOIN files f ON f.id = t.file{where} ORDER BY f.key, t.at"
         )
-        opened: tuple[str, Any] | None = None
-        try:
-            for path, offset, length in self._db.execute(sql, params):
-                if opened is None or opened[0] != path:
-                    if opened is not None:
-                        opened[1].close()
-                    opened = (path, open(path, "rb"))  # noqa: SIM115 - kept open across rows of one file
-                handle = opened[1]
-                handle.seek(offset)
-                try:
-                    item = json.loads(handle.read(length))
-                except ValueError:
-                    continue  # changed on disk since it was indexed: `audit verify` reports it
-                if isinstance(item, dict) and filters.match(item):
-                    yield item
-        finally:
-            if opened is not None:
-                opened[1].close()
+        for path, rows in itertools.groupby(self._db.execute(sql, params), key=lambda row: row[0]):
+            with open(path, "rb") as handle:
+                for _, offset, length in rows:
+                    handle.seek(offset)
+                    try:
+                        item = json.loads(handle.read(length))
+                    except ValueError:
+                        continue  # changed on disk since it was indexed: `audit verify` reports it
+                    if isinstance(item, dict) and filters.match(item):
+                        yield item
 
     def overview(self, since_ms: int, until_ms: int, *, top: int = 10, buckets: int = 60) -> Overview:
         """Counts for the overview page over [since_ms, until_ms), exact to the millisecond: from

@@ -220,29 +220,27 @@ def _flat_alert(item: dict[str, Any]) -> dict[str, Any]:
 def write(items: Iterable[dict[str, Any]], output: TextIO, fmt: str, *, kind: str = "decision") -> int:
     """Write ``items`` as JSON lines, CSV or a table; ``kind``: the records' kind (decision or alert).
     Returns how many were written."""
-    counted = [0]
-    for chunk in stream(items, fmt, kind=kind, counted=counted):
+    count = 0
+
+    def counting() -> Iterator[dict[str, Any]]:
+        nonlocal count
+        for item in items:
+            count += 1
+            yield item
+
+    for chunk in stream(counting(), fmt, kind=kind):
         output.write(chunk)
-    return counted[0]
+    return count
 
 
-def stream(
-    items: Iterable[dict[str, Any]],
-    fmt: str,
-    *,
-    kind: str = "decision",
-    counted: list[int] | None = None,
-    batch: int = 500,
-) -> Iterator[str]:
+def stream(items: Iterable[dict[str, Any]], fmt: str, *, kind: str = "decision", batch: int = 500) -> Iterator[str]:
     """The text :func:`write` writes, in chunks of ``batch`` records (a streamed download:
-    ``tollgate audit ui``'s export). ``counted[0]`` is kept at the number of records so far."""
-    counted = counted if counted is not None else [0]
+    ``tollgate audit ui``'s export)."""
     buffer = io.StringIO()
     line = _row_writer(buffer, fmt, kind)
-    for item in items:
+    for number, item in enumerate(items, start=1):
         line(item)
-        counted[0] += 1
-        if counted[0] % batch == 0:
+        if number % batch == 0:
             yield buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()

@@ -38,7 +38,7 @@ from authz import response as identity_headers
 from authz.audit import index, proof, pseudonym, query
 from authz.auditview import charts, integrity
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["Settings", "create_app", "is_loopback"]
 
 log = logging.getLogger("tollgate.audit.ui")
 _HERE = pathlib.Path(__file__).parent
@@ -129,15 +129,19 @@ class _Identity:
         await self.app(scope, receive, send)
 
 
-def _loopback_host(host: str) -> bool:
-    """Whether a Host header names this machine: localhost or a loopback address, any port."""
-    name = host.rpartition("]")[0].lstrip("[") if host.startswith("[") else host.partition(":")[0]
+def is_loopback(name: str) -> bool:
+    """Whether a host name or address (no port) is this machine's: localhost or a loopback address."""
     if name.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine, any port."""
+    return is_loopback(host.rpartition("]")[0].lstrip("[") if host.startswith("[") else host.partition(":")[0])
 
 
 def _groups(header: str) -> str:

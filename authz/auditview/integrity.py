@@ -15,6 +15,7 @@ import dataclasses
 import json
 import multiprocessing
 import pathlib
+import stat
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -92,11 +93,11 @@ def fingerprint(directories: Sequence[pathlib.Path]) -> tuple[tuple[str, int, in
     for directory in directories:
         for path in sorted(directory.rglob("*")):
             try:
-                stat = path.stat()
+                status = path.stat()
             except FileNotFoundError:
-                continue
-            if path.is_file():
-                found.append((str(path), stat.st_size, stat.st_mtime_ns))
+                continue  # removed by retention meanwhile
+            if stat.S_ISREG(status.st_mode):
+                found.append((str(path), status.st_size, status.st_mtime_ns))
     return tuple(found)
 
 

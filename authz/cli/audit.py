@@ -188,10 +188,14 @@ def _log_directory(text: str) -> pathlib.Path:
     raise configuration.UsageError(f"audit: {directory}: {problem}")
 
 
-def _verifier(value: str) -> note.Verifier:
+def _key_text(value: str) -> str:
+    """A key given as a file, or as the key itself."""
     path = pathlib.Path(value)
-    text = path.read_text() if path.exists() else value
-    return note.Verifier(text)
+    return path.read_text() if path.exists() else value
+
+
+def _verifier(value: str) -> note.Verifier:
+    return note.Verifier(_key_text(value))
 
 
 @contextlib.contextmanager
@@ -423,7 +427,6 @@ def _query(args: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     import hashlib  # noqa: PLC0415 - only the web view needs these
-    import ipaddress  # noqa: PLC0415
     import os  # noqa: PLC0415
 
     import uvicorn  # noqa: PLC0415
@@ -437,13 +440,8 @@ def _ui(args: argparse.Namespace) -> int:
             return _fail(f"--archive {archive}: no such directory")
         directories.append(archive)
     host, port = common.listen_on("--listen", args.listen)
-    if args.local_only:
-        try:
-            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            return _fail(f"--local-only: --listen {args.listen!r} is not a loopback address")
+    if args.local_only and not auditview.is_loopback(host):
+        return _fail(f"--local-only: --listen {args.listen!r} is not a loopback address")
     if args.trace_url:
         parts = urllib.parse.urlsplit(args.trace_url)
         if parts.scheme not in ("http", "https") or "{trace_id}" not in args.trace_url:
@@ -451,8 +449,8 @@ def _ui(args: argparse.Namespace) -> int:
     witness = pathlib.Path(args.witness) if args.witness else None
     if witness is not None and not (witness / witness_state.STATE).exists():
         return _fail(f"--witness {witness}: no witness state here")
-    key_text = pathlib.Path(args.key).read_text() if pathlib.Path(args.key).exists() else args.key
-    _verifier(args.key)  # a bad key is a usage error now (note.NoteError)
+    key_text = _key_text(args.key)
+    note.Verifier(key_text)  # a bad key is a usage error now (note.NoteError)
     keys = pseudonym.load_keys(pathlib.Path(args.pseudonym_keys)) if args.pseudonym_keys else None
     if args.index:
         index_path = pathlib.Path(args.index)

@@ -30,20 +30,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from authz import cli
 from authz.audit import note, pseudonym, publish, query, witness
-from authz.dev import auditlog, harness, idp
+from authz.dev import auditlog, browser, harness, idp
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "images" / "audit-ui-overview.png"
-_MISSING = []
-with contextlib.suppress(ImportError):
-    from selenium.webdriver.common.by import By
-
-    from authz.dev import browser
-
-    _MISSING = browser.missing()
+_MISSING = browser.missing()
 needs_browser = pytest.mark.skipif(
     bool(_MISSING), reason=f"needs {' and '.join(_MISSING)} (make test installs them when run as root)"
 )

@@ -36,8 +36,8 @@ def test_a_cell_that_starts_like_a_formula_is_prefixed_in_csv_only() -> None:
     assert exact[0]["request"]["request_id"] == HOSTILE
 
 
-def test_stream_yields_in_batches_and_counts() -> None:
-    counted = [0]
-    chunks = list(query.stream([_record()] * 1201, "json", counted=counted, batch=500))
-    assert counted == [1201] and len(chunks) == 3
+def test_stream_yields_in_batches_and_write_counts() -> None:
+    chunks = list(query.stream([_record()] * 1201, "json", batch=500))
+    assert len(chunks) == 3
     assert "".join(chunks).count("\n") == 1201
+    assert query.write([_record()] * 1201, io.StringIO(), "csv") == 1201
