@@ -19,7 +19,7 @@ from typing import Any
 from authz import canonical
 from authz import request as request_model
 
-__all__ = ["from_check_request"]
+__all__ = ["canonical_request", "from_check_request"]
 
 # Limits on what one request may carry into the decision. Envoy's own default header limit is
 # 60 KiB; anything past these bounds is not a request we can reason about safely.
@@ -50,21 +50,17 @@ class _EnvoyDetails(tuple[Any]):
 
 
 def _request(
-    attributes: Any, headers: Mapping[str, str], method: str, target: tuple[str, str, str, str, str]
+    principal: str,
+    details: request_model.Details,
+    headers: Mapping[str, str],
+    method: str,
+    target: tuple[str, str, str, str, str],
 ) -> request_model.HttpRequest:
     host, path, raw_path, query, path_with_parameters = target
     # By position, in HttpRequest's order: method, host, path, raw_path, query, path_with_parameters,
     # headers, source_principal, details.
     return request_model.HttpRequest(
-        method,
-        host,
-        path,
-        raw_path,
-        query,
-        path_with_parameters,
-        headers,
-        attributes.source.principal,
-        _EnvoyDetails((attributes,)),
+        method, host, path, raw_path, query, path_with_parameters, headers, principal, details
     )
 
 
@@ -117,15 +113,35 @@ def from_check_request(
     )
     if ambiguous:
         raise canonical.RequestRejected("request_ambiguous", "the request's fields and its pseudo-headers disagree")
+    return canonical_request(
+        method, authority, target, headers, attributes.source.principal, _EnvoyDetails((attributes,)), strict=strict
+    )
+
+
+def canonical_request(  # noqa: PLR0917 - the one shared tail of both adapters, once per Check
+    method: str,
+    authority: str,
+    target: str,
+    headers: Mapping[str, str],
+    principal: str,
+    details: request_model.Details,
+    *,
+    strict: bool,
+) -> request_model.HttpRequest:
+    """The canonical request once its parts are read: the tail both adapters share (gRPC's
+    ``CheckRequest`` here, HTTP ext_authz in :mod:`authz.http_request`), so both apply the same
+    canonicalization and the same remembered targets. Raises :class:`RequestRejected`."""
     targets = _targets[strict]
     known = targets.get((authority, target))
     if known is None:
-        known = _canonical_target(attributes, headers, method, authority=authority, target=target, strict=strict)
+        known = _canonical_target(
+            principal, details, headers, method, authority=authority, target=target, strict=strict
+        )
         if len(target) + len(authority) <= _MAX_CACHED_TARGET:
             if len(targets) >= _MAX_TARGETS:
                 targets.clear()
             targets[(authority, target)] = known
-    return _build(attributes, headers, method, known)
+    return _build(principal, details, headers, method, known)
 
 
 def _from_unusual(attributes: Any, http: Any, headers: Mapping[str, str], strict: bool) -> request_model.HttpRequest:
@@ -142,8 +158,9 @@ def _from_unusual(attributes: Any, http: Any, headers: Mapping[str, str], strict
     if not target:
         raise canonical.RequestRejected("request_missing_path", "request has no path")
     authority = http.host or headers.get(":authority", "")
-    known = _canonical_target(attributes, headers, method, authority=authority, target=target, strict=strict)
-    return _build(attributes, headers, method, known)
+    principal, details = attributes.source.principal, _EnvoyDetails((attributes,))
+    known = _canonical_target(principal, details, headers, method, authority=authority, target=target, strict=strict)
+    return _build(principal, details, headers, method, known)
 
 
 def _raw_headers(entries: Any) -> dict[str, str]:
@@ -160,7 +177,14 @@ def _raw_headers(entries: Any) -> dict[str, str]:
 
 
 def _canonical_target(
-    attributes: Any, headers: Mapping[str, str], method: str, *, authority: str, target: str, strict: bool
+    principal: str,
+    details: request_model.Details,
+    headers: Mapping[str, str],
+    method: str,
+    *,
+    authority: str,
+    target: str,
+    strict: bool,
 ) -> Canonical:
     """(host, canonical path, path as sent, query, second reading) or :class:`RequestRejected` with
     what was read."""
@@ -169,16 +193,18 @@ def _canonical_target(
         host = canonical.canonical_host(authority)
         first, second = canonical.canonical_paths(path, strict=strict)
     except canonical.RequestRejected as rejected:
-        rejected.request = _request(attributes, headers, method[:32], (authority[:255], path, path, query, ""))
+        rejected.request = _request(principal, details, headers, method[:32], (authority[:255], path, path, query, ""))
         raise
     return host, first, path, query, second
 
 
-def _build(attributes: Any, headers: Mapping[str, str], method: str, target: Canonical) -> request_model.HttpRequest:
+def _build(
+    principal: str, details: request_model.Details, headers: Mapping[str, str], method: str, target: Canonical
+) -> request_model.HttpRequest:
     """The request, once its method is known to be one reading only (the method is not part of the
     remembered target, so it is checked here, for every request)."""
     # The query is the one in the target: Envoy documents the `query` field as always empty.
-    request = _request(attributes, headers, method, target)
+    request = _request(principal, details, headers, method, target)
     if method not in canonical.KNOWN_METHODS and not canonical.METHOD.fullmatch(method):  # is_method(), inlined
         request.method = method[:32]
         raise canonical.RequestRejected("request_method_invalid", "the method is not an upper-case HTTP token", request)

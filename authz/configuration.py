@@ -195,6 +195,13 @@ class ServerSettings:
         _config_source,
     )
     listen: str = _setting("127.0.0.1:9001", "--listen", "HOST:PORT for the gRPC server", listen_address)
+    http_listen: str = _setting(
+        "",
+        "--http-listen",
+        "HOST:PORT for Envoy's HTTP ext_authz (http_service), beside gRPC (docs/operations.md)",
+        _optional_listen_address,
+        shown="off",
+    )
     default_allow: bool = _setting(
         False,
         "--default-action",

@@ -2,8 +2,9 @@
 
     CheckRequest ─▶ request (canonical) ─▶ identity ─▶ decide(request, identity, snapshot) ─▶ Decision
 
-:func:`decide_check` is the Envoy-facing part (called by :mod:`authz.service` for every Check);
-:func:`decide` is the transport-free core it ends in, which ``tollgate policy explain`` calls too,
+:func:`decide_read` is the Envoy-facing part, called by :mod:`authz.checks` for every Check with
+the adapter of the transport it came by (gRPC ``CheckRequest`` or HTTP ext_authz; :func:`decide_check`
+for the first); :func:`decide` is the transport-free core it ends in, which ``tollgate policy explain`` calls too,
 so the two cannot disagree. Every other answer Tollgate gives is a named step here
 (:func:`unparseable`, :func:`cancelled`, :func:`audit_unavailable`, :func:`answer_failed`).
 Fails closed: every way out of :func:`decide_check` is a Decision, and an unexpected exception
@@ -27,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from authz import canonical, ids
@@ -44,6 +46,7 @@ __all__ = [
     "cancelled",
     "decide",
     "decide_check",
+    "decide_read",
     "rejected_request",
     "unparseable",
 ]
@@ -152,14 +155,36 @@ async def decide_check(
 ) -> Decision:
     """Decide one Envoy CheckRequest against one configuration snapshot. Never raises.
 
-    Reads the canonical request (:mod:`authz.check_request`), resolves the caller in the providers the
-    host accepts, and hands both to :func:`decide`. ``strict_paths``: strict path mode (see
-    ``canonical.canonical_paths``). ``wire_size``: the serialized request's length, if known.
+    Reads the canonical request (:mod:`authz.check_request`) and hands it to :func:`decide_read`.
+    ``strict_paths``: strict path mode (see ``canonical.canonical_paths``). ``wire_size``: the
+    serialized request's length, if known.
+    """
+    return await decide_read(
+        lambda: envoy_request.from_check_request(check_request, wire_size, strict=strict_paths),
+        snapshot,
+        identity_stage,
+        default_allow=default_allow,
+    )
+
+
+async def decide_read(
+    read: Callable[[], request_model.HttpRequest],
+    snapshot: SnapshotView,
+    identity_stage: IdentityStage,
+    *,
+    default_allow: bool = False,
+) -> Decision:
+    """Decide the request ``read()`` returns, whatever the transport it came by. Never raises.
+
+    ``read`` is an edge's adapter (gRPC: :func:`authz.check_request.from_check_request`; HTTP:
+    :func:`authz.http_request.from_http_check`): it returns the canonical request or raises
+    :class:`~authz.canonical.RequestRejected`. Then: look up the host, resolve the caller in the
+    providers the host accepts, and hand both to :func:`decide`.
     """
     started = time.perf_counter_ns()
     request: request_model.HttpRequest | None = None
     try:
-        request = envoy_request.from_check_request(check_request, wire_size, strict=strict_paths)
+        request = read()
         host = snapshot.index.lookup(request.host)
         scope = host.providers if host else None
         identity = identity_stage.resolve_now(request, scope)

@@ -1,8 +1,14 @@
 """The Envoy bootstrap that puts Tollgate in front of an upstream: a pure builder, no processes.
 
-One listener whose HTTP connection manager runs ``ext_authz`` (gRPC, to the ``tollgate`` cluster,
-failing closed) and then the router to one upstream. Built from envoy-data-plane's typed messages,
-so a misspelt field is an error here, not a config Envoy rejects at start; :func:`bootstrap`
+One listener whose HTTP connection manager runs ``ext_authz`` (to the ``tollgate`` cluster, failing
+closed) and then the router to one upstream. ``ext_authz`` speaks gRPC (``grpc_service``, the
+default) or HTTP (``http_service``, :data:`HTTP_MODE`): the HTTP form adds what HTTP cannot carry
+from Envoy's own view of the connection (``headers_to_add``), drops any client header under those
+names first (``disallowed_headers``), and lists exactly which answer headers go upstream, to the
+client and into the dynamic metadata (:mod:`authz.http_request`, :mod:`authz.http_response`).
+
+Built from envoy-data-plane's typed messages, so a misspelt field is an error here, not a config
+Envoy rejects at start; :func:`bootstrap`
 returns the proto3 JSON mapping Envoy reads with ``-c``. Used by the local harness
 (:mod:`authz.dev.harness`: tests, ``make demo``, ``make bench``); ``envoy --mode validate`` checks
 its output in tests/unit/test_envoy_bootstrap.py.
@@ -24,7 +30,9 @@ from envoy_data_plane.envoy.config.core.v3 import (
     DataSource,
     GrpcService,
     GrpcServiceEnvoyGrpc,
+    HeaderValue,
     Http2ProtocolOptions,
+    HttpUri,
     SocketAddress,
     SubstitutionFormatString,
     TransportSocket,
@@ -41,7 +49,13 @@ from envoy_data_plane.envoy.config.route.v3 import (
 )
 from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
-from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import BufferSettings, ExtAuthz
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+    AuthorizationRequest,
+    AuthorizationResponse,
+    BufferSettings,
+    ExtAuthz,
+    HttpService,
+)
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -58,16 +72,30 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions,
     HttpProtocolOptionsExplicitHttpConfig,
 )
+from envoy_data_plane.envoy.type.matcher.v3 import ListStringMatcher, RegexMatcher, StringMatcher
 from envoy_data_plane.envoy.type.v3 import Percent
 from envoy_data_plane.google.protobuf import Any as PackedAny
 
-__all__ = ["EnvoyOptions", "bootstrap"]
+from authz import http_request, http_response, response
 
-_ACCESS_LOG_FORMAT = (
-    "[envoy] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% "
-    "policy=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:policy)% "
-    "reason=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:reason)%\n"
-)
+__all__ = ["GRPC_MODE", "HTTP_MODE", "EnvoyOptions", "bootstrap", "metadata_key"]
+
+GRPC_MODE, HTTP_MODE = "grpc", "http"
+
+
+def metadata_key(mode: str, key: str) -> str:
+    """The dynamic-metadata key (under ``envoy.filters.http.ext_authz``) of ``key`` ("policy",
+    "reason", "rule", "decision_id") in ``mode``: over HTTP, Envoy names it after the answer header."""
+    return key if mode == GRPC_MODE else "x-tollgate-" + key.replace("_", "-")
+
+
+def _access_log_format(mode: str) -> str:
+    policy, reason = metadata_key(mode, "policy"), metadata_key(mode, "reason")
+    return (
+        "[envoy] %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% "
+        f"policy=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:{policy})% "
+        f"reason=%DYNAMIC_METADATA(envoy.filters.http.ext_authz:{reason})%\n"
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,6 +110,10 @@ class EnvoyOptions:
     normalize_path: bool = True  # RFC 3986 normalization before ext_authz and routing
     merge_slashes: bool = True
     authz_timeout: float = 2.0  # seconds Envoy waits for a Check before it denies
+    authz_mode: str = GRPC_MODE  # GRPC_MODE (grpc_service, HTTP/2) or HTTP_MODE (http_service, HTTP/1.1)
+    # gRPC: streams per HTTP/2 connection to Tollgate. Envoy opens one connection per worker; a
+    # limit makes it open more under load, which SO_REUSEPORT spreads over ``--workers`` processes.
+    authz_streams: int | None = None
     request_body_bytes: int | None = None  # buffer bodies up to this size and send them with the Check
     tracing_port: int | None = None  # an OTLP/gRPC collector: Envoy's spans, parents of Tollgate's
     access_log: bool = False  # one stdout line per request with the decision's policy and reason
@@ -100,7 +132,15 @@ def bootstrap(options: EnvoyOptions) -> dict[str, Any]:
     """The static bootstrap for ``options``, as the JSON object Envoy loads."""
     clusters = []
     if options.authz_port is not None:
-        clusters.append(_cluster("tollgate", options.authz_host or options.address, options.authz_port, http2=True))
+        clusters.append(
+            _cluster(
+                "tollgate",
+                options.authz_host or options.address,
+                options.authz_port,
+                http2=options.authz_mode == GRPC_MODE,
+                streams=options.authz_streams,
+            )
+        )
     if options.upstream_port is not None:
         clusters.append(_cluster("upstream", options.upstream_host or options.address, options.upstream_port))
     for number, (_, port) in enumerate(options.host_upstreams):
@@ -144,11 +184,14 @@ def _manager(options: EnvoyOptions) -> HttpConnectionManager:
             transport_api_version=ApiVersion.V3,
             failure_mode_allow=False,  # fail closed if Tollgate is unreachable
             include_peer_certificate=True,
-            grpc_service=GrpcService(
-                envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name="tollgate"),
-                timeout=datetime.timedelta(seconds=options.authz_timeout),
-            ),
         )
+        timeout = datetime.timedelta(seconds=options.authz_timeout)
+        if options.authz_mode == HTTP_MODE:
+            _http_service(ext_authz, timeout)
+        else:
+            ext_authz.grpc_service = GrpcService(
+                envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name="tollgate"), timeout=timeout
+            )
         if options.request_body_bytes is not None:
             ext_authz.with_request_body = BufferSettings(max_request_bytes=options.request_body_bytes)
         filters.append(HttpFilter(name="envoy.filters.http.ext_authz", typed_config=_pack(ext_authz)))
@@ -171,7 +214,9 @@ def _manager(options: EnvoyOptions) -> HttpConnectionManager:
         http_filters=filters,
     )
     if options.access_log:
-        log_format = SubstitutionFormatString(text_format_source=DataSource(inline_string=_ACCESS_LOG_FORMAT))
+        log_format = SubstitutionFormatString(
+            text_format_source=DataSource(inline_string=_access_log_format(options.authz_mode))
+        )
         manager.access_log = [
             AccessLog(name="envoy.access_loggers.stdout", typed_config=_pack(StdoutAccessLog(log_format=log_format)))
         ]
@@ -189,6 +234,29 @@ def _manager(options: EnvoyOptions) -> HttpConnectionManager:
     return manager
 
 
+def _http_service(ext_authz: ExtAuthz, timeout: datetime.timedelta) -> None:
+    """HTTP ext_authz: every client header goes to Tollgate except the ``x-tollgate-envoy-*`` names,
+    which Envoy then sets from the connection itself; the answer's identity headers go upstream
+    (replacing client copies), its deny headers to the client, its decision headers into metadata."""
+    ext_authz.allowed_headers = ListStringMatcher(patterns=[StringMatcher(safe_regex=RegexMatcher(regex=".*"))])
+    ext_authz.disallowed_headers = ListStringMatcher(patterns=[StringMatcher(prefix=http_request.ENVOY_PREFIX)])
+    ext_authz.http_service = HttpService(
+        server_uri=HttpUri(uri="http://tollgate", cluster="tollgate", timeout=timeout),
+        authorization_request=AuthorizationRequest(
+            headers_to_add=[HeaderValue(key=name, value=value) for name, value in http_request.ENVOY_ATTRIBUTES.items()]
+        ),
+        authorization_response=AuthorizationResponse(
+            allowed_upstream_headers=_exactly(response.IDENTITY_HEADERS),
+            allowed_client_headers=_exactly(("content-type", "cache-control", "www-authenticate")),
+            dynamic_metadata_from_headers=_exactly(http_response.METADATA_HEADERS),
+        ),
+    )
+
+
+def _exactly(names: tuple[str, ...]) -> ListStringMatcher:
+    return ListStringMatcher(patterns=[StringMatcher(exact=name) for name in names])
+
+
 def _host_upstreams(options: EnvoyOptions) -> list[VirtualHost]:
     return [
         VirtualHost(
@@ -200,7 +268,7 @@ def _host_upstreams(options: EnvoyOptions) -> list[VirtualHost]:
     ]
 
 
-def _cluster(name: str, host: str, port: int, *, http2: bool = False) -> Cluster:
+def _cluster(name: str, host: str, port: int, *, http2: bool = False, streams: int | None = None) -> Cluster:
     cluster = Cluster(
         name=name,
         type=ClusterDiscoveryType.STATIC if _is_ip(host) else ClusterDiscoveryType.STRICT_DNS,
@@ -212,7 +280,9 @@ def _cluster(name: str, host: str, port: int, *, http2: bool = False) -> Cluster
     )
     if http2:
         options = HttpProtocolOptions(
-            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions())
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+                http2_protocol_options=Http2ProtocolOptions(max_concurrent_streams=streams)
+            )
         )
         cluster.typed_extension_protocol_options = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(options)

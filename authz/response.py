@@ -29,7 +29,17 @@ from http_sfv import types as sf_types
 from authz import decision as decision_model
 from authz.identity import model as identity_model
 
-__all__ = ["IDENTITY_HEADERS", "encode", "encode_failed", "to_check_response"]
+__all__ = [
+    "IDENTITY_HEADERS",
+    "IDENTITY_VALUES",
+    "client_reserved",
+    "denied_body",
+    "denied_status",
+    "encode",
+    "encode_failed",
+    "identity_headers",
+    "to_check_response",
+]
 
 SUBJECT = "x-tollgate-subject"
 GROUPS = "x-tollgate-groups"
@@ -39,8 +49,8 @@ PRINCIPAL = "x-tollgate-principal"
 DECISION_ID = "x-tollgate-decision-id"  # the audit record's id; the request id is Envoy's x-request-id
 # Every header Tollgate vouches for. Whatever a client sends under these names never reaches the
 # upstream: each is either overwritten with Tollgate's value or removed.
-_IDENTITY_VALUES = (SUBJECT, GROUPS, ROLES, METHOD, PRINCIPAL)  # the caller's; removed for anonymous callers
-IDENTITY_HEADERS = (*_IDENTITY_VALUES, DECISION_ID)
+IDENTITY_VALUES = (SUBJECT, GROUPS, ROLES, METHOD, PRINCIPAL)  # the caller's; removed for anonymous callers
+IDENTITY_HEADERS = (*IDENTITY_VALUES, DECISION_ID)
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _ERROR_NAMES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 500: "internal_error", 503: "unavailable"}
@@ -138,7 +148,7 @@ def encode(decision: decision_model.Decision) -> bytes:
         return _serialized(decision)
     head, middle, tail = template
     reserved = decision.request.reserved_headers() if decision.request is not None else ()
-    removals = _client_reserved(reserved, identity) if reserved else None
+    removals = client_reserved(reserved, identity) if reserved else None
     if removals:
         # A second encoding that only adds to headers_to_remove: parsers merge it (repeated fields append).
         extra = external_auth_pb2.CheckResponse()
@@ -156,12 +166,12 @@ def encode_failed(decision: decision_model.Decision) -> bytes:
         return _FAILED
 
 
-def _client_reserved(reserved: tuple[str, ...], identity: identity_model.Identity) -> list[str]:
+def client_reserved(reserved: tuple[str, ...], identity: identity_model.Identity) -> list[str]:
     """Of the client-sent headers in the reserved namespace, those this answer must remove. Names
     it sets are left out (it overwrites them): Envoy would remove Tollgate's own value too."""
     own = {DECISION_ID}
     if identity.authenticated:
-        own.update(name for name, _ in _identity_headers(identity)[0])  # only requests that sent such headers
+        own.update(name for name, _ in identity_headers(identity)[0])  # only requests that sent such headers
     return [name for name in reserved if name not in own]
 
 
@@ -175,7 +185,7 @@ _denied_templates: dict[tuple[object, ...], DeniedTemplate | None] = {}
 
 
 def _encode_denied(decision: decision_model.Decision, decision_id: bytes) -> bytes:
-    status = _denied_status(decision)
+    status = denied_status(decision)
     key = (status, decision.reason, decision.policy, decision.rule, decision.dry_run)
     try:
         template = _denied_templates[key]
@@ -185,7 +195,7 @@ def _encode_denied(decision: decision_model.Decision, decision_id: bytes) -> byt
         return _serialized(decision)
     head, tail, prefix = template
     body = external_auth_pb2.CheckResponse(
-        denied_response=external_auth_pb2.DeniedHttpResponse(body=_body(status, decision, prefix))
+        denied_response=external_auth_pb2.DeniedHttpResponse(body=denied_body(status, decision, prefix))
     ).SerializeToString()
     return b"".join((head, decision_id, tail, body))
 
@@ -223,8 +233,8 @@ def _serialized(decision: decision_model.Decision) -> bytes:
 def to_check_response(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
     if decision.allowed:
         return _ok(decision)
-    status = _denied_status(decision)
-    return _denied(decision, status, body=_body(status, decision))
+    status = denied_status(decision)
+    return _denied(decision, status, body=denied_body(status, decision))
 
 
 def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
@@ -233,16 +243,16 @@ def _ok(decision: decision_model.Decision) -> external_auth_pb2.CheckResponse:
     ok = reply.ok_response
     identity = decision.identity
     if identity.authenticated:
-        values, removals = _identity_headers(identity)
+        values, removals = identity_headers(identity)
     else:
-        values, removals = (), _IDENTITY_VALUES
+        values, removals = (), IDENTITY_VALUES
     for name, value in values:
         _set(ok, name, value)
     # Removal is used only for names we do not set: Envoy applies `headers` and
     # `headers_to_remove` independently, and a name in both would lose Tollgate's value.
     ok.headers_to_remove.extend(removals)
     if decision.request is not None:
-        ok.headers_to_remove.extend(_client_reserved(decision.request.reserved_headers(), identity))
+        ok.headers_to_remove.extend(client_reserved(decision.request.reserved_headers(), identity))
     _set(ok, DECISION_ID, decision.decision_id)
     _metadata(decision, reply.dynamic_metadata)
     return reply
@@ -258,7 +268,7 @@ def _set(ok: external_auth_pb2.OkHttpResponse, name: str, value: str) -> None:
 Headers = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]
 
 
-def _identity_headers(identity: identity_model.Identity) -> Headers:
+def identity_headers(identity: identity_model.Identity) -> Headers:
     candidates = (
         (SUBJECT, _plain(identity.subject)),
         (GROUPS, _structured_list(identity.groups)),
@@ -271,11 +281,11 @@ def _identity_headers(identity: identity_model.Identity) -> Headers:
     return values, removals
 
 
-def _denied_status(decision: decision_model.Decision) -> int:
+def denied_status(decision: decision_model.Decision) -> int:
     return decision.status if decision.status in _ERROR_NAMES else 403
 
 
-def _body(status: int, decision: decision_model.Decision, prefix: str = "") -> str:
+def denied_body(status: int, decision: decision_model.Decision, prefix: str = "") -> str:
     """The denied answer's JSON body: no internals, the reason and the request id to quote.
 
     ``{"error":…,"reason":…,"request_id":…}``; ``prefix`` is :func:`_body_prefix`'s, if known.

@@ -21,6 +21,7 @@ import gc
 import logging
 import pathlib
 import signal
+import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -29,11 +30,11 @@ from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (h
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz import configuration, detect, loader, metrics, service, telemetry
+from authz import checks, configuration, detect, http_server, loader, metrics, service, telemetry
 from authz.errors import ConfigError
 from authz.identity import resolve
 
-__all__ = ["ListenError", "Runtime", "serve", "start", "watch"]
+__all__ = ["ListenError", "Runtime", "serve", "start", "start_http", "watch"]
 
 _log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Runtime:
 
     def __init__(self, snapshot: loader.Snapshot, *, default_allow: bool, strict_paths: bool = True) -> None:
         self.identity = resolve.IdentityResolver()
-        self.recorder: service.Recorder | None = None
+        self.recorder: checks.Recorder | None = None
         self.tracing = telemetry.Tracing(None)
         self.default_allow = default_allow
         self.strict_paths = strict_paths
@@ -128,6 +129,29 @@ async def watch(settings: configuration.ServerSettings, runtime: Runtime) -> Non
         )
 
 
+def _ssl_context(settings: configuration.ServerSettings) -> ssl.SSLContext | None:
+    """The HTTP edge's TLS: the same certificate, key and client CA as the gRPC server's."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_client_ca is not None:
+        context.load_verify_locations(settings.tls_client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def start_http(settings: configuration.ServerSettings, runtime: Runtime) -> http_server.HttpCheckServer:
+    """The HTTP ext_authz edge on ``--http-listen`` (:mod:`authz.http_server`), started."""
+    host, _, port = settings.http_listen.rpartition(":")
+    edge = http_server.HttpCheckServer(runtime, host.strip("[]"), int(port), ssl_context=_ssl_context(settings))
+    try:
+        await edge.start()
+    except OSError as error:
+        raise ListenError(f"--http-listen {settings.http_listen}: {error.strerror or error}") from error
+    return edge
+
+
 def _credentials(settings: configuration.ServerSettings) -> grpc.ServerCredentials | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
@@ -192,6 +216,7 @@ async def serve(
         runtime.check_metrics = metrics.CheckMetrics()
         export = metrics.Export(runtime, otlp=otlp)
     server, health_servicer, port = await start(settings, runtime)
+    http_edge = await start_http(settings, runtime) if settings.http_listen else None
     http_health = None
     if settings.metrics_listen:
         from authz import health  # noqa: PLC0415 - aiohttp loads only when HTTP health is asked for
@@ -203,9 +228,10 @@ async def serve(
         runtime.detection.start()
     _settle_memory()
     _log.info(
-        "listening on %s (port %d), configuration revision %s, %d policies",
+        "listening on %s (port %d)%s, configuration revision %s, %d policies",
         settings.listen,
         port,
+        f" and HTTP ext_authz on {settings.http_listen} (port {http_edge.port})" if http_edge else "",
         runtime.snapshot.revision,
         len(runtime.snapshot.policies),
     )
@@ -225,7 +251,10 @@ async def serve(
     await health_servicer.enter_graceful_shutdown()
     if watcher is not None:
         watcher.cancel()
-    await server.stop(settings.grace)
+    if http_edge is not None:
+        await asyncio.gather(server.stop(settings.grace), http_edge.stop(settings.grace))
+    else:
+        await server.stop(settings.grace)
     await runtime.identity.close()
     if runtime.detection is not None:
         await runtime.detection.close()  # before the recorder: its last alert records go in

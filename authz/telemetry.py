@@ -9,7 +9,8 @@ Called by :mod:`authz.service` around each decision. Configuration is the standa
   defaults to ``tollgate``).
 - The parent context is the one Envoy sends: its ext_authz client span, in the gRPC metadata of
   the Check call, or else the trace headers of the request in the CheckRequest (see
-  :func:`authz.service._trace_carrier`); W3C ``traceparent`` first, then B3 (``b3``, ``x-b3-*``).
+  :func:`authz.service._trace_carrier`; the HTTP edge reads its request's headers); W3C
+  ``traceparent`` first, then B3 (``b3``, ``x-b3-*``).
 
 Span attributes follow the RPC semantic conventions plus ``tollgate.*`` decision attributes.
 They never carry personal data: no subject, no address, no path.

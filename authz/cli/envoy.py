@@ -2,8 +2,9 @@
 
 Built by :mod:`authz.envoy_bootstrap` (envoy-data-plane's typed classes) — the same builder the
 tests and the demo run Envoy with. What it sets and why is in docs/operations.md ("Envoy"):
-ext_authz over gRPC/HTTP/2 with ``failure_mode_allow: false`` (Tollgate unreachable: deny), a
-Check timeout, the peer certificate sent, request bodies off unless asked for, path
+ext_authz over gRPC/HTTP/2 (or, with ``--authz-mode http``, Envoy's HTTP ext_authz with the
+headers Tollgate needs from Envoy and no others believed) with ``failure_mode_allow: false``
+(Tollgate unreachable: deny), a Check timeout, the peer certificate sent, request bodies off unless asked for, path
 normalization and merged slashes before ext_authz and routing, tracing when a collector is named.
 Hosts may be DNS names (Kubernetes Services): Envoy resolves them (STRICT_DNS).
 """
@@ -29,7 +30,25 @@ def add_parser(commands: Any) -> None:
         description="Print a complete Envoy bootstrap (YAML, or JSON) whose ext_authz filter asks Tollgate "
         "and whose route sends allowed requests upstream. Check it with envoy --mode validate -c FILE.",
     )
-    command.add_argument("--authz", required=True, metavar="HOST:PORT", help="Tollgate's gRPC address")
+    command.add_argument(
+        "--authz",
+        required=True,
+        metavar="HOST:PORT",
+        help="Tollgate's address: its --listen (grpc) or --http-listen (http)",
+    )
+    command.add_argument(
+        "--authz-mode",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="how Envoy asks Tollgate: grpc (grpc_service, the default) or http (http_service)",
+    )
+    command.add_argument(
+        "--authz-streams",
+        default="",
+        metavar="N",
+        help="grpc: at most N checks per HTTP/2 connection, so Envoy opens more connections under load "
+        "and tollgate serve --workers spreads them (e.g. 8); default: no limit",
+    )
     command.add_argument("--upstream", required=True, metavar="HOST:PORT", help="where allowed requests go")
     command.add_argument("--listen", default="0.0.0.0:10000", metavar="HOST:PORT", help="Envoy's listener")
     command.add_argument("--admin", default="127.0.0.1:9901", metavar="HOST:PORT", help="Envoy's admin listener")
@@ -60,12 +79,15 @@ def run(args: argparse.Namespace) -> int:
         if args.request_body_bytes
         else None
     )
+    streams = int(common.number("--authz-streams", args.authz_streams, 1, 1 << 20)) if args.authz_streams else None
     options = envoy_bootstrap.EnvoyOptions(
         listen_port=listen_port,
         admin_port=admin_port,
         authz_port=authz_port,
         upstream_port=upstream_port,
         authz_timeout=timeout,
+        authz_mode=args.authz_mode,
+        authz_streams=streams,
         request_body_bytes=body,
         tracing_port=tracing_port,
         access_log=args.access_log,

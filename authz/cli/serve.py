@@ -57,6 +57,8 @@ def _settings(
     check_listen(settings.listen)
     if settings.metrics_listen:
         check_listen(settings.metrics_listen, "--metrics-listen")
+    if settings.http_listen:
+        check_listen(settings.http_listen, "--http-listen")
     return settings, audit_settings, detection_settings
 
 
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return common.fail(f"invalid configuration, not starting:\n{error}", 2)
     except server.ListenError as error:
-        return common.fail(f"--listen {settings.listen}: {error}", 2)
+        return common.fail(str(error) if str(error).startswith("--") else f"--listen {settings.listen}: {error}", 2)
     except OSError as error:
         return common.fail(f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}", 2)
     return 0

@@ -1,16 +1,23 @@
-"""Build real ``CheckRequest`` messages as Envoy would send them (tests and micro-benchmarks)."""
+"""Build real check requests as Envoy would send them — gRPC ``CheckRequest`` messages and HTTP
+ext_authz requests — and read the HTTP answers (tests and micro-benchmarks)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import posixpath
 import re
+import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import httptools
 from envoy.config.core.v3 import address_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
-__all__ = ["check_request", "upstream_path_readings"]
+from authz import http_request
+
+__all__ = ["HttpAnswer", "check_request", "exchange", "http_check_request", "upstream_path_readings"]
 
 
 def check_request(
@@ -51,6 +58,90 @@ def check_request(
             ),
         )
     )
+
+
+def http_check_request(
+    *,
+    method: str = "GET",
+    host: str = "example.com",
+    path: str = "/",
+    headers: Sequence[tuple[str, str]] = (),
+    source_ip: str = "127.0.0.1",
+    principal: str = "",
+    request_id: str = "req-1",
+    envoy: Sequence[tuple[str, str]] | None = None,
+) -> bytes:
+    """An HTTP ext_authz check request as Envoy's ``http_service`` sends it (one HTTP/1.1 request):
+    the client's request line and headers, then what Envoy adds (``envoy``: those lines instead)."""
+    if envoy is None:
+        envoy = [(http_request.SOURCE, source_ip), (http_request.PROTOCOL, "HTTP/1.1")]
+        if principal:
+            envoy.append((http_request.PEER_URI_SAN, principal))
+    lines = [f"{method} {path} HTTP/1.1", f"host: {host}", f"x-request-id: {request_id}", "content-length: 0"]
+    lines += [f"{name}: {value}" for name, value in (*headers, *envoy)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+
+
+@dataclasses.dataclass
+class HttpAnswer:
+    """One HTTP answer: status, headers (lower-case names, repeats joined by commas), body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class _Answers:
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.answers: list[HttpAnswer] = []
+        self._current = HttpAnswer(0, {}, b"")
+
+    def on_message_begin(self) -> None:
+        self._current = HttpAnswer(0, {}, b"")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key, text = name.decode().lower(), value.decode()
+        headers = self._current.headers
+        headers[key] = f"{headers[key]},{text}" if key in headers else text
+
+    def on_body(self, body: bytes) -> None:
+        self._current.body += body
+
+    def on_message_complete(self) -> None:
+        self._current.status = self.parser.get_status_code()
+        self.answers.append(self._current)
+
+
+async def exchange(
+    port: int,
+    data: bytes,
+    *,
+    answers: int = 1,
+    timeout: float = 10.0,
+    context: ssl.SSLContext | None = None,
+    end: bool = False,
+) -> list[HttpAnswer]:
+    """Send ``data`` (one or more requests) on one connection to 127.0.0.1:``port``; return the
+    answers read until ``answers`` arrived or the server closed the connection. ``end``: half-close
+    after sending (the server answers what it could read, then closes)."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="localhost" if context else None
+    )
+    parsed = _Answers()
+    try:
+        writer.write(data)
+        async with asyncio.timeout(timeout):
+            while len(parsed.answers) < answers:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                parsed.parser.feed_data(chunk)
+    except TimeoutError:
+        pass
+    finally:
+        writer.close()
+    return parsed.answers
 
 
 def _dots(path: str) -> str:

@@ -261,11 +261,14 @@ class TollgateProcess(_Child):
         log_to: pathlib.Path | None = None,
         port: int | None = None,
         code: pathlib.Path | None = None,
+        http: bool = False,
     ) -> None:
         """``config``: a path, or ``kubernetes:NS/NAME``. ``code``: run the ``authz`` package found
         in this directory instead of the installed one (the benchmark's baseline: another
-        revision's code, measured in the same run)."""
+        revision's code, measured in the same run). ``http``: serve HTTP ext_authz too, on
+        ``http_port``."""
         self.port = port or free_port()
+        self.http_port = free_port() if http else None
         self.config = config
         self.args = [
             sys.executable,
@@ -276,6 +279,7 @@ class TollgateProcess(_Child):
             str(config),
             "--listen",
             f"127.0.0.1:{self.port}",
+            *(["--http-listen", f"127.0.0.1:{self.http_port}"] if self.http_port else []),
             *extra,
         ]
         self.env = {**os.environ, **(env or {})}
@@ -291,6 +295,13 @@ class TollgateProcess(_Child):
 
     def ready(self) -> bool:
         return self.serving()
+
+    def authz_port(self, mode: str) -> int:
+        """The port Envoy asks in ``mode`` (``envoy_bootstrap.GRPC_MODE`` or ``HTTP_MODE``)."""
+        if mode == envoy_bootstrap.HTTP_MODE:
+            assert self.http_port is not None, "started without http=True"
+            return self.http_port
+        return self.port
 
     def serving(self) -> bool:
         try:

@@ -1,7 +1,8 @@
-"""The hardening stack: one Tollgate, one echo upstream and two real Envoys in front of them —
-``normalize`` (normalize_path and merge_slashes on) and ``raw`` (both off) — shared by the
+"""The hardening stack: one Tollgate, one echo upstream and four real Envoys in front of them —
+``normalize`` (normalize_path and merge_slashes on) and ``raw`` (both off), each asking Tollgate
+over gRPC and, as ``normalize-http`` and ``raw-http``, over HTTP ext_authz — shared by the
 ``test_hardening_*`` modules, which attack it as a client would and assert on what the upstream
-received.
+received. Every test that takes ``mode`` runs through all four.
 
 Two development identity providers issue tokens: ``corp`` (Authorization header or ``session``
 cookie) and ``partner``. The policies below give each attack class a host of its own.
@@ -9,6 +10,7 @@ cookie) and ``partner``. The policies below give each attack class a host of its
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import pathlib
@@ -20,7 +22,8 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
-from authz.dev import harness, idp, upstream
+from authz import envoy_bootstrap
+from authz.dev import checks, harness, idp, upstream
 
 HARDENING_CONFIG = """
 apiVersion: tollgate.dev/v1alpha1
@@ -215,6 +218,11 @@ class HardeningStack:
                 upstream_saw = echoed
         return Answer(reply.status, reply.headers, reply.body, upstream_saw)
 
+    def decided_status(self, mode: str, status: int) -> int:
+        """The status a client receives through ``mode`` for a deny Tollgate decided as ``status``:
+        over HTTP ext_authz, Tollgate sends its 500 and 503 denials as 403 (authz.http_response)."""
+        return 403 if mode.endswith("-http") and status >= 500 else status
+
     def check(self, message: external_auth_pb2.CheckRequest) -> external_auth_pb2.CheckResponse:
         """One Check straight to Tollgate's gRPC port, on a real channel, as a non-Envoy client."""
         with grpc.insecure_channel(f"127.0.0.1:{self.tollgate.port}") as channel:
@@ -223,6 +231,19 @@ class HardeningStack:
             )
         return reply
 
+    def direct(self, transport: str, *, host: str, path: str, method: str = "GET") -> tuple[int, str]:
+        """(status, reason) of one check sent straight to Tollgate's port for ``transport``, as a
+        client that is not Envoy: nothing normalizes or refuses anything first."""
+        if transport == envoy_bootstrap.GRPC_MODE:
+            reply = self.check(checks.check_request(method=method, host=host, path=path))
+            if reply.status.code == 0:
+                return 200, ""
+            return reply.denied_response.status.code, str(json.loads(reply.denied_response.body)["reason"])
+        assert self.tollgate.http_port is not None
+        data = checks.http_check_request(method=method, host=host, path=path)
+        answers = asyncio.run(checks.exchange(self.tollgate.http_port, data))  # a CR LF may make it two
+        return answers[0].status, answers[0].headers.get("x-tollgate-reason", "")
+
     def bearer(self, subject: str = "alice", **claims: Any) -> tuple[str, str]:
         return ("Authorization", "Bearer " + self.corp.token(subject, **claims))
 
@@ -230,7 +251,7 @@ class HardeningStack:
         return self.log.read_text(errors="replace")
 
 
-MODES = ["normalize", "raw"]
+MODES = ["normalize", "raw", "normalize-http", "raw-http"]
 
 
 @pytest.fixture(scope="session")
@@ -242,17 +263,19 @@ def hardening(tmp_path_factory: pytest.TempPathFactory, http: Callable[..., Any]
     config.write_text(HARDENING_CONFIG.format(corp=corp.issuer, partner=partner.issuer))
     echo = upstream.EchoUpstream().start()
     log = directory / "tollgate.log"
-    tollgate = harness.TollgateProcess(config, log_to=log)
-    proxies = {
-        "normalize": harness.Envoy(authz_port=tollgate.port, upstream_port=echo.port, log_to=directory / "envoy-n.log"),
-        "raw": harness.Envoy(
-            authz_port=tollgate.port,
-            upstream_port=echo.port,
-            normalize_path=False,
-            merge_slashes=False,
-            log_to=directory / "envoy-r.log",
-        ),
-    }
+    tollgate = harness.TollgateProcess(config, log_to=log, http=True)
+    proxies = {}
+    for transport in (envoy_bootstrap.GRPC_MODE, envoy_bootstrap.HTTP_MODE):
+        suffix = "" if transport == envoy_bootstrap.GRPC_MODE else "-" + transport
+        for paths, normalize in (("normalize", True), ("raw", False)):
+            proxies[paths + suffix] = harness.Envoy(
+                authz_port=tollgate.authz_port(transport),
+                upstream_port=echo.port,
+                normalize_path=normalize,
+                merge_slashes=normalize,
+                authz_mode=transport,
+                log_to=directory / f"envoy-{paths}{suffix}.log",
+            )
     with harness.running(corp, partner, echo, tollgate, *proxies.values()):
         stack = HardeningStack(http, corp, partner, tollgate, proxies, log)
         _wait_for_keys(stack)
@@ -275,5 +298,5 @@ def _wait_for_keys(stack: HardeningStack) -> None:
 
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> str:
-    """Each test runs through both Envoys: normalize_path/merge_slashes on, and off."""
+    """Each test runs through every Envoy: normalize_path/merge_slashes on and off, over gRPC and HTTP."""
     return str(request.param)

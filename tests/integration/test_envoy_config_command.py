@@ -46,6 +46,8 @@ def _validate(path: pathlib.Path) -> subprocess.CompletedProcess[str]:
         ["--authz", "tollgate.tollgate-system.svc.cluster.local:9001", "--upstream", "orders.shop.svc:8080"],
         ["--authz", "10.0.0.7:9001", "--upstream", "[fd00::1]:80", "--tracing", "otel-collector:4317", "--access-log"],
         ["--authz", "127.0.0.1:9001", "--upstream", "127.0.0.1:80", "--request-body-bytes", "8192", "--format", "json"],
+        ["--authz", "tollgate:9002", "--upstream", "a:80", "--authz-mode", "http", "--access-log"],
+        ["--authz", "tollgate:9001", "--upstream", "a:80", "--authz-streams", "8"],
     ],
 )
 def test_the_printed_bootstrap_is_valid_for_envoy(tmp_path: pathlib.Path, args: list[str]) -> None:
@@ -73,6 +75,8 @@ def test_the_printed_bootstrap_is_valid_for_envoy(tmp_path: pathlib.Path, args: 
         (["--authz", "a:1", "--upstream", "a:99999"], "--upstream"),
         (["--authz", "a:1", "--upstream", "a:1", "--timeout", "soon"], "--timeout"),
         (["--authz", "a:1", "--upstream", "a:1", "--request-body-bytes", "0"], "--request-body-bytes"),
+        (["--authz", "a:1", "--upstream", "a:1", "--authz-streams", "0"], "--authz-streams"),
+        (["--authz", "a:1", "--upstream", "a:1", "--authz-mode", "rest"], "--authz-mode"),
     ],
 )
 def test_bad_flags_get_one_line(args: list[str], named: str) -> None:
@@ -109,14 +113,17 @@ def test_traffic_through_the_printed_bootstrap_is_decided_by_tollgate(
     echo_upstream: upstream.EchoUpstream,
     envoy_from_config: Callable[[str], int],
     http: Callable[..., Any],
+    transport: str,
 ) -> None:
     (tmp_path / "policy.yaml").write_text(POLICY)
-    authz = tollgate(tmp_path / "policy.yaml")
+    authz = tollgate(tmp_path / "policy.yaml", http=True)
     port, admin = harness.free_port(), harness.free_port()
     envoy_from_config(
         _config(
+            "--authz-mode",
+            transport,
             "--authz",
-            f"127.0.0.1:{authz.port}",
+            f"127.0.0.1:{authz.authz_port(transport)}",
             "--upstream",
             f"127.0.0.1:{echo_upstream.port}",
             "--listen",

@@ -1,4 +1,5 @@
-"""Path-confusion attacks through a real Envoy, with normalize_path and merge_slashes on and off.
+"""Path-confusion attacks through a real Envoy, with normalize_path and merge_slashes on and off,
+Envoy asking Tollgate over gRPC and over HTTP.
 
 Two hosts guard one protected area in the two ways users write policies:
 
@@ -98,12 +99,14 @@ def _under(path: str, root: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[harness.TollgateProcess, int]]:
     directory = tmp_path_factory.mktemp("bypass")
     (directory / "policies.yaml").write_text(POLICIES)
     echo = upstream.EchoUpstream().start()
-    tollgate = harness.TollgateProcess(directory / "policies.yaml", log_to=directory / "tollgate.log").start()
-    yield tollgate.port, echo.port
+    tollgate = harness.TollgateProcess(
+        directory / "policies.yaml", log_to=directory / "tollgate.log", http=True
+    ).start()
+    yield tollgate, echo.port
     tollgate.stop()
     echo.stop()
 
@@ -111,15 +114,20 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int
 @pytest.mark.parametrize("merge_slashes", [True, False], ids=["merge", "no-merge"])
 @pytest.mark.parametrize("normalize_path", [True, False], ids=["normalize", "no-normalize"])
 def test_no_path_bypass(
-    backend: tuple[int, int],
+    backend: tuple[harness.TollgateProcess, int],
     envoy: Callable[..., harness.Envoy],
     http: Callable[..., Any],
+    transport: str,
     normalize_path: bool,
     merge_slashes: bool,
 ) -> None:
-    authz_port, upstream_port = backend
+    tollgate, upstream_port = backend
     proxy = envoy(
-        authz_port=authz_port, upstream_port=upstream_port, normalize_path=normalize_path, merge_slashes=merge_slashes
+        authz_port=tollgate.authz_port(transport),
+        upstream_port=upstream_port,
+        normalize_path=normalize_path,
+        merge_slashes=merge_slashes,
+        authz_mode=transport,
     )
     outcomes = {}
     for host in ("deny.test", "allow.test"):

@@ -1,5 +1,6 @@
 """What clients and upstreams see through a real Envoy: trusted identity headers (never spoofable),
-deny bodies and challenges, and the decision in Envoy's access log via dynamic metadata."""
+deny bodies and challenges, and the decision in Envoy's access log via dynamic metadata — with
+Envoy asking Tollgate over gRPC and over HTTP."""
 
 from __future__ import annotations
 
@@ -38,18 +39,23 @@ SPOOFED = {name: "spoofed" for name in response.IDENTITY_HEADERS}
 
 @pytest.fixture
 def authz_port(
-    tmp_path: pathlib.Path, dev_idp: idp.DevIdentityProvider, tollgate: Callable[..., harness.TollgateProcess]
+    tmp_path: pathlib.Path,
+    dev_idp: idp.DevIdentityProvider,
+    tollgate: Callable[..., harness.TollgateProcess],
+    transport: str,
 ) -> int:
-    """Tollgate on this module's policies."""
+    """Tollgate on this module's policies: the port Envoy asks over ``transport``."""
     path = tmp_path / "policies.yaml"
     path.write_text(POLICIES.replace("ISSUER", dev_idp.issuer))
-    return tollgate(path).port
+    return tollgate(path, http=True).authz_port(transport)
 
 
 @pytest.fixture
-def proxy(authz_port: int, echo_upstream: upstream.EchoUpstream, envoy: Callable[..., harness.Envoy]) -> harness.Envoy:
+def proxy(
+    authz_port: int, echo_upstream: upstream.EchoUpstream, envoy: Callable[..., harness.Envoy], transport: str
+) -> harness.Envoy:
     """Envoy in front of the echo upstream, with Tollgate on this module's policies."""
-    return envoy(authz_port=authz_port, upstream_port=echo_upstream.port, access_log=True)
+    return envoy(authz_port=authz_port, upstream_port=echo_upstream.port, access_log=True, authz_mode=transport)
 
 
 def test_identity_headers_cannot_be_spoofed(
@@ -102,9 +108,9 @@ def test_decision_in_envoy_access_log(tmp_path: pathlib.Path, proxy: harness.Env
 
 
 def test_unreachable_tollgate_fails_closed(
-    echo_upstream: upstream.EchoUpstream, envoy: Callable[..., harness.Envoy], http: Callable[..., Any]
+    echo_upstream: upstream.EchoUpstream, envoy: Callable[..., harness.Envoy], http: Callable[..., Any], transport: str
 ) -> None:
-    proxy = envoy(authz_port=harness.free_port(), upstream_port=echo_upstream.port)
+    proxy = envoy(authz_port=harness.free_port(), upstream_port=echo_upstream.port, authz_mode=transport)
     reply = http(proxy.port, "GET", "/public", host="app.test")
     assert reply.status == 403  # Envoy's failure_mode_allow=false: nothing reaches the upstream
 
@@ -114,10 +120,13 @@ def test_a_large_buffered_body_is_not_mistaken_for_large_headers(
     echo_upstream: upstream.EchoUpstream,
     envoy: Callable[..., harness.Envoy],
     http: Callable[..., Any],
+    transport: str,
 ) -> None:
     # With `with_request_body`, Envoy sends the buffered body inside the CheckRequest; Tollgate's
     # header-size bound must not count it.
-    proxy = envoy(authz_port=authz_port, upstream_port=echo_upstream.port, request_body_bytes=256 * 1024)
+    proxy = envoy(
+        authz_port=authz_port, upstream_port=echo_upstream.port, request_body_bytes=256 * 1024, authz_mode=transport
+    )
     reply = http(proxy.port, "POST", "/upload", host="app.test", body=b"x" * 100_000)
     assert reply.status == 200, reply.body
     assert reply.json()["method"] == "POST"

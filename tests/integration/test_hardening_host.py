@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 
 from authz.canonical import RequestRejected, canonical_host
-from authz.dev import checks
 
 pytestmark = pytest.mark.envoy
 
@@ -107,8 +106,10 @@ def test_an_absolute_target_is_judged_on_the_host_envoy_forwards(hardening, mode
         "",
     ],
 )
-def test_control_characters_in_the_host_are_refused_over_grpc(hardening, authority: str) -> None:
-    # Envoy never sends these; a client of the gRPC port can.
-    reply = hardening.check(checks.check_request(host=authority, path="/"))
-    assert reply.status.code != 0 and reply.denied_response.status.code == 400
-    assert '"request_host_invalid"' in reply.denied_response.body
+def test_control_characters_in_the_host_are_refused_at_the_port(hardening, transport: str, authority: str) -> None:
+    # Envoy never sends these; a client of Tollgate's port can. Over HTTP, llhttp refuses some bytes
+    # first, and a CR LF ends the request early, before the lines Envoy would have added.
+    status, reason = hardening.direct(transport, host=authority, path="/")
+    over_http = {"request_parse_error", "request_envoy_attributes_missing"} if transport == "http" else set()
+    allowed = {"request_host_invalid"} | over_http
+    assert status == 400 and reason in allowed

@@ -52,6 +52,7 @@ def test_mtls_principal_from_envoy(
     echo_upstream: upstream.EchoUpstream,
     tollgate: Callable[..., harness.TollgateProcess],
     envoy: Callable[..., harness.Envoy],
+    transport: str,
 ) -> None:
     ca = pki.DevCA(tmp_path / "pki")
     server_cert, server_key = ca.issue("envoy", dns="localhost")
@@ -60,17 +61,22 @@ def test_mtls_principal_from_envoy(
     evil_cert, evil_key = ca.issue("evil", spiffe="spiffe://evil.local/ns/shop/sa/web")
     config = tmp_path / "config.yaml"
     config.write_text(MTLS_CONFIG)
-    authz = tollgate(config)
+    authz = tollgate(config, http=True)
     proxy = envoy(
-        authz_port=authz.port,
+        authz_port=authz.authz_port(transport),
         upstream_port=echo_upstream.port,
         tls={"cert": str(server_cert), "key": str(server_key), "client_ca": str(ca.ca_file)},
+        authz_mode=transport,
     )
 
-    # A spoofed forwarded-certificate header is ignored: only Envoy's TLS stack is believed.
+    # A spoofed forwarded-certificate header is ignored: only Envoy's TLS stack is believed (over
+    # HTTP ext_authz too, where Envoy passes the certificate's names in x-tollgate-envoy-peer-*).
+    trusted = "spiffe://cluster.local/ns/shop/sa/web"
     spoof = {
-        "x-forwarded-client-cert": "URI=spiffe://cluster.local/ns/shop/sa/web",
-        "x-tollgate-principal": "spiffe://cluster.local/ns/shop/sa/web",
+        "x-forwarded-client-cert": f"URI={trusted}",
+        "x-tollgate-principal": trusted,
+        "x-tollgate-envoy-peer-uri-san": trusted,
+        "x-tollgate-envoy-peer-subject": "CN=web",
     }
     status, body = _get(proxy.port, ca.ca_file, web_cert, web_key, spoof)
     assert status == 200, body
@@ -82,6 +88,10 @@ def test_mtls_principal_from_envoy(
     assert status == 403 and json.loads(body)["reason"] == "default_deny"
 
     status, body = _get(proxy.port, ca.ca_file, evil_cert, evil_key, {})
+    assert status == 401 and json.loads(body)["reason"] == "mtls_untrusted_domain"
+
+    # A verified certificate from an untrusted domain cannot borrow a trusted name by header.
+    status, body = _get(proxy.port, ca.ca_file, evil_cert, evil_key, spoof)
     assert status == 401 and json.loads(body)["reason"] == "mtls_untrusted_domain"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -270,3 +271,21 @@ def test_a_configmap_volume_update_is_followed_without_failed_checks(
     assert answered[0] > 20 and failures == []
     assert not allowed("/v1")  # the old revisions are gone, not merged
     assert sorted(p.name for p in mount.iterdir()) == ["..2026_11_30_00_00_05.000000001", "..data", "app.yaml"]
+
+
+def test_an_http_listen_address_in_use_is_one_line_and_exit_2(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY.format(path="/x"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "authz", "serve", "--config", str(path), "--http-listen", f"127.0.0.1:{port}"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"tollgate: --http-listen 127.0.0.1:{port}: address already in use"]

@@ -19,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from authz import envoy_bootstrap
 from authz.dev import harness, idp, upstream
 
 pytestmark = pytest.mark.envoy
@@ -42,8 +43,10 @@ class Stack:
         }
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=[envoy_bootstrap.GRPC_MODE, envoy_bootstrap.HTTP_MODE])
+def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """The whole stack once per transport: Envoy asks Tollgate over gRPC, then over HTTP."""
+    transport = str(request.param)
     directory = tmp_path_factory.mktemp("attacks")
     provider = idp.DevIdentityProvider(directory / "idp").start()
     ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
@@ -57,8 +60,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     )
     echo = upstream.EchoUpstream().start()
     log = directory / "tollgate.log"
-    authz = harness.TollgateProcess(directory / "config.yaml", log_to=log).start()
-    proxy = harness.Envoy(authz_port=authz.port, upstream_port=echo.port).start()
+    authz = harness.TollgateProcess(directory / "config.yaml", log_to=log, http=True).start()
+    proxy = harness.Envoy(authz_port=authz.authz_port(transport), upstream_port=echo.port, authz_mode=transport).start()
     try:
         yield Stack(provider, proxy, log)
     finally:

@@ -1,0 +1,195 @@
+"""The HTTP ext_authz edge: Envoy's ``http_service`` checks over HTTP/1.1, on the same decision path.
+
+Transport only, as :mod:`authz.service` is for gRPC: bytes are parsed by ``httptools`` (llhttp,
+the parser of Node.js) in an ``asyncio.Protocol`` — no framework between the socket and the
+Check, which is what makes this edge cheap (measured in docs/performance.md against uvicorn on
+the same parser) — each complete request becomes an :class:`~authz.http_request.HttpCheck`, and
+:func:`authz.checks.run` does the rest with the HTTP adapter and encoder.
+
+- Bounded: headers and target past 64 KiB or 200 headers are dropped as they arrive and the
+  check is refused (``request_headers_too_large``); a body (``with_request_body``) is counted,
+  never kept; at most :data:`MAX_PIPELINED` checks wait per connection.
+- A request llhttp cannot parse gets a 400 ``request_parse_error`` (recorded like any decision)
+  and its connection is closed: the stream cannot be read on after it.
+- Answers leave in request order (HTTP/1.1 pipelining), each as soon as the ones before it have.
+- A connection Envoy closes mid-check (its timeout) cancels the check: it is recorded as
+  ``request_cancelled``, as over gRPC.
+- Stop: listening ends at once; checks in flight get ``grace`` seconds; then connections close.
+
+Started by :func:`authz.server.serve` for ``--http-listen``. Guarded by
+tests/integration/test_http_check.py and the security suites, which run in both modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import ssl
+from typing import Any
+
+import httptools
+
+from authz import checks, http_request, http_response
+
+__all__ = ["MAX_PIPELINED", "HttpCheckServer"]
+
+_log = logging.getLogger(__name__)
+MAX_PIPELINED = 64
+
+
+class HttpCheckServer:
+    """The listening socket and its connections; ``port`` is known after :meth:`start`."""
+
+    def __init__(
+        self,
+        runtime: checks.Runtime,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        self.runtime = runtime
+        self.host, self.port = host, port
+        self._ssl = ssl_context
+        self._reuse_port = reuse_port
+        self._server: asyncio.Server | None = None
+        self.connections: set[_Connection] = set()
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self),
+            self.host,
+            self.port,
+            ssl=self._ssl,
+            reuse_port=self._reuse_port or None,
+            backlog=1024,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """Stop listening, give checks in flight ``grace`` seconds, then close every connection."""
+        if self._server is None:
+            return
+        self._server.close()
+        pending = [task for connection in self.connections for task, _ in connection.pending]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        for connection in list(self.connections):
+            connection.close()
+        await self._server.wait_closed()
+
+    async def check(self, message: http_request.HttpCheck | None) -> bytes:
+        runtime = self.runtime
+        if message is None:
+            return await checks.run(runtime, None, dict, http_response.encode, http_response.encode_failed)
+        strict = runtime.strict_paths
+
+        def read() -> Any:
+            return http_request.from_http_check(message, strict=strict)
+
+        return await checks.run(runtime, read, message.trace_carrier, http_response.encode, http_response.encode_failed)
+
+
+class _Connection(asyncio.Protocol):
+    """One connection from Envoy: llhttp's callbacks build each check; answers go out in order."""
+
+    def __init__(self, server: HttpCheckServer) -> None:
+        self._server = server
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._message = http_request.HttpCheck()
+        self._broken = False  # the stream could not be parsed: answer what came before, then close
+        self.pending: collections.deque[tuple[asyncio.Task[bytes], bool]] = collections.deque()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: Any) -> None:  # an asyncio.Transport (uvloop's is not a subclass)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self._transport = None
+        for task, _ in self.pending:
+            task.cancel()  # Envoy gave up on these checks (its timeout): recorded as cancelled
+
+    def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # Headers that ask for an upgrade (a WebSocket client's) are part of the request being
+            # checked, not a protocol switch on this connection: go on with a fresh parser.
+            self._parser = httptools.HttpRequestParser(self)
+            rest = data[upgrade.args[0] :] if upgrade.args else b""
+            if rest:
+                self.data_received(rest)
+        except httptools.HttpParserError as error:
+            _log.warning("an HTTP check request could not be parsed: %s", error)
+            self._broken = True
+            self._dispatch(None, keep_alive=False)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    # httptools callbacks (llhttp): one HttpCheck per message
+
+    def on_message_begin(self) -> None:
+        self._message = http_request.HttpCheck()
+
+    def on_url(self, url: bytes) -> None:
+        self._message.add_target(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._message.add_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._message.method = self._parser.get_method()
+
+    def on_body(self, body: bytes) -> None:
+        self._message.body_bytes += len(body)
+
+    def on_message_complete(self) -> None:
+        self._dispatch(self._message, keep_alive=self._parser.should_keep_alive())
+
+    # answers, in request order
+
+    def _dispatch(self, message: http_request.HttpCheck | None, *, keep_alive: bool) -> None:
+        if len(self.pending) >= MAX_PIPELINED:
+            _log.warning("more than %d pipelined checks on one connection: closing it", MAX_PIPELINED)
+            self._broken = True
+            self.close()
+            return
+        task = asyncio.get_running_loop().create_task(self._server.check(message))
+        self.pending.append((task, keep_alive))
+        if task.done():  # an eager task factory finished it already
+            self._flush(task)
+        else:
+            task.add_done_callback(self._flush)
+
+    def _flush(self, _: object) -> None:
+        pending = self.pending
+        while pending and pending[0][0].done():
+            task, keep_alive = pending.popleft()
+            transport = self._transport
+            if task.cancelled() or transport is None:
+                continue
+            error = task.exception()
+            if error is not None:  # checks.run fails closed and does not raise: a fault here is a bug
+                _log.error("an HTTP check failed: %r", error)
+                transport.write(http_response.FAILED)
+            else:
+                transport.write(task.result())
+            if not keep_alive:
+                self.close()

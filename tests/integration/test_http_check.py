@@ -1,0 +1,262 @@
+"""The HTTP ext_authz edge over a real socket on 127.0.0.1: what Envoy's ``http_service`` sends,
+and what a client of the port may send instead.
+
+Covers the transport: answers for allow and deny (identity headers, removals, decision metadata,
+5xx sent as 403), bytes llhttp cannot parse, Envoy's attributes missing or repeated, an ambiguous
+certificate name, bounds, bad encodings, pipelining, a connection closed mid-check (recorded as
+cancelled), a fault in Tollgate (fails closed), one record per check, and TLS on the listener.
+Through a real Envoy, the security suites run in this mode too (``transport`` and ``mode``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import ssl
+from collections.abc import AsyncIterator
+
+import pytest
+
+from authz import configuration, decision, http_request, http_response, http_server, loader, server
+from authz.dev import checks, pki
+from authz.identity import model
+
+POLICY = """
+apiVersion: tollgate.dev/v1alpha1
+kind: IdentityProvider
+metadata: {name: mesh}
+spec: {type: mtls, mtls: {trustDomains: [cluster.local]}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: site, namespace: web}
+spec:
+  hosts: [site.test]
+  rules:
+    - {name: public, action: Allow, to: {paths: [/public, /public/*]}}
+    - {name: workload, action: Allow, to: {paths: [/workload]}, from: {principals: ["spiffe://cluster.local/*"]}}
+"""
+
+
+class ListRecorder:
+    durable = False
+
+    def __init__(self) -> None:
+        self.decisions: list[decision.Decision] = []
+
+    async def record(self, item: decision.Decision) -> bool:
+        self.decisions.append(item)
+        return True
+
+
+class Running:
+    def __init__(self, edge: http_server.HttpCheckServer, runtime: server.Runtime) -> None:
+        self.edge, self.runtime, self.port = edge, runtime, edge.port
+
+    @property
+    def decisions(self) -> list[decision.Decision]:
+        recorder = self.runtime.recorder
+        assert isinstance(recorder, ListRecorder)
+        return recorder.decisions
+
+    async def ask(self, data: bytes, answers: int = 1) -> list[checks.HttpAnswer]:
+        return await checks.exchange(self.port, data, answers=answers)
+
+    async def one(self, **request: object) -> checks.HttpAnswer:
+        [answer] = await self.ask(checks.http_check_request(**request))  # type: ignore[arg-type]
+        return answer
+
+
+async def _start(tmp_path: pathlib.Path, **settings: object) -> Running:
+    config = tmp_path / "policy.yaml"
+    config.write_text(POLICY)
+    runtime = server.Runtime(loader.load(config), default_allow=False)
+    runtime.recorder = ListRecorder()
+    options = configuration.ServerSettings(config=config, http_listen="127.0.0.1:0", **settings)  # type: ignore[arg-type]
+    return Running(await server.start_http(options, runtime), runtime)
+
+
+@pytest.fixture
+async def running(tmp_path: pathlib.Path) -> AsyncIterator[Running]:
+    item = await _start(tmp_path)
+    yield item
+    await item.edge.stop(1)
+
+
+def _reason(answer: checks.HttpAnswer) -> str:
+    return str(json.loads(answer.body)["reason"])
+
+
+async def test_an_allow_carries_identity_removals_and_decision_metadata(running: Running) -> None:
+    answer = await running.one(host="site.test", path="/public", headers=[("x_tollgate_subject", "mallory")])
+    assert answer.status == 200 and answer.body == b""
+    [record] = running.decisions
+    assert answer.headers["x-tollgate-decision-id"] == record.decision_id
+    assert (answer.headers["x-tollgate-reason"], answer.headers["x-tollgate-policy"]) == ("rule_allow", "web/site")
+    assert answer.headers["x-tollgate-rule"] == "public"
+    removed = answer.headers[http_response.REMOVE].split(",")
+    # Anonymous: no identity value is vouched for, so every identity name goes, as do the client's
+    # reserved spelling and every x-tollgate-envoy-* name (Envoy dropped client copies from the check).
+    assert {"x-tollgate-subject", "x-tollgate-groups", "x_tollgate_subject", *http_request.ENVOY_ATTRIBUTES} <= set(
+        removed
+    )
+    assert "x-tollgate-decision-id" not in removed  # set, not removed: Envoy would drop Tollgate's own value
+
+
+async def test_denials_keep_their_status_body_and_challenge(running: Running) -> None:
+    answer = await running.one(host="site.test", path="/private")
+    assert answer.status == 401 and answer.headers["www-authenticate"] == 'Bearer realm="tollgate"'
+    assert json.loads(answer.body) == {"error": "unauthenticated", "reason": "default_deny", "request_id": "req-1"}
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-tollgate-reason"] == "default_deny"
+    assert http_response.REMOVE not in answer.headers
+
+
+async def test_the_mtls_principal_is_envoys_uri_san(running: Running) -> None:
+    allowed = await running.one(host="site.test", path="/workload", principal="spiffe://cluster.local/ns/a/sa/b")
+    assert allowed.status == 200
+    assert allowed.headers["x-tollgate-principal"] == "spiffe://cluster.local/ns/a/sa/b"
+    assert running.decisions[-1].request is not None
+    assert running.decisions[-1].request.source_principal == "spiffe://cluster.local/ns/a/sa/b"
+    # Envoy joins several URI SANs with commas, and a URI may hold one: which is the principal?
+    two = await running.one(host="site.test", path="/workload", principal="spiffe://cluster.local/a,spiffe://x/b")
+    assert (two.status, _reason(two)) == (400, "request_principal_ambiguous")
+
+
+@pytest.mark.parametrize(
+    ("envoy", "reason"),
+    [
+        ([], "request_envoy_attributes_missing"),  # an Envoy without Tollgate's headers_to_add
+        ([(http_request.SOURCE, "")], "request_envoy_attributes_missing"),
+        ([(http_request.SOURCE, "127.0.0.1"), (http_request.SOURCE, "203.0.113.9")], "request_ambiguous"),
+        ([(http_request.SOURCE, "127.0.0.1"), ("X-Tollgate-Envoy-Source", "203.0.113.9")], "request_ambiguous"),
+    ],
+)
+async def test_envoys_attributes_must_be_there_once(
+    running: Running, envoy: list[tuple[str, str]], reason: str
+) -> None:
+    answer = await running.one(host="site.test", path="/public", envoy=envoy)
+    assert (answer.status, _reason(answer)) == (400, reason)
+
+
+async def test_bytes_llhttp_cannot_parse_get_a_recorded_400_and_the_connection_closes(running: Running) -> None:
+    answers = await running.ask(b"GET /public HTTP/1.1\r\nhost: site.test\r\nbad header line\r\n\r\n" * 2, answers=2)
+    assert [(a.status, _reason(a)) for a in answers] == [(400, "request_parse_error")]
+    assert [d.reason for d in running.decisions] == ["request_parse_error"]
+
+
+async def test_header_values_must_be_utf8(running: Running) -> None:
+    data = checks.http_check_request(host="site.test", path="/public", headers=[("x-name", "\udcff")])
+    [answer] = await running.ask(data)
+    assert (answer.status, _reason(answer)) == (400, "request_bad_encoding")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(f"x-h{index}", "v") for index in range(http_request.MAX_HEADER_COUNT + 1)],
+        [("x-big", "v" * 8000)] * 9,
+    ],
+    ids=["count", "bytes"],
+)
+async def test_oversized_checks_are_refused_and_not_kept(running: Running, headers: list[tuple[str, str]]) -> None:
+    answer = await running.one(host="site.test", path="/public", headers=headers)
+    assert (answer.status, _reason(answer)) == (400, "request_headers_too_large")
+
+
+async def test_pipelined_checks_are_answered_in_order(running: Running) -> None:
+    paths = ["/public", "/private", "/public/x", "/nope"]
+    data = b"".join(checks.http_check_request(host="site.test", path=path, request_id=path) for path in paths)
+    answers = await running.ask(data, answers=len(paths))
+    assert [a.status for a in answers] == [200, 401, 200, 401]
+    assert [a.headers["x-tollgate-reason"] for a in answers] == [
+        "rule_allow",
+        "default_deny",
+        "rule_allow",
+        "default_deny",
+    ]
+
+
+class StuckIdentity:
+    """Resolves nobody until released: a check Envoy gives up on while it waits (its timeout)."""
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+
+    def resolve_now(self, request: object, scope: object) -> None:
+        return None
+
+    async def resolve(self, request: object, scope: object) -> model.Identity:
+        self.waiting.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_connection_closed_mid_check_is_recorded_as_cancelled(running: Running) -> None:
+    stuck = StuckIdentity()
+    running.runtime.identity = stuck  # type: ignore[assignment]
+    _, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    writer.write(checks.http_check_request(host="site.test", path="/public"))
+    await asyncio.wait_for(stuck.waiting.wait(), 5)
+    writer.close()
+    async with asyncio.timeout(5):
+        while not running.decisions:
+            await asyncio.sleep(0.01)
+    [record] = running.decisions
+    assert (record.status, record.reason) == (504, "request_cancelled")
+    assert record.request is not None and record.request.path == "/public"
+
+
+class BrokenIdentity:
+    def resolve_now(self, request: object, scope: object) -> None:
+        raise RuntimeError("bug")
+
+    async def resolve(self, request: object, scope: object) -> model.Identity:
+        raise RuntimeError("bug")
+
+
+async def test_a_fault_fails_closed_as_403_and_is_recorded_as_500(running: Running) -> None:
+    # Envoy reads any 5xx from an HTTP authorization server as a failure of the service (with
+    # failure_mode_allow: an allow), so Tollgate's own error denials travel as 403.
+    running.runtime.identity = BrokenIdentity()  # type: ignore[assignment]
+    answer = await running.one(host="site.test", path="/public")
+    assert answer.status == 403
+    assert json.loads(answer.body) == {"error": "internal_error", "reason": "authz_error", "request_id": "req-1"}
+    assert b"bug" not in answer.body
+    [record] = running.decisions
+    assert (record.status, record.reason) == (500, "authz_error")
+
+
+async def test_one_record_per_check_whatever_happens(running: Running) -> None:
+    await running.one(host="site.test", path="/public")
+    await running.one(host="site.test", path="/x")
+    await running.one(host="site.test", path="/public", envoy=[])
+    await running.ask(b"\x16\x03\x01 not http\r\n\r\n")
+    assert [d.reason for d in running.decisions] == [
+        "rule_allow",
+        "default_deny",
+        "request_envoy_attributes_missing",
+        "request_parse_error",
+    ]
+    assert len({d.decision_id for d in running.decisions}) == 4
+
+
+async def test_mtls_listener(tmp_path: pathlib.Path) -> None:
+    ca = pki.DevCA(tmp_path / "pki")
+    server_cert, server_key = ca.issue("tollgate", dns="localhost")
+    client_cert, client_key = ca.issue("envoy", dns="envoy")
+    running = await _start(tmp_path, tls_cert=server_cert, tls_key=server_key, tls_client_ca=ca.ca_file)
+    try:
+        context = ssl.create_default_context(cafile=str(ca.ca_file))
+        context.load_cert_chain(client_cert, client_key)
+        data = checks.http_check_request(host="site.test", path="/public")
+        [answer] = await checks.exchange(running.port, data, context=context)
+        assert answer.status == 200
+        without = ssl.create_default_context(cafile=str(ca.ca_file))
+        with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
+            answers = await checks.exchange(running.port, data, context=without)
+            assert not answers  # TLS 1.3: the refusal may arrive as a closed connection instead
+            raise ConnectionError("closed without an answer")
+    finally:
+        await running.edge.stop(1)
