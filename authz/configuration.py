@@ -232,6 +232,13 @@ class ServerSettings:
         _optional_listen_address,
         shown="off",
     )
+    workers: int = _setting(
+        1,
+        "--workers",
+        "server processes sharing the listen addresses (SO_REUSEPORT), kept running by this one "
+        "(docs/operations.md: choosing a worker count)",
+        _count(1),
+    )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
     event_loop: str = _setting(
         "auto",
@@ -254,6 +261,8 @@ class ServerSettings:
             raise UsageError("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.workers > MAX_WORKERS:
+            raise UsageError(f"--workers {self.workers}: at most {MAX_WORKERS}")
         for flag, path in (
             ("--tls-cert", self.tls_cert),
             ("--tls-key", self.tls_key),
@@ -261,6 +270,9 @@ class ServerSettings:
         ):
             if path is not None and not path.is_file():
                 raise UsageError(f"{flag} {path}: no such file")
+
+
+MAX_WORKERS = 64
 
 
 def _hostname() -> str:
@@ -458,6 +470,13 @@ class OperatorSettings:
         "peering priority: the highest active replica works, the others wait; 0: random at start",
         _count(0),
         shown="random",
+    )
+    workers: int = _setting(
+        1,
+        "--workers",
+        "server processes sharing the listen addresses (SO_REUSEPORT), kept running by this one "
+        "(docs/operations.md: choosing a worker count)",
+        _count(1),
     )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
 

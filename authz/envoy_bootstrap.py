@@ -31,11 +31,15 @@ from envoy_data_plane.envoy.config.core.v3 import (
     GrpcService,
     GrpcServiceEnvoyGrpc,
     HeaderValue,
+    Http1ProtocolOptions,
     Http2ProtocolOptions,
     HttpUri,
     SocketAddress,
     SubstitutionFormatString,
     TransportSocket,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    HttpProtocolOptions as CommonHttpProtocolOptions,
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
@@ -114,6 +118,9 @@ class EnvoyOptions:
     # gRPC: streams per HTTP/2 connection to Tollgate. Envoy opens one connection per worker; a
     # limit makes it open more under load, which SO_REUSEPORT spreads over ``--workers`` processes.
     authz_streams: int | None = None
+    # Seconds a connection to Tollgate lives before Envoy drains it and opens another: connections
+    # are spread when opened, so this lets a replaced or added worker get its share again.
+    authz_connection_seconds: float | None = None
     request_body_bytes: int | None = None  # buffer bodies up to this size and send them with the Check
     tracing_port: int | None = None  # an OTLP/gRPC collector: Envoy's spans, parents of Tollgate's
     access_log: bool = False  # one stdout line per request with the decision's policy and reason
@@ -139,6 +146,7 @@ def bootstrap(options: EnvoyOptions) -> dict[str, Any]:
                 options.authz_port,
                 http2=options.authz_mode == GRPC_MODE,
                 streams=options.authz_streams,
+                lifetime=options.authz_connection_seconds,
             )
         )
     if options.upstream_port is not None:
@@ -268,7 +276,15 @@ def _host_upstreams(options: EnvoyOptions) -> list[VirtualHost]:
     ]
 
 
-def _cluster(name: str, host: str, port: int, *, http2: bool = False, streams: int | None = None) -> Cluster:
+def _cluster(
+    name: str,
+    host: str,
+    port: int,
+    *,
+    http2: bool = False,
+    streams: int | None = None,
+    lifetime: float | None = None,
+) -> Cluster:
     cluster = Cluster(
         name=name,
         type=ClusterDiscoveryType.STATIC if _is_ip(host) else ClusterDiscoveryType.STRICT_DNS,
@@ -278,12 +294,19 @@ def _cluster(name: str, host: str, port: int, *, http2: bool = False, streams: i
             endpoints=[LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_address(host, port)))])],
         ),
     )
-    if http2:
-        options = HttpProtocolOptions(
-            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+    if http2 or lifetime:
+        explicit = (
+            HttpProtocolOptionsExplicitHttpConfig(
                 http2_protocol_options=Http2ProtocolOptions(max_concurrent_streams=streams)
             )
+            if http2
+            else HttpProtocolOptionsExplicitHttpConfig(http_protocol_options=Http1ProtocolOptions())
         )
+        options = HttpProtocolOptions(explicit_http_config=explicit)
+        if lifetime:
+            options.common_http_protocol_options = CommonHttpProtocolOptions(
+                max_connection_duration=datetime.timedelta(seconds=lifetime)
+            )
         cluster.typed_extension_protocol_options = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _pack(options)
         }

@@ -141,10 +141,14 @@ def _ssl_context(settings: configuration.ServerSettings) -> ssl.SSLContext | Non
     return context
 
 
-async def start_http(settings: configuration.ServerSettings, runtime: Runtime) -> http_server.HttpCheckServer:
+async def start_http(
+    settings: configuration.ServerSettings, runtime: Runtime, *, shared_ports: bool = False
+) -> http_server.HttpCheckServer:
     """The HTTP ext_authz edge on ``--http-listen`` (:mod:`authz.http_server`), started."""
     host, _, port = settings.http_listen.rpartition(":")
-    edge = http_server.HttpCheckServer(runtime, host.strip("[]"), int(port), ssl_context=_ssl_context(settings))
+    edge = http_server.HttpCheckServer(
+        runtime, host.strip("[]"), int(port), ssl_context=_ssl_context(settings), reuse_port=shared_ports
+    )
     try:
         await edge.start()
     except OSError as error:
@@ -164,13 +168,14 @@ def _credentials(settings: configuration.ServerSettings) -> grpc.ServerCredentia
 
 
 async def start(
-    settings: configuration.ServerSettings, runtime: Runtime
+    settings: configuration.ServerSettings, runtime: Runtime, *, shared_ports: bool = False
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
-    """Build and start the server; return it, its health servicer and the bound port."""
+    """Build and start the server; return it, its health servicer and the bound port.
+    ``shared_ports``: bind with SO_REUSEPORT, beside the other workers (:mod:`authz.workers`)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if shared_ports else 0),
         ]
     )
     handlers = service.AuthorizationService(runtime).method_handlers()
@@ -206,6 +211,7 @@ async def serve(
     *,
     ready: asyncio.Event | None = None,
     follow: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None,
+    shared_ports: bool = False,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain. ``follow``: what keeps the configuration current
     (default: :func:`watch` the files, every ``--reload-interval``). Metrics are counted when they
@@ -215,8 +221,8 @@ async def serve(
     if settings.metrics_listen or otlp:
         runtime.check_metrics = metrics.CheckMetrics()
         export = metrics.Export(runtime, otlp=otlp)
-    server, health_servicer, port = await start(settings, runtime)
-    http_edge = await start_http(settings, runtime) if settings.http_listen else None
+    server, health_servicer, port = await start(settings, runtime, shared_ports=shared_ports)
+    http_edge = await start_http(settings, runtime, shared_ports=shared_ports) if settings.http_listen else None
     http_health = None
     if settings.metrics_listen:
         from authz import health  # noqa: PLC0415 - aiohttp loads only when HTTP health is asked for

@@ -37,6 +37,7 @@ def parser() -> common.Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # serve --workers starts copies of itself
     try:
         code: int = args.run(args)
     except configuration.UsageError as error:

@@ -22,6 +22,10 @@ from authz.cli import common
 
 __all__ = ["add_parser"]
 
+# With several workers (docs/operations.md): checks per HTTP/2 connection, and a connection's life.
+_STREAMS_PER_CONNECTION = 8
+_CONNECTION_SECONDS = 30.0
+
 
 def add_parser(commands: Any) -> None:
     command = commands.add_parser(
@@ -43,11 +47,11 @@ def add_parser(commands: Any) -> None:
         help="how Envoy asks Tollgate: grpc (grpc_service, the default) or http (http_service)",
     )
     command.add_argument(
-        "--authz-streams",
-        default="",
+        "--tollgate-workers",
+        default="1",
         metavar="N",
-        help="grpc: at most N checks per HTTP/2 connection, so Envoy opens more connections under load "
-        "and tollgate serve --workers spreads them (e.g. 8); default: no limit",
+        help="Tollgate runs with --workers N: spread the checks over them (grpc: at most 8 checks per "
+        "HTTP/2 connection, so Envoy opens several; both modes: connections renewed every 30 s)",
     )
     command.add_argument("--upstream", required=True, metavar="HOST:PORT", help="where allowed requests go")
     command.add_argument("--listen", default="0.0.0.0:10000", metavar="HOST:PORT", help="Envoy's listener")
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if args.request_body_bytes
         else None
     )
-    streams = int(common.number("--authz-streams", args.authz_streams, 1, 1 << 20)) if args.authz_streams else None
+    spread = int(common.number("--tollgate-workers", args.tollgate_workers, 1, 64)) > 1
     options = envoy_bootstrap.EnvoyOptions(
         listen_port=listen_port,
         admin_port=admin_port,
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         upstream_port=upstream_port,
         authz_timeout=timeout,
         authz_mode=args.authz_mode,
-        authz_streams=streams,
+        authz_streams=_STREAMS_PER_CONNECTION if spread and args.authz_mode == "grpc" else None,
+        authz_connection_seconds=_CONNECTION_SECONDS if spread else None,
         request_body_bytes=body,
         tracing_port=tracing_port,
         access_log=args.access_log,

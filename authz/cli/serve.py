@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import functools
 import logging
@@ -17,7 +18,7 @@ import pathlib
 import socket
 from typing import TYPE_CHECKING, Any
 
-from authz import configuration, detect, loader, loops, server, telemetry
+from authz import configuration, detect, loader, loops, server, telemetry, workers
 from authz.audit import log as audit_log
 from authz.audit import note, pseudonym, publish, recorder
 from authz.cli import common
@@ -54,6 +55,8 @@ def _settings(
     settings.check()
     audit_settings.check()
     detection_settings.check()
+    if workers.this_worker() is not None:  # the supervisor checked them; the siblings share them now
+        return settings, audit_settings, detection_settings
     check_listen(settings.listen)
     if settings.metrics_listen:
         check_listen(settings.metrics_listen, "--metrics-listen")
@@ -64,10 +67,15 @@ def _settings(
 
 def run(args: argparse.Namespace) -> int:
     settings, audit_settings, detection_settings = _settings(args)
+    worker = workers.this_worker()
+    if worker is not None:
+        settings, audit_settings = _as_worker(worker, settings, audit_settings)
     loop_factory, loop_name = loops.factory(settings.event_loop)
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("authz.server").info("event loop: %s", loop_name)
+    logging.basicConfig(level=settings.log_level, format=workers.worker_log_format(worker))
     source = _kubernetes_source(settings)
+    if settings.workers > 1 and worker is None:
+        return _supervise(args, settings, checked=source is None)
+    logging.getLogger("authz.server").info("event loop: %s", loop_name)
     try:
         snapshot = None if source else loader.load(settings.config_path)
         tracing = telemetry.Tracing.from_environment()
@@ -95,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         if source is not None:
             follow = functools.partial(_follow, source)
         try:
-            await server.serve(settings, runtime, follow=follow)
+            await server.serve(settings, runtime, follow=follow, shared_ports=worker is not None)
         finally:
             if publisher is not None:
                 publisher.stop()
@@ -112,6 +120,31 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         return common.fail(f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}", 2)
     return 0
+
+
+def _supervise(args: argparse.Namespace, settings: configuration.ServerSettings, *, checked: bool) -> int:
+    """``--workers N``: start and keep N workers (:mod:`authz.workers`). A configuration file is
+    checked here first, once: a broken one is refused before any worker starts."""
+    try:
+        if checked:
+            loader.load(settings.config_path)
+    except ConfigError as error:
+        return common.fail(f"invalid configuration, not starting:\n{error}", 2)
+    return workers.supervise(settings.workers, args.argv, metrics_listen=settings.metrics_listen, grace=settings.grace)
+
+
+def _as_worker(
+    worker: workers.Worker, settings: configuration.ServerSettings, audit: configuration.AuditSettings
+) -> tuple[configuration.ServerSettings, configuration.AuditSettings]:
+    """A worker's settings: the supervisor's, with its own metrics address and audit instance;
+    only worker 0 publishes for witnesses (the publisher serves the whole directory)."""
+    settings = dataclasses.replace(settings, workers=1, metrics_listen=worker.metrics_listen)
+    audit = dataclasses.replace(
+        audit,
+        instance=f"{audit.instance_name}-w{worker.index}",
+        witness_listen=audit.witness_listen if worker.index == 0 else "",
+    )
+    return settings, audit
 
 
 def _witness_publisher(settings: configuration.AuditSettings) -> publish.LogPublisher | None:

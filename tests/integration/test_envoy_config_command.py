@@ -47,7 +47,8 @@ def _validate(path: pathlib.Path) -> subprocess.CompletedProcess[str]:
         ["--authz", "10.0.0.7:9001", "--upstream", "[fd00::1]:80", "--tracing", "otel-collector:4317", "--access-log"],
         ["--authz", "127.0.0.1:9001", "--upstream", "127.0.0.1:80", "--request-body-bytes", "8192", "--format", "json"],
         ["--authz", "tollgate:9002", "--upstream", "a:80", "--authz-mode", "http", "--access-log"],
-        ["--authz", "tollgate:9001", "--upstream", "a:80", "--authz-streams", "8"],
+        ["--authz", "tollgate:9001", "--upstream", "a:80", "--tollgate-workers", "4"],
+        ["--authz", "tollgate:9002", "--upstream", "a:80", "--tollgate-workers", "2", "--authz-mode", "http"],
     ],
 )
 def test_the_printed_bootstrap_is_valid_for_envoy(tmp_path: pathlib.Path, args: list[str]) -> None:
@@ -75,7 +76,7 @@ def test_the_printed_bootstrap_is_valid_for_envoy(tmp_path: pathlib.Path, args: 
         (["--authz", "a:1", "--upstream", "a:99999"], "--upstream"),
         (["--authz", "a:1", "--upstream", "a:1", "--timeout", "soon"], "--timeout"),
         (["--authz", "a:1", "--upstream", "a:1", "--request-body-bytes", "0"], "--request-body-bytes"),
-        (["--authz", "a:1", "--upstream", "a:1", "--authz-streams", "0"], "--authz-streams"),
+        (["--authz", "a:1", "--upstream", "a:1", "--tollgate-workers", "0"], "--tollgate-workers"),
         (["--authz", "a:1", "--upstream", "a:1", "--authz-mode", "rest"], "--authz-mode"),
     ],
 )

@@ -40,7 +40,8 @@ def _validate(config: dict[str, object], directory: pathlib.Path) -> subprocess.
         },
         {"authz_port": 9001, "upstream_port": 8080, "tls": True, "authz_timeout": 0.25},
         {"authz_port": 9001, "upstream_port": 8080, "authz_mode": "http", "access_log": True, "tls": True},
-        {"authz_port": 9001, "upstream_port": 8080, "authz_streams": 4},
+        {"authz_port": 9001, "upstream_port": 8080, "authz_streams": 4, "authz_connection_seconds": 30},
+        {"authz_port": 9001, "upstream_port": 8080, "authz_mode": "http", "authz_connection_seconds": 1.5},
     ],
 )
 def test_envoy_accepts_the_bootstrap(tmp_path: pathlib.Path, options: dict[str, object]) -> None:
