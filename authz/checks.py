@@ -71,16 +71,20 @@ async def run[T](
     carrier: Callable[[], Mapping[str, str]],
     encode: Callable[[decision_model.Decision], T],
     encode_failed: Callable[[decision_model.Decision], T],
+    *,
+    edge: str = "grpc",
 ) -> T:
-    """Decide one Check and return the edge's answer. ``read``: the edge's adapter (``None``: the
-    message is not a check request at all, a 400 ``request_parse_error``). ``carrier``: the caller's
-    trace context (asked only when someone reads trace ids). ``encode``: the decision as the edge's
-    answer; ``encode_failed``: the answer for a decision whose first answer could not be built."""
+    """Decide one Check and return the edge's answer (``edge``: "grpc" or "http", for its span).
+
+    ``read``: the edge's adapter (``None``: the message is not a check request at all, a 400
+    ``request_parse_error``). ``carrier``: the caller's trace context (asked only when someone reads
+    trace ids). ``encode``: the decision as the edge's answer; ``encode_failed``: the answer for a
+    decision whose first answer could not be built."""
     recorder = runtime.recorder
     tracing = runtime.tracing
     traced = tracing.enabled or recorder is not None  # else nobody reads the trace ids
     headers: Mapping[str, str] = carrier() if traced and read is not None else _NO_HEADERS
-    span = tracing.start(headers) if traced else None
+    span = tracing.start(headers, edge) if traced else None
     decision: decision_model.Decision | None = None
     recorded = False
     tally = runtime.check_metrics

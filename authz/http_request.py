@@ -47,13 +47,13 @@ _ENVOY_CLIENT_HEADERS = frozenset({"content-length", "x-envoy-internal", "x-envo
 # The same bounds as a gRPC Check (authz.check_request).
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 200
-_TRACE_KEYS = (b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled")
+_TRACE_KEYS = frozenset((b"traceparent", b"tracestate", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled"))
 
 
 class HttpCheck:
     """One check request as the HTTP server parsed it: bytes, bounded while they arrive."""
 
-    __slots__ = ("body_bytes", "header_bytes", "lines", "method", "target", "too_large")
+    __slots__ = ("body_bytes", "header_bytes", "lines", "method", "target", "too_large", "trace")
 
     def __init__(self) -> None:
         self.method = b""
@@ -62,6 +62,7 @@ class HttpCheck:
         self.header_bytes = 0
         self.body_bytes = 0  # a buffered body (with_request_body) is counted, never kept
         self.too_large = False
+        self.trace: list[tuple[bytes, bytes]] = []  # the trace context lines, noted as they arrive
 
     def add_target(self, part: bytes) -> None:
         self.header_bytes += len(part)
@@ -76,15 +77,12 @@ class HttpCheck:
             self.too_large = True  # nothing more is kept; the check is refused when complete
         else:
             self.lines.append((name, value))
+            if name in _TRACE_KEYS:  # Envoy sends lower-case names
+                self.trace.append((name, value))
 
     def trace_carrier(self) -> dict[str, str]:
         """The trace context Envoy's ext_authz client span put on the check request."""
-        carrier = {}
-        for name, value in self.lines:
-            lower = name.lower()
-            if lower in _TRACE_KEYS:
-                carrier[lower.decode("latin-1")] = value.decode("latin-1")
-        return carrier
+        return {name.decode("latin-1"): value.decode("latin-1") for name, value in self.trace}
 
 
 class _Attributes:

@@ -47,25 +47,22 @@ FAILED = (  # the answer when nothing better can be built: a deny that holds no 
 )
 
 
+# The allow answers of one (identity, verdict) pair differ only in the decision id and in the
+# client-sent reserved headers to remove, so each pair's answer is built once (identity headers,
+# metadata, the removals every such answer has) and later answers only add those two. Bounded by
+# emptying; the same key as the gRPC answer's templates (authz.response).
+Template = tuple[bytes, bytes, tuple[str, ...]]  # before the id, after it up to the removals, the removals
+_templates: dict[tuple[object, ...], Template] = {}
+_MAX_TEMPLATES = 10_000
+_END = b"\r\ncontent-length: 0\r\n\r\n"
+
+
 def encode(decision: decision_model.Decision) -> bytes:
     """The whole HTTP/1.1 response for ``decision``."""
+    if decision.allowed:
+        return _encode_allowed(decision)
     lines = [response.DECISION_ID, ": ", decision.decision_id, "\r\n"]
     _metadata(decision, lines)
-    if decision.allowed:
-        identity = decision.identity
-        if identity.authenticated:
-            values, removals = response.identity_headers(identity)
-        else:
-            values, removals = (), response.IDENTITY_VALUES
-        for name, value in values:
-            lines += (name, ": ", value, "\r\n")
-        remove = [*removals, *_ENVOY_NAMES]
-        if decision.request is not None:
-            reserved = decision.request.reserved_headers()
-            if reserved:
-                remove += (name for name in response.client_reserved(reserved, identity) if name not in remove)
-        lines += (REMOVE, ": ", ",".join(remove), "\r\ncontent-length: 0\r\n\r\n")
-        return ("HTTP/1.1 200 OK\r\n" + "".join(lines)).encode()
     status = response.denied_status(decision)
     body = response.denied_body(status, decision).encode()
     sent = 403 if status >= 500 else status  # an HTTP authorization server's 5xx is a failure to Envoy
@@ -74,6 +71,48 @@ def encode(decision: decision_model.Decision) -> bytes:
         lines.append('www-authenticate: Bearer realm="tollgate"\r\n')
     lines += ("content-length: ", str(len(body)), "\r\n\r\n")
     return f"HTTP/1.1 {sent} {_PHRASES[sent]}\r\n".encode() + "".join(lines).encode() + body
+
+
+def _encode_allowed(decision: decision_model.Decision) -> bytes:
+    identity = decision.identity
+    key = (
+        identity.authenticated,
+        identity.method,
+        identity.subject,
+        identity.groups,
+        identity.roles,
+        identity.principal,
+        decision.reason,
+        decision.policy,
+        decision.rule,
+        decision.dry_run,
+    )
+    template = _templates.get(key)
+    if template is None:
+        if len(_templates) >= _MAX_TEMPLATES:
+            _templates.clear()
+        template = _templates[key] = _allowed_template(decision)
+    head, middle, remove = template
+    reserved = decision.request.reserved_headers() if decision.request is not None else ()
+    if reserved:  # a client sent headers in the reserved namespace: remove those too
+        extra = [name for name in response.client_reserved(reserved, identity) if name not in remove]
+        remove = (*remove, *extra)
+    return b"".join((head, decision.decision_id.encode(), middle, ",".join(remove).encode(), _END))
+
+
+def _allowed_template(decision: decision_model.Decision) -> Template:
+    identity = decision.identity
+    if identity.authenticated:
+        values, removals = response.identity_headers(identity)
+    else:
+        values, removals = (), response.IDENTITY_VALUES
+    lines = ["\r\n"]
+    _metadata(decision, lines)
+    for name, value in values:
+        lines += (name, ": ", value, "\r\n")
+    lines += (REMOVE, ": ")
+    head = f"HTTP/1.1 200 OK\r\n{response.DECISION_ID}: ".encode()
+    return head, "".join(lines).encode(), (*removals, *_ENVOY_NAMES)
 
 
 def encode_failed(decision: decision_model.Decision) -> bytes:

@@ -14,7 +14,8 @@ the same parser) — each complete request becomes an :class:`~authz.http_reques
 - Answers leave in request order (HTTP/1.1 pipelining), each as soon as the ones before it have.
 - A connection Envoy closes mid-check (its timeout) cancels the check: it is recorded as
   ``request_cancelled``, as over gRPC.
-- Stop: listening ends at once; checks in flight get ``grace`` seconds; then connections close.
+- Stop: listening ends at once, idle connections close, busy ones close after their last answer;
+  checks in flight get ``grace`` seconds; then every connection closes.
 
 Started by :func:`authz.server.serve` for ``--http-listen``. Guarded by
 tests/integration/test_http_check.py and the security suites, which run in both modes.
@@ -57,6 +58,7 @@ class HttpCheckServer:
         self._reuse_port = reuse_port
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
+        self.draining = False  # stopping: each connection closes once its answers are out
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -76,6 +78,10 @@ class HttpCheckServer:
         if self._server is None:
             return
         self._server.close()
+        self.draining = True
+        for connection in list(self.connections):
+            if not connection.pending:  # idle: close now, so Envoy opens its next one elsewhere
+                connection.close()
         pending = [task for connection in self.connections for task, _ in connection.pending]
         if pending:
             await asyncio.wait(pending, timeout=grace)
@@ -86,13 +92,15 @@ class HttpCheckServer:
     async def check(self, message: http_request.HttpCheck | None) -> bytes:
         runtime = self.runtime
         if message is None:
-            return await checks.run(runtime, None, dict, http_response.encode, http_response.encode_failed)
+            return await checks.run(runtime, None, dict, http_response.encode, http_response.encode_failed, edge="http")
         strict = runtime.strict_paths
 
         def read() -> Any:
             return http_request.from_http_check(message, strict=strict)
 
-        return await checks.run(runtime, read, message.trace_carrier, http_response.encode, http_response.encode_failed)
+        return await checks.run(
+            runtime, read, message.trace_carrier, http_response.encode, http_response.encode_failed, edge="http"
+        )
 
 
 class _Connection(asyncio.Protocol):
@@ -171,7 +179,9 @@ class _Connection(asyncio.Protocol):
             self._broken = True
             self.close()
             return
-        task = asyncio.get_running_loop().create_task(self._server.check(message))
+        # Started eagerly: a Check that needs no await (a cached token, the usual case) is decided
+        # and answered right here, without a trip through the event loop's queue.
+        task = asyncio.Task(self._server.check(message), loop=asyncio.get_running_loop(), eager_start=True)
         self.pending.append((task, keep_alive))
         if task.done():  # an eager task factory finished it already
             self._flush(task)
@@ -193,3 +203,5 @@ class _Connection(asyncio.Protocol):
                 transport.write(task.result())
             if not keep_alive:
                 self.close()
+        if self._server.draining and not pending:
+            self.close()

@@ -36,11 +36,19 @@ from authz import decision as decision_model
 __all__ = ["Tracing", "TracingUnavailable", "ids_from_headers", "otlp_requested"]
 
 _log = logging.getLogger(__name__)
-_SPAN_NAME = "envoy.service.auth.v3.Authorization/Check"
-_RPC_ATTRIBUTES = {
-    "rpc.system": "grpc",
-    "rpc.service": "envoy.service.auth.v3.Authorization",
-    "rpc.method": "Check",
+# The server span of one Check, by the edge it came by: the gRPC method (RPC conventions), or
+# Envoy's HTTP ext_authz request (HTTP conventions; its route is the client's path, not ours).
+_SPANS: dict[str, tuple[str, dict[str, str | int]]] = {
+    "grpc": (
+        "envoy.service.auth.v3.Authorization/Check",
+        {
+            "rpc.system": "grpc",
+            "rpc.service": "envoy.service.auth.v3.Authorization",
+            "rpc.method": "Check",
+            "rpc.grpc.status_code": 0,  # a Check is always answered OK: a deny is an answer, not an error
+        },
+    ),
+    "http": ("ext_authz check", {"network.protocol.name": "http", "tollgate.edge": "http_ext_authz"}),
 }
 
 
@@ -121,14 +129,14 @@ class Tracing:
         _log.info("tracing: exporting spans over OTLP to %s", configured)
         return tracing
 
-    def start(self, headers: Mapping[str, str]) -> trace.Span | None:
-        """Open the server span for one Check (None when tracing is off); :meth:`finish` ends it."""
+    def start(self, headers: Mapping[str, str], edge: str = "grpc") -> trace.Span | None:
+        """Open the server span for one Check that came by ``edge`` ("grpc" or "http"; None when
+        tracing is off); :meth:`finish` ends it."""
         if self._tracer is None:
             return None
         parent = self._propagator.extract(carrier=headers)
-        return self._tracer.start_span(
-            _SPAN_NAME, context=parent, kind=trace.SpanKind.SERVER, attributes=_RPC_ATTRIBUTES
-        )
+        name, attributes = _SPANS[edge]
+        return self._tracer.start_span(name, context=parent, kind=trace.SpanKind.SERVER, attributes=attributes)
 
     @staticmethod
     def annotate(decision: decision_model.Decision, headers: Mapping[str, str], span: trace.Span | None) -> None:
@@ -141,7 +149,6 @@ class Tracing:
         decision.span_id = format(context.span_id, "016x")
         span.set_attributes(
             {
-                "rpc.grpc.status_code": 0,
                 "tollgate.decision": "allow" if decision.allowed else "deny",
                 "tollgate.status": decision.status,
                 "tollgate.reason": decision.reason,

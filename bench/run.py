@@ -21,6 +21,14 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
                          hostile-token-1000 with --detection off: every request a 401 the detectors count
     noop-authz-uvloop    noop-authz on uvloop's event loop
     asyncio-jwt-1000     tollgate-jwt-1000 on asyncio's own loop (the others run on uvloop, the default)
+    noop-http            a do-nothing HTTP ext_authz server: asyncio.Protocol + httptools on uvloop
+    noop-http-uvicorn    the same answers from uvicorn (httptools, uvloop) and a raw ASGI app
+    audit-jwt-1000       tollgate-jwt-1000 with the async audit trail (the issue's full work per Check)
+    http-jwt-1000        tollgate-jwt-1000, Envoy asking over HTTP ext_authz (--http-listen)
+    http-audit-jwt-1000  audit-jwt-1000 over HTTP ext_authz
+    workers2-jwt-1000    tollgate-jwt-1000 with --workers 2 (Envoy: 8 streams per connection)
+    http-workers2-jwt-1000
+                         http-jwt-1000 with --workers 2
 
 All backends and their Envoys start first; then short measurements are interleaved round by round
 (A, B, C, A, B, C, ...) and the median of the rounds is reported, so machine drift hits every
@@ -120,10 +128,11 @@ def run_wrk(
 
 
 class Backend:
-    """An ext_authz server process for one scenario (or none)."""
+    """An ext_authz server process for one scenario (or none); ``mode``: how Envoy asks it."""
 
-    def __init__(self, start: Callable[[], Any] | None) -> None:
+    def __init__(self, start: Callable[[], Any] | None, mode: str = "grpc", streams: int | None = None) -> None:
         self._start = start
+        self.mode, self.streams = mode, streams
         self.process: Any = None
 
     def __enter__(self) -> int | None:
@@ -157,11 +166,9 @@ class _Scraper(threading.Thread):
 
 
 class _Noop:
-    def __init__(self, *loop: str) -> None:
+    def __init__(self, *loop: str, script: str = "noop_authz.py") -> None:
         self.port = harness.free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "noop_authz.py"), str(self.port), *loop], cwd=ROOT
-        )
+        self.process = subprocess.Popen([sys.executable, str(ROOT / "bench" / script), str(self.port), *loop], cwd=ROOT)
         harness.wait_for_port(self.port)
 
     def stop(self) -> None:
@@ -197,14 +204,23 @@ def pin(pid: int | None, cpus: set[int]) -> None:
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process and all its threads so far (Linux /proc), else None."""
+    """User + system CPU time of a process, all its threads and its children (``--workers``: the
+    supervisor and every worker) so far (Linux /proc), else None."""
+    split = cpu_split(pid)
+    return None if split is None else sum(split)
+
+
+def cpu_split(pid: int | None) -> list[float] | None:
+    """CPU seconds of the process, then of each of its child processes (the workers), else None."""
     if pid is None:
         return None
     try:
         fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    own = (int(fields[11]) + int(fields[12])) / _TICKS
+    return [own, *(sum(cpu_split(int(child)) or [0.0]) for child in children)]
 
 
 def cpu_per_request(before: float | None, after: float | None, requests: int) -> float | None:
@@ -259,10 +275,19 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
                 ]
 
             def start() -> Any:
-                process = harness.TollgateProcess(config, extra=extra, log_to=work / "tollgate.log", code=code).start()
+                http = "--http" in flags
+                process = harness.TollgateProcess(
+                    config,
+                    extra=[flag for flag in extra if flag != "--http"],
+                    log_to=work / "tollgate.log",
+                    code=code,
+                    http=http,
+                ).start()
+                if "--workers" in flags:
+                    time.sleep(2)  # every worker listening, not only the first
                 if scrape:
                     _Scraper(metrics_port, process).start()
-                return process, process.port
+                return process, process.http_port if http else process.port
 
             return start
 
@@ -273,6 +298,15 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
         def noop_uvloop() -> Any:
             server = _Noop("uvloop")
             return server, server.port
+
+        def noop_http(kind: str) -> Callable[[], Any]:
+            def start() -> Any:
+                server = _Noop(kind, script="noop_http.py")
+                return server, server.port
+
+            return start
+
+        bearer = {"Authorization": f"Bearer {token}"}
 
         compared = []
         revision = os.environ.get("BENCH_BASELINE", "")
@@ -325,6 +359,24 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
                 jwt_host,
                 {"Authorization": f"Bearer {nested}"},
             ),
+            # The HTTP ext_authz edge and several workers (issue: cost per decision).
+            ("noop-http", Backend(noop_http("protocol"), "http"), one_host, {}),
+            ("noop-http-uvicorn", Backend(noop_http("uvicorn"), "http"), one_host, {}),
+            ("audit-jwt-1000", Backend(tollgate(jwt_dir, "async")), jwt_host, bearer),
+            ("http-jwt-1000", Backend(tollgate(jwt_dir, "", None, "--http"), "http"), jwt_host, bearer),
+            ("http-audit-jwt-1000", Backend(tollgate(jwt_dir, "async", None, "--http"), "http"), jwt_host, bearer),
+            (
+                "workers2-jwt-1000",
+                Backend(tollgate(jwt_dir, "", None, "--workers", "2"), "grpc", streams=8),
+                jwt_host,
+                bearer,
+            ),
+            (
+                "http-workers2-jwt-1000",
+                Backend(tollgate(jwt_dir, "", None, "--workers", "2", "--http"), "http"),
+                jwt_host,
+                bearer,
+            ),
             *compared,
         ]
     finally:
@@ -362,7 +414,9 @@ def main() -> int:
         running = []
         for name, backend, host, headers in plan:
             authz_port = stack.enter_context(backend)
-            proxy = harness.Envoy(authz_port=authz_port, upstream_port=None).start()
+            proxy = harness.Envoy(
+                authz_port=authz_port, upstream_port=None, authz_mode=backend.mode, authz_streams=backend.streams
+            ).start()
             stack.callback(proxy.stop)
             if cpus is not None:
                 pin(backend.pid, cpus[0])
@@ -376,7 +430,13 @@ def main() -> int:
             for round_number in range(rounds):
                 for name, url, host, headers, authz_pid, envoy_pid in running:
                     cpu_before = cpu_seconds(authz_pid), cpu_seconds(envoy_pid)
+                    split_before = cpu_split(authz_pid)
                     numbers = run_wrk(wrk, url, host, connections, duration, headers, client_cpus)
+                    split_after = cpu_split(authz_pid)
+                    if split_before and split_after and len(split_after) == len(split_before) > 2:
+                        # --workers: each process's share of the server's CPU in this measurement
+                        used = [after - before for before, after in zip(split_before, split_after, strict=True)]
+                        numbers["cpu_split"] = [round(part / (sum(used) or 1), 3) for part in used]
                     # CPU per request is far less noisy than rps here: it is what a change costs.
                     numbers["authz_cpu_us"] = cpu_per_request(
                         cpu_before[0], cpu_seconds(authz_pid), numbers["requests"]
@@ -401,6 +461,7 @@ def main() -> int:
                 "rounds_cpu_us": [r["authz_cpu_us"] for r in runs],
                 "authz_cpu_us": _median_or_none([r["authz_cpu_us"] for r in runs]),
                 "envoy_cpu_us": _median_or_none([r["envoy_cpu_us"] for r in runs]),
+                "cpu_split": [r["cpu_split"] for r in runs if "cpu_split" in r],
             }
     if not wanted or "micro" in wanted:
         results["micro"] = micro.run()
@@ -459,6 +520,10 @@ def render(results: dict[str, Any]) -> str:
     pairs += [("tollgate-jwt-1000", "bare-jwt-1000"), ("observed-jwt-1000", "tollgate-jwt-1000")]
     pairs += [("observed-jwt-1000", "bare-jwt-1000"), ("hostile-token-1000", "bare-hostile-token-1000")]
     pairs += [("noop-authz-uvloop", "noop-authz"), ("tollgate-jwt-1000", "asyncio-jwt-1000")]
+    pairs += [("tollgate-jwt-1000", "noop-authz-uvloop"), ("audit-jwt-1000", "noop-authz-uvloop")]
+    pairs += [("noop-http-uvicorn", "noop-http"), ("http-jwt-1000", "noop-http")]
+    pairs += [("http-jwt-1000", "tollgate-jwt-1000"), ("http-audit-jwt-1000", "audit-jwt-1000")]
+    pairs += [("workers2-jwt-1000", "tollgate-jwt-1000"), ("http-workers2-jwt-1000", "http-jwt-1000")]
     ratios = []
     for name, base in pairs:
         if name in load and base in load:

@@ -218,6 +218,25 @@ def test_the_standalone_gateway_is_the_only_caller(render: Callable[..., dict[st
     assert labels["app.kubernetes.io/component"] == "gateway"
 
 
+def test_http_ext_authz_and_workers_reach_the_pod_the_service_and_the_gateway(
+    render: Callable[..., dict[str, Any]],
+) -> None:
+    objects = render(CHART / "ci" / "http-workers-values.yaml")["objects"]
+    [init] = _find(objects, "Deployment", "-gateway")["spec"]["template"]["spec"]["initContainers"]
+    command = init["args"][0]
+    assert "--authz tollgate-dataplane.tollgate-system.svc.cluster.local:9002" in command
+    assert "--authz-mode http" in command and "--tollgate-workers 2" in command
+    pod = _find(objects, "Deployment", "-dataplane")["spec"]["template"]["spec"]
+    [server] = [c for c in pod["containers"] if c["name"] == "tollgate"]
+    env = {item["name"]: item.get("value") for item in server["env"]}
+    assert env["TOLLGATE_HTTP_LISTEN"] == "0.0.0.0:9002" and env["TOLLGATE_WORKERS"] == "2"
+    assert {"name": "http-authz", "containerPort": 9002, "protocol": "TCP"} in server["ports"]
+    service = _find(objects, "Service", "-dataplane")
+    assert [p["port"] for p in service["spec"]["ports"] if p["name"] == "http-authz"] == [9002]
+    allowed = _find(objects, "NetworkPolicy")["spec"]["ingress"][0]["ports"]
+    assert {"port": 9002, "protocol": "TCP"} in allowed
+
+
 def test_the_audit_web_view_reads_the_log_and_is_reached_only_through_the_gateway(
     render: Callable[..., dict[str, Any]], tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -276,6 +295,11 @@ def test_the_audit_web_view_reads_the_log_and_is_reached_only_through_the_gatewa
             "additional properties 'replica' not allowed",
         ),
         ({"dataplane": {"replicas": "two"}, "audit": {"existingSecret": "k"}}, "/dataplane/replicas"),
+        ({"dataplane": {"workers": 0}, "audit": {"existingSecret": "k"}}, "/dataplane/workers"),
+        (
+            {"gateway": {"enabled": True, "authzMode": "http"}, "audit": {"existingSecret": "k"}},
+            "gateway.authzMode=http needs dataplane.httpPort",
+        ),
         ({"dataplane": {"defaultAction": "Maybe"}, "audit": {"existingSecret": "k"}}, "/dataplane/defaultAction"),
         ({"gateway": {"enabled": True, "upstream": "no-port"}, "audit": {"existingSecret": "k"}}, "/gateway/upstream"),
         ({"audit": {"enabled": False}, "dataplane": {"networkPolicy": {"enabled": True}}}, "gatewayPodSelector"),

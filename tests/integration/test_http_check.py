@@ -208,6 +208,37 @@ async def test_a_connection_closed_mid_check_is_recorded_as_cancelled(running: R
     assert record.request is not None and record.request.path == "/public"
 
 
+class GatedIdentity:
+    """Resolves the anonymous caller once the gate opens: a check in flight for as long as wanted."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    def resolve_now(self, request: object, scope: object) -> None:
+        return None
+
+    async def resolve(self, request: object, scope: object) -> model.Identity:
+        await self.gate.wait()
+        return model.ANONYMOUS
+
+
+async def test_stop_lets_a_check_in_flight_finish_then_closes_its_connection(running: Running) -> None:
+    gated = GatedIdentity()
+    running.runtime.identity = gated  # type: ignore[assignment]
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    writer.write(checks.http_check_request(host="site.test", path="/public"))
+    await asyncio.sleep(0.2)
+    stopping = asyncio.create_task(running.edge.stop(5))
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # waiting for the check, within the grace period
+    gated.gate.set()
+    await asyncio.wait_for(stopping, 5)
+    answer = await asyncio.wait_for(reader.read(), 5)  # to the end: the connection was closed after it
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert [d.reason for d in running.decisions] == ["rule_allow"]
+
+
 class BrokenIdentity:
     def resolve_now(self, request: object, scope: object) -> None:
         raise RuntimeError("bug")

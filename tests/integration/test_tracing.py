@@ -68,6 +68,7 @@ def test_check_span_is_parented_on_envoy_and_matches_the_audit_record(
     envoy: Callable[..., harness.Envoy],
     http: Callable[..., Any],
     audit_keys: pathlib.Path,
+    transport: str,
 ) -> None:
     sink, port = receiver
     config = tmp_path / "policy.yaml"
@@ -79,12 +80,13 @@ def test_check_span_is_parented_on_envoy_and_matches_the_audit_record(
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_SERVICE_NAME": "tollgate-test",
     }
-    authz = tollgate(
-        config,
-        *harness.audit_flags(audit_keys, audit_dir),
-        env=env,
+    authz = tollgate(config, *harness.audit_flags(audit_keys, audit_dir), env=env, http=True)
+    proxy = envoy(
+        authz_port=authz.authz_port(transport),
+        upstream_port=echo_upstream.port,
+        tracing_port=port,
+        authz_mode=transport,
     )
-    proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port, tracing_port=port)
     assert http(proxy.port, "GET", "/public", host="app.test").status == 200
     assert http(proxy.port, "GET", "/private", host="app.test").status == 401
 
@@ -99,12 +101,16 @@ def test_check_span_is_parented_on_envoy_and_matches_the_audit_record(
     theirs = {s.span_id: s for name, s in sink.spans if name == "envoy"}
     assert len(ours) >= 2 and theirs, f"spans received: {[(n, s.name) for n, s in sink.spans]}"
     for span in ours:
-        assert span.name == "envoy.service.auth.v3.Authorization/Check"
         assert span.kind == span.SPAN_KIND_SERVER
         assert span.parent_span_id in theirs, "Tollgate's span is not a child of an Envoy span"
         assert theirs[span.parent_span_id].trace_id == span.trace_id
         attributes = {a.key: a.value for a in span.attributes}
-        assert attributes["rpc.system"].string_value == "grpc"
+        if transport == "grpc":
+            assert span.name == "envoy.service.auth.v3.Authorization/Check"
+            assert attributes["rpc.system"].string_value == "grpc"
+        else:
+            assert span.name == "ext_authz check"
+            assert attributes["network.protocol.name"].string_value == "http"
         assert attributes["tollgate.decision"].string_value in ("allow", "deny")
         assert not any(key.startswith(("enduser", "client.address", "url")) for key in attributes)
 

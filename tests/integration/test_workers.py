@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
+import json
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -17,7 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client import parser
 
-from authz import envoy_bootstrap
+from authz import cli, envoy_bootstrap
 from authz.dev import harness, upstream
 
 pytestmark = pytest.mark.envoy
@@ -175,8 +178,62 @@ def test_a_killed_worker_is_replaced_and_only_its_checks_in_flight_fail(
     assert after.get(new_worker, 0) - before.get(new_worker, 0) > 0.1 * good, (before, after)
 
 
+def test_each_worker_writes_its_own_audit_instance_and_the_directory_verifies(
+    tmp_path: pathlib.Path,
+    audit_keys: pathlib.Path,
+    envoy: Callable[..., harness.Envoy],
+    echo_upstream: upstream.EchoUpstream,
+) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    audit_dir = tmp_path / "audit"
+    process = harness.TollgateProcess(
+        tmp_path / "policy.yaml",
+        extra=["--workers", "2", *harness.audit_flags(audit_keys, audit_dir, "--audit-instance", "pod-a")],
+        http=True,
+        log_to=tmp_path / "tollgate.log",
+    ).start()
+    try:
+        pod = Pod(process, 0)
+        harness.wait_until(lambda: len(pod.workers()) == 2, what="two workers")
+        time.sleep(1.5)  # both listening
+        proxy = _envoy(envoy, pod, echo_upstream, envoy_bootstrap.HTTP_MODE)
+        good, bad = _load(proxy.port, 2.0)
+        assert bad == 0 and good > 100
+    finally:
+        assert process.stop() == 0
+    assert sorted(path.name for path in audit_dir.iterdir()) == ["pod-a-w0", "pod-a-w1"]
+    key = str(audit_keys / "verifier.key")
+    assert cli.main(["audit", "verify", str(audit_dir), "--key", key]) == 0
+    kinds = [
+        json.loads(line)["kind"]
+        for segment in audit_dir.glob("pod-a-w*/*/segment-*.jsonl")
+        for line in segment.read_text().splitlines()
+    ]
+    # One record per decision, in one worker's log or the other's (the readiness probes add none).
+    assert kinds.count("decision") == good
+
+
 def test_sigterm_stops_every_worker(pod: Pod) -> None:
     workers = pod.workers()
     assert pod.process.stop() == 0
     for pid in workers:
         assert not pathlib.Path(f"/proc/{pid}").exists() or "zombie" in pathlib.Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_setting_every_worker_refuses_stops_the_server_with_status_2(
+    tmp_path: pathlib.Path, audit_keys: pathlib.Path
+) -> None:
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    (tmp_path / "signing.key").write_text("not a key\n")  # read by each worker, not by the supervisor
+    flags = harness.audit_flags(audit_keys, tmp_path / "audit")
+    flags[flags.index("--audit-signing-key") + 1] = str(tmp_path / "signing.key")
+    result = subprocess.run(
+        [sys.executable, "-m", "authz", "serve", "--config", str(tmp_path / "policy.yaml"), "--workers", "2", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{tmp_path / 'signing.key'}" in result.stderr and "cannot use the signing key" in result.stderr

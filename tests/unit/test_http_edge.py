@@ -139,3 +139,21 @@ def test_an_answer_that_cannot_be_built_falls_back_to_a_fixed_deny() -> None:
         http_response.encode(broken)
     status, _, body = _parse_answer(http_response.encode_failed(broken))
     assert status == 403 and b"authz_error" in body
+
+
+def test_allow_answers_from_one_template_differ_only_in_id_and_removals() -> None:
+    identity = model.Identity(subject="alice", method="jwt", groups=("staff",), authenticated=True)
+    plain = _decision(allowed=True, status=200, reason="rule_allow", policy="ns/p", rule="r", identity=identity)
+    check = _parsed(_request(*ENVOY, "x_tollgate_subject: mallory", "X-Tollgate-Roles: admin"))
+    other = dataclasses.replace(
+        plain, decision_id="01a22c45-8ba5-7b33-8f46-184c18ff3000", request=http_request.from_http_check(check)
+    )
+    _, first, _ = _parse_answer(http_response.encode(plain))
+    _, second, _ = _parse_answer(http_response.encode(other))
+    assert first["x-tollgate-decision-id"] != second["x-tollgate-decision-id"] == other.decision_id
+    assert first["x-tollgate-groups"] == second["x-tollgate-groups"] == '"staff"'
+    removed = second[http_response.REMOVE].split(",")
+    assert removed[: len(first[http_response.REMOVE].split(","))] == first[http_response.REMOVE].split(",")
+    # The client's spellings of reserved names go too; x-tollgate-roles is removed (alice has none).
+    assert "x_tollgate_subject" in removed and "x-tollgate-roles" in removed
+    assert "x_tollgate_subject" not in first[http_response.REMOVE]

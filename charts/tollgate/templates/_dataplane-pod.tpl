@@ -59,6 +59,12 @@ spec:
         {{- end }}
         - {name: TOLLGATE_LISTEN, value: "0.0.0.0:{{ .Values.dataplane.grpcPort }}"}
         - {name: TOLLGATE_METRICS_LISTEN, value: "0.0.0.0:{{ .Values.dataplane.metricsPort }}"}
+        {{- if .Values.dataplane.httpPort }}
+        - {name: TOLLGATE_HTTP_LISTEN, value: "0.0.0.0:{{ .Values.dataplane.httpPort }}"}
+        {{- end }}
+        {{- if gt (int .Values.dataplane.workers) 1 }}
+        - {name: TOLLGATE_WORKERS, value: {{ .Values.dataplane.workers | quote }}}
+        {{- end }}
         - {name: TOLLGATE_DEFAULT_ACTION, value: {{ .Values.dataplane.defaultAction | quote }}}
         - {name: TOLLGATE_PATH_MODE, value: {{ .Values.dataplane.pathMode | quote }}}
         - {name: TOLLGATE_GRACE, value: {{ .Values.dataplane.grace | quote }}}
@@ -98,6 +104,9 @@ spec:
         {{- end }}
       ports:
         - {name: grpc, containerPort: {{ .Values.dataplane.grpcPort }}, protocol: TCP}
+        {{- if .Values.dataplane.httpPort }}
+        - {name: http-authz, containerPort: {{ .Values.dataplane.httpPort }}, protocol: TCP}
+        {{- end }}
         - {name: metrics, containerPort: {{ .Values.dataplane.metricsPort }}, protocol: TCP}
       # Started: the gRPC health service says SERVING (the configuration is loaded, the port bound).
       startupProbe:

@@ -117,6 +117,9 @@ tollgate.check: what the schema cannot say; fails the render with one line namin
 {{- if and .Values.auditUI.enabled .Values.auditUI.createPolicy (not .Values.operator.enabled) }}
 {{- fail "auditUI.createPolicy: needs operator.enabled=true (AccessPolicy is the operator's resource); set it false and write the policy into your configuration" }}
 {{- end }}
+{{- if and (eq .Values.gateway.authzMode "http") (not .Values.dataplane.httpPort) }}
+{{- fail "gateway.authzMode=http needs dataplane.httpPort (the data plane's HTTP ext_authz port)" }}
+{{- end }}
 {{- if and .Values.dataplane.autoscaling.enabled (lt (int .Values.dataplane.autoscaling.maxReplicas) (int .Values.dataplane.autoscaling.minReplicas)) }}
 {{- fail "dataplane.autoscaling.maxReplicas: must be at least minReplicas" }}
 {{- end }}
