@@ -477,8 +477,11 @@ def _ui(args: argparse.Namespace) -> int:
     print(
         f"audit trail of {', '.join(map(str, directories))} on http://{shown}:{port}/ (index: {index_path})", flush=True
     )
+    # h11, whatever else is installed: the strict parser (an HTTP/1.1 request without a Host is a
+    # 400 before any page), and the same one wherever the view runs. The data plane's HTTP edge
+    # brings httptools, which uvicorn would otherwise pick.
     config = uvicorn.Config(
-        application, host=host, port=port, log_level="warning", proxy_headers=False, server_header=False
+        application, host=host, port=port, log_level="warning", proxy_headers=False, server_header=False, http="h11"
     )
     uvicorn.Server(config).run()
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 from typing import Any
 
 from authz import configuration
@@ -43,27 +42,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _operate(kopf: Any, settings: configuration.OperatorSettings) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    """Run kopf until it stops. kopf handles SIGTERM and SIGINT itself (it stops its watchers, runs
+    the cleanup handlers, then exits); a task of ours waiting beside it would only be one kopf
+    waits 5 seconds for before it cancels it."""
     liveness = f"http://{settings.liveness_listen}/healthz" if settings.liveness_listen else None
-    stop_flag: asyncio.Future[None] = loop.create_future()
-    operator = asyncio.create_task(
-        kopf.operator(
-            clusterwide=not settings.watch_namespaces,
-            namespaces=settings.watch_namespaces,
-            liveness_endpoint=liveness,
-            peering_name=settings.peering or None,
-            priority=settings.peering_priority,
-            standalone=not settings.peering,
-            memo=kopf.Memo(settings=settings),
-            stop_flag=stop_flag,
-        )
+    await kopf.operator(
+        clusterwide=not settings.watch_namespaces,
+        namespaces=settings.watch_namespaces,
+        liveness_endpoint=liveness,
+        peering_name=settings.peering or None,
+        priority=settings.peering_priority,
+        standalone=not settings.peering,
+        memo=kopf.Memo(settings=settings),
     )
-    waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait([operator, waiter], return_when=asyncio.FIRST_COMPLETED)
-    if not stop_flag.done():
-        stop_flag.set_result(None)
-    waiter.cancel()
-    await operator
