@@ -50,7 +50,7 @@ FAILED = (  # the answer when nothing better can be built: a deny that holds no 
 # The allow answers of one (identity, verdict) pair differ only in the decision id and in the
 # client-sent reserved headers to remove, so each pair's answer is built once (identity headers,
 # metadata, the removals every such answer has) and later answers only add those two. Bounded by
-# emptying; the same key as the gRPC answer's templates (authz.response).
+# emptying; the same key as the gRPC answer's templates (response.allow_key).
 Template = tuple[bytes, bytes, tuple[str, ...]]  # before the id, after it up to the removals, the removals
 _templates: dict[tuple[object, ...], Template] = {}
 _MAX_TEMPLATES = 10_000
@@ -75,18 +75,7 @@ def encode(decision: decision_model.Decision) -> bytes:
 
 def _encode_allowed(decision: decision_model.Decision) -> bytes:
     identity = decision.identity
-    key = (
-        identity.authenticated,
-        identity.method,
-        identity.subject,
-        identity.groups,
-        identity.roles,
-        identity.principal,
-        decision.reason,
-        decision.policy,
-        decision.rule,
-        decision.dry_run,
-    )
+    key = response.allow_key(decision)
     template = _templates.get(key)
     if template is None:
         if len(_templates) >= _MAX_TEMPLATES:

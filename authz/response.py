@@ -32,6 +32,7 @@ from authz.identity import model as identity_model
 __all__ = [
     "IDENTITY_HEADERS",
     "IDENTITY_VALUES",
+    "allow_key",
     "client_reserved",
     "denied_body",
     "denied_status",
@@ -128,18 +129,7 @@ def encode(decision: decision_model.Decision) -> bytes:
     if not decision.allowed:
         return _encode_denied(decision, decision_id)
     identity = decision.identity
-    key = (
-        identity.authenticated,
-        identity.method,
-        identity.subject,
-        identity.groups,
-        identity.roles,
-        identity.principal,
-        decision.reason,
-        decision.policy,
-        decision.rule,
-        decision.dry_run,
-    )
+    key = allow_key(decision)
     try:
         template = _templates[key]
     except KeyError:
@@ -155,6 +145,24 @@ def encode(decision: decision_model.Decision) -> bytes:
         extra.ok_response.headers_to_remove.extend(removals)
         return b"".join((head, decision_id, middle, decision_id, tail, extra.SerializeToString()))
     return b"".join((head, decision_id, middle, decision_id, tail))
+
+
+def allow_key(decision: decision_model.Decision) -> tuple[object, ...]:
+    """What an allow answer depends on besides its decision id and the client's reserved headers:
+    the key of the answer templates, here and in :mod:`authz.http_response`."""
+    identity = decision.identity
+    return (
+        identity.authenticated,
+        identity.method,
+        identity.subject,
+        identity.groups,
+        identity.roles,
+        identity.principal,
+        decision.reason,
+        decision.policy,
+        decision.rule,
+        decision.dry_run,
+    )
 
 
 def encode_failed(decision: decision_model.Decision) -> bytes:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import posixpath
+import random
 import re
 import ssl
 import urllib.parse
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import httptools
 from envoy.config.core.v3 import address_pb2
@@ -17,7 +19,17 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 
 from authz import http_request
 
-__all__ = ["HttpAnswer", "check_request", "exchange", "http_check_request", "upstream_path_readings"]
+__all__ = [
+    "FUZZ_HOSTS",
+    "FUZZ_PATHS",
+    "HttpAnswer",
+    "ListRecorder",
+    "check_request",
+    "exchange",
+    "http_check_request",
+    "mutate_bytes",
+    "upstream_path_readings",
+]
 
 
 def check_request(
@@ -142,6 +154,51 @@ async def exchange(
     finally:
         writer.close()
     return parsed.answers
+
+
+# Hosts and paths the fuzz tests put into requests every policy denies (both edges, the same lists).
+FUZZ_HOSTS = (
+    "vault.example.com,a.wild.example.com",
+    "vault.example.com:a.wild.example.com",
+    "a.wild.example.com@vault.example.com",
+    "vault.example.com\x00",
+    "VAULT.example.com.",
+    "vault.example.com:1",
+    "[::1]",
+    "",
+)
+FUZZ_PATHS = ("/admin\n", "/admin;x", "/..;/admin", "/%2e%2e/admin", "/admin%00", "//admin", "", "admin", "/\x7f")
+
+
+def mutate_bytes(rng: random.Random, data: bytes) -> bytes:
+    """1 to 8 byte-level mutations of ``data`` (flips, cuts, random insertions, repeats): what the
+    fuzz tests send, so the parser sees garbage too."""
+    buffer = bytearray(data)
+    for _ in range(rng.randint(1, 8)):
+        kind = rng.randrange(4)
+        position = rng.randrange(len(buffer)) if buffer else 0
+        if kind == 0 and buffer:
+            buffer[position] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            del buffer[position : position + rng.randint(1, 16)]
+        elif kind == 2:
+            buffer[position:position] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        else:
+            buffer[position:position] = buffer[position : position + rng.randint(1, 32)]
+    return bytes(buffer)
+
+
+class ListRecorder:
+    """An audit recorder that keeps the decisions in a list (tests of the edges, in-process)."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self.decisions: list[Any] = []
+
+    async def record(self, item: Any) -> bool:
+        self.decisions.append(item)
+        return True
 
 
 def _dots(path: str) -> str:

@@ -2,8 +2,8 @@
 loopback address (127.x.y.z), so Envoy reports a different source for each.
 
 - A flood of 50,000 failed authentications from unique addresses (five times what the detectors
-  keep), with one real offender among them: the server's memory stays bounded, the offender is caught, and not one of the one-off
-  addresses raises an alert.
+  keep), with one real offender among them: the server's memory stays bounded, the offender is
+  caught, and not one of the one-off addresses raises an alert.
 - One token used from many addresses is reported as token replay, and still decided by policy."""
 
 from __future__ import annotations

@@ -37,15 +37,7 @@ spec:
 """
 
 
-class ListRecorder:
-    durable = False
-
-    def __init__(self) -> None:
-        self.decisions: list[decision.Decision] = []
-
-    async def record(self, item: decision.Decision) -> bool:
-        self.decisions.append(item)
-        return True
+ListRecorder = checks.ListRecorder
 
 
 class Running:

@@ -26,17 +26,7 @@ SEEDS = [
     {"host": "deny.test", "path": "/admin/x"},
     {"method": "DELETE", "host": "methods.test", "path": "/items/1"},
 ]
-HOSTS = [
-    "vault.example.com,a.wild.example.com",
-    "vault.example.com:a.wild.example.com",
-    "a.wild.example.com@vault.example.com",
-    "vault.example.com\x00",
-    "VAULT.example.com.",
-    "vault.example.com:1",
-    "[::1]",
-    "",
-]
-PATHS = ["/admin\n", "/admin;x", "/..;/admin", "/%2e%2e/admin", "/admin%00", "//admin", "", "admin", "/\x7f"]
+HOSTS, PATHS = checks.FUZZ_HOSTS, checks.FUZZ_PATHS  # the same attack classes over both edges
 SOURCES = ["", "x", "::ffff:127.0.0.1", "fe80::1%eth0", "198.51.100.7:80", "192.0.2.1,198.51.100.7"]
 
 
@@ -67,22 +57,6 @@ def _field_mutation(rng: random.Random, seed: dict[str, object]) -> bytes:
     return checks.http_check_request(headers=headers, **request)  # type: ignore[arg-type]
 
 
-def _byte_mutation(rng: random.Random, data: bytes) -> bytes:
-    buffer = bytearray(data)
-    for _ in range(rng.randint(1, 8)):
-        kind = rng.randrange(4)
-        position = rng.randrange(len(buffer)) if buffer else 0
-        if kind == 0 and buffer:
-            buffer[position] ^= 1 << rng.randrange(8)
-        elif kind == 1:
-            del buffer[position : position + rng.randint(1, 16)]
-        elif kind == 2:
-            buffer[position:position] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        else:
-            buffer[position:position] = buffer[position : position + rng.randint(1, 32)]
-    return bytes(buffer)
-
-
 async def _run(port: int) -> tuple[list[bytes], int]:
     rng = random.Random(20261130)
     allowed, answered = [], 0
@@ -92,7 +66,7 @@ async def _run(port: int) -> tuple[list[bytes], int]:
         else:
             # Bytes only on seeds no spelling of which is allowed (see the gRPC twin).
             seed = dict(SEEDS[index % 4 // 2 * 2], headers=[("connection", "close")])
-            data = _byte_mutation(rng, checks.http_check_request(**seed))  # type: ignore[arg-type]
+            data = checks.mutate_bytes(rng, checks.http_check_request(**seed))  # type: ignore[arg-type]
         # Tollgate closes after answering a request that asked it to (or after bytes it cannot parse);
         # a request that never ends (a mutated content-length) gets no answer in the time given.
         answers = await checks.exchange(port, data + b"\r\n\r\n", answers=8, timeout=0.25)

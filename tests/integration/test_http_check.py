@@ -39,17 +39,6 @@ spec:
 """
 
 
-class ListRecorder:
-    durable = False
-
-    def __init__(self) -> None:
-        self.decisions: list[decision.Decision] = []
-
-    async def record(self, item: decision.Decision) -> bool:
-        self.decisions.append(item)
-        return True
-
-
 class Running:
     def __init__(self, edge: http_server.HttpCheckServer, runtime: server.Runtime) -> None:
         self.edge, self.runtime, self.port = edge, runtime, edge.port
@@ -57,7 +46,7 @@ class Running:
     @property
     def decisions(self) -> list[decision.Decision]:
         recorder = self.runtime.recorder
-        assert isinstance(recorder, ListRecorder)
+        assert isinstance(recorder, checks.ListRecorder)
         return recorder.decisions
 
     async def ask(self, data: bytes, answers: int = 1) -> list[checks.HttpAnswer]:
@@ -72,7 +61,7 @@ async def _start(tmp_path: pathlib.Path, **settings: object) -> Running:
     config = tmp_path / "policy.yaml"
     config.write_text(POLICY)
     runtime = server.Runtime(loader.load(config), default_allow=False)
-    runtime.recorder = ListRecorder()
+    runtime.recorder = checks.ListRecorder()
     options = configuration.ServerSettings(config=config, http_listen="127.0.0.1:0", **settings)  # type: ignore[arg-type]
     return Running(await server.start_http(options, runtime), runtime)
 
@@ -178,23 +167,24 @@ async def test_pipelined_checks_are_answered_in_order(running: Running) -> None:
     ]
 
 
-class StuckIdentity:
-    """Resolves nobody until released: a check Envoy gives up on while it waits (its timeout)."""
+class GatedIdentity:
+    """Resolves the anonymous caller once the gate opens: a check in flight for as long as wanted."""
 
     def __init__(self) -> None:
-        self.waiting = asyncio.Event()
+        self.waiting = asyncio.Event()  # a check is waiting at the gate
+        self.gate = asyncio.Event()
 
     def resolve_now(self, request: object, scope: object) -> None:
         return None
 
     async def resolve(self, request: object, scope: object) -> model.Identity:
         self.waiting.set()
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
+        await self.gate.wait()
+        return model.ANONYMOUS
 
 
 async def test_a_connection_closed_mid_check_is_recorded_as_cancelled(running: Running) -> None:
-    stuck = StuckIdentity()
+    stuck = GatedIdentity()  # never opened: Envoy gives up first (its timeout)
     running.runtime.identity = stuck  # type: ignore[assignment]
     _, writer = await asyncio.open_connection("127.0.0.1", running.port)
     writer.write(checks.http_check_request(host="site.test", path="/public"))
@@ -208,26 +198,12 @@ async def test_a_connection_closed_mid_check_is_recorded_as_cancelled(running: R
     assert record.request is not None and record.request.path == "/public"
 
 
-class GatedIdentity:
-    """Resolves the anonymous caller once the gate opens: a check in flight for as long as wanted."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-
-    def resolve_now(self, request: object, scope: object) -> None:
-        return None
-
-    async def resolve(self, request: object, scope: object) -> model.Identity:
-        await self.gate.wait()
-        return model.ANONYMOUS
-
-
 async def test_stop_lets_a_check_in_flight_finish_then_closes_its_connection(running: Running) -> None:
     gated = GatedIdentity()
     running.runtime.identity = gated  # type: ignore[assignment]
     reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
     writer.write(checks.http_check_request(host="site.test", path="/public"))
-    await asyncio.sleep(0.2)
+    await asyncio.wait_for(gated.waiting.wait(), 5)
     stopping = asyncio.create_task(running.edge.stop(5))
     await asyncio.sleep(0.2)
     assert not stopping.done()  # waiting for the check, within the grace period
