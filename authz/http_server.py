@@ -8,7 +8,9 @@ the same parser) — each complete request becomes an :class:`~authz.http_reques
 
 - Bounded: headers and target past 64 KiB or 200 headers are dropped as they arrive and the
   check is refused (``request_headers_too_large``); a body (``with_request_body``) is counted,
-  never kept; at most :data:`MAX_PIPELINED` checks wait per connection.
+  never kept; at most :data:`MAX_PIPELINED` checks wait per connection; a request still arriving
+  after :attr:`HttpCheckServer.request_seconds` closes its connection (Envoy sends a whole check at
+  once; only a client of the port that is not Envoy trickles one).
 - A request llhttp cannot parse gets a 400 ``request_parse_error`` (recorded like any decision)
   and its connection is closed: the stream cannot be read on after it.
 - Answers leave in request order (HTTP/1.1 pipelining), each as soon as the ones before it have.
@@ -36,6 +38,8 @@ from authz import checks, http_request, http_response
 
 __all__ = ["MAX_PIPELINED", "HttpCheckServer"]
 
+_SWEEP_SECONDS = 1.0  # how often connections with a request still arriving are looked at
+
 _log = logging.getLogger(__name__)
 MAX_PIPELINED = 64
 
@@ -59,6 +63,8 @@ class HttpCheckServer:
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
         self.draining = False  # stopping: each connection closes once its answers are out
+        self.request_seconds = 30.0  # a request must arrive whole within this (Envoy's take milliseconds)
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -71,12 +77,26 @@ class HttpCheckServer:
             backlog=1024,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = loop.create_task(self._sweep(), name="http-check-sweeper")
         return self.port
+
+    async def _sweep(self, interval: float = _SWEEP_SECONDS) -> None:
+        """Close connections whose request has been arriving for longer than ``request_seconds``:
+        one timestamp per request on the hot path, and this look once a second."""
+        while True:
+            await asyncio.sleep(interval)
+            limit = asyncio.get_running_loop().time() - self.request_seconds
+            for connection in list(self.connections):
+                if connection.started is not None and connection.started < limit:
+                    _log.warning("an HTTP check request took over %.0f s to arrive: closing", self.request_seconds)
+                    connection.close()
 
     async def stop(self, grace: float) -> None:
         """Stop listening, give checks in flight ``grace`` seconds, then close every connection."""
         if self._server is None:
             return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         self._server.close()
         self.draining = True
         for connection in list(self.connections):
@@ -112,6 +132,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._message = http_request.HttpCheck()
         self._broken = False  # the stream could not be parsed: answer what came before, then close
+        self.started: float | None = None  # when the request now arriving began (loop time)
         self.pending: collections.deque[tuple[asyncio.Task[bytes], bool]] = collections.deque()
 
     # asyncio.Protocol
@@ -155,6 +176,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._message = http_request.HttpCheck()
+        self.started = asyncio.get_running_loop().time()
 
     def on_url(self, url: bytes) -> None:
         self._message.add_target(url)
@@ -169,6 +191,7 @@ class _Connection(asyncio.Protocol):
         self._message.body_bytes += len(body)
 
     def on_message_complete(self) -> None:
+        self.started = None
         self._dispatch(self._message, keep_alive=self._parser.should_keep_alive())
 
     # answers, in request order

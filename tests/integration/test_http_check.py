@@ -154,6 +154,20 @@ async def test_oversized_checks_are_refused_and_not_kept(running: Running, heade
     assert (answer.status, _reason(answer)) == (400, "request_headers_too_large")
 
 
+async def test_a_request_that_trickles_in_is_cut_off(running: Running) -> None:
+    # Envoy sends a check at once; a client of the port that sends half a request and waits must
+    # not hold the connection (and its buffers) for ever.
+    running.edge.request_seconds = 0.3
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    writer.write(checks.http_check_request(host="site.test", path="/public")[:40])
+    closed = await asyncio.wait_for(reader.read(), 5)  # the server closes: EOF, no answer
+    writer.close()
+    assert closed == b""
+    assert running.decisions == []  # nothing was decided: there was no request
+    [answer] = await running.ask(checks.http_check_request(host="site.test", path="/public"))
+    assert answer.status == 200  # whole requests still get their answer
+
+
 async def test_pipelined_checks_are_answered_in_order(running: Running) -> None:
     paths = ["/public", "/private", "/public/x", "/nope"]
     data = b"".join(checks.http_check_request(host="site.test", path=path, request_id=path) for path in paths)
