@@ -20,8 +20,9 @@ path itself:
   ``worker="<index>"`` (``sum without (worker)`` is the pod's total), and ``/readyz`` is ready
   when every worker is.
 - **Replacement.** A worker that exits while the supervisor is not stopping (killed, crashed) is
-  started again after :data:`RESTART_DELAY`; the others keep answering meanwhile, and new
-  connections go to them. A worker that exits with status 2 (a setting or configuration it
+  started again after :data:`RESTART_DELAY` (doubling up to :data:`MAX_RESTART_DELAY` while it
+  keeps exiting within :data:`STABLE_SECONDS`: a crash loop costs little); the others keep
+  answering meanwhile, and new connections go to them. A worker that exits with status 2 (a setting or configuration it
   refuses) stops the whole server with status 2: restarting cannot fix that.
 - **Stop.** SIGTERM/SIGINT go to every worker, which drains as a single server does; the
   supervisor exits 0 when all have stopped.
@@ -41,11 +42,21 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["RESTART_DELAY", "Worker", "merge_expositions", "supervise", "this_worker", "worker_log_format"]
+__all__ = [
+    "RESTART_DELAY",
+    "Worker",
+    "merge_expositions",
+    "restart_delays",
+    "supervise",
+    "this_worker",
+    "worker_log_format",
+]
 
 _log = logging.getLogger(__name__)
 ENVIRONMENT = "TOLLGATE_WORKER"
-RESTART_DELAY = 0.5  # seconds before a worker that exited is started again
+RESTART_DELAY = 0.5  # seconds before a worker that exited is started again ...
+MAX_RESTART_DELAY = 30.0  # ... doubling, up to this, while it keeps exiting within STABLE_SECONDS
+STABLE_SECONDS = 10.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,6 +80,14 @@ def _free_loopback_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def restart_delays(delay: float, lived: float) -> tuple[float, float]:
+    """(seconds to wait before the next start, the delay after that) for a worker that ran
+    ``lived`` seconds: :data:`RESTART_DELAY` after a stable run, else the delay, doubling."""
+    if lived >= STABLE_SECONDS:
+        delay = RESTART_DELAY
+    return delay, min(2 * delay, MAX_RESTART_DELAY)
 
 
 def supervise(count: int, argv: Sequence[str], *, metrics_listen: str, grace: float) -> int:
@@ -116,10 +135,13 @@ class _Supervisor:
 
     async def _keep(self, index: int, stop: asyncio.Event) -> None:
         """Keep worker ``index`` running until the supervisor stops."""
+        delay = RESTART_DELAY
+        loop = asyncio.get_running_loop()
         while True:
             environment = {**os.environ, ENVIRONMENT: f"{index};{self._metrics_address(index)}"}
             process = await asyncio.create_subprocess_exec(sys.executable, "-m", "authz", *self.argv, env=environment)
             self.processes[index] = process
+            started = loop.time()
             code = await process.wait()
             if self.stopping:
                 return
@@ -129,8 +151,15 @@ class _Supervisor:
                 stop.set()
                 return
             self.restarts += 1
-            _log.warning("worker %d (pid %d) exited with status %s: starting a new one", index, process.pid, code)
-            await asyncio.sleep(RESTART_DELAY)
+            delay = RESTART_DELAY if loop.time() - started >= STABLE_SECONDS else min(2 * delay, MAX_RESTART_DELAY)
+            _log.warning(
+                "worker %d (pid %d) exited with status %s: starting a new one in %.1f s",
+                index,
+                process.pid,
+                code,
+                delay,
+            )
+            await asyncio.sleep(delay)
             if self.stopping:
                 return
 
