@@ -170,12 +170,13 @@ def test_a_killed_worker_is_replaced_and_only_its_checks_in_flight_fail(
     harness.wait_until(lambda: len(pod.workers()) == 2 and first[0] not in pod.workers(), what="a new worker")
     assert pod.restarts() == 1
     harness.wait_until(lambda: pod.get("/readyz")[0] == 200, what="the new worker ready")
-    new_worker = str(0 if first[0] == pod.workers()[0] else 1)  # index kept: decided by the supervisor
-    before = pod.checks_by_worker()
+    before = pod.checks_by_worker()  # the new worker's counters start again from nothing
     good, bad = _load(proxy.port, 2.5)
     after = pod.checks_by_worker()
     assert bad == 0 and sum(after.values()) - sum(before.values()) == good
-    assert after.get(new_worker, 0) - before.get(new_worker, 0) > 0.1 * good, (before, after)
+    # Both workers take a real share again, the new one included (Envoy renews its connections).
+    shares = {worker: after.get(worker, 0) - before.get(worker, 0) for worker in ("0", "1")}
+    assert min(shares.values()) > 0.1 * good, (before, after)
 
 
 def test_each_worker_writes_its_own_audit_instance_and_the_directory_verifies(
