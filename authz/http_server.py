@@ -35,6 +35,7 @@ from typing import Any
 import httptools
 
 from authz import checks, http_request, http_response
+from authz import request as request_model
 
 __all__ = ["MAX_PIPELINED", "HttpCheckServer"]
 
@@ -115,7 +116,7 @@ class HttpCheckServer:
             return await checks.run(runtime, None, dict, http_response.encode, http_response.encode_failed, edge="http")
         strict = runtime.strict_paths
 
-        def read() -> Any:
+        def read() -> request_model.HttpRequest:
             return http_request.from_http_check(message, strict=strict)
 
         return await checks.run(

@@ -40,7 +40,7 @@ _log = logging.getLogger(__name__)
 
 
 class ListenError(OSError):
-    """The server cannot listen where it was told to."""
+    """The server cannot listen where it was told to; the message names the flag and address."""
 
 
 class Runtime:
@@ -195,9 +195,11 @@ async def start(
         else:
             port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as error:  # gRPC says only "Failed to bind" (the reason goes to its log)
-        raise ListenError("cannot listen there (in use, or not an address of this machine)") from error
+        raise ListenError(
+            f"--listen {settings.listen}: cannot listen there (in use, or not an address of this machine)"
+        ) from error
     if port == 0:
-        raise ListenError("cannot listen there")
+        raise ListenError(f"--listen {settings.listen}: cannot listen there")
     await server.start()
     runtime.identity.start()
     for name in ("", service.SERVICE_NAME):

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return common.fail(f"invalid configuration, not starting:\n{error}", 2)
     except server.ListenError as error:
-        return common.fail(str(error) if str(error).startswith("--") else f"--listen {settings.listen}: {error}", 2)
+        return common.fail(str(error), 2)
     except OSError as error:
         return common.fail(f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}", 2)
     return 0
