@@ -7,7 +7,11 @@ the same parser) — each complete request becomes an :class:`~authz.http_reques
 :func:`authz.checks.run` does the rest with the HTTP adapter and encoder.
 
 - Bounded: headers and target past 64 KiB or 200 headers are dropped as they arrive and the
-  check is refused (``request_headers_too_large``); a body (``with_request_body``) is counted,
+  check is refused (``request_headers_too_large``). httptools gathers a header line's pieces until
+  the line ends, so the bytes arriving are bounded too: a request whose headers are still arriving
+  after :data:`MAX_ARRIVING_BYTES` more bytes, or :data:`MAX_ARRIVING_READS` more reads, than its
+  first read is refused the same way, at once, and its connection closed (an endless header line
+  would otherwise be kept whole, and re-copied on every piece). A body (``with_request_body``) is counted,
   never kept; at most :data:`MAX_PIPELINED` checks wait per connection; a request still arriving
   after :attr:`HttpCheckServer.request_seconds` closes its connection (Envoy sends a whole check at
   once; only a client of the port that is not Envoy trickles one).
@@ -37,12 +41,17 @@ import httptools
 from authz import checks, http_request, http_response
 from authz import request as request_model
 
-__all__ = ["MAX_PIPELINED", "HttpCheckServer"]
+__all__ = ["MAX_ARRIVING_BYTES", "MAX_ARRIVING_READS", "MAX_PIPELINED", "HttpCheckServer"]
 
 _SWEEP_SECONDS = 1.0  # how often connections with a request still arriving are looked at
 
 _log = logging.getLogger(__name__)
 MAX_PIPELINED = 64
+# Bytes and reads one request's headers may take to arrive after its first read: twice the header
+# bound (a request within it, with its line ends, never comes near), and far more reads than a
+# request Envoy writes at once ever takes.
+MAX_ARRIVING_BYTES = 2 * http_request.MAX_HEADER_BYTES
+MAX_ARRIVING_READS = 256
 
 
 class HttpCheckServer:
@@ -134,6 +143,9 @@ class _Connection(asyncio.Protocol):
         self._message = http_request.HttpCheck()
         self._broken = False  # the stream could not be parsed: answer what came before, then close
         self.started: float | None = None  # when the request now arriving began (loop time)
+        self._in_headers = False  # the request now arriving has not finished its headers
+        self._arrived = 0  # bytes of its headers that came after its first read
+        self._reads = 0  # and the reads they took
         self.pending: collections.deque[tuple[asyncio.Task[bytes], bool]] = collections.deque()
 
     # asyncio.Protocol
@@ -154,6 +166,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._broken:
             return
+        arriving = self._message if self._in_headers else None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -167,6 +180,15 @@ class _Connection(asyncio.Protocol):
             _log.warning("an HTTP check request could not be parsed: %s", error)
             self._broken = True
             self._dispatch(None, keep_alive=False)
+            return
+        if self._in_headers and self._message is arriving:  # the same request, its headers not done
+            self._arrived += len(data)
+            self._reads += 1
+            if self._arrived > MAX_ARRIVING_BYTES or self._reads > MAX_ARRIVING_READS:
+                _log.warning("an HTTP check request's headers went on past the bound: refused")
+                self._message.too_large = True
+                self._broken = True
+                self._dispatch(self._message, keep_alive=False)
 
     def close(self) -> None:
         if self._transport is not None:
@@ -178,6 +200,8 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._message = http_request.HttpCheck()
         self.started = asyncio.get_running_loop().time()
+        self._in_headers = True
+        self._arrived = self._reads = 0
 
     def on_url(self, url: bytes) -> None:
         self._message.add_target(url)
@@ -186,6 +210,7 @@ class _Connection(asyncio.Protocol):
         self._message.add_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._message.method = self._parser.get_method()
 
     def on_body(self, body: bytes) -> None:

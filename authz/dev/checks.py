@@ -4,6 +4,7 @@ ext_authz requests — and read the HTTP answers (tests and micro-benchmarks).""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import posixpath
 import random
@@ -132,27 +133,30 @@ async def exchange(
     answers: int = 1,
     timeout: float = 10.0,
     context: ssl.SSLContext | None = None,
-    end: bool = False,
 ) -> list[HttpAnswer]:
     """Send ``data`` (one or more requests) on one connection to 127.0.0.1:``port``; return the
-    answers read until ``answers`` arrived or the server closed the connection. ``end``: half-close
-    after sending (the server answers what it could read, then closes)."""
+    answers read until ``answers`` arrived or the server closed the connection."""
     reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, ssl=context, server_hostname="localhost" if context else None
     )
-    parsed = _Answers()
     try:
         writer.write(data)
+        return await read_answers(reader, answers=answers, timeout=timeout)
+    finally:
+        writer.close()
+
+
+async def read_answers(reader: asyncio.StreamReader, *, answers: int = 1, timeout: float = 10.0) -> list[HttpAnswer]:
+    """The HTTP answers read from ``reader`` until ``answers`` arrived, the server closed the
+    connection, or ``timeout`` seconds passed."""
+    parsed = _Answers()
+    with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
             while len(parsed.answers) < answers:
                 chunk = await reader.read(65536)
                 if not chunk:
                     break
                 parsed.parser.feed_data(chunk)
-    except TimeoutError:
-        pass
-    finally:
-        writer.close()
     return parsed.answers
 
 

@@ -11,6 +11,7 @@ Through a real Envoy, the security suites run in this mode too (``transport`` an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pathlib
 import ssl
@@ -152,6 +153,29 @@ async def test_header_values_must_be_utf8(running: Running) -> None:
 async def test_oversized_checks_are_refused_and_not_kept(running: Running, headers: list[tuple[str, str]]) -> None:
     answer = await running.one(host="site.test", path="/public", headers=headers)
     assert (answer.status, _reason(answer)) == (400, "request_headers_too_large")
+
+
+@pytest.mark.parametrize("chunk", [65536, 512], ids=["streamed", "in-small-pieces"])
+async def test_a_header_that_never_ends_is_refused_at_the_bound(running: Running, chunk: int) -> None:
+    # llhttp hands a header over only once its line ends, and httptools gathers the pieces until
+    # then: the bound must hold on the bytes arriving, or one endless header line is kept whole
+    # (and, sent in small pieces, re-copied on every one of them).
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    answer = asyncio.create_task(checks.read_answers(reader, answers=1, timeout=10))
+    try:
+        writer.write(b"GET /public HTTP/1.1\r\nhost: site.test\r\nx-endless: ")
+        sent = 0
+        with contextlib.suppress(ConnectionError):  # the server may close before all of it is sent
+            while sent < 8 * http_request.MAX_HEADER_BYTES and not answer.done():
+                writer.write(b"a" * chunk)
+                await writer.drain()
+                sent += chunk
+        # The header line never ends, and the request timeout (30 s) is far off: answered at the bound.
+        [refused] = await answer
+    finally:
+        writer.close()
+    assert (refused.status, _reason(refused)) == (400, "request_headers_too_large")
+    assert [d.reason for d in running.decisions] == ["request_headers_too_large"]
 
 
 async def test_a_request_that_trickles_in_is_cut_off(running: Running) -> None:
