@@ -18,6 +18,8 @@ the same parser) — each complete request becomes an :class:`~authz.http_reques
 - A request llhttp cannot parse gets a 400 ``request_parse_error`` (recorded like any decision)
   and its connection is closed: the stream cannot be read on after it.
 - Answers leave in request order (HTTP/1.1 pipelining), each as soon as the ones before it have.
+  While the unsent answers are over the transport's high-water mark (a client that sends checks
+  and does not read the answers), the connection is not read: neither checks nor answers pile up.
 - A connection Envoy closes mid-check (its timeout) cancels the check: it is recorded as
   ``request_cancelled``, as over gRPC.
 - Stop: listening ends at once, idle connections close, busy ones close after their last answer;
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import socket
 import ssl
@@ -102,7 +105,8 @@ class HttpCheckServer:
                     connection.close()
 
     async def stop(self, grace: float) -> None:
-        """Stop listening, give checks in flight ``grace`` seconds, then close every connection."""
+        """Stop listening, give checks in flight ``grace`` seconds, then close every connection
+        (and, ``grace`` seconds later, drop those whose peer still has not read its answers)."""
         if self._server is None:
             return
         if self._sweeper is not None:
@@ -117,6 +121,11 @@ class HttpCheckServer:
             await asyncio.wait(pending, timeout=grace)
         for connection in list(self.connections):
             connection.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):  # a closing connection first sends what it holds
+                await self._server.wait_closed()
+        for connection in list(self.connections):
+            connection.abort()  # its peer does not read: what it holds is dropped
         await self._server.wait_closed()
 
     async def check(self, message: http_request.HttpCheck | None) -> bytes:
@@ -140,6 +149,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
+        self._closed: asyncio.Transport | None = None  # the transport once closing
         self._message = http_request.HttpCheck()
         self._broken = False  # the stream could not be parsed: answer what came before, then close
         self.started: float | None = None  # when the request now arriving began (loop time)
@@ -162,6 +172,15 @@ class _Connection(asyncio.Protocol):
         self._transport = None
         for task, _ in self.pending:
             task.cancel()  # Envoy gave up on these checks (its timeout): recorded as cancelled
+
+    def pause_writing(self) -> None:
+        # Answers are not being read: stop reading checks until they are (resume_writing).
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
@@ -193,7 +212,13 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
-            self._transport = None
+            self._closed, self._transport = self._transport, None
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent answers (a peer that does not read them)."""
+        transport = self._transport or self._closed
+        if transport is not None:
+            transport.abort()
 
     # httptools callbacks (llhttp): one HttpCheck per message
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import pathlib
+import socket
 import ssl
 from collections.abc import AsyncIterator
 
@@ -176,6 +177,34 @@ async def test_a_header_that_never_ends_is_refused_at_the_bound(running: Running
         writer.close()
     assert (refused.status, _reason(refused)) == (400, "request_headers_too_large")
     assert [d.reason for d in running.decisions] == ["request_headers_too_large"]
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_read_either(running: Running) -> None:
+    # Checks in, answers out: a client that never reads must not make the server buffer answers
+    # without end. A small receive window keeps the kernel's buffers from hiding the server's.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", running.port))
+    sock.setblocking(False)
+    _, writer = await asyncio.open_connection(sock=sock)
+    checks_ = checks.http_check_request(host="site.test", path="/private") * 32
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                while True:  # the server stops reading; then the client's own buffers fill up
+                    writer.write(checks_)
+                    await writer.drain()
+        [connection] = running.edge.connections
+        unsent = connection._transport.get_write_buffer_size()  # type: ignore[union-attr]
+        decided = len(running.decisions)
+        await asyncio.sleep(0.3)
+        assert len(running.decisions) == decided  # not reading: nothing more is decided
+        assert unsent < 256 * 1024  # the high-water mark (64 KiB) and one read's answers at most
+        # Stopping does not wait for ever on a peer that will not take its last answers.
+        await asyncio.wait_for(running.edge.stop(grace=0.2), 5)
+        assert not running.edge.connections
+    finally:
+        writer.close()
 
 
 async def test_a_request_that_trickles_in_is_cut_off(running: Running) -> None:
