@@ -12,7 +12,8 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
     hostile-token-1000   tollgate-jwt-1000 sent a token of 2,000 nested arrays (refused, 401)
     hostile-host-1000    tollgate-1000 sent two host names joined by a comma (refused, 400)
     baseline-*           with BENCH_BASELINE=<git revision>: tollgate-1000 and tollgate-jwt-1000
-                         running that revision's code, measured in the same run (before/after)
+                         running that revision's code, measured in the same run (before/after);
+                         and http-jwt-1000 when that revision has the HTTP edge
     audit-async-1000     tollgate-1000 with the audit trail, async mode (default)
     audit-sync-1000      tollgate-1000 with the audit trail, sync mode (fsync'd group commit)
     bare-jwt-1000        tollgate-jwt-1000 with --detection off (the others run the detectors, the default)
@@ -321,6 +322,9 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
                     {"Authorization": f"Bearer {token}"},
                 ),
             ]
+            if (code / "authz" / "http_server.py").exists():
+                http_baseline = Backend(tollgate(jwt_dir, "", code, "--http"), "http")
+                compared.append(("baseline-http-jwt-1000", http_baseline, jwt_host, bearer))
         yield [
             ("envoy-only", Backend(None), one_host, {}),
             ("noop-authz", Backend(noop), one_host, {}),
@@ -515,7 +519,7 @@ def render(results: dict[str, Any]) -> str:
             )
     pairs = [(name, "noop-authz") for name in load if name.startswith("tollgate")]
     pairs += [("tollgate-jwt-1000", "noop-authz-jwt")]
-    pairs += [(name, "baseline-" + name) for name in ("tollgate-1000", "tollgate-jwt-1000")]
+    pairs += [(name, "baseline-" + name) for name in ("tollgate-1000", "tollgate-jwt-1000", "http-jwt-1000")]
     pairs += [("audit-async-1000", "tollgate-1000"), ("audit-sync-1000", "audit-async-1000")]
     pairs += [("tollgate-jwt-1000", "bare-jwt-1000"), ("observed-jwt-1000", "tollgate-jwt-1000")]
     pairs += [("observed-jwt-1000", "bare-jwt-1000"), ("hostile-token-1000", "bare-hostile-token-1000")]
