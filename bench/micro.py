@@ -16,7 +16,12 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from authz import decision, detect, loader, metrics, server, service
+import httptools
+import uvloop
+
+from authz import decision, detect, http_request, http_server, ids, loader, metrics, server, service
+from authz.audit import log as audit_log
+from authz.audit import note, pseudonym, record
 from authz.dev import checks, idp
 from authz.identity import jwt as jwt_identity
 from authz.identity import model, providers, resolve
@@ -177,8 +182,131 @@ def observers() -> dict[str, dict[str, float]]:
     }
 
 
+class _AnsweringEdge:
+    """The server side of an HTTP edge connection, answering every check at once: what is left is
+    the edge's own work (parse, callbacks, task, answer in order)."""
+
+    def __init__(self) -> None:
+        self.connections: set[Any] = set()
+        self.draining = False
+
+    async def check(self, message: Any) -> bytes:
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+
+
+class _Sink:
+    def get_extra_info(self, name: str) -> None:
+        return None
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def http_edge(iterations: int = 100_000) -> dict[str, dict[str, float]]:
+    """The HTTP edge before the decision, on one check request as Envoy sends it (10 header lines,
+    an RS256-sized bearer token): llhttp alone (no Python callbacks, as the do-nothing server runs
+    it), the edge's connection with a check that answers at once, and the adapter."""
+    token = "eyJ" + "a" * 780
+    raw = checks.http_check_request(
+        host="svc-17.bench.test",
+        path="/api/orders",
+        headers=[
+            ("authorization", f"Bearer {token}"),
+            ("x-forwarded-proto", "http"),
+            ("x-envoy-expected-rq-timeout-ms", "15000"),
+            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ],
+        envoy=[
+            (http_request.SOURCE, "10.0.0.1"),
+            (http_request.DESTINATION, "10.0.0.2"),
+            (http_request.PROTOCOL, "HTTP/1.1"),
+        ],
+    )
+    bare = httptools.HttpRequestParser(object())
+
+    async def through_connection() -> dict[str, float]:
+        connection = http_server._Connection(_AnsweringEdge())  # type: ignore[arg-type]
+        connection.connection_made(_Sink())
+        return _time(lambda: connection.data_received(raw), iterations)
+
+    loop = uvloop.new_event_loop()
+    try:
+        edge = loop.run_until_complete(through_connection())
+    finally:
+        loop.close()
+    parsed: list[http_request.HttpCheck] = []
+
+    class _Keep:
+        def on_message_begin(self) -> None:
+            parsed.append(http_request.HttpCheck())
+
+        def on_url(self, url: bytes) -> None:
+            parsed[-1].add_target(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            parsed[-1].add_header(name, value)
+
+    keeper = httptools.HttpRequestParser(_Keep())
+    keeper.feed_data(raw)
+    message = parsed[-1]
+    message.method = keeper.get_method()
+    return {
+        "http: llhttp alone, one check request": _time(lambda: bare.feed_data(raw), iterations),
+        "http: edge connection, check answered at once": edge,
+        "http: adapter (from_http_check)": _time(lambda: http_request.from_http_check(message), iterations),
+    }
+
+
+def audit_records(iterations: int = 50_000) -> dict[str, dict[str, float]]:
+    """One decision's audit record: the record (a dict, pseudonyms), and the record appended to the
+    log (canonical JSON, the hash chain, the Merkle tree, a buffered write)."""
+    with tempfile.TemporaryDirectory() as directory:
+        root = pathlib.Path(directory)
+        signing, _ = note.generate("tollgate.dev/audit/bench")
+        log = audit_log.AuditLog(
+            root / "audit", note.Signer.from_skey(signing), instance="bench", settings=audit_log.LogSettings()
+        )
+        log.open()
+        pseudonym.generate_key_file(root / "pseudonyms.yaml", "bench")
+        pseudonyms = pseudonym.load_keys(root / "pseudonyms.yaml")
+        request = HttpRequest(
+            "GET",
+            "svc-17.bench.test",
+            "/api/orders",
+            headers={"user-agent": "wrk", "x-request-id": "4f1c"},
+            source_ip="10.0.0.1",
+            protocol="HTTP/1.1",
+            destination="10.0.0.2",
+        )
+        identity = model.Identity(
+            authenticated=True, method="jwt", subject="alice", email="alice@example.com", groups=("staff",)
+        )
+        made = decision.Decision(
+            decision_id=ids.new_id(),
+            revision="r",
+            request=request,
+            identity=identity,
+            allowed=True,
+            status=200,
+            reason="rule_allow",
+            policy="shop/orders",
+            rule="read",
+            duration_ns=180_000,
+        )
+        now = time.time_ns() // 1_000_000
+        try:
+            return {
+                "audit: record": _time(lambda: record.decision_record(made, now, pseudonyms), iterations),
+                "audit: record, appended": _time(
+                    lambda: log.append(record.decision_record(made, now, pseudonyms)), iterations
+                ),
+            }
+        finally:
+            log.close()
+
+
 def run() -> dict[str, dict[str, float]]:
-    return {**engine(), **tokens(), **observers()}
+    return {**engine(), **tokens(), **observers(), **http_edge(), **audit_records()}
 
 
 if __name__ == "__main__":
