@@ -47,6 +47,7 @@ from authz import request as request_model
 __all__ = ["MAX_ARRIVING_BYTES", "MAX_ARRIVING_READS", "MAX_PIPELINED", "HttpCheckServer"]
 
 _SWEEP_SECONDS = 1.0  # how often connections with a request still arriving are looked at
+_LAST_ANSWERS_SECONDS = 0.1  # on stop, past the grace period: for answers just written to go out
 
 _log = logging.getLogger(__name__)
 MAX_PIPELINED = 64
@@ -105,10 +106,12 @@ class HttpCheckServer:
                     connection.close()
 
     async def stop(self, grace: float) -> None:
-        """Stop listening, give checks in flight ``grace`` seconds, then close every connection
-        (and, ``grace`` seconds later, drop those whose peer still has not read its answers)."""
+        """Stop listening, give checks in flight ``grace`` seconds, then close every connection;
+        those whose peer has not read its last answers by the end of ``grace`` are dropped."""
         if self._server is None:
             return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._server.close()
@@ -122,10 +125,11 @@ class HttpCheckServer:
         for connection in list(self.connections):
             connection.close()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):  # a closing connection first sends what it holds
+            # A closing connection first sends what it holds: at once, unless its peer does not read.
+            async with asyncio.timeout_at(max(deadline, loop.time() + _LAST_ANSWERS_SECONDS)):
                 await self._server.wait_closed()
         for connection in list(self.connections):
-            connection.abort()  # its peer does not read: what it holds is dropped
+            connection.abort()
         await self._server.wait_closed()
 
     async def check(self, message: http_request.HttpCheck | None) -> bytes:
