@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "CompactRange",
+    "SubtreeRoots",
     "consistency_proof",
     "inclusion_proof",
     "leaf_hash",
@@ -124,22 +125,64 @@ def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes],
     return sn == 0 and node == root
 
 
-def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
-    """The proof that the tree of the first ``old_size`` leaves is a prefix of the tree of all of
-    ``leaves`` (RFC 6962 §2.1.2, PROOF(m, D[n]) by its SUBPROOF definition)."""
-    if not 0 < old_size <= len(leaves):
+def consistency_proof(
+    old_size: int, leaves: Sequence[bytes], *, size: int | None = None, roots: SubtreeRoots | None = None
+) -> list[bytes]:
+    """The proof that the tree of the first ``old_size`` leaves is a prefix of the tree of the first
+    ``size`` (default: all) of ``leaves`` (RFC 6962 §2.1.2, PROOF(m, D[n]) by its SUBPROOF definition).
+
+    Without ``roots`` every node is hashed again: O(n). With them (kept beside a growing list of
+    leaves, :class:`SubtreeRoots`), the roots of large perfect subtrees are computed once."""
+    n = len(leaves) if size is None else size
+    if not 0 < old_size <= n <= len(leaves):
         raise IndexError("the old size must be between 1 and the new size")
-    return _subproof(old_size, leaves, complete=True)
+    return _subproof(old_size, leaves, 0, n, complete=True, roots=roots)
 
 
-def _subproof(m: int, leaves: Sequence[bytes], *, complete: bool) -> list[bytes]:
-    n = len(leaves)
+class SubtreeRoots:
+    """The roots of the perfect subtrees of at least :attr:`smallest` leaves of one append-only
+    list of leaves, as they are computed: such a subtree never changes once whole, so a proof
+    against a tree of n leaves then hashes at most about ``smallest`` times log2(n) nodes. Memory: one
+    entry per ``smallest`` / 2 leaves at most."""
+
+    def __init__(self, smallest: int = 256) -> None:
+        if smallest < 2 or smallest & (smallest - 1):
+            raise ValueError("the smallest remembered subtree is a power of two of at least 2")
+        self.smallest = smallest
+        self.known: dict[tuple[int, int], bytes] = {}  # (first leaf, leaf count) → root
+
+
+def _root(leaves: Sequence[bytes], start: int, end: int, roots: SubtreeRoots | None) -> bytes:
+    """MTH of ``leaves[start:end]`` (not empty), without copying it."""
+    n = end - start
+    if n == 1:
+        return leaves[start]
+    known = roots.known if roots is not None and n >= roots.smallest and n & (n - 1) == 0 else None
+    if known is not None and (start, n) in known:
+        return known[start, n]
+    k = 1 << ((n - 1).bit_length() - 1)
+    node = node_hash(_root(leaves, start, start + k, roots), _root(leaves, start + k, end, roots))
+    if known is not None:
+        known[start, n] = node
+    return node
+
+
+def _subproof(
+    m: int, leaves: Sequence[bytes], start: int, end: int, *, complete: bool, roots: SubtreeRoots | None
+) -> list[bytes]:
+    n = end - start
     if m == n:
-        return [] if complete else [root_of(leaves)]
+        return [] if complete else [_root(leaves, start, end, roots)]
     k = 1 << ((n - 1).bit_length() - 1)
     if m <= k:
-        return [*_subproof(m, leaves[:k], complete=complete), root_of(leaves[k:])]
-    return [*_subproof(m - k, leaves[k:], complete=False), root_of(leaves[:k])]
+        return [
+            *_subproof(m, leaves, start, start + k, complete=complete, roots=roots),
+            _root(leaves, start + k, end, roots),
+        ]
+    return [
+        *_subproof(m - k, leaves, start + k, end, complete=False, roots=roots),
+        _root(leaves, start, start + k, roots),
+    ]
 
 
 def verify_consistency(old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes, new_root: bytes) -> bool:

@@ -7,8 +7,14 @@ consistency proofs between tree sizes.
 Served from the files on disk (:mod:`authz.audit.layout`), so it runs inside ``tollgate serve``
 (``--audit-witness-listen``) or beside it on a copy (``tollgate audit publish DIR``). It holds no
 secret and changes nothing. Leaf hashes are read from the segments once and remembered (32 bytes a
-record). A log whose first records went by retention cannot be proven consistent from before them:
-such a request is answered 409.
+record), and so are the roots of their perfect subtrees of 256 leaves and more
+(:class:`~authz.audit.merkle.SubtreeRoots`): a proof then hashes a few thousand nodes at most,
+not the whole log again. A log whose first records went by retention cannot be proven consistent
+from before them: such a request is answered 409.
+
+Bounded, since it may run inside the server that decides Checks: at most :data:`MAX_CONNECTIONS`
+connections at a time (one more is closed at once), and a connection that sends nothing for
+:data:`IDLE_SECONDS` is closed.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from authz.audit import layout, merkle
 __all__ = ["LogPublisher"]
 
 _MAX_LOGS = 1000
+MAX_CONNECTIONS = 32
+IDLE_SECONDS = 10.0
 
 
 class _Leaves:
@@ -33,6 +41,7 @@ class _Leaves:
 
     def __init__(self) -> None:
         self.hashes: list[bytes] = []
+        self.roots = merkle.SubtreeRoots()  # of the perfect subtrees of the hashes, once computed
         self.read: dict[str, int] = {}  # segment name → bytes consumed
         self.broken = ""  # why the hashes cannot be trusted to start at seq 0
 
@@ -60,13 +69,23 @@ def _seq(line: bytes) -> object:
 class LogPublisher:
     """A threaded HTTP server publishing the logs under ``directory``; :meth:`stop` ends it."""
 
-    def __init__(self, directory: pathlib.Path, host: str, port: int) -> None:
+    def __init__(
+        self,
+        directory: pathlib.Path,
+        host: str,
+        port: int,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
         self.directory = directory
         self._leaves: dict[str, _Leaves] = {}
         self._lock = threading.Lock()
         publisher = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = idle_seconds  # the socket's timeout while a request is read
+
             def do_GET(self) -> None:
                 status, body = publisher.answer(self.path)
                 payload = json.dumps(body).encode()
@@ -80,8 +99,7 @@ class LogPublisher:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedServer((host, port), Handler, max_connections)
         self.port = int(self._server.server_address[1])
         self._thread: threading.Thread | None = None
 
@@ -136,5 +154,31 @@ class LogPublisher:
                 return 409, {"error": leaves.broken}
             if not 0 < old <= new <= len(leaves.hashes):
                 return 400, {"error": f"sizes must satisfy 0 < old <= new <= {len(leaves.hashes)}"}
-            proof = merkle.consistency_proof(old, leaves.hashes[:new])
+            proof = merkle.consistency_proof(old, leaves.hashes, size=new, roots=leaves.roots)
         return 200, {"proof": [base64.b64encode(node).decode() for node in proof]}
+
+
+class _BoundedServer(http.server.ThreadingHTTPServer):
+    """A thread per connection, at most ``limit`` of them: one more is closed unanswered."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any, limit: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread was started to release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()

@@ -130,3 +130,40 @@ def test_consistency_proof_matches_rfc_6962_example() -> None:
     # PROOF(4, D[7]) = [l]; PROOF(6, D[7]) = [i, j, k] with i = d4||d5, j = d6, k = MTH(d0..d3).
     assert merkle.consistency_proof(4, d) == [ll]
     assert merkle.consistency_proof(6, d) == [merkle.node_hash(d[4], d[5]), d[6], merkle.root_of(d[:4])]
+
+
+class _Counted(list[bytes]):
+    """Leaf hashes that count how many are read."""
+
+    reads = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def,override]
+        self.reads += 1
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("smallest", [2, 4, 256])
+def test_remembered_subtree_roots_give_the_same_proofs_as_the_tree_grows(smallest: int) -> None:
+    leaves = _leaves(40)
+    roots = merkle.SubtreeRoots(smallest)
+    for new in range(1, 41):  # the same list and roots, asked about ever larger trees
+        for old in range(1, new + 1):
+            expected = merkle.consistency_proof(old, leaves[:new])
+            assert merkle.consistency_proof(old, leaves, size=new, roots=roots) == expected, (old, new)
+
+
+def test_with_remembered_roots_a_proof_against_a_large_tree_reads_few_leaves() -> None:
+    # A witness asks again and again; without remembered roots every proof hashes the whole tree.
+    leaves = _Counted(merkle.leaf_hash(b"%d" % i) for i in range(70_000))
+    roots = merkle.SubtreeRoots(256)
+    merkle.consistency_proof(1_000, leaves, size=60_000, roots=roots)
+    assert leaves.reads >= 60_000  # the first proof reads every leaf it covers
+    leaves.reads = 0
+    merkle.consistency_proof(1_000, leaves, size=70_000, roots=roots)
+    assert leaves.reads <= 10_000 + 2 * 256 * 17  # then only the leaves added since, and ragged edges
+    leaves.reads = 0
+    proof = merkle.consistency_proof(50_001, leaves, size=70_000, roots=roots)
+    assert leaves.reads <= 2 * 256 * 17  # ragged edges only: about smallest x log2(n)
+    assert proof == merkle.consistency_proof(50_001, list(leaves))
+    with pytest.raises(IndexError):
+        merkle.consistency_proof(1, leaves, size=70_001, roots=roots)
