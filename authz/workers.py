@@ -151,15 +151,15 @@ class _Supervisor:
                 stop.set()
                 return
             self.restarts += 1
-            delay = RESTART_DELAY if loop.time() - started >= STABLE_SECONDS else min(2 * delay, MAX_RESTART_DELAY)
+            wait, delay = restart_delays(delay, loop.time() - started)
             _log.warning(
                 "worker %d (pid %d) exited with status %s: starting a new one in %.1f s",
                 index,
                 process.pid,
                 code,
-                delay,
+                wait,
             )
-            await asyncio.sleep(delay)
+            await asyncio.sleep(wait)
             if self.stopping:
                 return
 
