@@ -37,9 +37,6 @@ spec:
 """
 
 
-ListRecorder = checks.ListRecorder
-
-
 class Running:
     def __init__(self, grpc_server: grpc.aio.Server, port: int, runtime: server.Runtime) -> None:
         self.server = grpc_server
@@ -51,7 +48,7 @@ async def _start(tmp_path: pathlib.Path, **tls: Any) -> Running:
     config = tmp_path / "policy.yaml"
     config.write_text(POLICY)
     runtime = server.Runtime(loader.load(config), default_allow=False)
-    runtime.recorder = ListRecorder()
+    runtime.recorder = checks.ListRecorder()
     settings = configuration.ServerSettings(config=config, listen="127.0.0.1:0", **tls)
     grpc_server, _, port = await server.start(settings, runtime)
     return Running(grpc_server, port, runtime)
@@ -167,7 +164,7 @@ async def test_an_answer_that_cannot_be_built_is_a_deny_and_recorded_as_one(
 
     monkeypatch.setattr(response, "encode", encode)
     recorder = running.runtime.recorder
-    assert isinstance(recorder, ListRecorder)
+    assert isinstance(recorder, checks.ListRecorder)
     recorder.durable = durable
     reply = await _check(running.port, checks.check_request(host="site.test", path="/public"))
     assert not reply.HasField("ok_response")
@@ -190,7 +187,7 @@ async def test_a_fault_in_metrics_or_detection_costs_neither_the_answer_nor_the_
     running.runtime.detection = detect.Detection(detect.Settings())
     running.runtime.detection.observe = Broken().observe  # type: ignore[method-assign]
     recorder = running.runtime.recorder
-    assert isinstance(recorder, ListRecorder)
+    assert isinstance(recorder, checks.ListRecorder)
     allowed = await _check(running.port, checks.check_request(host="site.test", path="/public"))
     denied = await _check(running.port, checks.check_request(host="site.test", path="/x"))
     assert allowed.HasField("ok_response") and denied.denied_response.status.code == 401
@@ -201,7 +198,7 @@ async def test_a_fault_in_metrics_or_detection_costs_neither_the_answer_nor_the_
 
 async def test_one_record_per_check_whatever_happens(running: Running) -> None:
     recorder = running.runtime.recorder
-    assert isinstance(recorder, ListRecorder)
+    assert isinstance(recorder, checks.ListRecorder)
     await _check(running.port, checks.check_request(host="site.test", path="/public"))
     await _check(running.port, checks.check_request(host="site.test", path="/x"))
     await _check(running.port, external_auth_pb2.CheckRequest())
