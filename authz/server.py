@@ -214,9 +214,11 @@ async def serve(
     ready: asyncio.Event | None = None,
     follow: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None,
     shared_ports: bool = False,
+    metrics_bound: Callable[[int], None] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain. ``follow``: what keeps the configuration current
-    (default: :func:`watch` the files, every ``--reload-interval``). Metrics are counted when they
+    (default: :func:`watch` the files, every ``--reload-interval``). ``metrics_bound``: told the
+    port ``--metrics-listen`` got (a worker announces it to its supervisor). Metrics are counted when they
     are exported: on ``--metrics-listen``'s ``/metrics``, or over OTLP (``OTEL_METRICS_EXPORTER``)."""
     export = None
     otlp = telemetry.otlp_requested("OTEL_METRICS_EXPORTER")
@@ -232,6 +234,8 @@ async def serve(
         host, _, http_port = settings.metrics_listen.rpartition(":")
         http_health = health.HealthServer(runtime, host.strip("[]"), int(http_port), export=export)
         await http_health.start()
+        if metrics_bound is not None:
+            metrics_bound(http_health.port)
     if runtime.detection is not None:
         runtime.detection.start()
     _settle_memory()

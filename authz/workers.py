@@ -15,7 +15,8 @@ path itself:
   (the cluster's ``max_concurrent_streams``). Over HTTP ext_authz Envoy opens a connection per
   concurrent check anyway. Streams are never limited on Tollgate's side (Envoy would exceed the
   limit and its checks would fail).
-- **Metrics that add up.** Each worker exports on a loopback port the supervisor picked; the
+- **Metrics that add up.** Each worker exports on a loopback port the kernel gave it, and writes
+  that port to a file the supervisor reads (a port picked and released could be taken first); the
   supervisor's ``--metrics-listen`` serves all of them in one exposition, every series labelled
   ``worker="<index>"`` (``sum without (worker)`` is the pod's total), and ``/readyz`` is ready
   when every worker is.
@@ -33,12 +34,15 @@ Called by :mod:`authz.cli.serve`. Guarded by tests/integration/test_workers.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
+import pathlib
+import shutil
 import signal
-import socket
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -61,10 +65,19 @@ STABLE_SECONDS = 10.0
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Worker:
-    """What a worker process is told: its index and where its metrics go ("" : none)."""
+    """What a worker process is told: its index, where its metrics go ("" : none; a loopback port
+    of its own choosing otherwise), and the file it writes that port to for the supervisor."""
 
     index: int
     metrics_listen: str
+    metrics_port_file: str = ""
+
+    def announce_metrics_port(self, port: int) -> None:
+        """Tell the supervisor where this worker's metrics are (written whole, then renamed)."""
+        if self.metrics_port_file:
+            partial = f"{self.metrics_port_file}.partial"
+            pathlib.Path(partial).write_text(f"{port}\n")
+            os.replace(partial, self.metrics_port_file)
 
 
 def this_worker() -> Worker | None:
@@ -72,14 +85,8 @@ def this_worker() -> Worker | None:
     text = os.environ.get(ENVIRONMENT, "")
     if not text:
         return None
-    index, _, metrics = text.partition(";")
-    return Worker(int(index), metrics)
-
-
-def _free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    index, metrics, port_file = [*text.split(";", 2), "", ""][:3]
+    return Worker(int(index), metrics, port_file)
 
 
 def restart_delays(delay: float, lived: float) -> tuple[float, float]:
@@ -102,7 +109,10 @@ class _Supervisor:
         self.argv = argv
         self.metrics_listen = metrics_listen
         self.grace = grace
-        self.metrics_ports = [_free_loopback_port() if metrics_listen else 0 for _ in range(count)]
+        # Each worker binds its metrics to a loopback port it is given by the kernel (a port chosen
+        # here and released could be taken by then) and writes it to its file in this directory.
+        self._ports = pathlib.Path(tempfile.mkdtemp(prefix="tollgate-workers-")) if metrics_listen else None
+        self.metrics_ports = [0] * count  # 0: not known yet (the worker has not written it)
         self.processes: list[asyncio.subprocess.Process | None] = [None] * count
         self.stopping = False
         self.status = 0
@@ -131,6 +141,8 @@ class _Supervisor:
         await asyncio.gather(*keepers, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
+        if self._ports is not None:
+            shutil.rmtree(self._ports, ignore_errors=True)
         return self.status
 
     async def _keep(self, index: int, stop: asyncio.Event) -> None:
@@ -138,7 +150,12 @@ class _Supervisor:
         delay = RESTART_DELAY
         loop = asyncio.get_running_loop()
         while True:
-            environment = {**os.environ, ENVIRONMENT: f"{index};{self._metrics_address(index)}"}
+            self.metrics_ports[index] = 0
+            port_file = self._port_file(index)
+            if port_file is not None:
+                port_file.unlink(missing_ok=True)
+            metrics = f"127.0.0.1:0;{port_file}" if port_file is not None else ""
+            environment = {**os.environ, ENVIRONMENT: f"{index};{metrics}"}
             process = await asyncio.create_subprocess_exec(sys.executable, "-m", "authz", *self.argv, env=environment)
             self.processes[index] = process
             started = loop.time()
@@ -163,8 +180,16 @@ class _Supervisor:
             if self.stopping:
                 return
 
-    def _metrics_address(self, index: int) -> str:
-        return f"127.0.0.1:{self.metrics_ports[index]}" if self.metrics_listen else ""
+    def _port_file(self, index: int) -> pathlib.Path | None:
+        return self._ports / f"worker-{index}.port" if self._ports is not None else None
+
+    def _metrics_port(self, index: int) -> int:
+        """Worker ``index``'s metrics port, once it has written it (0 until then)."""
+        port_file = self._port_file(index)
+        if not self.metrics_ports[index] and port_file is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.metrics_ports[index] = int(port_file.read_text())
+        return self.metrics_ports[index]
 
     async def _serve_metrics(self) -> Any:
         import aiohttp.web  # noqa: PLC0415 - only with --metrics-listen
@@ -188,8 +213,11 @@ class _Supervisor:
         import aiohttp  # noqa: PLC0415
 
         async def one(index: int, session: aiohttp.ClientSession) -> tuple[int, int, str]:
+            port = self._metrics_port(index)
+            if not port:
+                return index, 0, ""
             try:
-                url = f"http://127.0.0.1:{self.metrics_ports[index]}{path}"
+                url = f"http://127.0.0.1:{port}{path}"
                 async with session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as reply:
                     return index, reply.status, await reply.text()
             except (aiohttp.ClientError, TimeoutError, OSError):

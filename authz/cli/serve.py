@@ -103,7 +103,13 @@ def run(args: argparse.Namespace) -> int:
         if source is not None:
             follow = functools.partial(_follow, source)
         try:
-            await server.serve(settings, runtime, follow=follow, shared_ports=worker is not None)
+            await server.serve(
+                settings,
+                runtime,
+                follow=follow,
+                shared_ports=worker is not None,
+                metrics_bound=worker.announce_metrics_port if worker is not None else None,
+            )
         finally:
             if publisher is not None:
                 publisher.stop()

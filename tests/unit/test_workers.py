@@ -1,8 +1,11 @@
-"""The supervisor's pure parts: how soon a worker that exited is started again, and one exposition
-made of several workers' metrics."""
+"""The supervisor's pure parts: how soon a worker that exited is started again, one exposition
+made of several workers' metrics, and how a worker learns its place and announces its metrics port."""
 
 from __future__ import annotations
 
+import pathlib
+
+import pytest
 from prometheus_client import parser
 
 from authz import workers
@@ -30,3 +33,19 @@ def test_expositions_merge_with_a_worker_label_and_add_up() -> None:
     assert sum(s.value for s in samples) == 7
     [restarts] = [s for s in families["tollgate_worker_restarts"].samples if s.name.endswith("_total")]
     assert restarts.value == 2
+
+
+def test_a_worker_reads_its_place_and_announces_the_metrics_port_it_was_given(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port_file = tmp_path / "worker-1.port"
+    monkeypatch.setenv(workers.ENVIRONMENT, f"1;127.0.0.1:0;{port_file}")
+    worker = workers.this_worker()
+    assert worker == workers.Worker(1, "127.0.0.1:0", str(port_file))
+    worker.announce_metrics_port(41234)
+    assert port_file.read_text() == "41234\n" and not list(tmp_path.glob("*.partial"))
+    monkeypatch.setenv(workers.ENVIRONMENT, "0;")  # no metrics: nothing to announce
+    quiet = workers.this_worker()
+    assert quiet == workers.Worker(0, "", "")
+    quiet.announce_metrics_port(1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["worker-1.port"]
