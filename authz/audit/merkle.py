@@ -21,6 +21,7 @@ __all__ = [
     "CompactRange",
     "SubtreeRoots",
     "consistency_proof",
+    "inclusion_path",
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
@@ -103,6 +104,29 @@ def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
     return proof
 
 
+def inclusion_path(index: int, size: int, leaves: Sequence[bytes], roots: SubtreeRoots | None = None) -> list[bytes]:
+    """The audit path for leaf ``index`` in the tree of the first ``size`` of ``leaves``, by the
+    recursive PATH(m, D[n]) of RFC 6962 §2.1.1 (the same path as :func:`inclusion_proof`).
+
+    With ``roots`` holding every whole block below ``size`` (:meth:`SubtreeRoots.add_whole`), only
+    the leaves of the record's own block and of the tree's last, partial block are read: ``leaves``
+    may be a sequence that loads them on demand."""
+    if not 0 <= index < size <= len(leaves):
+        raise IndexError("leaf index outside the tree")
+    path: list[bytes] = []
+    start, end = 0, size
+    while end - start > 1:  # from the root down; the path lists siblings from the leaf up
+        k = 1 << ((end - start - 1).bit_length() - 1)
+        if index < start + k:
+            path.append(_root(leaves, start + k, end, roots))
+            end = start + k
+        else:
+            path.append(_root(leaves, start, start + k, roots))
+            start += k
+    path.reverse()
+    return path
+
+
 def verify_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes) -> bool:
     """Check an audit path (RFC 9162 §2.1.3.2) without any other part of the tree."""
     if not 0 <= index < size:
@@ -150,6 +174,20 @@ class SubtreeRoots:
             raise ValueError("the smallest remembered subtree is a power of two of at least 2")
         self.smallest = smallest
         self.known: dict[tuple[int, int], bytes] = {}  # (first leaf, leaf count) → root
+
+    def add_whole(self, start: int, root: bytes) -> None:
+        """Remember ``root``, the root of the ``smallest`` leaves from ``start`` (a multiple of it),
+        and the root of every larger perfect subtree it completes (its left siblings are known:
+        whole blocks are added in order). Lets a reader keep the roots without keeping the leaves."""
+        if start % self.smallest:
+            raise ValueError("a whole block starts at a multiple of its size")
+        size = self.smallest
+        self.known[start, size] = root
+        while (start // size) & 1:  # a right child: its parent is whole now
+            start -= size
+            root = node_hash(self.known[start, size], root)
+            size *= 2
+            self.known[start, size] = root
 
 
 def _root(leaves: Sequence[bytes], start: int, end: int, roots: SubtreeRoots | None) -> bytes:

@@ -1,30 +1,44 @@
-"""Single-record proofs: ``tollgate audit prove`` and ``tollgate audit verify-proof``.
+"""Single-record proofs: ``tollgate audit prove``, the audit UI's proof download, and
+``tollgate audit verify-proof``.
 
 A proof file is self-contained JSON: the record line exactly as logged, its leaf index, the
 signed checkpoint it is proven against, and the RFC 6962 audit path. Checking it needs nothing but
 the file and the pinned verifier key.
+
+Making one (:class:`SessionTree`) must not cost a pass over the whole session per proof: the tree
+keeps, per session, the roots of its whole blocks of :data:`BLOCK` records and of every perfect
+subtree above them (:meth:`merkle.SubtreeRoots.add_whole`), where each block starts on disk, and the
+signed checkpoints, and reads only what was appended since its last :meth:`~SessionTree.refresh`.
+A proof then reads at most two blocks from disk (the record's and the tree's last, partial one).
+The audit UI refreshes its trees in the background (:class:`Trees`), so a download never reads more
+than those two blocks; the CLI makes one tree and refreshes it once.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import pathlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from authz.audit import layout, merkle, note, record
 
-__all__ = ["ProofError", "check_proof", "make_proof"]
+__all__ = ["BLOCK", "ProofError", "SessionTree", "Trees", "check_proof", "make_proof"]
+
+BLOCK = 256  # records per block: the leaves a proof may read from disk, twice at most
+_CHUNK = 1 << 22  # bytes read at a time while catching up
 
 
 class ProofError(Exception):
     pass
 
 
-def _session_dirs(directories: Sequence[pathlib.Path], record_id: str) -> tuple[list[pathlib.Path], int]:
-    """The directories holding the record's session (the live log's, and its archive's), and the
-    record's position in that session's log."""
+def _find(directories: Sequence[pathlib.Path], record_id: str) -> tuple[pathlib.PurePath, int]:
+    """The record's session (``instance/session``) and its position in that session's log: a scan
+    of every segment, for the command line (the audit UI knows where each record is)."""
     needle = f'"id":"{record_id}"'.encode()
     for directory in directories:
         for _, sessions in layout.sessions(directory):
@@ -32,9 +46,7 @@ def _session_dirs(directories: Sequence[pathlib.Path], record_id: str) -> tuple[
                 for segment in layout.session_segments(session_dir):
                     for line in segment.read_bytes().splitlines():
                         if needle in line:
-                            relative = session_dir.relative_to(directory)
-                            found = [d / relative for d in directories if (d / relative).is_dir()]
-                            return found, int(json.loads(line)["seq"])
+                            return session_dir.relative_to(directory), int(json.loads(line)["seq"])
     raise ProofError(f"no record with id {record_id} in {', '.join(map(str, directories))}")
 
 
@@ -42,34 +54,210 @@ def make_proof(directory: pathlib.Path | Sequence[pathlib.Path], record_id: str)
     """The proof of one record. ``directory``: the log, or the log and its archive (a session's
     older segments may have been archived by retention: the proof needs all of them)."""
     directories = [directory] if isinstance(directory, pathlib.Path) else list(directory)
-    session_dirs, index = _session_dirs(directories, record_id)
-    segments = sorted({s.name: s for d in session_dirs for s in layout.session_segments(d)}.items())
-    leaves: list[bytes] = []
-    target = b""
-    for _, segment in segments:
-        for line in segment.read_bytes().split(b"\n")[:-1]:
-            if len(leaves) == 0 and json.loads(line)["seq"] != 0:
-                raise ProofError(
-                    "the record's session was partly removed by retention (or archived: give the archive too); "
-                    "a proof needs all of it"
-                )
-            if len(leaves) == index:
-                target = line + b"\n"
-            leaves.append(merkle.leaf_hash(line + b"\n"))
-    entries = [entry for d in session_dirs for entry in layout.checkpoint_entries(d)]
-    covering = [e for e in entries if index < e["size"] <= len(leaves)]
-    if not covering:
-        raise ProofError("no signed checkpoint covers this record yet; try again after the next checkpoint")
-    entry = min(covering, key=lambda e: e["size"])
-    path = merkle.inclusion_proof(index, leaves[: entry["size"]])
-    return {
-        "format": "tollgate-inclusion-proof/v1",
-        "record": target.decode(),
-        "index": index,
-        "tree_size": entry["size"],
-        "checkpoint": entry["note"],
-        "proof": [base64.b64encode(h).decode() for h in path],
-    }
+    session, index = _find(directories, record_id)
+    tree = SessionTree(directories, session)
+    tree.refresh()
+    return tree.prove(index)
+
+
+class SessionTree:
+    """One session's Merkle tree, as far as its log has been read: enough to prove any record in it.
+
+    Memory: one root per :data:`BLOCK` / 2 records and one position per block. Thread-safe: the
+    audit UI refreshes in one thread while downloads prove in others."""
+
+    def __init__(self, directories: Sequence[pathlib.Path], session: pathlib.PurePath) -> None:
+        self.directories = list(directories)  # the log, and its archive (retention may move segments there)
+        self.session = session  # instance/session
+        self.size = 0  # records read and hashed
+        self.problem = ""  # why no proof can be made in this session (read from its start)
+        self._roots = merkle.SubtreeRoots(BLOCK)
+        self._starts: list[tuple[str, int]] = []  # block b's first record: (segment name, byte offset)
+        self._block: list[bytes] = []  # leaf hashes since the last whole block
+        self._segment = ""  # the segment being read, and how far (whole lines only)
+        self._offset = 0
+        self._checkpoint_bytes: dict[pathlib.Path, int] = {}
+        self._checkpoints: dict[int, str] = {}  # size → signed note
+        self._sizes: list[int] = []  # the checkpoints' sizes, in order
+        self._lock = threading.Lock()
+
+    def _segments(self) -> dict[str, pathlib.Path]:
+        """The session's segments by name, wherever they are now (live log or archive)."""
+        found: dict[str, pathlib.Path] = {}
+        for directory in self.directories:
+            session_dir = directory / self.session
+            if session_dir.is_dir():
+                found.update({path.name: path for path in layout.session_segments(session_dir)})
+        return dict(sorted(found.items()))
+
+    # -- catching up ------------------------------------------------------------------------
+    def refresh(self) -> int:
+        """Read what was appended since the last refresh; return the number of new records."""
+        with self._lock:
+            before = self.size
+            segments = self._segments()
+            names = [name for name in segments if name >= self._segment]
+            for position, name in enumerate(names):
+                offset = self._offset if name == self._segment else 0
+                rest = self._read_from(name, segments[name], offset)
+                if rest and position < len(names) - 1:  # a later segment exists: this one is sealed
+                    self.problem = f"{segments[name]} ends in a partial line"
+            self._read_checkpoints()
+            return self.size - before
+
+    def _read_from(self, name: str, path: pathlib.Path, offset: int) -> bytes:
+        """Hash the whole lines of ``path`` from ``offset``; return the partial line left at its end."""
+        rest = b""
+        try:
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                self._segment, self._offset = name, offset
+                while chunk := handle.read(_CHUNK):
+                    data = rest + chunk
+                    end = data.rfind(b"\n") + 1
+                    lines, rest = data[:end], data[end:]
+                    for line in lines.splitlines(keepends=True):
+                        self._add(name, self._offset, line)
+                        self._offset += len(line)
+        except OSError:
+            pass  # moved to the archive or removed meanwhile: the next refresh finds it where it went
+        return rest
+
+    def _add(self, segment: str, offset: int, line: bytes) -> None:
+        if self.size == 0 and not self.problem and json.loads(line).get("seq") != 0:
+            self.problem = (
+                "the record's session was partly removed by retention (or archived: give the archive too); "
+                "a proof needs all of it"
+            )
+        if self.size % BLOCK == 0:
+            self._starts.append((segment, offset))
+        self._block.append(merkle.leaf_hash(line))
+        self.size += 1
+        if len(self._block) == BLOCK:
+            self._roots.add_whole(self.size - BLOCK, merkle.root_of(self._block))
+            self._block = []
+
+    def _read_checkpoints(self) -> None:
+        for directory in self.directories:
+            path = directory / self.session / layout.CHECKPOINTS
+            offset = self._checkpoint_bytes.get(path, 0)
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(offset)
+                    data = handle.read()
+            except OSError:
+                continue
+            end = data.rfind(b"\n") + 1
+            self._checkpoint_bytes[path] = offset + end
+            for line in data[:end].splitlines():
+                try:
+                    entry = json.loads(line)
+                    size, signed = int(entry["size"]), str(entry["note"])
+                except (ValueError, TypeError, KeyError):
+                    continue  # a torn or edited line: the verifier reports it
+                if size not in self._checkpoints:  # the archive holds copies of the live log's
+                    self._checkpoints[size] = signed
+                    bisect.insort(self._sizes, size)
+
+    # -- proving ----------------------------------------------------------------------------
+    def prove(self, index: int) -> dict[str, Any]:
+        """The proof of record ``index`` against the smallest signed checkpoint that covers it."""
+        with self._lock:
+            if self.problem:
+                raise ProofError(self.problem)
+            if index < 0:
+                raise ProofError("the record has no position in its log")
+            if index >= self.size:
+                raise ProofError("the record is newer than what has been read of its log; try again in a few seconds")
+            first = bisect.bisect_right(self._sizes, index)  # the smallest checkpoint that covers it
+            if first == len(self._sizes) or self._sizes[first] > self.size:
+                raise ProofError("no signed checkpoint covers this record yet; try again after the next checkpoint")
+            size = self._sizes[first]
+            leaves = _Leaves(self, size)
+            path = merkle.inclusion_path(index, size, leaves, self._roots)
+            return {
+                "format": "tollgate-inclusion-proof/v1",
+                "record": leaves.line(index).decode(),
+                "index": index,
+                "tree_size": size,
+                "checkpoint": self._checkpoints[size],
+                "proof": [base64.b64encode(h).decode() for h in path],
+            }
+
+    def _block_lines(self, block: int, count: int) -> list[bytes]:
+        """The first ``count`` lines of block ``block``, read from disk."""
+        segments = self._segments()
+        name, offset = self._starts[block]
+        lines: list[bytes] = []
+        for segment in (n for n in segments if n >= name):
+            try:
+                with segments[segment].open("rb") as handle:
+                    handle.seek(offset if segment == name else 0)
+                    for line in handle:
+                        if not line.endswith(b"\n") or len(lines) == count:
+                            break
+                        lines.append(line)
+            except OSError:
+                break
+            if len(lines) == count:
+                return lines
+        raise ProofError(f"records {block * BLOCK}..{block * BLOCK + count - 1} of the session are no longer on disk")
+
+
+class _Leaves(Sequence[bytes]):
+    """The leaf hashes of a tree of ``size`` records, read from disk by the block when asked for:
+    with every whole block's root known, a proof asks for at most two blocks."""
+
+    def __init__(self, tree: SessionTree, size: int) -> None:
+        self._tree = tree
+        self._size = size
+        self._lines: dict[int, list[bytes]] = {}
+
+    def __len__(self) -> int:
+        return self._size
+
+    def line(self, index: int) -> bytes:
+        block = index // BLOCK
+        if block not in self._lines:
+            self._lines[block] = self._tree._block_lines(block, min(BLOCK, self._size - block * BLOCK))
+        return self._lines[block][index % BLOCK]
+
+    def __getitem__(self, index: int) -> bytes:  # type: ignore[override]
+        return merkle.leaf_hash(self.line(index))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (self[i] for i in range(self._size))
+
+
+class Trees:
+    """Every session's :class:`SessionTree` under the given directories, for the audit UI:
+    :meth:`refresh` (in the background) reads what each log appended; :meth:`prove` proves, reading
+    at most what its session appended since (the UI refreshes before it indexes, so a record it can
+    find is one a tree has read, but for the moments between the two)."""
+
+    def __init__(self, directories: Sequence[pathlib.Path]) -> None:
+        self.directories = list(directories)
+        self._trees: dict[pathlib.PurePath, SessionTree] = {}
+
+    def refresh(self) -> int:
+        added = 0
+        for directory in self.directories:
+            for _, sessions in layout.sessions(directory):
+                for session_dir in sessions:
+                    session = session_dir.relative_to(directory)
+                    tree = self._trees.get(session)
+                    if tree is None:
+                        tree = self._trees[session] = SessionTree(self.directories, session)
+                    added += tree.refresh()
+        return added
+
+    def prove(self, session: pathlib.PurePath, index: int) -> dict[str, Any]:
+        tree = self._trees.get(session)
+        if tree is None:
+            raise ProofError("the record's log has not been read yet; try again in a few seconds")
+        if index >= tree.size:  # appended since the last refresh: read just that much now
+            tree.refresh()
+        return tree.prove(index)
 
 
 def check_proof(proof: dict[str, Any], verifier: note.Verifier) -> dict[str, Any]:

@@ -86,6 +86,7 @@ class _State:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.index = index.Index(settings.index_path, settings.directories)
+        self.trees = proof.Trees(settings.directories)  # kept up to date beside the index: downloads only prove
         self.integrity = integrity.Integrity(
             settings.directories, settings.verifier_key, interval=settings.verify_interval, witness=settings.witness
         )
@@ -335,7 +336,7 @@ class _Pages:
             jsonl=_link("/export", **given, format="json"),
         )
 
-    def _read(self, record_id: str) -> tuple[dict[str, Any], str]:
+    def _read(self, record_id: str) -> tuple[dict[str, Any], str, pathlib.Path]:
         if not record_id or len(record_id) > 64:
             raise HTTPException(404, "no such record")
         with self.state.index.reader() as reader:
@@ -352,11 +353,11 @@ class _Pages:
             item = None
         if not isinstance(item, dict) or item.get("id") != record_id:
             raise HTTPException(409, f"record {record_id} changed on disk since it was indexed: see the integrity page")
-        return item, line
+        return item, line, path
 
     def record(self, request: requests.Request) -> responses.Response:
         record_id = request.path_params["record_id"]
-        item, line = self._read(record_id)
+        item, line, _ = self._read(record_id)
         trace_id = str(item.get("trace", {}).get("trace_id", ""))
         trace_link = self.settings.trace_url.replace("{trace_id}", urllib.parse.quote(trace_id)) if trace_id else ""
         return self.page(
@@ -371,9 +372,10 @@ class _Pages:
 
     def record_proof(self, request: requests.Request) -> responses.Response:
         record_id = request.path_params["record_id"]
-        self._read(record_id)  # a 404 or 409 as for the record's page
+        item, _, path = self._read(record_id)  # a 404 or 409 as for the record's page
+        session = pathlib.PurePath(path.parent.parent.name, path.parent.name)  # <instance>/<session>/segment
         try:
-            made = proof.make_proof(list(self.settings.directories), record_id)
+            made = self.state.trees.prove(session, int(item.get("seq", -1)))
         except proof.ProofError as error:
             raise HTTPException(409, f"no proof yet: {error}") from None
         return responses.Response(
@@ -422,6 +424,8 @@ class _Pages:
     async def index_loop(self) -> None:
         while True:
             try:
+                # The trees first: a record the index can find is then one its tree has read.
+                await asyncio.to_thread(self.state.trees.refresh)
                 added = await asyncio.to_thread(self.state.index.refresh)
                 self.state.index_error = ""
                 if added:

@@ -48,6 +48,31 @@ def test_inclusion_proofs(size: int) -> None:
             assert not merkle.verify_inclusion(leaves[index], (index + 1) % size, size, proof, root)
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 64, 100])
+def test_inclusion_path_from_whole_block_roots_is_the_reference_path(size: int) -> None:
+    leaves = _leaves(size)
+    roots = merkle.SubtreeRoots(4)
+    for start in range(0, size - size % 4, 4):  # as a reader adds each whole block, in order
+        roots.add_whole(start, merkle.root_of(leaves[start : start + 4]))
+    for (start, count), root in roots.known.items():  # the blocks and every perfect subtree above them
+        assert root == merkle.root_of(leaves[start : start + count])
+    if size >= 16:
+        assert (0, 16) in roots.known
+    asked: list[int] = []
+
+    class Leaves(list[bytes]):
+        def __getitem__(self, index: int) -> bytes:  # type: ignore[override]
+            asked.append(index)
+            return super().__getitem__(index)
+
+    for index in range(size):
+        asked.clear()
+        path = merkle.inclusion_path(index, size, Leaves(leaves), roots)
+        assert path == merkle.inclusion_proof(index, leaves) == merkle.inclusion_path(index, size, leaves)
+        # Only the leaves of the record's block and of the last, partial block are read.
+        assert {i // 4 for i in asked} <= {index // 4, size // 4}, (index, sorted(set(asked)))
+
+
 def test_signed_note_round_trip_and_tampering() -> None:
     skey, vkey = note.generate("tollgate.dev/audit/test")
     signer = note.Signer.from_skey(skey)

@@ -1,0 +1,152 @@
+"""Inclusion proofs from a session's tree kept up to date (:class:`authz.audit.proof.SessionTree`):
+the same path as the reference computed from every leaf, checked with the verifier key, made by
+reading at most two blocks of the log, and kept current by reading only what was appended."""
+
+from __future__ import annotations
+
+import base64
+import pathlib
+from typing import Any
+
+import pytest
+
+from authz.audit import layout, merkle, note, proof
+from authz.audit import log as audit_log
+
+
+def _open_log(directory: pathlib.Path, keys: pathlib.Path) -> audit_log.AuditLog:
+    signer = note.Signer.from_skey((keys / "signing.key").read_text())
+    # Small segments and frequent checkpoints: blocks cross segment files, and proofs have many
+    # checkpoints to choose from.
+    settings = audit_log.LogSettings(segment_max_bytes=20_000, checkpoint_every=97, checkpoint_seconds=3600)
+    log = audit_log.AuditLog(directory, signer, instance="pod-1", settings=settings)
+    log.open()
+    return log
+
+
+def _append(log: audit_log.AuditLog, count: int) -> None:
+    for _ in range(count):
+        seq = log.size
+        log.append({"v": 1, "kind": "loss", "id": f"id-{seq}", "time": "t", "time_ms": seq, "loss": {"count": 1}})
+        if log.checkpoint_due():
+            log.checkpoint()
+        log.rotate_if_due()
+    log.flush(fsync=False)
+
+
+def _all_lines(log: audit_log.AuditLog) -> list[bytes]:
+    return [
+        line for segment in layout.session_segments(log.session_dir) for line in segment.read_bytes().splitlines(True)
+    ]
+
+
+def _spy_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The blocks each proof reads from disk (the real reads, counted)."""
+    reads: list[int] = []
+    real = proof.SessionTree._block_lines
+
+    def counted(self: proof.SessionTree, block: int, count: int) -> list[bytes]:
+        reads.append(block)
+        return real(self, block, count)
+
+    monkeypatch.setattr(proof.SessionTree, "_block_lines", counted)
+    return reads
+
+
+@pytest.fixture
+def written(tmp_path: pathlib.Path, audit_keys: pathlib.Path) -> audit_log.AuditLog:
+    log = _open_log(tmp_path / "audit", audit_keys)
+    _append(log, 5 * proof.BLOCK + 40)
+    log.close()
+    return log
+
+
+def test_every_proof_is_the_reference_path_and_reads_at_most_two_blocks(
+    written: audit_log.AuditLog, audit_keys: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = _all_lines(written)
+    assert len(layout.session_segments(written.session_dir)) > 5  # blocks cross segment files
+    leaves = [merkle.leaf_hash(line) for line in lines]
+    tree = proof.SessionTree([written.directory], pathlib.PurePath("pod-1", written.session))
+    assert tree.refresh() == len(lines)
+    verifier = note.Verifier((audit_keys / "verifier.key").read_text())
+    signed = {entry["size"] for entry in layout.checkpoint_entries(written.session_dir)}
+    assert len(signed) > 10
+    reads = _spy_reads(monkeypatch)
+    for index in [0, 1, 96, 97, 255, 256, 511, 700, 1023, 1024, len(lines) - 2, len(lines) - 1]:
+        reads.clear()
+        made = tree.prove(index)
+        assert made["record"].encode() == lines[index]
+        size = made["tree_size"]
+        assert size == min(s for s in signed if s > index)  # the smallest checkpoint that covers it
+        assert [merkle.leaf_hash(line) for line in lines[:size]] == leaves[:size]
+        reference = merkle.inclusion_proof(index, leaves[:size])
+        assert made["proof"] == [base64.b64encode(h).decode() for h in reference]
+        assert proof.check_proof(made, verifier)["seq"] == index
+        assert len(reads) <= 2 and index // proof.BLOCK in reads, (index, reads)
+
+
+def test_a_tree_reads_only_what_was_appended(
+    tmp_path: pathlib.Path, audit_keys: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _open_log(tmp_path / "audit", audit_keys)
+    _append(log, 600)
+    log.checkpoint()
+    tree = proof.SessionTree([log.directory], pathlib.PurePath("pod-1", log.session))
+    assert tree.refresh() == log.size > 600  # with session_start and segment_start records
+    read = log.size
+    _append(log, 300)
+    with pytest.raises(proof.ProofError, match="newer than what has been read"):
+        tree.prove(700)
+    log.checkpoint()
+    assert tree.refresh() == log.size - read  # what was read is not read again
+    assert tree.refresh() == 0
+    verifier = note.Verifier((audit_keys / "verifier.key").read_text())
+    assert proof.check_proof(tree.prove(700), verifier)["seq"] == 700
+    assert proof.check_proof(tree.prove(3), verifier)["seq"] == 3
+    with pytest.raises(proof.ProofError, match="no position"):
+        tree.prove(-1)
+    log.close()
+
+
+def test_no_proof_before_a_checkpoint_covers_the_record(tmp_path: pathlib.Path, audit_keys: pathlib.Path) -> None:
+    log = _open_log(tmp_path / "audit", audit_keys)
+    _append(log, 50)  # the last checkpoint is the one at open (size 1)
+    tree = proof.SessionTree([log.directory], pathlib.PurePath("pod-1", log.session))
+    tree.refresh()
+    with pytest.raises(proof.ProofError, match="no signed checkpoint covers"):
+        tree.prove(10)
+    log.close()
+
+
+def test_a_session_missing_its_first_segment_cannot_be_proven(
+    written: audit_log.AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout.session_segments(written.session_dir)[0].unlink()
+    tree = proof.SessionTree([written.directory], pathlib.PurePath("pod-1", written.session))
+    tree.refresh()
+    with pytest.raises(proof.ProofError, match="partly removed"):
+        tree.prove(tree.size - 1)
+
+
+def test_trees_prove_what_they_have_read_and_catch_up_on_what_was_appended(
+    tmp_path: pathlib.Path, audit_keys: pathlib.Path
+) -> None:
+    log = _open_log(tmp_path / "audit", audit_keys)
+    _append(log, 300)
+    log.checkpoint()
+    trees = proof.Trees([log.directory])
+    session = pathlib.PurePath("pod-1", log.session)
+    with pytest.raises(proof.ProofError, match="not been read yet"):
+        trees.prove(session, 5)
+    assert trees.refresh() == log.size
+    verifier = note.Verifier((audit_keys / "verifier.key").read_text())
+    made: dict[str, Any] = trees.prove(session, 5)
+    assert proof.check_proof(made, verifier)["seq"] == 5
+    # Appended since the last refresh: that session is read up to the end, then the record proven.
+    _append(log, 300)
+    log.checkpoint()
+    newest = log.size - 1
+    assert proof.check_proof(trees.prove(session, newest), verifier)["seq"] == newest
+    assert trees.refresh() == 0
+    log.close()
