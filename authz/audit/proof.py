@@ -63,8 +63,9 @@ def make_proof(directory: pathlib.Path | Sequence[pathlib.Path], record_id: str)
 class SessionTree:
     """One session's Merkle tree, as far as its log has been read: enough to prove any record in it.
 
-    Memory: one root per :data:`BLOCK` / 2 records and one position per block. Thread-safe: the
-    audit UI refreshes in one thread while downloads prove in others."""
+    Memory: one root per :data:`BLOCK` / 2 records and one position per block. A session that has
+    ended (its ``session_end`` record read and signed) is not read again. Thread-safe: the audit UI
+    refreshes in one thread while downloads prove in others."""
 
     def __init__(self, directories: Sequence[pathlib.Path], session: pathlib.PurePath) -> None:
         self.directories = list(directories)  # the log, and its archive (retention may move segments there)
@@ -79,6 +80,7 @@ class SessionTree:
         self._checkpoint_bytes: dict[pathlib.Path, int] = {}
         self._checkpoints: dict[int, str] = {}  # size → signed note
         self._sizes: list[int] = []  # the checkpoints' sizes, in order
+        self._ended = False  # its session_end record has been read
         self._lock = threading.Lock()
 
     def _segments(self) -> dict[str, pathlib.Path]:
@@ -94,6 +96,8 @@ class SessionTree:
     def refresh(self) -> int:
         """Read what was appended since the last refresh; return the number of new records."""
         with self._lock:
+            if self.finished:
+                return 0
             before = self.size
             segments = self._segments()
             names = [name for name in segments if name >= self._segment]
@@ -123,6 +127,11 @@ class SessionTree:
             pass  # moved to the archive or removed meanwhile: the next refresh finds it where it went
         return rest
 
+    @property
+    def finished(self) -> bool:
+        """Closed, and its last record signed: nothing more will be appended to read."""
+        return self._ended and bool(self._sizes) and self._sizes[-1] == self.size
+
     def _add(self, segment: str, offset: int, line: bytes) -> None:
         if self.size == 0 and not self.problem and json.loads(line).get("seq") != 0:
             self.problem = (
@@ -131,6 +140,7 @@ class SessionTree:
             )
         if self.size % BLOCK == 0:
             self._starts.append((segment, offset))
+        self._ended = b'"kind":"session_end"' in line  # canonical JSON: exactly this, or not the kind
         self._block.append(merkle.leaf_hash(line))
         self.size += 1
         if len(self._block) == BLOCK:

@@ -106,7 +106,12 @@ def test_a_tree_reads_only_what_was_appended(
     assert proof.check_proof(tree.prove(3), verifier)["seq"] == 3
     with pytest.raises(proof.ProofError, match="no position"):
         tree.prove(-1)
+    assert not tree.finished
     log.close()
+    assert tree.refresh() == 1 and tree.finished  # the session_end record, under its final checkpoint
+    assert proof.check_proof(tree.prove(tree.size - 1), verifier)["kind"] == "session_end"
+    monkeypatch.setattr(tree, "_segments", lambda: pytest.fail("a finished session is read again"))
+    assert tree.refresh() == 0
 
 
 def test_no_proof_before_a_checkpoint_covers_the_record(tmp_path: pathlib.Path, audit_keys: pathlib.Path) -> None:
