@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import bisect
 import json
+import logging
 import pathlib
 import threading
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,7 @@ from authz.audit import layout, merkle, note, record
 
 __all__ = ["BLOCK", "ProofError", "SessionTree", "Trees", "check_proof", "make_proof"]
 
+_log = logging.getLogger(__name__)
 BLOCK = 256  # records per block: the leaves a proof may read from disk, twice at most
 _CHUNK = 1 << 22  # bytes read at a time while catching up
 
@@ -133,11 +135,8 @@ class SessionTree:
         return self._ended and bool(self._sizes) and self._sizes[-1] == self.size
 
     def _add(self, segment: str, offset: int, line: bytes) -> None:
-        if self.size == 0 and not self.problem and json.loads(line).get("seq") != 0:
-            self.problem = (
-                "the record's session was partly removed by retention (or archived: give the archive too); "
-                "a proof needs all of it"
-            )
+        if self.size == 0 and not self.problem:
+            self.problem = _first_record_problem(line)
         if self.size % BLOCK == 0:
             self._starts.append((segment, offset))
         self._ended = b'"kind":"session_end"' in line  # canonical JSON: exactly this, or not the kind
@@ -214,6 +213,22 @@ class SessionTree:
         raise ProofError(f"records {block * BLOCK}..{block * BLOCK + count - 1} of the session are no longer on disk")
 
 
+def _first_record_problem(line: bytes) -> str:
+    """Why a session whose log begins with ``line`` cannot prove its records, or "" if it can."""
+    try:
+        first = json.loads(line)
+    except ValueError:
+        first = None
+    if not isinstance(first, dict):
+        return "the session's first record cannot be read: run tollgate audit verify on this log"
+    if first.get("seq") != 0:
+        return (
+            "the record's session was partly removed by retention (or archived: give the archive too); "
+            "a proof needs all of it"
+        )
+    return ""
+
+
 class _Leaves(Sequence[bytes]):
     """The leaf hashes of a tree of ``size`` records, read from disk by the block when asked for:
     with every whole block's root known, a proof asks for at most two blocks."""
@@ -258,7 +273,10 @@ class Trees:
                     tree = self._trees.get(session)
                     if tree is None:
                         tree = self._trees[session] = SessionTree(self.directories, session)
-                    added += tree.refresh()
+                    try:
+                        added += tree.refresh()
+                    except OSError as error:  # this session's files: the others are read all the same
+                        _log.warning("proofs: cannot read %s: %s", session_dir, error)
         return added
 
     def prove(self, session: pathlib.PurePath, index: int) -> dict[str, Any]:

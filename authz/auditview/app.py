@@ -426,6 +426,9 @@ class _Pages:
             try:
                 # The trees first: a record the index can find is then one its tree has read.
                 await asyncio.to_thread(self.state.trees.refresh)
+            except Exception:  # a proof download then says "not read yet"; the index goes on
+                log.exception("audit ui: reading the logs for proofs failed")
+            try:
                 added = await asyncio.to_thread(self.state.index.refresh)
                 self.state.index_error = ""
                 if added:

@@ -523,6 +523,21 @@ def test_a_proof_of_a_record_whose_session_was_partly_archived_needs_and_uses_th
     assert cli.main(["audit", "verify-proof", str(tmp_path / "downloaded.json"), "--key", key]) == 0
 
 
+def test_a_session_whose_first_record_is_damaged_gets_a_reason_and_the_rest_of_the_view_works(
+    local_ui: Callable[..., harness.AuditUI], tmp_path: pathlib.Path
+) -> None:
+    written = auditlog.write_log(tmp_path, 200)
+    segment = next(written.directory.rglob("segment-*.jsonl"))
+    segment.chmod(0o640)
+    data = segment.read_bytes()
+    segment.write_bytes(b"[]" + data[data.index(b"\n") :])  # the session_start record, damaged
+    record_id = json.loads(data.splitlines()[50])["id"]
+    ui = local_ui(written.directory, key=written.verifier_key)
+    harness.wait_until(lambda: _get(f"{ui.url}/records/{record_id}")[0] == 200, what="the record indexed")
+    status, body = _get(f"{ui.url}/records/{record_id}/proof")
+    assert status == 409 and "first record cannot be read" in body
+
+
 def test_local_only_answers_only_requests_addressed_to_this_machine(
     local_ui: Callable[..., harness.AuditUI], http: Callable[..., Any]
 ) -> None:

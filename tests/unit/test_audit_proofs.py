@@ -155,3 +155,24 @@ def test_trees_prove_what_they_have_read_and_catch_up_on_what_was_appended(
     assert proof.check_proof(trees.prove(session, newest), verifier)["seq"] == newest
     assert trees.refresh() == 0
     log.close()
+
+
+def test_an_unreadable_first_record_is_refused_and_other_sessions_still_prove(
+    tmp_path: pathlib.Path, audit_keys: pathlib.Path
+) -> None:
+    damaged = _open_log(tmp_path / "audit", audit_keys)
+    _append(damaged, 20)
+    damaged.close()
+    first = layout.session_segments(damaged.session_dir)[0]
+    first.chmod(0o640)
+    data = first.read_bytes()
+    first.write_bytes(b"[]" + data[data.index(b"\n") :])  # JSON, but not a record
+    healthy = _open_log(tmp_path / "audit", audit_keys)  # a later session of the same instance
+    _append(healthy, 20)
+    healthy.close()
+    trees = proof.Trees([tmp_path / "audit"])
+    assert trees.refresh() == damaged.size + healthy.size
+    with pytest.raises(proof.ProofError, match="first record cannot be read"):
+        trees.prove(pathlib.PurePath("pod-1", damaged.session), 5)
+    verifier = note.Verifier((audit_keys / "verifier.key").read_text())
+    assert proof.check_proof(trees.prove(pathlib.PurePath("pod-1", healthy.session), 5), verifier)["seq"] == 5
