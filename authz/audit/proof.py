@@ -184,6 +184,9 @@ class SessionTree:
             size = self._sizes[first]
             leaves = _Leaves(self, size)
             path = merkle.inclusion_path(index, size, leaves, self._roots)
+            if not merkle.verify_inclusion(leaves[index], index, size, path, _signed_root(self._checkpoints[size])):
+                # What was read earlier and what is on disk now differ, or the log and its checkpoint do.
+                raise ProofError("the log does not match its signed checkpoint here: see tollgate audit verify")
             return {
                 "format": "tollgate-inclusion-proof/v1",
                 "record": leaves.line(index).decode(),
@@ -211,6 +214,14 @@ class SessionTree:
             if len(lines) == count:
                 return lines
         raise ProofError(f"records {block * BLOCK}..{block * BLOCK + count - 1} of the session are no longer on disk")
+
+
+def _signed_root(signed: str) -> bytes:
+    """The root hash a checkpoint note states (its signature is the verifier's to check)."""
+    try:
+        return note.parse_checkpoint(signed.split("\n\n", maxsplit=1)[0] + "\n").root
+    except note.NoteError:
+        return b""
 
 
 def _first_record_problem(line: bytes) -> str:

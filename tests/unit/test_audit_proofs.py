@@ -5,6 +5,7 @@ reading at most two blocks of the log, and kept current by reading only what was
 from __future__ import annotations
 
 import base64
+import json
 import pathlib
 from typing import Any
 
@@ -176,3 +177,17 @@ def test_an_unreadable_first_record_is_refused_and_other_sessions_still_prove(
         trees.prove(pathlib.PurePath("pod-1", damaged.session), 5)
     verifier = note.Verifier((audit_keys / "verifier.key").read_text())
     assert proof.check_proof(trees.prove(pathlib.PurePath("pod-1", healthy.session), 5), verifier)["seq"] == 5
+
+
+def test_a_record_changed_after_it_was_read_gets_no_proof(written: audit_log.AuditLog) -> None:
+    tree = proof.SessionTree([written.directory], pathlib.PurePath("pod-1", written.session))
+    tree.refresh()
+    segment = layout.session_segments(written.session_dir)[1]
+    segment.chmod(0o640)
+    lines = segment.read_bytes().splitlines(True)
+    index = json.loads(lines[3])["seq"]
+    lines[3] = lines[3].replace(b'"count":1', b'"count":2')
+    segment.write_bytes(b"".join(lines))
+    with pytest.raises(proof.ProofError, match="does not match its signed checkpoint"):
+        tree.prove(index)
+    assert tree.prove(index + proof.BLOCK)["index"] == index + proof.BLOCK  # another block: unaffected
