@@ -25,6 +25,10 @@ def _open_log(directory: pathlib.Path, keys: pathlib.Path) -> audit_log.AuditLog
     return log
 
 
+def _verifier(keys: pathlib.Path) -> note.Verifier:
+    return note.Verifier((keys / "verifier.key").read_text())
+
+
 def _append(log: audit_log.AuditLog, count: int) -> None:
     for _ in range(count):
         seq = log.size
@@ -70,7 +74,7 @@ def test_every_proof_is_the_reference_path_and_reads_at_most_two_blocks(
     leaves = [merkle.leaf_hash(line) for line in lines]
     tree = proof.SessionTree([written.directory], pathlib.PurePath("pod-1", written.session))
     assert tree.refresh() == len(lines)
-    verifier = note.Verifier((audit_keys / "verifier.key").read_text())
+    verifier = _verifier(audit_keys)
     signed = {entry["size"] for entry in layout.checkpoint_entries(written.session_dir)}
     assert len(signed) > 10
     reads = _spy_reads(monkeypatch)
@@ -102,7 +106,7 @@ def test_a_tree_reads_only_what_was_appended(
     log.checkpoint()
     assert tree.refresh() == log.size - read  # what was read is not read again
     assert tree.refresh() == 0
-    verifier = note.Verifier((audit_keys / "verifier.key").read_text())
+    verifier = _verifier(audit_keys)
     assert proof.check_proof(tree.prove(700), verifier)["seq"] == 700
     assert proof.check_proof(tree.prove(3), verifier)["seq"] == 3
     with pytest.raises(proof.ProofError, match="no position"):
@@ -140,13 +144,13 @@ def test_trees_prove_what_they_have_read_and_catch_up_on_what_was_appended(
 ) -> None:
     log = _open_log(tmp_path / "audit", audit_keys)
     _append(log, 300)
-    log.checkpoint()
+    log.checkpoint()  # the records are signed: provable
     trees = proof.Trees([log.directory])
     session = pathlib.PurePath("pod-1", log.session)
     with pytest.raises(proof.ProofError, match="not been read yet"):
         trees.prove(session, 5)
     assert trees.refresh() == log.size
-    verifier = note.Verifier((audit_keys / "verifier.key").read_text())
+    verifier = _verifier(audit_keys)
     made: dict[str, Any] = trees.prove(session, 5)
     assert proof.check_proof(made, verifier)["seq"] == 5
     # Appended since the last refresh: that session is read up to the end, then the record proven.
@@ -175,7 +179,7 @@ def test_an_unreadable_first_record_is_refused_and_other_sessions_still_prove(
     assert trees.refresh() == damaged.size + healthy.size
     with pytest.raises(proof.ProofError, match="first record cannot be read"):
         trees.prove(pathlib.PurePath("pod-1", damaged.session), 5)
-    verifier = note.Verifier((audit_keys / "verifier.key").read_text())
+    verifier = _verifier(audit_keys)
     assert proof.check_proof(trees.prove(pathlib.PurePath("pod-1", healthy.session), 5), verifier)["seq"] == 5
 
 
