@@ -22,7 +22,6 @@ __all__ = [
     "SubtreeRoots",
     "consistency_proof",
     "inclusion_path",
-    "inclusion_proof",
     "leaf_hash",
     "node_hash",
     "root_of",
@@ -81,32 +80,9 @@ def root_of(leaves: Sequence[bytes]) -> bytes:
     return node_hash(root_of(leaves[:k]), root_of(leaves[k:]))
 
 
-def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
-    """The audit path for leaf ``index`` in the tree of ``leaves`` (RFC 6962 §2.1.1), in O(n).
-
-    Built level by level; an unpaired last node moves up unchanged, which yields exactly the
-    RFC's tree (split at the largest power of two).
-    """
-    if not 0 <= index < len(leaves):
-        raise IndexError("leaf index outside the tree")
-    proof = []
-    level = list(leaves)
-    position = index
-    while len(level) > 1:
-        sibling = position ^ 1
-        if sibling < len(level):
-            proof.append(level[sibling])
-        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
-        position //= 2
-    return proof
-
-
 def inclusion_path(index: int, size: int, leaves: Sequence[bytes], roots: SubtreeRoots | None = None) -> list[bytes]:
     """The audit path for leaf ``index`` in the tree of the first ``size`` of ``leaves``, by the
-    recursive PATH(m, D[n]) of RFC 6962 §2.1.1 (the same path as :func:`inclusion_proof`).
+    recursive PATH(m, D[n]) of RFC 6962 §2.1.1.
 
     With ``roots`` holding every whole block below ``size`` (:meth:`SubtreeRoots.add_whole`), only
     the leaves of the record's own block and of the tree's last, partial block are read: ``leaves``

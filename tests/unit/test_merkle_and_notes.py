@@ -13,6 +13,23 @@ def _leaves(n: int) -> list[bytes]:
     return [merkle.leaf_hash(f"leaf {i}".encode()) for i in range(n)]
 
 
+def _level_by_level_path(index: int, leaves: list[bytes]) -> list[bytes]:
+    """An audit path built a second, independent way (level by level; an unpaired last node moves
+    up unchanged, which yields the RFC's tree): what :func:`merkle.inclusion_path` is held to."""
+    proof = []
+    level = list(leaves)
+    position = index
+    while len(level) > 1:
+        if position ^ 1 < len(level):
+            proof.append(level[position ^ 1])
+        paired = [merkle.node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+        position //= 2
+    return proof
+
+
 def test_known_rfc6962_values() -> None:
     # The empty tree and a one-leaf tree, from RFC 6962 §2.1 directly.
     assert merkle.root_of([]) == hashlib.sha256(b"").digest()
@@ -41,7 +58,8 @@ def test_inclusion_proofs(size: int) -> None:
     leaves = _leaves(size)
     root = merkle.root_of(leaves)
     for index in range(size):
-        proof = merkle.inclusion_proof(index, leaves)
+        proof = merkle.inclusion_path(index, size, leaves)
+        assert proof == _level_by_level_path(index, leaves)
         assert merkle.verify_inclusion(leaves[index], index, size, proof, root)
         assert not merkle.verify_inclusion(merkle.leaf_hash(b"forged"), index, size, proof, root)
         if size > 1:
@@ -68,7 +86,7 @@ def test_inclusion_path_from_whole_block_roots_is_the_reference_path(size: int) 
     for index in range(size):
         asked.clear()
         path = merkle.inclusion_path(index, size, Leaves(leaves), roots)
-        assert path == merkle.inclusion_proof(index, leaves) == merkle.inclusion_path(index, size, leaves)
+        assert path == _level_by_level_path(index, leaves) == merkle.inclusion_path(index, size, leaves)
         # Only the leaves of the record's block and of the last, partial block are read.
         assert {i // 4 for i in asked} <= {index // 4, size // 4}, (index, sorted(set(asked)))
 
