@@ -11,7 +11,8 @@ subtree above them (:meth:`merkle.SubtreeRoots.add_whole`), where each block sta
 signed checkpoints, and reads only what was appended since its last :meth:`~SessionTree.refresh`.
 A proof then reads at most two blocks from disk (the record's and the tree's last, partial one).
 The audit UI refreshes its trees in the background (:class:`Trees`), so a download never reads more
-than those two blocks; the CLI makes one tree and refreshes it once.
+than those two blocks; the CLI makes one tree and refreshes it once; the witness publisher
+(:mod:`authz.audit.publish`) proves consistency from the same trees.
 """
 
 from __future__ import annotations
@@ -169,6 +170,17 @@ class SessionTree:
                     bisect.insort(self._sizes, size)
 
     # -- proving ----------------------------------------------------------------------------
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        """The RFC 6962 proof that the tree of the first ``old`` records is a prefix of the tree of
+        the first ``new`` (0 < old <= new <= :attr:`size`); reads at most the two blocks where the
+        trees end. For witnesses (:mod:`authz.audit.publish`)."""
+        with self._lock:
+            if self.problem:
+                raise ProofError(self.problem)
+            if not 0 < old <= new <= self.size:
+                raise ProofError(f"sizes must satisfy 0 < old <= new <= {self.size}")
+            return merkle.consistency_proof(old, _Leaves(self, new), roots=self._roots)
+
     def prove(self, index: int) -> dict[str, Any]:
         """The proof of record ``index`` against the smallest signed checkpoint that covers it."""
         with self._lock:
@@ -234,8 +246,7 @@ def _first_record_problem(line: bytes) -> str:
         return "the session's first record cannot be read: run tollgate audit verify on this log"
     if first.get("seq") != 0:
         return (
-            "the record's session was partly removed by retention (or archived: give the archive too); "
-            "a proof needs all of it"
+            "the session was partly removed by retention (or archived: give the archive too); a proof needs all of it"
         )
     return ""
 

@@ -6,11 +6,11 @@ consistency proofs between tree sizes.
 
 Served from the files on disk (:mod:`authz.audit.layout`), so it runs inside ``tollgate serve``
 (``--audit-witness-listen``) or beside it on a copy (``tollgate audit publish DIR``). It holds no
-secret and changes nothing. Leaf hashes are read from the segments once and remembered (32 bytes a
-record), and so are the roots of their perfect subtrees of 256 leaves and more
-(:class:`~authz.audit.merkle.SubtreeRoots`): a proof then hashes a few thousand nodes at most,
-not the whole log again. A log whose first records went by retention cannot be proven consistent
-from before them: such a request is answered 409.
+secret and changes nothing. Each log is read once, incrementally, into a
+:class:`~authz.audit.proof.SessionTree` (the roots of its blocks of 256 records and of the perfect
+subtrees above them, as for the audit UI's proof downloads): a proof then reads at most two blocks
+and hashes a few thousand nodes, not the whole log again. A log whose first records went by
+retention cannot be proven consistent from before them: such a request is answered 409.
 
 Bounded, since it may run inside the server that decides Checks: at most :data:`MAX_CONNECTIONS`
 connections at a time (one more is closed at once), and a connection that sends nothing for
@@ -27,43 +27,13 @@ import threading
 import urllib.parse
 from typing import Any
 
-from authz.audit import layout, merkle
+from authz.audit import layout, proof
 
 __all__ = ["LogPublisher"]
 
 _MAX_LOGS = 1000
 MAX_CONNECTIONS = 32
 IDLE_SECONDS = 10.0
-
-
-class _Leaves:
-    """The leaf hashes of one session, read incrementally from its segments (complete lines only)."""
-
-    def __init__(self) -> None:
-        self.hashes: list[bytes] = []
-        self.roots = merkle.SubtreeRoots()  # of the perfect subtrees of the hashes, once computed
-        self.read: dict[str, int] = {}  # segment name → bytes consumed
-        self.broken = ""  # why the hashes cannot be trusted to start at seq 0
-
-    def update(self, session_dir: pathlib.Path) -> None:
-        for segment in layout.session_segments(session_dir):
-            offset = self.read.get(segment.name, 0)
-            with segment.open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
-            end = data.rfind(b"\n") + 1
-            for line in data[:end].split(b"\n")[:-1]:
-                if not self.hashes and _seq(line) != 0:
-                    self.broken = "the log's first records are not here (removed by retention)"
-                self.hashes.append(merkle.leaf_hash(line + b"\n"))
-            self.read[segment.name] = offset + end
-
-
-def _seq(line: bytes) -> object:
-    try:
-        return json.loads(line).get("seq")
-    except (ValueError, AttributeError):
-        return None
 
 
 class LogPublisher:
@@ -79,7 +49,7 @@ class LogPublisher:
         idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         self.directory = directory
-        self._leaves: dict[str, _Leaves] = {}
+        self._trees: dict[str, proof.SessionTree] = {}
         self._lock = threading.Lock()
         publisher = self
 
@@ -148,14 +118,17 @@ class LogPublisher:
         if session is None:
             return 404, {"error": f"no log {origin!r} here"}
         with self._lock:
-            leaves = self._leaves.setdefault(origin, _Leaves())
-            leaves.update(session)
-            if leaves.broken:
-                return 409, {"error": leaves.broken}
-            if not 0 < old <= new <= len(leaves.hashes):
-                return 400, {"error": f"sizes must satisfy 0 < old <= new <= {len(leaves.hashes)}"}
-            proof = merkle.consistency_proof(old, leaves.hashes, size=new, roots=leaves.roots)
-        return 200, {"proof": [base64.b64encode(node).decode() for node in proof]}
+            tree = self._trees.get(origin)
+            if tree is None:
+                tree = self._trees[origin] = proof.SessionTree([self.directory], session.relative_to(self.directory))
+        tree.refresh()
+        if tree.problem:
+            return 409, {"error": tree.problem}
+        try:
+            nodes = tree.consistency(old, new)
+        except proof.ProofError as error:
+            return 400, {"error": str(error)}
+        return 200, {"proof": [base64.b64encode(node).decode() for node in nodes]}
 
 
 class _BoundedServer(http.server.ThreadingHTTPServer):

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from authz.audit import layout, merkle, note, proof
+from authz.audit import layout, merkle, note, proof, publish
 from authz.audit import log as audit_log
 
 
@@ -195,3 +195,39 @@ def test_a_record_changed_after_it_was_read_gets_no_proof(written: audit_log.Aud
     with pytest.raises(proof.ProofError, match="does not match its signed checkpoint"):
         tree.prove(index)
     assert tree.prove(index + proof.BLOCK)["index"] == index + proof.BLOCK  # another block: unaffected
+
+
+def test_consistency_proofs_from_a_tree_are_the_reference_ones_and_read_at_most_two_blocks(
+    written: audit_log.AuditLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leaves = [merkle.leaf_hash(line) for line in _all_lines(written)]
+    tree = proof.SessionTree([written.directory], pathlib.PurePath("pod-1", written.session))
+    tree.refresh()
+    reads = _spy_reads(monkeypatch)
+    for old, new in [(1, 1), (1, 2), (3, 700), (256, 512), (300, 1024), (1000, len(leaves)), (700, 701)]:
+        reads.clear()
+        nodes = tree.consistency(old, new)
+        assert nodes == merkle.consistency_proof(old, leaves, size=new), (old, new)
+        assert merkle.verify_consistency(old, new, nodes, merkle.root_of(leaves[:old]), merkle.root_of(leaves[:new]))
+        assert len(reads) <= 2, (old, new, reads)
+    with pytest.raises(proof.ProofError, match="sizes must satisfy"):
+        tree.consistency(5, len(leaves) + 1)
+
+
+def test_the_witness_publisher_answers_from_the_same_trees(written: audit_log.AuditLog) -> None:
+    origin = layout.origin_for("pod-1", written.session)
+    publisher = publish.LogPublisher(written.directory, "127.0.0.1", 0).start()
+    try:
+        status, body = publisher.answer(f"/audit/v1/consistency?origin={origin}&old=10&new=900")
+        assert status == 200 and len(body["proof"]) > 1
+        status, body = publisher.answer(f"/audit/v1/consistency?origin={origin}&old=10&new={written.size + 1}")
+        assert status == 400 and "sizes must satisfy" in body["error"]
+        layout.session_segments(written.session_dir)[0].unlink()  # retention took the front
+        fresh = publish.LogPublisher(written.directory, "127.0.0.1", 0).start()
+        try:
+            status, body = fresh.answer(f"/audit/v1/consistency?origin={origin}&old=10&new=900")
+        finally:
+            fresh.stop()
+        assert status == 409 and "partly removed" in body["error"]
+    finally:
+        publisher.stop()
