@@ -375,7 +375,8 @@ class _Pages:
         item, _, path = self._read(record_id)  # a 404 or 409 as for the record's page
         session = pathlib.PurePath(path.parent.parent.name, path.parent.name)  # <instance>/<session>/segment
         try:
-            made = self.state.trees.prove(session, int(item.get("seq", -1)))
+            seq = item.get("seq")
+            made = self.state.trees.prove(session, seq if isinstance(seq, int) else -1)
         except proof.ProofError as error:
             raise HTTPException(409, f"no proof yet: {error}") from None
         return responses.Response(

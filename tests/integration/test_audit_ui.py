@@ -538,6 +538,22 @@ def test_a_session_whose_first_record_is_damaged_gets_a_reason_and_the_rest_of_t
     assert status == 409 and "first record cannot be read" in body
 
 
+def test_a_record_whose_position_was_edited_gets_a_reason_not_an_error(
+    local_ui: Callable[..., harness.AuditUI], tmp_path: pathlib.Path
+) -> None:
+    written = auditlog.write_log(tmp_path, 200)
+    segment = next(written.directory.rglob("segment-*.jsonl"))
+    segment.chmod(0o640)
+    lines = segment.read_bytes().splitlines(True)
+    record_id = json.loads(lines[60])["id"]
+    lines[60] = re.sub(rb'"seq":\d+', b'"seq":"sixty"', lines[60])
+    segment.write_bytes(b"".join(lines))
+    ui = local_ui(written.directory, key=written.verifier_key)
+    harness.wait_until(lambda: _get(f"{ui.url}/records/{record_id}")[0] == 200, what="the record indexed")
+    status, body = _get(f"{ui.url}/records/{record_id}/proof")
+    assert status == 409 and "no position" in body
+
+
 def test_local_only_answers_only_requests_addressed_to_this_machine(
     local_ui: Callable[..., harness.AuditUI], http: Callable[..., Any]
 ) -> None:
