@@ -23,7 +23,7 @@ import json
 import logging
 import pathlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from authz.audit import layout, merkle, note, record
@@ -271,9 +271,6 @@ class _Leaves(Sequence[bytes]):
 
     def __getitem__(self, index: int) -> bytes:  # type: ignore[override]
         return merkle.leaf_hash(self.line(index))
-
-    def __iter__(self) -> Iterator[bytes]:
-        return (self[i] for i in range(self._size))
 
 
 class Trees:
