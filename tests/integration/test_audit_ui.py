@@ -523,34 +523,41 @@ def test_a_proof_of_a_record_whose_session_was_partly_archived_needs_and_uses_th
     assert cli.main(["audit", "verify-proof", str(tmp_path / "downloaded.json"), "--key", key]) == 0
 
 
-def test_a_session_whose_first_record_is_damaged_gets_a_reason_and_the_rest_of_the_view_works(
-    local_ui: Callable[..., harness.AuditUI], tmp_path: pathlib.Path
-) -> None:
+def _proof_of_an_edited_record(
+    local_ui: Callable[..., harness.AuditUI], tmp_path: pathlib.Path, edit: Callable[[list[bytes]], int]
+) -> tuple[int, str]:
+    """The web view's answer to a proof download for the record ``edit`` names, after ``edit``
+    changed the lines of the log's segment (the record itself still indexed and shown)."""
     written = auditlog.write_log(tmp_path, 200)
     segment = next(written.directory.rglob("segment-*.jsonl"))
     segment.chmod(0o640)
-    data = segment.read_bytes()
-    segment.write_bytes(b"[]" + data[data.index(b"\n") :])  # the session_start record, damaged
-    record_id = json.loads(data.splitlines()[50])["id"]
+    lines = segment.read_bytes().splitlines(True)
+    record_id = json.loads(lines[edit(lines)])["id"]
+    segment.write_bytes(b"".join(lines))
     ui = local_ui(written.directory, key=written.verifier_key)
     harness.wait_until(lambda: _get(f"{ui.url}/records/{record_id}")[0] == 200, what="the record indexed")
-    status, body = _get(f"{ui.url}/records/{record_id}/proof")
+    return _get(f"{ui.url}/records/{record_id}/proof")
+
+
+def test_a_session_whose_first_record_is_damaged_gets_a_reason_and_the_rest_of_the_view_works(
+    local_ui: Callable[..., harness.AuditUI], tmp_path: pathlib.Path
+) -> None:
+    def damage_the_first(lines: list[bytes]) -> int:
+        lines[0] = b"[]\n"  # the session_start record
+        return 50
+
+    status, body = _proof_of_an_edited_record(local_ui, tmp_path, damage_the_first)
     assert status == 409 and "first record cannot be read" in body
 
 
 def test_a_record_whose_position_was_edited_gets_a_reason_not_an_error(
     local_ui: Callable[..., harness.AuditUI], tmp_path: pathlib.Path
 ) -> None:
-    written = auditlog.write_log(tmp_path, 200)
-    segment = next(written.directory.rglob("segment-*.jsonl"))
-    segment.chmod(0o640)
-    lines = segment.read_bytes().splitlines(True)
-    record_id = json.loads(lines[60])["id"]
-    lines[60] = re.sub(rb'"seq":\d+', b'"seq":"sixty"', lines[60])
-    segment.write_bytes(b"".join(lines))
-    ui = local_ui(written.directory, key=written.verifier_key)
-    harness.wait_until(lambda: _get(f"{ui.url}/records/{record_id}")[0] == 200, what="the record indexed")
-    status, body = _get(f"{ui.url}/records/{record_id}/proof")
+    def edit_its_seq(lines: list[bytes]) -> int:
+        lines[60] = re.sub(rb'"seq":\d+', b'"seq":"sixty"', lines[60])
+        return 60
+
+    status, body = _proof_of_an_edited_record(local_ui, tmp_path, edit_its_seq)
     assert status == 409 and "no position" in body
 
 
