@@ -21,6 +21,7 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
     bare-hostile-token-1000
                          hostile-token-1000 with --detection off: every request a 401 the detectors count
     noop-authz-uvloop    noop-authz on uvloop's event loop
+    noop-authz-threads   noop-authz on grpcio's synchronous server, 2 handler threads, no event loop
     asyncio-jwt-1000     tollgate-jwt-1000 on asyncio's own loop (the others run on uvloop, the default)
     noop-http            a do-nothing HTTP ext_authz server: asyncio.Protocol + httptools on uvloop
     noop-http-uvicorn    the same answers from uvicorn (httptools, uvloop) and a raw ASGI app
@@ -300,6 +301,10 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             server = _Noop("uvloop")
             return server, server.port
 
+        def noop_threads() -> Any:
+            server = _Noop("threads", "2")
+            return server, server.port
+
         def noop_http(kind: str) -> Callable[[], Any]:
             def start() -> Any:
                 server = _Noop(kind, script="noop_http.py")
@@ -329,6 +334,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             ("envoy-only", Backend(None), one_host, {}),
             ("noop-authz", Backend(noop), one_host, {}),
             ("noop-authz-uvloop", Backend(noop_uvloop), one_host, {}),
+            ("noop-authz-threads", Backend(noop_threads), one_host, {}),
             ("tollgate-1", Backend(tollgate(one)), one_host, {}),
             ("tollgate-1000", Backend(tollgate(many)), many_host, {}),
             ("noop-authz-jwt", Backend(noop), jwt_host, {"Authorization": f"Bearer {token}"}),
@@ -525,6 +531,7 @@ def render(results: dict[str, Any]) -> str:
     pairs += [("observed-jwt-1000", "bare-jwt-1000"), ("hostile-token-1000", "bare-hostile-token-1000")]
     pairs += [("noop-authz-uvloop", "noop-authz"), ("tollgate-jwt-1000", "asyncio-jwt-1000")]
     pairs += [("tollgate-jwt-1000", "noop-authz-uvloop"), ("audit-jwt-1000", "noop-authz-uvloop")]
+    pairs += [("noop-authz-threads", "noop-authz-uvloop")]
     pairs += [("noop-http-uvicorn", "noop-http"), ("http-jwt-1000", "noop-http")]
     pairs += [("http-jwt-1000", "tollgate-jwt-1000"), ("http-audit-jwt-1000", "audit-jwt-1000")]
     pairs += [("workers2-jwt-1000", "tollgate-jwt-1000"), ("http-workers2-jwt-1000", "http-jwt-1000")]
