@@ -153,13 +153,17 @@ class Export:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader  # noqa: PLC0415
         from opentelemetry.sdk.metrics import MeterProvider  # noqa: PLC0415
         from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-        from prometheus_client import CollectorRegistry  # noqa: PLC0415
+        from prometheus_client import CollectorRegistry, ProcessCollector  # noqa: PLC0415
 
         from authz import __version__  # noqa: PLC0415
 
         self._runtime = runtime
         self.checks = runtime.check_metrics
         self.registry = CollectorRegistry(auto_describe=True)
+        # Prometheus' standard process_* series (CPU seconds, memory, open and allowed file
+        # descriptors), read from /proc at each scrape: CPU per Check and descriptor exhaustion,
+        # visible in production. Prometheus only; OTLP carries the tollgate.* instruments.
+        ProcessCollector(registry=self.registry)
         histograms = _Histograms(self)
         readers: list[Any] = [
             _with_histograms(PrometheusMetricReader)(histograms, registry=self.registry, scope_info_enabled=False)

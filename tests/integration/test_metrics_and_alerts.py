@@ -219,6 +219,13 @@ def test_prometheus_scrapes_every_metric_with_its_type_and_no_personal_data(
     hits = prometheus.query('tollgate_token_cache_lookups_total{result="hit"}')["data"]["result"]
     assert float(hits[0]["value"][1]) >= 4  # each token verified once, then served from the cache
     assert prometheus.query("tollgate_audit_fsync_duration_seconds_count")["data"]["result"]
+    # Prometheus' standard process series come from the same target, and the fd rule's join
+    # (charts/tollgate/files/prometheus-rules.yaml) selects it by them.
+    [usage] = prometheus.query(
+        "(process_open_fds / process_max_fds) and on (namespace, pod, instance) tollgate_config_info"
+    )["data"]["result"]
+    assert 0 < float(usage["value"][1]) < 0.8
+    assert float(prometheus.query("process_cpu_seconds_total")["data"]["result"][0]["value"][1]) > 0
 
 
 def test_every_dashboard_expression_evaluates_on_real_metrics(stack: Stack, http: Callable[..., Any]) -> None:

@@ -63,6 +63,12 @@ class Pod:
                         counts[worker] = counts.get(worker, 0) + sample.value
         return counts
 
+    def process_cpu_by_worker(self) -> dict[str, float]:
+        """Each worker's ``process_cpu_seconds_total``, as the supervisor serves it."""
+        _, text = self.get("/metrics")
+        [family] = [f for f in parser.text_string_to_metric_families(text) if f.name == "process_cpu_seconds"]
+        return {sample.labels["worker"]: sample.value for sample in family.samples}
+
     def restarts(self) -> float:
         _, text = self.get("/metrics")
         [family] = [f for f in parser.text_string_to_metric_families(text) if f.name == "tollgate_worker_restarts"]
@@ -74,6 +80,11 @@ class Pod:
         pid = self.process.process.pid
         children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         return sorted(int(child) for child in children)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 @pytest.fixture
@@ -150,6 +161,10 @@ def test_load_reaches_every_worker_and_the_metrics_add_up(
     assert sum(counted.values()) == good
     # And both workers decided a real share (SO_REUSEPORT spreads Envoy's connections).
     assert min(counted.values()) > 0.1 * good, counted
+    # Their CPU adds up too: the process_* series are each worker's own, as /proc counts it.
+    cpu = pod.process_cpu_by_worker()
+    assert set(cpu) == {"0", "1"}
+    assert abs(sum(cpu.values()) - sum(_cpu_seconds(pid) for pid in pod.workers())) < 0.2, cpu
 
 
 def test_a_killed_worker_is_replaced_and_only_its_checks_in_flight_fail(

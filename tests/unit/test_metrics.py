@@ -4,7 +4,10 @@ series stay bounded."""
 
 from __future__ import annotations
 
+import os
 import pathlib
+import resource
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -79,3 +82,18 @@ def test_past_the_series_limit_new_policies_are_counted_together() -> None:
     assert len(tally.checks) == metrics.MAX_SERIES + 1
     assert tally.checks[("allow", "rule_allow", "(other)")] == 50
     assert tally.checks[("allow", "rule_allow", "ns/p0")] == 2
+
+
+def test_the_process_series_prometheus_expects_are_this_process() -> None:
+    export = metrics.Export(runtime())
+    before = time.process_time()
+    sum(range(3_000_000))  # some CPU of our own to see counted
+    found = samples(export)
+    after = time.process_time()
+    descriptors = len(os.listdir("/proc/self/fd"))
+    assert abs(found[("process_open_fds", ())] - descriptors) <= 2  # the listing's own, the registry's read
+    assert found[("process_max_fds", ())] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    # /proc counts in clock ticks (1/100 s): the scrape saw the CPU spent before it.
+    assert before - 0.02 <= found[("process_cpu_seconds_total", ())] <= after + 0.02
+    assert found[("process_resident_memory_bytes", ())] > 10 * 2**20
+    export.shutdown()
