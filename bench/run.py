@@ -178,9 +178,6 @@ class _Noop:
         self.process.wait(10)
 
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
 def placement() -> tuple[set[int], set[int]] | None:
     """BENCH_PIN=1: (CPUs for the ext_authz server, CPUs for Envoy and wrk), else None.
 
@@ -214,15 +211,7 @@ def cpu_seconds(pid: int | None) -> float | None:
 
 def cpu_split(pid: int | None) -> list[float] | None:
     """CPU seconds of the process, then of each of its child processes (the workers), else None."""
-    if pid is None:
-        return None
-    try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return None
-    own = (int(fields[11]) + int(fields[12])) / _TICKS
-    return [own, *(sum(cpu_split(int(child)) or [0.0]) for child in children)]
+    return None if pid is None else harness.cpu_split(pid)
 
 
 def cpu_per_request(before: float | None, after: float | None, requests: int) -> float | None:

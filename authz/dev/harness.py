@@ -78,6 +78,22 @@ def _output(path: pathlib.Path | None) -> Iterator[Any]:
         yield handle
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_split(pid: int) -> list[float] | None:
+    """User + system CPU seconds of a process (all its threads), then of each of its child
+    processes with theirs (``--workers``: the supervisor, then each worker), from Linux's /proc;
+    None if the process is gone."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = pathlib.Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    own = (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+    return [own, *(sum(cpu_split(int(child)) or [0.0]) for child in children)]
+
+
 def audit_flags(keys: pathlib.Path, directory: pathlib.Path, *extra: str) -> list[str]:
     """``tollgate serve`` flags for an audit log in ``directory`` with the keys in ``keys``
     (``signing.key`` and ``pseudonyms.yaml``, as ``tollgate audit keygen`` / ``pseudonym-key`` write them)."""

@@ -82,11 +82,6 @@ class Pod:
         return sorted(int(child) for child in children)
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
 @pytest.fixture
 def pod(tmp_path: pathlib.Path) -> Iterator[Pod]:
     (tmp_path / "policy.yaml").write_text(POLICY)
@@ -164,7 +159,10 @@ def test_load_reaches_every_worker_and_the_metrics_add_up(
     # Their CPU adds up too: the process_* series are each worker's own, as /proc counts it.
     cpu = pod.process_cpu_by_worker()
     assert set(cpu) == {"0", "1"}
-    assert abs(sum(cpu.values()) - sum(_cpu_seconds(pid) for pid in pod.workers())) < 0.2, cpu
+    assert pod.process.process is not None
+    split = harness.cpu_split(pod.process.process.pid)  # the supervisor, then each worker
+    assert split is not None and len(split) == 3
+    assert abs(sum(cpu.values()) - sum(split[1:])) < 0.2, (cpu, split)
 
 
 def test_a_killed_worker_is_replaced_and_only_its_checks_in_flight_fail(
