@@ -25,13 +25,16 @@ _OK = external_auth_pb2.CheckResponse(
 )
 
 
+_OPTIONS = [("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 0)]  # as Tollgate's
+
+
 class AllowAll(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]  # generated, untyped
     async def Check(self, request: external_auth_pb2.CheckRequest, context: object) -> external_auth_pb2.CheckResponse:
         return _OK
 
 
 async def main(port: int) -> None:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=_OPTIONS)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AllowAll(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
@@ -42,10 +45,7 @@ async def main(port: int) -> None:
 
 
 def main_threads(port: int, threads: int) -> None:
-    server = grpc.server(
-        futures.ThreadPoolExecutor(threads),
-        options=[("grpc.max_receive_message_length", 4 * 1024 * 1024), ("grpc.so_reuseport", 0)],
-    )
+    server = grpc.server(futures.ThreadPoolExecutor(threads), options=_OPTIONS)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AllowAllThreads(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
