@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from authz.audit import layout, merkle, note, record
+from authz.audit import checked, layout, merkle, note, record
 
 __all__ = ["Finding", "Report", "SessionState", "verify_directory"]
 
@@ -106,6 +106,7 @@ def verify_directory(
     progress: Callable[[int], None] | None = None,
     trusted: note.Checkpoint | Sequence[note.Checkpoint] | None = None,
     now_ms: int | None = None,
+    cache: checked.SegmentCache | None = None,
 ) -> Report:
     """Verify every session under ``directory`` — or under several, read as one log: a live
     directory and its archive, say (a session's segments and checkpoints may be in both).
@@ -113,7 +114,9 @@ def verify_directory(
     see :func:`_is_live`. An archive read alone (:data:`~authz.audit.layout.ARCHIVE_MARKER`) is
     checked for what it holds; that its sessions continue elsewhere is expected. ``trusted``:
     checkpoints kept off the box (``--trusted``, or a witness's state): the log must still hold
-    each, unless retention accounts for it."""
+    each, unless retention accounts for it. ``cache``: what an earlier verification of the same
+    directories checked (:mod:`authz.audit.checked`): segments whose checked bytes are unchanged are
+    replayed, not read record by record; the report is the same."""
     directories = [directory] if isinstance(directory, pathlib.Path) else list(directory)
     kept = [trusted] if isinstance(trusted, note.Checkpoint) else list(trusted or ())
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
@@ -129,6 +132,8 @@ def verify_directory(
         for instance, session_dirs in layout.sessions(given):
             for session_dir in session_dirs:
                 merged.setdefault(instance, {}).setdefault(session_dir.name, []).append(session_dir)
+    if cache is not None:
+        cache.begin()
     results: dict[str, SessionResult] = {}
     links: list[tuple[SessionResult | None, SessionResult]] = []
     for instance in sorted(merged):
@@ -147,12 +152,15 @@ def verify_directory(
                 newest=position == len(names) - 1 and not archive_only,
                 now_ms=now_ms,
                 archive_only=archive_only,
+                cache=cache,
             )
             report.attribute(since, result.origin)
             results[result.origin] = result
             report.sessions += 1
             links.append((previous, result))
             previous = result
+    if cache is not None:
+        cache.end()
     retained = _retention_evidence(results.values(), verifier, report)
     for previous, result in links:
         since = len(report.findings)
@@ -395,6 +403,7 @@ def _verify_session(
     newest: bool,
     now_ms: int,
     archive_only: bool,
+    cache: checked.SegmentCache | None,
 ) -> SessionResult:
     origin = layout.origin_for(instance, session_dirs[0].name)
     result = SessionResult(session_dirs[0], origin, newest=newest)
@@ -410,17 +419,86 @@ def _verify_session(
         data = segment.read_bytes()
         if progress is not None:
             progress(len(data))
-        lines = data.split(b"\n")
-        if lines[-1] != b"":
+        if data and not data.endswith(b"\n"):
+            line_count = data.count(b"\n") + 1
+            where = f"{segment}:{line_count}"
             if segment_index == len(segments) - 1:
-                cut = (f"{segment}:{len(lines)}", "torn last record (an interrupted write); it is ignored")
-                result.torn.append(cut)
+                result.torn.append((where, "torn last record (an interrupted write); it is ignored"))
             else:
-                report.add("integrity", f"{segment}:{len(lines)}", "segment does not end with a complete record")
-        for number, line in enumerate(lines[:-1], start=1):
-            _check_record(line, f"{segment.name}:{number}", walk, result, report, wanted=wanted)
+                report.add("integrity", where, "segment does not end with a complete record")
+        if cache is None:
+            for number, line in enumerate(data.split(b"\n")[:-1], start=1):
+                _check_record(line, f"{segment.name}:{number}", walk, result, report, wanted=wanted)
+        else:
+            _check_segment_cached(segment, data, walk, result, report, wanted=wanted, cache=cache)
     _match_checkpoints(result, checkpoints, report, now_ms, archive_only)
     return result
+
+
+def _walk_state(walk: _Walk, result: SessionResult) -> tuple[Any, ...]:
+    """Everything checking a segment's records depends on besides their bytes and the wanted roots;
+    the tree (its size and hashes) first: :meth:`authz.audit.checked.Checked.covers` reads it."""
+    tree = (walk.tree.size, tuple(walk.tree.hashes)) if walk.tree is not None else None
+    return (
+        tree,
+        walk.prev,
+        walk.expected,
+        result.size,
+        result.closed,
+        result.previous,
+        result.checkpoint_interval_ms,
+        result.first_seq,
+    )
+
+
+def _check_segment_cached(
+    segment: pathlib.Path,
+    data: bytes,
+    walk: _Walk,
+    result: SessionResult,
+    report: Report,
+    *,
+    wanted: set[int],
+    cache: checked.SegmentCache,
+) -> None:
+    """Check a segment's complete lines, replaying what ``cache`` holds for them when it may (see
+    :mod:`authz.audit.checked`), then checking the lines after those; and keep what was checked."""
+    complete = data[: data.rfind(b"\n") + 1]
+    start = _walk_state(walk, result)
+    since, records, retained, roots = len(report.findings), report.records, len(result.retained), dict(result.roots)
+    entry = cache.get(str(segment))
+    hasher = entry.hasher(complete, start, wanted) if entry is not None else None
+    if entry is not None and hasher is not None:
+        tree, walk.prev, walk.expected, *fields = entry.end
+        walk.tree = merkle.CompactRange(*tree) if tree is not None else None
+        result.size, result.closed, result.previous, result.checkpoint_interval_ms, result.first_seq = fields
+        report.findings.extend(entry.findings)
+        report.records += entry.records
+        result.roots.update(entry.roots)
+        result.retained.extend(entry.retained)
+        offset, before = entry.length, entry.lines
+        cache.replayed += 1
+    else:
+        offset, before, hasher = 0, 0, hashlib.sha256()
+    tail = complete[offset:]
+    added = tail.split(b"\n")[:-1]
+    for number, line in enumerate(added, start=before + 1):
+        _check_record(line, f"{segment.name}:{number}", walk, result, report, wanted=wanted)
+    hasher.update(tail)
+    cache.put(
+        str(segment),
+        checked.Checked(
+            length=len(complete),
+            digest=hasher.digest(),
+            lines=before + len(added),
+            start=start,
+            end=_walk_state(walk, result),
+            findings=tuple(report.findings[since:]),
+            records=report.records - records,
+            roots={size: root for size, root in result.roots.items() if roots.get(size) != root},
+            retained=tuple(result.retained[retained:]),
+        ),
+    )
 
 
 def _segments(session_dirs: Sequence[pathlib.Path], report: Report) -> list[pathlib.Path]:

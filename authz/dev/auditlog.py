@@ -19,7 +19,7 @@ from authz.audit import note, pseudonym, record
 from authz.identity import model
 from authz.request import HttpRequest
 
-__all__ = ["Written", "write_log"]
+__all__ = ["Written", "synthetic_decision", "write_log"]
 
 _REASONS = ("default_deny", "rule_deny", "token_expired", "missing_credentials")
 
@@ -31,6 +31,42 @@ class Written:
     pseudonym_keys: pathlib.Path
     first_ms: int
     last_ms: int
+
+
+def synthetic_decision(
+    rng: random.Random, index: int, *, users: int = 1000, hosts: int = 50, host: str | None = None
+) -> decision.Decision:
+    """One decision as :func:`write_log` writes them: 80 % allowed, 1 % failed, the rest denied."""
+    user = f"user-{rng.randrange(users)}"
+    outcome = rng.random()
+    allowed = outcome < 0.8
+    error = outcome > 0.99
+    host = host if host is not None else f"svc-{rng.randrange(hosts)}.example.test"
+    return decision.Decision(
+        decision_id=ids.new_id(),
+        revision="synthetic",
+        allowed=allowed,
+        status=200 if allowed else 503 if error else rng.choice((401, 403)),
+        reason="rule_allow" if allowed else "authz_error" if error else rng.choice(_REASONS),
+        policy=f"apps/{host.partition('.')[0]}",
+        rule="read" if allowed else "",
+        request=HttpRequest(
+            method=rng.choice(("GET", "GET", "POST")),
+            host=host,
+            path=f"/api/orders/{index % 977}",
+            source_ip=f"10.0.{rng.randrange(256)}.7",
+            request_id=f"r{index}",
+        ),
+        identity=model.Identity(
+            authenticated=True,
+            method="jwt",
+            subject=user,
+            email=f"{user}@example.test",
+            groups=("staff",),
+        ),
+        trace_id=f"{index:032x}",
+        span_id=f"{index:016x}",
+    )
 
 
 def write_log(
@@ -68,36 +104,8 @@ def write_log(
     end_ms = time.time_ns() // 1_000_000 if end_ms is None else end_ms
     start_ms = end_ms - (count - 1) * spacing_ms
     for index in range(count):
-        user = f"user-{rng.randrange(users)}"
-        outcome = rng.random()
-        allowed = outcome < 0.8
-        error = outcome > 0.99
-        host = odd_hosts[index] if index < len(odd_hosts) else f"svc-{rng.randrange(hosts)}.example.test"
-        item = decision.Decision(
-            decision_id=ids.new_id(),
-            revision="synthetic",
-            allowed=allowed,
-            status=200 if allowed else 503 if error else rng.choice((401, 403)),
-            reason="rule_allow" if allowed else "authz_error" if error else rng.choice(_REASONS),
-            policy=f"apps/{host.partition('.')[0]}",
-            rule="read" if allowed else "",
-            request=HttpRequest(
-                method=rng.choice(("GET", "GET", "POST")),
-                host=host,
-                path=f"/api/orders/{index % 977}",
-                source_ip=f"10.0.{rng.randrange(256)}.7",
-                request_id=f"r{index}",
-            ),
-            identity=model.Identity(
-                authenticated=True,
-                method="jwt",
-                subject=user,
-                email=f"{user}@example.test",
-                groups=("staff",),
-            ),
-            trace_id=f"{index:032x}",
-            span_id=f"{index:016x}",
-        )
+        host = odd_hosts[index] if index < len(odd_hosts) else None
+        item = synthetic_decision(rng, index, users=users, hosts=hosts, host=host)
         time_ms = start_ms + index * spacing_ms
         log.append(record.decision_record(item, time_ms, keys))
         if alert_every and index % alert_every == alert_every - 1:

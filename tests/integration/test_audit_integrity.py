@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from authz import cli, decision, loader
+from authz.audit import checked, note, pseudonym, recorder, verify
 from authz.audit import log as audit_log
-from authz.audit import note, pseudonym, recorder
 from authz.dev import checks
 from authz.identity import model
 
@@ -253,6 +253,35 @@ def test_tampering_is_caught(
     code, out = _verify(log_copy, keys, capsys)
     assert code == exit_code, out
     assert message in out, out
+
+
+WITH_KEYS: list[tuple[str, Callable[..., None]]] = [
+    ("two-checkpoints-for-one-size", _equivocate),
+    ("removed-middle-session", _remove_middle_session),
+]
+
+
+@pytest.mark.parametrize(
+    ("tamper", "needs_keys"),
+    [pytest.param(c[1], False, id=c[0]) for c in CASES] + [pytest.param(c[1], True, id=c[0]) for c in WITH_KEYS],
+)
+def test_a_warm_cache_finds_what_a_cold_verification_finds(
+    log_copy: pathlib.Path, keys: pathlib.Path, tamper: Callable[..., None], needs_keys: bool
+) -> None:
+    # The web view verifies again with what it checked before (authz.audit.checked): tampering
+    # after that verification must give exactly the report of a verification from scratch.
+    verifier = note.Verifier((keys / "verifier.key").read_text())
+    cache = checked.SegmentCache()
+    assert verify.verify_directory(log_copy, verifier, cache=cache).exit_code == 0
+    if needs_keys:
+        tamper(log_copy, keys)
+    else:
+        tamper(log_copy)
+    now = time.time_ns() // 1_000_000
+    warm = verify.verify_directory(log_copy, verifier, now_ms=now, cache=cache)
+    cold = verify.verify_directory(log_copy, verifier, now_ms=now)
+    assert warm.exit_code == 1, warm.findings
+    assert warm == cold
 
 
 def test_two_checkpoints_for_one_size(

@@ -1,0 +1,166 @@
+"""Verifying a growing log again with what the last verification checked
+(:mod:`authz.audit.checked`): only lines not checked before are read record by record, and the
+report is always the one a verification from scratch gives — for a live log that grows, for a
+checkpoint signed after its records were checked, and for bytes changed in a segment already
+checked."""
+
+from __future__ import annotations
+
+import pathlib
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from authz.audit import checked, note, pseudonym, record, verify
+from authz.audit import log as audit_log
+from authz.dev import auditlog
+
+
+class Live:
+    """A session being written by the real log writer, a few records at a time."""
+
+    def __init__(self, directory: pathlib.Path, keys: pathlib.Path) -> None:
+        signer = note.Signer.from_skey((keys / "signing.key").read_text())
+        # Small segments: a few dozen records rotate, so several segments are replayed.
+        settings = audit_log.LogSettings(segment_max_bytes=12_000, checkpoint_every=25, checkpoint_seconds=3600)
+        self.log = audit_log.AuditLog(directory, signer, instance="pod-a", settings=settings)
+        self.log.open()
+        self.keys = pseudonym.load_keys(keys / "pseudonyms.yaml")
+        self.rng = random.Random(7)
+
+    def append(self, count: int, *, checkpoint: bool = True) -> None:
+        for _ in range(count):
+            item = auditlog.synthetic_decision(self.rng, self.log.size)
+            self.log.append(record.decision_record(item, time.time_ns() // 1_000_000, self.keys))
+            if checkpoint and self.log.checkpoint_due():
+                self.log.checkpoint()
+            self.log.rotate_if_due()
+        self.log.flush(fsync=False)
+
+
+@pytest.fixture
+def live(tmp_path: pathlib.Path, audit_keys: pathlib.Path) -> Iterator[Live]:
+    writer = Live(tmp_path / "audit", audit_keys)
+    yield writer
+    writer.log.close()
+
+
+@pytest.fixture
+def verifier(audit_keys: pathlib.Path) -> note.Verifier:
+    return note.Verifier((audit_keys / "verifier.key").read_text())
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Where each record the verifier read record by record was."""
+    seen: list[str] = []
+    original = verify._check_record
+
+    def counting(line: bytes, where: str, *args: Any, **kwargs: Any) -> None:
+        seen.append(where)
+        original(line, where, *args, **kwargs)
+
+    monkeypatch.setattr(verify, "_check_record", counting)
+    return seen
+
+
+def _both(directory: pathlib.Path, verifier: note.Verifier, cache: checked.SegmentCache) -> verify.Report:
+    """The cached verification, checked against one from scratch at the same instant."""
+    now = time.time_ns() // 1_000_000
+    cold = verify.verify_directory(directory, verifier, now_ms=now)
+    warm = verify.verify_directory(directory, verifier, now_ms=now, cache=cache)
+    assert warm == cold
+    return warm
+
+
+def test_only_new_records_are_read(live: Live, verifier: note.Verifier, checks: list[str]) -> None:
+    directory = live.log.directory
+    cache = checked.SegmentCache()
+    live.append(100)
+    first = verify.verify_directory(directory, verifier, cache=cache)
+    assert first.exit_code == 0 and first.records == live.log.size
+    segments = len(cache)
+    assert segments >= 3, "rotation must have happened for replay across segments to be tested"
+    assert len(checks) == live.log.size
+    checks.clear()
+
+    again = verify.verify_directory(directory, verifier, cache=cache)
+    assert again == first
+    assert checks == [] and cache.replayed == segments
+
+    size = live.log.size
+    live.append(40)  # into the live segment, and on into new ones
+    live.log.checkpoint()
+    checks.clear()
+    grown = verify.verify_directory(directory, verifier, cache=cache)
+    assert grown.exit_code == 0 and grown.records == live.log.size
+    assert len(checks) == live.log.size - size  # the new records (with the segment_start ones), nothing else
+    checks.clear()
+    assert _both(directory, verifier, cache).exit_code == 0
+
+    live.log.close()  # the session ends: sealed, checkpointed, and still replayed
+    checks.clear()
+    closed = verify.verify_directory(directory, verifier, cache=cache)
+    assert closed.exit_code == 0 and closed.states[0].state == "closed"
+    assert len(checks) == 1  # the session_end record
+
+
+def test_a_checkpoint_signed_after_its_records_were_checked(
+    live: Live, verifier: note.Verifier, checks: list[str]
+) -> None:
+    # The verifier reads the checkpoints, then the segments: records written meanwhile are checked
+    # before a checkpoint covering them exists. Its root must still be compared when it appears.
+    directory = live.log.directory
+    cache = checked.SegmentCache()
+    live.append(60)
+    live.log.checkpoint()
+    live.append(7, checkpoint=False)
+    first = _both(directory, verifier, cache)
+    assert first.exit_code == 0 and "live: records" in str(first.findings)
+    live.log.checkpoint()  # signed at a size inside the segment already checked
+    checks.clear()
+    report = _both(directory, verifier, cache)
+    assert report.exit_code == 0 and "every record is covered" in str(report.findings)
+    assert checks, "the segment holding the newly signed size must be read again"
+
+
+def test_bytes_changed_in_a_checked_segment_are_found(
+    live: Live, verifier: note.Verifier, tmp_path: pathlib.Path
+) -> None:
+    directory = live.log.directory
+    live.append(90)
+    live.log.close()
+    segments = sorted(directory.rglob("segment-*.jsonl"))
+    rng = random.Random(11)
+    for attempt in range(12):
+        cache = checked.SegmentCache()
+        assert verify.verify_directory(directory, verifier, cache=cache).exit_code == 0
+        segment = rng.choice(segments)
+        original = segment.read_bytes()
+        at = rng.randrange(len(original))
+        changed = bytearray(original)
+        changed[at] = (changed[at] + 1 + rng.randrange(255)) % 256
+        segment.chmod(0o640)
+        segment.write_bytes(bytes(changed))
+        try:
+            report = _both(directory, verifier, cache)
+            assert report.exit_code != 0, f"attempt {attempt}: byte {at} of {segment.name} changed unnoticed"
+        finally:
+            segment.write_bytes(original)
+
+
+def test_segments_gone_are_forgotten(live: Live, verifier: note.Verifier) -> None:
+    directory = live.log.directory
+    cache = checked.SegmentCache()
+    live.append(100)
+    live.log.close()
+    verify.verify_directory(directory, verifier, cache=cache)
+    segments = sorted(directory.rglob("segment-*.jsonl"))
+    assert len(cache) == len(segments)
+    segments[0].unlink()  # removed by hand: the report says so, and the cache lets it go
+    report = _both(directory, verifier, cache)
+    assert report.exit_code == 1
+    assert len(cache) == len(segments) - 1
