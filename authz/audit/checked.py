@@ -1,19 +1,22 @@
 """What :mod:`authz.audit.verify` already checked, so verifying a growing log again costs its new bytes.
 
 The auditors' web view verifies the log again every few minutes while it grows. Reading every
-record again each time — JSON, canonical form, schema, chain, tree — costs a minute of CPU per
-million records, and more as the log grows. So the view's verification process keeps a
-:class:`SegmentCache`: per segment file, the complete lines it checked, their SHA-256, and what
-checking them did (findings, record count, tree roots, the chain and tree state after them).
+record again each time — JSON, canonical form, schema, chain, tree — costs a minute and a half of
+CPU per million records; opening every signed checkpoint again (JSON and an Ed25519 signature,
+one every 10 s per instance even when idle) costs about as much on a month of heartbeats. So the
+view's verification process keeps a :class:`Cache`, per file of the log: the complete lines it
+read, their SHA-256, and what reading them gave — for a segment (:class:`Segment`) the findings,
+record count, tree roots, and the chain and tree state after them; for a checkpoints file
+(:class:`Checkpoints`) each line's opened checkpoint or the finding it got.
 
-A segment's checked lines are *replayed* instead of read again only when nothing they depend on
-can have changed: the file still begins with exactly those bytes (their SHA-256 is computed again
-from the file, every time: a file's size and mtime are not trusted), the walk reached the segment
-in exactly the state it did then (tree, chain, sequence number and the session's fields), and
-every tree size whose root is now wanted in the segment — a checkpoint signed since, a witness's
-— had its root taken then. Checking is a function of those, so the replay gives the same report
-as checking again; anything else checks the segment from its first line. Lines appended since are
-then checked as usual and join the entry.
+A file's lines are *reused* instead of read again only when nothing they depend on can have
+changed: the file still begins with exactly those bytes (their SHA-256 is computed again from the
+file, every time: a file's size and mtime are not trusted); for a segment, also the walk reached
+it in exactly the state it did then (tree, chain, sequence number and the session's fields), and
+every tree size whose root is now wanted in it — a checkpoint signed since, a witness's — had its
+root taken then. Checking is a function of those, so reusing gives the same report as reading
+again; anything else reads the file from its first line. Lines appended since are then read as
+usual and join the entry.
 
 Owned by :func:`authz.audit.verify.verify_directory` (``cache=``); kept by
 :class:`authz.auditview.integrity.Integrity`'s long-lived verification process. ``tollgate audit
@@ -29,17 +32,31 @@ import hashlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from authz.audit import verify
+    from authz.audit import note, verify
 
-__all__ = ["Checked", "SegmentCache"]
+__all__ = ["Cache", "Checkpoints", "Segment"]
+
+Opened = tuple["note.Checkpoint", bool] | str  # a checkpoint and whether its line's size agrees; or the finding
 
 
 @dataclasses.dataclass(frozen=True)
-class Checked:
+class _Lines:
+    length: int  # bytes: the file's complete lines when they were read
+    digest: bytes  # SHA-256 of those bytes
+
+    def _continue(self, complete: bytes) -> Any | None:
+        """The SHA-256 state after this entry's bytes if ``complete`` (the file's complete lines
+        now) begins with them; else None."""
+        if len(complete) < self.length:
+            return None
+        hasher = hashlib.sha256(memoryview(complete)[: self.length])
+        return hasher if hasher.copy().digest() == self.digest else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment(_Lines):
     """One segment's complete lines as checked, and what checking them did."""
 
-    length: int  # bytes: the segment's complete lines when they were checked
-    digest: bytes  # SHA-256 of those bytes
     lines: int
     start: tuple[Any, ...]  # the walk's state before the segment (verify._walk_state)
     end: tuple[Any, ...]  # and after it
@@ -55,19 +72,28 @@ class Checked:
         return all(size in self.roots for size in wanted if low < size <= high)
 
     def hasher(self, complete: bytes, start: tuple[Any, ...], wanted: set[int]) -> Any | None:
-        """The SHA-256 state after this entry's bytes, if ``complete`` (the segment's complete lines
-        now) begins with them and the walk stands where it stood: the entry may be replayed. Else None."""
-        if len(complete) < self.length or start != self.start or not self.covers(wanted):
+        """The SHA-256 state after this entry's bytes, if it may be replayed: ``complete`` begins
+        with them, the walk stands where it stood, and the wanted roots were taken. Else None."""
+        if start != self.start or not self.covers(wanted):
             return None
-        hasher = hashlib.sha256(memoryview(complete)[: self.length])
-        return hasher if hasher.copy().digest() == self.digest else None
+        return self._continue(complete)
 
 
-class SegmentCache:
-    """Checked segments by path, for one set of log directories; segments gone are forgotten."""
+@dataclasses.dataclass(frozen=True)
+class Checkpoints(_Lines):
+    """One checkpoints file's complete lines as opened: per line, what :func:`verify._open_checkpoint` gave."""
+
+    opened: tuple[Opened, ...]
+
+    def hasher(self, complete: bytes) -> Any | None:
+        return self._continue(complete)
+
+
+class Cache:
+    """What was read of each file of one set of log directories; files gone are forgotten."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, Checked] = {}
+        self._entries: dict[str, Segment | Checkpoints] = {}
         self._seen: set[str] = set()
         self.replayed = 0  # segments replayed in the last verification (for tests and the log)
 
@@ -75,15 +101,21 @@ class SegmentCache:
         self._seen.clear()
         self.replayed = 0
 
-    def get(self, path: str) -> Checked | None:
+    def segment(self, path: str) -> Segment | None:
         self._seen.add(path)
-        return self._entries.get(path)
+        entry = self._entries.get(path)
+        return entry if isinstance(entry, Segment) else None
 
-    def put(self, path: str, checked: Checked) -> None:
-        self._entries[path] = checked
+    def checkpoints(self, path: str) -> Checkpoints | None:
+        self._seen.add(path)
+        entry = self._entries.get(path)
+        return entry if isinstance(entry, Checkpoints) else None
+
+    def put(self, path: str, entry: Segment | Checkpoints) -> None:
+        self._entries[path] = entry
 
     def end(self) -> None:
-        """Forget segments this verification did not read (removed by retention, or by hand)."""
+        """Forget files this verification did not read (removed by retention, or by hand)."""
         for path in self._entries.keys() - self._seen:
             del self._entries[path]
 

@@ -106,7 +106,7 @@ def verify_directory(
     progress: Callable[[int], None] | None = None,
     trusted: note.Checkpoint | Sequence[note.Checkpoint] | None = None,
     now_ms: int | None = None,
-    cache: checked.SegmentCache | None = None,
+    cache: checked.Cache | None = None,
 ) -> Report:
     """Verify every session under ``directory`` — or under several, read as one log: a live
     directory and its archive, say (a session's segments and checkpoints may be in both).
@@ -329,43 +329,58 @@ def _check_trusted(
 
 
 def _load_checkpoints(
-    session_dirs: Sequence[pathlib.Path], origin: str, verifier: note.Verifier, report: Report, result: SessionResult
+    session_dirs: Sequence[pathlib.Path],
+    origin: str,
+    verifier: note.Verifier,
+    report: Report,
+    result: SessionResult,
+    *,
+    cache: checked.Cache | None,
 ) -> dict[int, note.Checkpoint]:
     """The session's signed checkpoints by tree size, from every copy of its checkpoints file (an
-    archive keeps one): a line in any copy counts, so a copy that lost lines cannot hide them."""
+    archive keeps one): a line in any copy counts, so a copy that lost lines cannot hide them.
+    Lines ``cache`` holds, in a file that still begins with them, are not opened again."""
     by_size: dict[int, note.Checkpoint] = {}
-    seen: set[bytes] = set()
-    numbered: list[tuple[str, bytes]] = []
+    seen: dict[bytes, checked.Opened] = {}
+    numbered: list[tuple[str, checked.Opened]] = []
     for session_dir in session_dirs:
         path = session_dir / layout.CHECKPOINTS
         if not path.exists():
             continue
-        lines = path.read_bytes().split(b"\n")
+        data = path.read_bytes()
+        lines = data.split(b"\n")
         if lines[-1] != b"":
             result.torn.append((f"{path}:{len(lines)}", "torn last checkpoint line (interrupted write)"))
+        complete = data[: data.rfind(b"\n") + 1]
+        entry = cache.checkpoints(str(path)) if cache is not None else None
+        hasher = entry.hasher(complete) if entry is not None else None
+        if entry is not None and hasher is not None:
+            reused, tail = entry.opened, memoryview(complete)[entry.length :]
+        else:
+            reused, tail, hasher = (), memoryview(complete), hashlib.sha256()
+        opened: list[checked.Opened] = []
         for number, line in enumerate(lines[:-1], start=1):
+            if number <= len(reused):
+                outcome = reused[number - 1]
+            else:
+                outcome = seen[line] if line in seen else _open_checkpoint(line, origin, verifier)
+            opened.append(outcome)
             if line not in seen:
-                seen.add(line)
-                numbered.append((f"{path}:{number}", line))
+                seen[line] = outcome
+                numbered.append((f"{path}:{number}", outcome))
+        if cache is not None:
+            hasher.update(tail)
+            cache.put(str(path), checked.Checkpoints(len(complete), hasher.digest(), tuple(opened)))
     if not numbered and not any((d / layout.CHECKPOINTS).exists() for d in session_dirs):
         report.add("integrity", str(session_dirs[0] / layout.CHECKPOINTS), "no checkpoints file")
         return by_size
     last_time = 0
-    for where, line in numbered:
-        try:
-            entry = json.loads(line)
-            text = verifier.open(entry["note"])
-            checkpoint = note.parse_checkpoint(text)
-        except note.NoteError as error:
-            report.add("integrity", where, f"checkpoint rejected: {error} (forged, altered, or signed by another key)")
+    for where, outcome in numbered:
+        if isinstance(outcome, str):
+            report.add("integrity", where, outcome)
             continue
-        except (ValueError, KeyError, TypeError):
-            report.add("integrity", where, "checkpoint line is not valid JSON")
-            continue
-        if checkpoint.origin != origin:
-            report.add("integrity", where, f"checkpoint belongs to {checkpoint.origin}, not this session")
-            continue
-        if entry.get("size") != checkpoint.size:
+        checkpoint, size_agrees = outcome
+        if not size_agrees:
             report.add("integrity", where, "checkpoint line's size differs from its signed size")
         known = by_size.get(checkpoint.size)
         if known is not None and known.root != checkpoint.root:
@@ -380,6 +395,21 @@ def _load_checkpoints(
         by_size.setdefault(checkpoint.size, checkpoint)
         report.checkpoints += 1
     return by_size
+
+
+def _open_checkpoint(line: bytes, origin: str, verifier: note.Verifier) -> checked.Opened:
+    """One line of a checkpoints file: its checkpoint and whether the line's size agrees with the
+    signed one, or the finding it gets."""
+    try:
+        entry = json.loads(line)
+        checkpoint = note.parse_checkpoint(verifier.open(entry["note"]))
+    except note.NoteError as error:
+        return f"checkpoint rejected: {error} (forged, altered, or signed by another key)"
+    except (ValueError, KeyError, TypeError):
+        return "checkpoint line is not valid JSON"
+    if checkpoint.origin != origin:
+        return f"checkpoint belongs to {checkpoint.origin}, not this session"
+    return checkpoint, entry.get("size") == checkpoint.size
 
 
 @dataclasses.dataclass
@@ -403,11 +433,11 @@ def _verify_session(
     newest: bool,
     now_ms: int,
     archive_only: bool,
-    cache: checked.SegmentCache | None,
+    cache: checked.Cache | None,
 ) -> SessionResult:
     origin = layout.origin_for(instance, session_dirs[0].name)
     result = SessionResult(session_dirs[0], origin, newest=newest)
-    checkpoints = _load_checkpoints(session_dirs, origin, verifier, report, result)
+    checkpoints = _load_checkpoints(session_dirs, origin, verifier, report, result, cache=cache)
     result.checkpoint_sizes = set(checkpoints)
     wanted = wanted | set(checkpoints)  # the tree sizes whose roots must be compared
     segments = _segments(session_dirs, report)
@@ -437,7 +467,7 @@ def _verify_session(
 
 def _walk_state(walk: _Walk, result: SessionResult) -> tuple[Any, ...]:
     """Everything checking a segment's records depends on besides their bytes and the wanted roots;
-    the tree (its size and hashes) first: :meth:`authz.audit.checked.Checked.covers` reads it."""
+    the tree (its size and hashes) first: :meth:`authz.audit.checked.Segment.covers` reads it."""
     tree = (walk.tree.size, tuple(walk.tree.hashes)) if walk.tree is not None else None
     return (
         tree,
@@ -459,14 +489,14 @@ def _check_segment_cached(
     report: Report,
     *,
     wanted: set[int],
-    cache: checked.SegmentCache,
+    cache: checked.Cache,
 ) -> None:
     """Check a segment's complete lines, replaying what ``cache`` holds for them when it may (see
     :mod:`authz.audit.checked`), then checking the lines after those; and keep what was checked."""
     complete = data[: data.rfind(b"\n") + 1]
     start = _walk_state(walk, result)
     since, records, retained, roots = len(report.findings), report.records, len(result.retained), dict(result.roots)
-    entry = cache.get(str(segment))
+    entry = cache.segment(str(segment))
     hasher = entry.hasher(complete, start, wanted) if entry is not None else None
     if entry is not None and hasher is not None:
         tree, walk.prev, walk.expected, *fields = entry.end
@@ -487,7 +517,7 @@ def _check_segment_cached(
     hasher.update(tail)
     cache.put(
         str(segment),
-        checked.Checked(
+        checked.Segment(
             length=len(complete),
             digest=hasher.digest(),
             lines=before + len(added),

@@ -69,7 +69,7 @@ def _serve(directories: list[str], key: str, witness: str, channel: Connection) 
     verification checked is kept for the next (:mod:`authz.audit.checked`), so a growing log costs
     its new records and a SHA-256 of the rest."""
     verifier = note.Verifier(key)
-    cache = checked.SegmentCache()
+    cache = checked.Cache()
     paths = [pathlib.Path(d) for d in directories]
     while True:
         try:

@@ -271,7 +271,7 @@ def test_a_warm_cache_finds_what_a_cold_verification_finds(
     # The web view verifies again with what it checked before (authz.audit.checked): tampering
     # after that verification must give exactly the report of a verification from scratch.
     verifier = note.Verifier((keys / "verifier.key").read_text())
-    cache = checked.SegmentCache()
+    cache = checked.Cache()
     assert verify.verify_directory(log_copy, verifier, cache=cache).exit_code == 0
     if needs_keys:
         tamper(log_copy, keys)

@@ -67,7 +67,25 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def _both(directory: pathlib.Path, verifier: note.Verifier, cache: checked.SegmentCache) -> verify.Report:
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Each checkpoint line the verifier opened (JSON and its signature)."""
+    seen: list[bytes] = []
+    original = verify._open_checkpoint
+
+    def counting(line: bytes, *args: Any) -> Any:
+        seen.append(line)
+        return original(line, *args)
+
+    monkeypatch.setattr(verify, "_open_checkpoint", counting)
+    return seen
+
+
+def _checkpoint_lines(directory: pathlib.Path) -> int:
+    return sum(len(path.read_bytes().splitlines()) for path in directory.rglob("checkpoints.jsonl"))
+
+
+def _both(directory: pathlib.Path, verifier: note.Verifier, cache: checked.Cache) -> verify.Report:
     """The cached verification, checked against one from scratch at the same instant."""
     now = time.time_ns() // 1_000_000
     cold = verify.verify_directory(directory, verifier, now_ms=now)
@@ -76,36 +94,42 @@ def _both(directory: pathlib.Path, verifier: note.Verifier, cache: checked.Segme
     return warm
 
 
-def test_only_new_records_are_read(live: Live, verifier: note.Verifier, checks: list[str]) -> None:
+def test_only_new_records_are_read(live: Live, verifier: note.Verifier, checks: list[str], opened: list[bytes]) -> None:
     directory = live.log.directory
-    cache = checked.SegmentCache()
+    cache = checked.Cache()
     live.append(100)
     first = verify.verify_directory(directory, verifier, cache=cache)
     assert first.exit_code == 0 and first.records == live.log.size
-    segments = len(cache)
+    segments = len(list(directory.rglob("segment-*.jsonl")))
     assert segments >= 3, "rotation must have happened for replay across segments to be tested"
+    assert len(cache) == segments + 1  # and the session's checkpoints file
     assert len(checks) == live.log.size
+    assert len(opened) == _checkpoint_lines(directory) >= 4
     checks.clear()
+    opened.clear()
 
     again = verify.verify_directory(directory, verifier, cache=cache)
     assert again == first
-    assert checks == [] and cache.replayed == segments
+    assert checks == [] and opened == [] and cache.replayed == segments
 
-    size = live.log.size
+    size, signed = live.log.size, _checkpoint_lines(directory)
     live.append(40)  # into the live segment, and on into new ones
     live.log.checkpoint()
     checks.clear()
     grown = verify.verify_directory(directory, verifier, cache=cache)
     assert grown.exit_code == 0 and grown.records == live.log.size
     assert len(checks) == live.log.size - size  # the new records (with the segment_start ones), nothing else
+    assert len(opened) == _checkpoint_lines(directory) - signed  # and the new checkpoints
     checks.clear()
     assert _both(directory, verifier, cache).exit_code == 0
 
     live.log.close()  # the session ends: sealed, checkpointed, and still replayed
     checks.clear()
+    opened.clear()
     closed = verify.verify_directory(directory, verifier, cache=cache)
     assert closed.exit_code == 0 and closed.states[0].state == "closed"
     assert len(checks) == 1  # the session_end record
+    assert len(opened) == 1  # and the checkpoint after it
 
 
 def test_a_checkpoint_signed_after_its_records_were_checked(
@@ -114,7 +138,7 @@ def test_a_checkpoint_signed_after_its_records_were_checked(
     # The verifier reads the checkpoints, then the segments: records written meanwhile are checked
     # before a checkpoint covering them exists. Its root must still be compared when it appears.
     directory = live.log.directory
-    cache = checked.SegmentCache()
+    cache = checked.Cache()
     live.append(60)
     live.log.checkpoint()
     live.append(7, checkpoint=False)
@@ -127,18 +151,16 @@ def test_a_checkpoint_signed_after_its_records_were_checked(
     assert checks, "the segment holding the newly signed size must be read again"
 
 
-def test_bytes_changed_in_a_checked_segment_are_found(
-    live: Live, verifier: note.Verifier, tmp_path: pathlib.Path
-) -> None:
+def test_bytes_changed_in_a_checked_file_are_found(live: Live, verifier: note.Verifier, tmp_path: pathlib.Path) -> None:
     directory = live.log.directory
     live.append(90)
     live.log.close()
-    segments = sorted(directory.rglob("segment-*.jsonl"))
+    files = sorted(directory.rglob("segment-*.jsonl")) + sorted(directory.rglob("checkpoints.jsonl"))
     rng = random.Random(11)
-    for attempt in range(12):
-        cache = checked.SegmentCache()
+    for attempt in range(24):
+        cache = checked.Cache()
         assert verify.verify_directory(directory, verifier, cache=cache).exit_code == 0
-        segment = rng.choice(segments)
+        segment = rng.choice(files)
         original = segment.read_bytes()
         at = rng.randrange(len(original))
         changed = bytearray(original)
@@ -154,13 +176,13 @@ def test_bytes_changed_in_a_checked_segment_are_found(
 
 def test_segments_gone_are_forgotten(live: Live, verifier: note.Verifier) -> None:
     directory = live.log.directory
-    cache = checked.SegmentCache()
+    cache = checked.Cache()
     live.append(100)
     live.log.close()
     verify.verify_directory(directory, verifier, cache=cache)
     segments = sorted(directory.rglob("segment-*.jsonl"))
-    assert len(cache) == len(segments)
+    assert len(cache) == len(segments) + 1  # and the checkpoints file
     segments[0].unlink()  # removed by hand: the report says so, and the cache lets it go
     report = _both(directory, verifier, cache)
     assert report.exit_code == 1
-    assert len(cache) == len(segments) - 1
+    assert len(cache) == len(segments)
