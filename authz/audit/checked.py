@@ -90,7 +90,8 @@ class Checkpoints(_Lines):
 
 
 class Cache:
-    """What was read of each file of one set of log directories; files gone are forgotten."""
+    """What was read of each file of one set of log directories, verified with one key (what
+    opening a checkpoint gave depends on it); files gone are forgotten."""
 
     def __init__(self) -> None:
         self._entries: dict[str, Segment | Checkpoints] = {}
