@@ -8,13 +8,16 @@ import datetime
 import json
 import pathlib
 import random
+from typing import Any
 
 import jsonschema
+from google.protobuf import descriptor
 
 from authz import decision, loader
 from authz.audit import log as audit_log
 from authz.audit import note, pseudonym, record, recorder
-from authz.dev import checks
+from authz.audit.schema.tollgate.audit.v1 import audit_pb2
+from authz.dev import auditlog, checks
 from authz.identity import model
 
 POLICIES = """
@@ -111,6 +114,67 @@ def test_schema_check_catches_what_the_proto_forbids() -> None:
         ({"identity": {"extra": 1}}, "unknown field 'identity.extra'"),
     ):
         assert record.schema_problem(bad) == message
+
+
+def _reference_schema_problem(value: dict[str, Any], message: Any, path: str = "") -> str:
+    """The schema check as a plain walk over protobuf's descriptors, field by field: what the
+    compiled check in authz.audit.record must always answer."""
+    for key, item in value.items():
+        field = message.fields_by_name.get(key)
+        where = f"{path}{key}"
+        if field is None:
+            return f"unknown field {where!r}"
+        if item is None and field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if field.is_repeated and not isinstance(item, list):
+            return f"{where!r} must be a list"
+        for element in item if field.is_repeated else [item]:
+            if field.type == descriptor.FieldDescriptor.TYPE_MESSAGE:
+                if not isinstance(element, dict):
+                    return f"{where!r} must be an object"
+                problem = _reference_schema_problem(element, field.message_type, where + ".")
+                if problem:
+                    return problem
+            elif field.type == descriptor.FieldDescriptor.TYPE_STRING:
+                if not isinstance(element, str):
+                    return f"{where!r} has the wrong type"
+            elif field.type == descriptor.FieldDescriptor.TYPE_BOOL:
+                if not isinstance(element, bool):
+                    return f"{where!r} has the wrong type"
+            elif not isinstance(element, int) or isinstance(element, bool):
+                return f"{where!r} must be an integer"
+    return ""
+
+
+def test_compiled_schema_check_agrees_with_the_descriptors() -> None:
+    # Real records of every kind, then thousands of them with values swapped for ill-typed ones,
+    # objects where lists go and back, unknown keys and nulls, at every depth.
+    rng = random.Random(5)
+    keys = pseudonym.Pseudonymizer([("k1", b"k" * 32)])
+    records = [
+        record.decision_record(auditlog.synthetic_decision(rng, index), 1_700_000_000_000, keys) for index in range(50)
+    ]
+    odd: list[Any] = [None, 0, -1, 2**70, True, False, "x", "", 1.5, [], [1], ["a"], [None], {}, {"z": 1}, [{}]]
+
+    def mutate(value: Any) -> Any:
+        if isinstance(value, dict) and value and rng.random() < 0.7:
+            copy = dict(value)
+            key = rng.choice([*copy, "bogus"])
+            copy[key] = mutate(copy[key]) if key in copy and rng.random() < 0.5 else rng.choice(odd)
+            return copy
+        if isinstance(value, list) and value and rng.random() < 0.5:
+            return [mutate(element) for element in value]
+        return rng.choice(odd)
+
+    answers = set()
+    for case in range(4000):
+        value = mutate(rng.choice(records)) if case else records[0]
+        if not isinstance(value, dict):
+            continue
+        expected = _reference_schema_problem(value, audit_pb2.AuditRecord.DESCRIPTOR)
+        assert record.schema_problem(value) == expected, value
+        answers.add(expected.split(" ")[-1])
+    assert {"", "list", "object", "integer", "type"} <= answers  # every kind of answer was exercised
 
 
 def test_records_match_the_published_json_schema(tmp_path: pathlib.Path) -> None:
