@@ -115,8 +115,8 @@ def verify_directory(
     checked for what it holds; that its sessions continue elsewhere is expected. ``trusted``:
     checkpoints kept off the box (``--trusted``, or a witness's state): the log must still hold
     each, unless retention accounts for it. ``cache``: what an earlier verification of the same
-    directories checked (:mod:`authz.audit.checked`): segments whose checked bytes are unchanged are
-    replayed, not read record by record; the report is the same."""
+    directories read (:mod:`authz.audit.checked`): segments and checkpoints files that still begin
+    with the bytes read then reuse what reading them gave; the report is the same."""
     directories = [directory] if isinstance(directory, pathlib.Path) else list(directory)
     kept = [trusted] if isinstance(trusted, note.Checkpoint) else list(trusted or ())
     now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
