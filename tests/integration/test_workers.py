@@ -148,12 +148,19 @@ def test_load_reaches_every_worker_and_the_metrics_add_up(
 ) -> None:
     proxy = _envoy(envoy, pod, echo_upstream, transport)
     before = pod.checks_by_worker()
-    good, bad = _load(proxy.port, 2.0)
-    assert bad == 0 and good > 200, FAILED[:5]
-    after = pod.checks_by_worker()
-    counted = {worker: after.get(worker, 0) - before.get(worker, 0) for worker in ("0", "1")}
-    # Every answer was counted once, by the worker that decided it: the sum is the total.
-    assert sum(counted.values()) == good
+    good = 0
+    # The kernel hashes each of Envoy's connections to a worker, and a 2 s round opens only a few:
+    # a round may leave one worker a small share by chance. Up to four rounds, until both have one.
+    for _ in range(4):
+        answered, bad = _load(proxy.port, 2.0)
+        assert bad == 0 and answered > 100, FAILED[:5]
+        good += answered
+        after = pod.checks_by_worker()
+        counted = {worker: after.get(worker, 0) - before.get(worker, 0) for worker in ("0", "1")}
+        # Every answer was counted once, by the worker that decided it: the sum is the total.
+        assert sum(counted.values()) == good
+        if min(counted.values()) > 0.1 * good:
+            break
     # And both workers decided a real share (SO_REUSEPORT spreads Envoy's connections).
     assert min(counted.values()) > 0.1 * good, counted
     # Their CPU adds up too: the process_* series are each worker's own, as /proc counts it.
