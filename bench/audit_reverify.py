@@ -24,19 +24,9 @@ from collections.abc import Callable
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from authz.audit import checked, note, pseudonym, record, verify  # noqa: E402
+from authz.audit import checked, note, pseudonym, verify  # noqa: E402
 from authz.audit import log as audit_log  # noqa: E402
 from authz.dev import auditlog  # noqa: E402
-
-
-def _append(log: audit_log.AuditLog, keys: pseudonym.Pseudonymizer, rng: random.Random, count: int) -> None:
-    for _ in range(count):
-        item = auditlog.synthetic_decision(rng, log.size)
-        log.append(record.decision_record(item, time.time_ns() // 1_000_000, keys))
-        if log.checkpoint_due():
-            log.checkpoint()
-        log.rotate_if_due()
-    log.checkpoint()
 
 
 def _cpu(run: Callable[[], verify.Report]) -> float:
@@ -62,7 +52,8 @@ def main() -> int:
         log.open()
         rng = random.Random(1)
         try:
-            _append(log, keys, rng, count)
+            auditlog.append_decisions(log, keys, rng, count)
+            log.checkpoint()
             for _ in range(heartbeats):
                 log.checkpoint()
             verifier = note.Verifier(vkey)
@@ -73,7 +64,8 @@ def main() -> int:
             results["from_scratch_cpu_s"] = _cpu(lambda: verify.verify_directory(audit, verifier))
             results["first_with_cache_cpu_s"] = _cpu(lambda: verify.verify_directory(audit, verifier, cache=cache))
             results["unchanged_cpu_s"] = _cpu(lambda: verify.verify_directory(audit, verifier, cache=cache))
-            _append(log, keys, rng, added)
+            auditlog.append_decisions(log, keys, rng, added)
+            log.checkpoint()
             results["grown_with_cache_cpu_s"] = _cpu(lambda: verify.verify_directory(audit, verifier, cache=cache))
             results["grown_from_scratch_cpu_s"] = _cpu(lambda: verify.verify_directory(audit, verifier))
             results["bytes"] = sum(p.stat().st_size for p in audit.rglob("*.jsonl"))

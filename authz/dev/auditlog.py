@@ -19,7 +19,7 @@ from authz.audit import note, pseudonym, record
 from authz.identity import model
 from authz.request import HttpRequest
 
-__all__ = ["Written", "synthetic_decision", "write_log"]
+__all__ = ["Written", "append_decisions", "synthetic_decision", "write_log"]
 
 _REASONS = ("default_deny", "rule_deny", "token_expired", "missing_credentials")
 
@@ -67,6 +67,26 @@ def synthetic_decision(
         trace_id=f"{index:032x}",
         span_id=f"{index:016x}",
     )
+
+
+def append_decisions(
+    log: audit_log.AuditLog,
+    keys: pseudonym.Pseudonymizer,
+    rng: random.Random,
+    count: int,
+    *,
+    checkpoints: bool = True,
+) -> None:
+    """Append ``count`` synthetic decisions to an open log, stamped now, as a running server does:
+    a checkpoint whenever one is due (unless ``checkpoints`` is off), a new segment when due, and
+    the records flushed to the file at the end."""
+    for _ in range(count):
+        item = synthetic_decision(rng, log.size)
+        log.append(record.decision_record(item, time.time_ns() // 1_000_000, keys))
+        if checkpoints and log.checkpoint_due():
+            log.checkpoint()
+        log.rotate_if_due()
+    log.flush(fsync=False)
 
 
 def write_log(

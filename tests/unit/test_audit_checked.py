@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from authz.audit import checked, note, pseudonym, record, verify
+from authz.audit import checked, note, pseudonym, verify
 from authz.audit import log as audit_log
 from authz.dev import auditlog
 
@@ -32,13 +32,7 @@ class Live:
         self.rng = random.Random(7)
 
     def append(self, count: int, *, checkpoint: bool = True) -> None:
-        for _ in range(count):
-            item = auditlog.synthetic_decision(self.rng, self.log.size)
-            self.log.append(record.decision_record(item, time.time_ns() // 1_000_000, self.keys))
-            if checkpoint and self.log.checkpoint_due():
-                self.log.checkpoint()
-            self.log.rotate_if_due()
-        self.log.flush(fsync=False)
+        auditlog.append_decisions(self.log, self.keys, self.rng, count, checkpoints=checkpoint)
 
 
 @pytest.fixture
