@@ -44,7 +44,7 @@ class _Lines:
     length: int  # bytes: the file's complete lines when they were read
     digest: bytes  # SHA-256 of those bytes
 
-    def _continue(self, complete: bytes) -> Any | None:
+    def hasher(self, complete: bytes) -> Any | None:
         """The SHA-256 state after this entry's bytes if ``complete`` (the file's complete lines
         now) begins with them; else None."""
         if len(complete) < self.length:
@@ -71,12 +71,10 @@ class Segment(_Lines):
         low = high - self.records
         return all(size in self.roots for size in wanted if low < size <= high)
 
-    def hasher(self, complete: bytes, start: tuple[Any, ...], wanted: set[int]) -> Any | None:
-        """The SHA-256 state after this entry's bytes, if it may be replayed: ``complete`` begins
-        with them, the walk stands where it stood, and the wanted roots were taken. Else None."""
-        if start != self.start or not self.covers(wanted):
-            return None
-        return self._continue(complete)
+    def replayable(self, start: tuple[Any, ...], wanted: set[int]) -> bool:
+        """Whether the walk stands where it stood before the segment, and the wanted roots were
+        taken (that the file still begins with the entry's bytes is :meth:`hasher`'s to say)."""
+        return start == self.start and self.covers(wanted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +82,6 @@ class Checkpoints(_Lines):
     """One checkpoints file's complete lines as opened: per line, what :func:`verify._open_checkpoint` gave."""
 
     opened: tuple[Opened, ...]
-
-    def hasher(self, complete: bytes) -> Any | None:
-        return self._continue(complete)
 
 
 class Cache:

@@ -497,7 +497,7 @@ def _check_segment_cached(
     start = _walk_state(walk, result)
     since, records, retained, roots = len(report.findings), report.records, len(result.retained), dict(result.roots)
     entry = cache.segment(str(segment))
-    hasher = entry.hasher(complete, start, wanted) if entry is not None else None
+    hasher = entry.hasher(complete) if entry is not None and entry.replayable(start, wanted) else None
     if entry is not None and hasher is not None:
         tree, walk.prev, walk.expected, *fields = entry.end
         walk.tree = merkle.CompactRange(*tree) if tree is not None else None
