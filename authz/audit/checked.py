@@ -7,7 +7,7 @@ one every 10 s per instance even when idle) costs about as much on a month of he
 view's verification process keeps a :class:`Cache`, per file of the log: the complete lines it
 read, their SHA-256, and what reading them gave — for a segment (:class:`Segment`) the findings,
 record count, tree roots, and the chain and tree state after them; for a checkpoints file
-(:class:`Checkpoints`) each line's opened checkpoint or the finding it got.
+(:class:`Checkpoints`) what its signed checkpoints said, by tree size, and the findings.
 
 A file's lines are *reused* instead of read again only when nothing they depend on can have
 changed: the file still begins with exactly those bytes (their SHA-256 is computed again from the
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from authz.audit import note, verify
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Cache", "Checkpoints", "Segment"]
 
 Opened = tuple["note.Checkpoint", bool] | str  # a checkpoint and whether its line's size agrees; or the finding
+_CHUNK = 1 << 16  # as authz.audit.layout reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +80,28 @@ class Segment(_Lines):
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoints(_Lines):
-    """One checkpoints file's complete lines as opened: per line, what :func:`verify._open_checkpoint` gave."""
+    """One checkpoints file's complete lines as read, when it was the session's longest copy, and
+    what they said (:class:`verify.Signed`, kept as it stood after them). Nothing is kept per
+    line: a year-long session has millions of heartbeat lines."""
 
-    opened: tuple[Opened, ...]
+    lines: int
+    signed: verify.Signed
+    last_time: int  # the newest checkpoint time among them (times must not go backwards)
+
+    def prefix(self, handle: IO[bytes], cuts: set[int]) -> tuple[Any | None, dict[int, bytes]]:
+        """Read the entry's bytes from ``handle`` (at its start): the SHA-256 state after them if
+        they are the same bytes (else None), and the digest of the file's first ``n`` bytes for
+        each ``n`` in ``cuts`` that is within them."""
+        hasher, digests, done = hashlib.sha256(), dict[int, bytes](), 0
+        for cut in sorted({cut for cut in cuts if cut <= self.length} | {self.length}):
+            while done < cut:
+                chunk = handle.read(min(_CHUNK, cut - done))
+                if not chunk:
+                    return None, digests  # shorter than it was: a file of this session was cut
+                hasher.update(chunk)
+                done += len(chunk)
+            digests[cut] = hasher.copy().digest()
+        return (hasher if digests[self.length] == self.digest else None), digests
 
 
 class Cache:

@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -28,8 +29,11 @@ __all__ = [
     "CLOSED_MODE",
     "DIR_MODE",
     "FILE_MODE",
+    "MAX_CHECKPOINT_LINE",
+    "Lines",
     "SegmentEvidence",
     "checkpoint_entries",
+    "checkpoint_entries_newest_first",
     "copy_checkpoints",
     "has_sessions",
     "instance_segments",
@@ -59,6 +63,11 @@ CLOSED_MODE = 0o440
 _SEGMENT_GLOB = "segment-*.jsonl"
 _SESSION = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SEGMENT = re.compile(r"segment-[0-9]{8}\.jsonl")
+# A checkpoints file grows by a line every 10 s per instance even when idle (the heartbeat), so a
+# session that runs for a year has ~3 million lines (~780 MB): it is read a line at a time, never
+# whole. A line is ~250 bytes; a longer one than this is not a checkpoint and is not kept in memory.
+MAX_CHECKPOINT_LINE = 16 * 1024
+_CHUNK = 1 << 16  # 64 KiB reads: memory stays far below a long session's file
 
 
 def origin_for(instance: str, session: str) -> str:
@@ -104,19 +113,124 @@ def instance_segments(directory: pathlib.Path, instance: str) -> list[pathlib.Pa
     return sorted((directory / instance).glob(f"*/{_SEGMENT_GLOB}"))
 
 
+class _NoHash:
+    def update(self, data: bytes) -> None:
+        pass
+
+    def copy(self) -> _NoHash:
+        return self
+
+
+class Lines:
+    """The complete lines of an open file from where it stands, read in chunks: memory stays
+    under a chunk plus ``limit`` whatever the file's size. A line longer than ``limit`` is given as
+    None (its bytes are not kept). Bytes after the last newline (a torn write) are not a line;
+    :attr:`torn` says whether there were any once the lines are read. :attr:`hasher`, if one was
+    given, has been fed exactly the complete lines' bytes."""
+
+    def __init__(self, handle: IO[bytes], *, limit: int = MAX_CHECKPOINT_LINE, hasher: Any = None) -> None:
+        self._handle, self._limit = handle, limit
+        self.hasher: Any = hasher if hasher is not None else _NoHash()
+        self.complete = 0  # bytes of the complete lines read so far
+        self.count = 0  # complete lines read so far
+        self.torn = False
+
+    def __iter__(self) -> Iterator[bytes | None]:
+        pending, partial, overflow = b"", 0, None  # the line so far: kept while short, else only hashed
+        while chunk := self._handle.read(_CHUNK):
+            start = 0
+            while (end := chunk.find(b"\n", start)) != -1:
+                piece = chunk[start : end + 1]
+                partial += len(piece)
+                line: bytes | None = None
+                if overflow is not None:
+                    overflow.update(piece)
+                    self.hasher = overflow
+                else:
+                    whole = pending + piece
+                    self.hasher.update(whole)
+                    line = whole[:-1] if partial - 1 <= self._limit else None
+                self.complete += partial
+                self.count += 1
+                pending, partial, overflow, start = b"", 0, None, end + 1
+                yield line
+            rest = chunk[start:]
+            partial += len(rest)
+            if overflow is not None:
+                overflow.update(rest)
+            elif partial > self._limit:  # hashed on a copy: the file may end before its newline
+                overflow = self.hasher.copy()
+                overflow.update(pending + rest)
+                pending = b""
+            else:
+                pending += rest
+        self.torn = partial > 0
+
+
+def _entry(line: bytes | None) -> dict[str, Any] | None:
+    if line is None:
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
 def checkpoint_entries(session_dir: pathlib.Path) -> Iterator[dict[str, Any]]:
-    """The parseable lines of a session's checkpoints file, in order (a torn or edited line is
-    skipped here; :mod:`authz.audit.verify` reports it)."""
-    path = session_dir / CHECKPOINTS
-    if not path.exists():
+    """The parseable lines of a session's checkpoints file, in order, read a line at a time (a
+    torn, overlong or edited line is skipped here; :mod:`authz.audit.verify` reports it)."""
+    try:
+        handle = (session_dir / CHECKPOINTS).open("rb")
+    except FileNotFoundError:
         return
-    for line in path.read_bytes().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
+    with handle:
+        for line in Lines(handle):
+            entry = _entry(line)
+            if entry is not None:
+                yield entry
+
+
+def checkpoint_entries_newest_first(session_dir: pathlib.Path) -> Iterator[dict[str, Any]]:
+    """The parseable lines of a session's checkpoints file, newest first, read from the file's end
+    a chunk at a time: finding the last checkpoint costs the same on a session of any age. A
+    torn last line is given too (it may still parse); a line longer than
+    :data:`MAX_CHECKPOINT_LINE` is skipped."""
+    try:
+        handle = (session_dir / CHECKPOINTS).open("rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        for line in _lines_backwards(handle, MAX_CHECKPOINT_LINE):
+            entry = _entry(line)
+            if entry is not None:
+                yield entry
+
+
+def _lines_backwards(handle: IO[bytes], limit: int) -> Iterator[bytes]:
+    """The lines of ``handle``, last first, each at most ``limit`` bytes (longer ones skipped)."""
+    position = handle.seek(0, os.SEEK_END)
+    pending, overflow = b"", False  # the end of the line being read backwards
+    while position > 0:
+        step = min(_CHUNK, position)
+        position -= step
+        handle.seek(position)
+        parts = handle.read(step).split(b"\n")
+        if len(parts) == 1:
+            pending = b"" if overflow else parts[0] + pending
+            overflow = overflow or len(pending) > limit
+            pending = b"" if overflow else pending
             continue
-        if isinstance(entry, dict):
-            yield entry
+        tail = parts[-1] + pending
+        if not overflow and len(tail) <= limit:
+            yield tail
+        for part in reversed(parts[1:-1]):
+            if len(part) <= limit:
+                yield part
+        overflow = len(parts[0]) > limit
+        pending = b"" if overflow else parts[0]
+    if not overflow:
+        yield pending
 
 
 def strays(directory: pathlib.Path) -> list[pathlib.Path]:
@@ -186,15 +300,17 @@ def segment_evidence(segment: pathlib.Path) -> SegmentEvidence | None:
         origin, last_seq = str(json.loads(lines[0])["origin"]), int(json.loads(lines[-2])["seq"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
-    covering = [
-        entry
-        for entry in checkpoint_entries(segment.parent)
-        if isinstance(entry.get("size"), int) and entry["size"] > last_seq and isinstance(entry.get("note"), str)
-    ]
-    if not covering:
+    covering = next(
+        (
+            entry
+            for entry in checkpoint_entries(segment.parent)
+            if isinstance(entry.get("size"), int) and entry["size"] > last_seq and isinstance(entry.get("note"), str)
+        ),
+        None,
+    )  # the first is the smallest: sizes only grow in a checkpoints file (and any covering one will do)
+    if covering is None:
         return None
-    checkpoint = str(min(covering, key=lambda entry: entry["size"])["note"])
-    return SegmentEvidence(origin, last_seq, checkpoint, tuple(_claims(lines)))
+    return SegmentEvidence(origin, last_seq, str(covering["note"]), tuple(_claims(lines)))
 
 
 def _claims(lines: list[bytes]) -> list[dict[str, Any]]:
@@ -229,6 +345,6 @@ def copy_checkpoints(session_dir: pathlib.Path, target: pathlib.Path) -> None:
     if not source.exists():
         return
     staging = target / (".staging-" + CHECKPOINTS)
-    staging.write_bytes(source.read_bytes())
+    shutil.copyfile(source, staging)  # a chunk at a time: the file may be hundreds of megabytes
     os.chmod(staging, CLOSED_MODE)
     os.replace(staging, copy)

@@ -204,7 +204,7 @@ class AuditLog:
         """The last checkpoint of this instance's most recent earlier session, if any."""
         earlier = dict(layout.sessions(self.directory)).get(self.instance, [])
         for session_dir in reversed(earlier):
-            for entry in reversed(list(layout.checkpoint_entries(session_dir))):
+            for entry in layout.checkpoint_entries_newest_first(session_dir):
                 try:
                     checkpoint = note.parse_checkpoint(entry["note"].split("\n\n")[0] + "\n")
                 except (KeyError, AttributeError, note.NoteError):

@@ -154,20 +154,22 @@ class SessionTree:
             try:
                 with path.open("rb") as handle:
                     handle.seek(offset)
-                    data = handle.read()
+                    lines = layout.Lines(handle)  # a line at a time: the file grows all session
+                    for line in lines:
+                        self._add_checkpoint(line)
+                    self._checkpoint_bytes[path] = offset + lines.complete
             except OSError:
                 continue
-            end = data.rfind(b"\n") + 1
-            self._checkpoint_bytes[path] = offset + end
-            for line in data[:end].splitlines():
-                try:
-                    entry = json.loads(line)
-                    size, signed = int(entry["size"]), str(entry["note"])
-                except (ValueError, TypeError, KeyError):
-                    continue  # a torn or edited line: the verifier reports it
-                if size not in self._checkpoints:  # the archive holds copies of the live log's
-                    self._checkpoints[size] = signed
-                    bisect.insort(self._sizes, size)
+
+    def _add_checkpoint(self, line: bytes | None) -> None:
+        try:
+            entry = json.loads(line)  # type: ignore[arg-type]  # None (overlong) is a TypeError
+            size, signed = int(entry["size"]), str(entry["note"])
+        except (ValueError, TypeError, KeyError):
+            return  # a torn, overlong or edited line: the verifier reports it
+        if size not in self._checkpoints:  # the archive holds copies of the live log's
+            self._checkpoints[size] = signed
+            bisect.insort(self._sizes, size)
 
     # -- proving ----------------------------------------------------------------------------
     def consistency(self, old: int, new: int) -> list[bytes]:

@@ -108,9 +108,10 @@ class LogPublisher:
         logs = []
         for instance, found in layout.sessions(self.directory):
             newest = found[-1]
-            entries = [entry for entry in layout.checkpoint_entries(newest) if isinstance(entry.get("note"), str)]
-            if entries:
-                logs.append({"origin": layout.origin_for(instance, newest.name), "checkpoint": entries[-1]["note"]})
+            entries = layout.checkpoint_entries_newest_first(newest)
+            last = next((entry for entry in entries if isinstance(entry.get("note"), str)), None)
+            if last is not None:
+                logs.append({"origin": layout.origin_for(instance, newest.name), "checkpoint": last["note"]})
         return logs[:_MAX_LOGS]
 
     def _consistency(self, origin: str, old: int, new: int) -> tuple[int, dict[str, Any]]:

@@ -328,6 +328,38 @@ def _check_trusted(
         )
 
 
+@dataclasses.dataclass
+class Signed:
+    """What a session's checkpoint lines said so far: the first signed checkpoint for each tree
+    size, how many lines were checkpoints, and the findings (where, message). Memory grows with
+    the number of tree sizes, not of lines: an idle server's heartbeats re-sign one size."""
+
+    by_size: dict[int, note.Checkpoint] = dataclasses.field(default_factory=dict)
+    count: int = 0
+    findings: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def add(self, where: str, outcome: checked.Opened, last_time: int) -> int:
+        """Count one line; return the newest checkpoint time of its copy so far."""
+        if isinstance(outcome, str):
+            self.findings.append((where, outcome))
+            return last_time
+        checkpoint, size_agrees = outcome
+        if not size_agrees:
+            self.findings.append((where, "checkpoint line's size differs from its signed size"))
+        known = self.by_size.get(checkpoint.size)
+        if known is not None and known.root != checkpoint.root:
+            forked = f"two different signed checkpoints for tree size {checkpoint.size}"
+            self.findings.append((where, f"{forked} (the log was forked or rewritten)"))
+        if checkpoint.time_ms < last_time:
+            self.findings.append((where, "checkpoint time goes backwards"))
+        self.by_size.setdefault(checkpoint.size, checkpoint)
+        self.count += 1
+        return max(last_time, checkpoint.time_ms)
+
+    def copy(self) -> Signed:
+        return Signed(dict(self.by_size), self.count, list(self.findings))
+
+
 def _load_checkpoints(
     session_dirs: Sequence[pathlib.Path],
     origin: str,
@@ -338,68 +370,100 @@ def _load_checkpoints(
     cache: checked.Cache | None,
 ) -> dict[int, note.Checkpoint]:
     """The session's signed checkpoints by tree size, from every copy of its checkpoints file (an
-    archive keeps one): a line in any copy counts, so a copy that lost lines cannot hide them.
-    Lines ``cache`` holds, in a file that still begins with them, are not opened again."""
-    by_size: dict[int, note.Checkpoint] = {}
-    seen: dict[bytes, checked.Opened] = {}
-    numbered: list[tuple[str, checked.Opened]] = []
-    for session_dir in session_dirs:
-        path = session_dir / layout.CHECKPOINTS
-        if not path.exists():
-            continue
-        data = path.read_bytes()
-        lines = data.split(b"\n")
-        if lines[-1] != b"":
-            result.torn.append((f"{path}:{len(lines)}", "torn last checkpoint line (interrupted write)"))
-        complete = data[: data.rfind(b"\n") + 1]
-        entry = cache.checkpoints(str(path)) if cache is not None else None
-        hasher = entry.hasher(complete) if entry is not None else None
-        if entry is not None and hasher is not None:
-            reused, tail = entry.opened, memoryview(complete)[entry.length :]
-        else:
-            reused, tail, hasher = (), memoryview(complete), hashlib.sha256()
-        opened: list[checked.Opened] = []
-        for number, line in enumerate(lines[:-1], start=1):
-            if number <= len(reused):
-                outcome = reused[number - 1]
-            else:
-                outcome = seen[line] if line in seen else _open_checkpoint(line, origin, verifier)
-            opened.append(outcome)
-            if line not in seen:
-                seen[line] = outcome
-                numbered.append((f"{path}:{number}", outcome))
-        if cache is not None:
-            hasher.update(tail)
-            cache.put(str(path), checked.Checkpoints(len(complete), hasher.digest(), tuple(opened)))
-    if not numbered and not any((d / layout.CHECKPOINTS).exists() for d in session_dirs):
+    archive keeps one, copied from the live file as it grew). The longest copy is read line by
+    line; every other copy must be a prefix of it, which SHA-256 digests tell without reading its
+    lines. A copy that is not is reported, and its lines that differ from the longest copy's at the
+    same place count too, so a copy that lost or changed lines cannot hide any. Files are read a
+    line at a time: memory does not grow with a session's age. ``cache``: the longest copy's lines
+    read before, if it still begins with them, are not read again."""
+    paths = [d / layout.CHECKPOINTS for d in session_dirs if (d / layout.CHECKPOINTS).exists()]
+    if not paths:
         report.add("integrity", str(session_dirs[0] / layout.CHECKPOINTS), "no checkpoints file")
-        return by_size
+        return {}
+    longest = max(paths, key=lambda path: path.stat().st_size)  # the first of equals
+    copies: dict[pathlib.Path, tuple[int, bytes]] = {}  # the others: their complete lines' length and digest
+    for path in paths:
+        if path != longest:
+            with path.open("rb") as handle:
+                lines = layout.Lines(handle, hasher=hashlib.sha256())
+                for _ in lines:
+                    pass
+            copies[path] = (lines.complete, lines.hasher.digest())
+            _torn_checkpoints(path, lines, result)
+            if cache is not None:
+                cache.checkpoints(str(path))  # seen: kept, if it was once the longest
+    cuts = {length for length, _ in copies.values()}
+    signed, prefixes = _read_longest(longest, origin, verifier, result, cuts=cuts, cache=cache)
+    for path, (length, digest) in copies.items():
+        if prefixes.get(length) != digest:
+            signed.findings.append((str(path), f"differs from {longest}: two versions of one checkpoints file"))
+            _read_divergent(path, longest, origin, verifier, signed)
+    for where, message in signed.findings:
+        report.add("integrity", where, message)
+    report.checkpoints += signed.count
+    return signed.by_size
+
+
+def _torn_checkpoints(path: pathlib.Path, lines: layout.Lines, result: SessionResult) -> None:
+    if lines.torn:
+        result.torn.append((f"{path}:{lines.count + 1}", "torn last checkpoint line (interrupted write)"))
+
+
+def _read_longest(
+    path: pathlib.Path,
+    origin: str,
+    verifier: note.Verifier,
+    result: SessionResult,
+    *,
+    cuts: set[int],
+    cache: checked.Cache | None,
+) -> tuple[Signed, dict[int, bytes]]:
+    """Read the longest copy: what its lines said, and the digest of its first ``n`` bytes for each
+    ``n`` in ``cuts`` that ends a line (the other copies' lengths)."""
+    entry = cache.checkpoints(str(path)) if cache is not None else None
+    with path.open("rb") as handle:
+        hasher, prefixes = entry.prefix(handle, cuts) if entry is not None else (None, {})
+        if entry is not None and hasher is not None:
+            signed, last_time, before, base = entry.signed.copy(), entry.last_time, entry.lines, entry.length
+        else:
+            handle.seek(0)
+            hasher, prefixes = hashlib.sha256(), {0: hashlib.sha256().digest()}
+            signed, last_time, before, base = Signed(), 0, 0, 0
+        lines = layout.Lines(handle, hasher=hasher)
+        for number, line in enumerate(lines, start=before + 1):
+            outcome = _open_checkpoint(line, origin, verifier)
+            last_time = signed.add(f"{path}:{number}", outcome, last_time)
+            if base + lines.complete in cuts:
+                prefixes[base + lines.complete] = lines.hasher.copy().digest()
+    lines.count += before  # numbered from the file's first line
+    _torn_checkpoints(path, lines, result)
+    if cache is not None:
+        kept = checked.Checkpoints(base + lines.complete, lines.hasher.digest(), lines.count, signed.copy(), last_time)
+        cache.put(str(path), kept)
+    return signed, prefixes
+
+
+def _read_divergent(
+    path: pathlib.Path, longest: pathlib.Path, origin: str, verifier: note.Verifier, signed: Signed
+) -> None:
+    """Count the lines of a copy that is not a prefix of the longest one, except each that is the
+    same as the longest copy's line at the same place (counted there); the times of those counted
+    must not go backwards."""
     last_time = 0
-    for where, outcome in numbered:
-        if isinstance(outcome, str):
-            report.add("integrity", where, outcome)
-            continue
-        checkpoint, size_agrees = outcome
-        if not size_agrees:
-            report.add("integrity", where, "checkpoint line's size differs from its signed size")
-        known = by_size.get(checkpoint.size)
-        if known is not None and known.root != checkpoint.root:
-            report.add(
-                "integrity",
-                where,
-                f"two different signed checkpoints for tree size {checkpoint.size} (the log was forked or rewritten)",
-            )
-        if checkpoint.time_ms < last_time:
-            report.add("integrity", where, "checkpoint time goes backwards")
-        last_time = max(last_time, checkpoint.time_ms)
-        by_size.setdefault(checkpoint.size, checkpoint)
-        report.checkpoints += 1
-    return by_size
+    with path.open("rb") as handle, longest.open("rb") as reference:
+        theirs = iter(layout.Lines(reference))
+        for number, line in enumerate(layout.Lines(handle), start=1):
+            same = next(theirs, None)
+            if line is not None and line == same:
+                continue
+            last_time = signed.add(f"{path}:{number}", _open_checkpoint(line, origin, verifier), last_time)
 
 
-def _open_checkpoint(line: bytes, origin: str, verifier: note.Verifier) -> checked.Opened:
+def _open_checkpoint(line: bytes | None, origin: str, verifier: note.Verifier) -> checked.Opened:
     """One line of a checkpoints file: its checkpoint and whether the line's size agrees with the
-    signed one, or the finding it gets."""
+    signed one, or the finding it gets (None: a line too long to be one)."""
+    if line is None:
+        return f"checkpoint line is longer than {layout.MAX_CHECKPOINT_LINE} bytes"
     try:
         entry = json.loads(line)
         checkpoint = note.parse_checkpoint(verifier.open(entry["note"]))
