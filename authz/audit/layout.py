@@ -67,6 +67,9 @@ _SEGMENT = re.compile(r"segment-[0-9]{8}\.jsonl")
 # session that runs for a year has ~3 million lines (~780 MB): it is read a line at a time, never
 # whole. A line is ~250 bytes; a longer one than this is not a checkpoint and is not kept in memory.
 MAX_CHECKPOINT_LINE = 16 * 1024
+# Retention reads a segment's first and last records and its retention records; a line longer
+# than this is none of them (the first and last then leave the segment in place).
+_RECORD_LINE_LIMIT = 4 << 20
 _CHUNK = 1 << 16  # 64 KiB reads: memory stays far below a long session's file
 
 
@@ -293,13 +296,22 @@ class SegmentEvidence:
 
 
 def segment_evidence(segment: pathlib.Path) -> SegmentEvidence | None:
-    """The evidence for removing a closed segment, read in one pass; None if it cannot be read
-    whole or no checkpoint of its session covers it yet (then it stays)."""
+    """The evidence for removing a closed segment, read in one pass a line at a time (the server
+    does this; a segment is up to 64 MiB); None if it cannot be read whole or no checkpoint of its
+    session covers it yet (then it stays)."""
+    first: bytes | None = None
+    last: bytes | None = None
+    claims: list[dict[str, Any]] = []
     try:
-        lines = segment.read_bytes().split(b"\n")
-        origin, last_seq = str(json.loads(lines[0])["origin"]), int(json.loads(lines[-2])["seq"])
+        with segment.open("rb") as handle:
+            for number, line in enumerate(Lines(handle, limit=_RECORD_LINE_LIMIT)):
+                first = line if number == 0 else first
+                last = line
+                if line is not None and b'"kind":"retention"' in line:
+                    claims.extend(_claims([line]))
+        origin, last_seq = str(json.loads(first)["origin"]), int(json.loads(last)["seq"])  # type: ignore[arg-type]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
+        return None  # unreadable, empty, or a first or last line too long to be a record
     covering = next(
         (
             entry
@@ -310,7 +322,7 @@ def segment_evidence(segment: pathlib.Path) -> SegmentEvidence | None:
     )  # the first is the smallest: sizes only grow in a checkpoints file (and any covering one will do)
     if covering is None:
         return None
-    return SegmentEvidence(origin, last_seq, str(covering["note"]), tuple(_claims(lines)))
+    return SegmentEvidence(origin, last_seq, str(covering["note"]), tuple(claims))
 
 
 def _claims(lines: list[bytes]) -> list[dict[str, Any]]:

@@ -197,3 +197,20 @@ def test_an_overlong_line_is_a_finding_not_a_read(tmp_path: pathlib.Path, audit_
     assert wheres[f"{path}:{lines}"] == f"checkpoint line is longer than {layout.MAX_CHECKPOINT_LINE} bytes"
     assert report.exit_code == 1
     assert peak < SMALL  # the 640 KiB line was never held whole
+
+
+def test_retention_reads_a_segment_a_line_at_a_time(tmp_path: pathlib.Path, audit_keys: pathlib.Path) -> None:
+    signer = note.Signer.from_skey((audit_keys / "signing.key").read_text())
+    settings = audit_log.LogSettings(segment_max_bytes=2_000_000, checkpoint_every=500, checkpoint_seconds=3600)
+    log = audit_log.AuditLog(tmp_path / "audit", signer, instance="pod-1", settings=settings)
+    log.open()
+    auditlog.append_decisions(log, pseudonym.load_keys(audit_keys / "pseudonyms.yaml"), random.Random(9), 2_500)
+    log.close()
+    first = layout.session_segments(log.session_dir)[0]
+    lines = first.read_bytes().splitlines()
+    assert len(lines) > 1_000 and first.stat().st_size > 3 * SMALL
+    evidence, peak = _peak(lambda: layout.segment_evidence(first))
+    assert evidence is not None and peak < SMALL
+    assert evidence.origin == json.loads(lines[0])["origin"] and evidence.last_seq == json.loads(lines[-1])["seq"]
+    signed = note.parse_checkpoint(evidence.checkpoint.split("\n\n")[0] + "\n")
+    assert signed.size > evidence.last_seq
