@@ -78,6 +78,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/audit_query.py
 	$(BIN)/python bench/audit_ui.py
 	$(BIN)/python bench/audit_reverify.py
+	$(BIN)/python bench/audit_long_session.py
 	$(BIN)/python bench/operator_apply.py 60
 
 ## proto: regenerate the audit schema code from proto/ with the pinned grpcio-tools
