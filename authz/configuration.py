@@ -239,6 +239,14 @@ class ServerSettings:
         "(docs/operations.md: choosing a worker count)",
         _count(1),
     )
+    max_connections: int = _setting(
+        0,
+        "--max-connections",
+        "connections each of --listen and --http-listen holds open at once, per worker; one more is "
+        "closed at once (Envoy fails that check closed); 0: no limit",
+        _count(0),
+        shown="no limit",
+    )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
     event_loop: str = _setting(
         "auto",

@@ -69,11 +69,13 @@ class HttpCheckServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
+        max_connections: int = 0,
     ) -> None:
         self.runtime = runtime
         self.host, self.port = host, port
         self._ssl = ssl_context
         self._reuse_port = reuse_port
+        self.max_connections = max_connections  # open at once; one more is closed unread (0: no limit)
         self._server: asyncio.Server | None = None
         self.connections: set[_Connection] = set()
         self.draining = False  # stopping: each connection closes once its answers are out
@@ -165,6 +167,11 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: Any) -> None:  # an asyncio.Transport (uvloop's is not a subclass)
+        limit = self._server.max_connections
+        if limit and len(self._server.connections) >= limit:
+            self._broken = True  # nothing it sends is read; connection_lost finds it in no set
+            transport.abort()
+            return
         self._transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):

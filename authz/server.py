@@ -147,7 +147,12 @@ async def start_http(
     """The HTTP ext_authz edge on ``--http-listen`` (:mod:`authz.http_server`), started."""
     host, _, port = settings.http_listen.rpartition(":")
     edge = http_server.HttpCheckServer(
-        runtime, host.strip("[]"), int(port), ssl_context=_ssl_context(settings), reuse_port=shared_ports
+        runtime,
+        host.strip("[]"),
+        int(port),
+        ssl_context=_ssl_context(settings),
+        reuse_port=shared_ports,
+        max_connections=settings.max_connections,
     )
     try:
         await edge.start()
@@ -172,12 +177,13 @@ async def start(
 ) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
     """Build and start the server; return it, its health servicer and the bound port.
     ``shared_ports``: bind with SO_REUSEPORT, beside the other workers (:mod:`authz.workers`)."""
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-            ("grpc.so_reuseport", 1 if shared_ports else 0),
-        ]
-    )
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ("grpc.so_reuseport", 1 if shared_ports else 0),
+    ]
+    if settings.max_connections:  # gRPC core closes each connection past it as it is accepted
+        options.append(("grpc.max_allowed_incoming_connections", settings.max_connections))
+    server = grpc.aio.server(options=options)
     handlers = service.AuthorizationService(runtime).method_handlers()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.SERVICE_NAME, handlers),))
     # As the generated add_..._to_server does (grpcio >= 1.63; not in the type stubs yet).

@@ -65,6 +65,9 @@ spec:
         {{- if gt (int .Values.dataplane.workers) 1 }}
         - {name: TOLLGATE_WORKERS, value: {{ .Values.dataplane.workers | quote }}}
         {{- end }}
+        {{- if .Values.dataplane.maxConnections }}
+        - {name: TOLLGATE_MAX_CONNECTIONS, value: {{ .Values.dataplane.maxConnections | quote }}}
+        {{- end }}
         - {name: TOLLGATE_DEFAULT_ACTION, value: {{ .Values.dataplane.defaultAction | quote }}}
         - {name: TOLLGATE_PATH_MODE, value: {{ .Values.dataplane.pathMode | quote }}}
         - {name: TOLLGATE_GRACE, value: {{ .Values.dataplane.grace | quote }}}
