@@ -18,6 +18,7 @@ class _Edge:
     def __init__(self) -> None:
         self.connections: set[object] = set()
         self.draining = False
+        self.max_connections = 0
         self.checked: list[http_request.HttpCheck | None] = []
 
     async def check(self, message: http_request.HttpCheck | None) -> bytes:
