@@ -45,13 +45,20 @@ class _Lines:
     length: int  # bytes: the file's complete lines when they were read
     digest: bytes  # SHA-256 of those bytes
 
-    def hasher(self, complete: bytes) -> Any | None:
-        """The SHA-256 state after this entry's bytes if ``complete`` (the file's complete lines
-        now) begins with them; else None."""
-        if len(complete) < self.length:
-            return None
-        hasher = hashlib.sha256(memoryview(complete)[: self.length])
-        return hasher if hasher.copy().digest() == self.digest else None
+    def prefix(self, handle: IO[bytes], cuts: set[int]) -> tuple[Any | None, dict[int, bytes]]:
+        """Read the entry's bytes from ``handle`` (at the file's start), a chunk at a time: the
+        SHA-256 state after them if the file still begins with them (else None), and the digest of
+        the file's first ``n`` bytes for each ``n`` in ``cuts`` that is within them."""
+        hasher, digests, done = hashlib.sha256(), dict[int, bytes](), 0
+        for cut in sorted({cut for cut in cuts if cut <= self.length} | {self.length}):
+            while done < cut:
+                chunk = handle.read(min(_CHUNK, cut - done))
+                if not chunk:
+                    return None, digests  # shorter than it was: a file of this session was cut
+                hasher.update(chunk)
+                done += len(chunk)
+            digests[cut] = hasher.copy().digest()
+        return (hasher if digests[self.length] == self.digest else None), digests
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +81,7 @@ class Segment(_Lines):
 
     def replayable(self, start: tuple[Any, ...], wanted: set[int]) -> bool:
         """Whether the walk stands where it stood before the segment, and the wanted roots were
-        taken (that the file still begins with the entry's bytes is :meth:`hasher`'s to say)."""
+        taken (that the file still begins with the entry's bytes is :meth:`prefix`'s to say)."""
         return start == self.start and self.covers(wanted)
 
 
@@ -87,21 +94,6 @@ class Checkpoints(_Lines):
     lines: int
     signed: verify.Signed
     last_time: int  # the newest checkpoint time among them (times must not go backwards)
-
-    def prefix(self, handle: IO[bytes], cuts: set[int]) -> tuple[Any | None, dict[int, bytes]]:
-        """Read the entry's bytes from ``handle`` (at its start): the SHA-256 state after them if
-        they are the same bytes (else None), and the digest of the file's first ``n`` bytes for
-        each ``n`` in ``cuts`` that is within them."""
-        hasher, digests, done = hashlib.sha256(), dict[int, bytes](), 0
-        for cut in sorted({cut for cut in cuts if cut <= self.length} | {self.length}):
-            while done < cut:
-                chunk = handle.read(min(_CHUNK, cut - done))
-                if not chunk:
-                    return None, digests  # shorter than it was: a file of this session was cut
-                hasher.update(chunk)
-                done += len(chunk)
-            digests[cut] = hasher.copy().digest()
-        return (hasher if digests[self.length] == self.digest else None), digests
 
 
 class Cache:

@@ -30,6 +30,7 @@ __all__ = [
     "DIR_MODE",
     "FILE_MODE",
     "MAX_CHECKPOINT_LINE",
+    "MAX_RECORD_LINE",
     "Lines",
     "SegmentEvidence",
     "checkpoint_entries",
@@ -67,9 +68,9 @@ _SEGMENT = re.compile(r"segment-[0-9]{8}\.jsonl")
 # session that runs for a year has ~3 million lines (~780 MB): it is read a line at a time, never
 # whole. A line is ~250 bytes; a longer one than this is not a checkpoint and is not kept in memory.
 MAX_CHECKPOINT_LINE = 16 * 1024
-# Retention reads a segment's first and last records and its retention records; a line longer
-# than this is none of them (the first and last then leave the segment in place).
-_RECORD_LINE_LIMIT = 4 << 20
+# A record is bounded by the request it describes (a path, a few headers): far below this. Readers
+# of segments hold one line at a time, at most this long; a longer one is not a record.
+MAX_RECORD_LINE = 64 << 20
 _CHUNK = 1 << 16  # 64 KiB reads: memory stays far below a long session's file
 
 
@@ -139,7 +140,8 @@ class Lines:
         self.torn = False
 
     def __iter__(self) -> Iterator[bytes | None]:
-        pending, partial, overflow = b"", 0, None  # the line so far: kept while short, else only hashed
+        parts: list[bytes] = []  # the line so far, while within the limit (joined once: no re-copying)
+        partial, overflow = 0, None  # its length; past the limit, only a hasher of it is kept
         while chunk := self._handle.read(_CHUNK):
             start = 0
             while (end := chunk.find(b"\n", start)) != -1:
@@ -150,12 +152,12 @@ class Lines:
                     overflow.update(piece)
                     self.hasher = overflow
                 else:
-                    whole = pending + piece
+                    whole = b"".join((*parts, piece)) if parts else piece
                     self.hasher.update(whole)
                     line = whole[:-1] if partial - 1 <= self._limit else None
                 self.complete += partial
                 self.count += 1
-                pending, partial, overflow, start = b"", 0, None, end + 1
+                parts, partial, overflow, start = [], 0, None, end + 1
                 yield line
             rest = chunk[start:]
             partial += len(rest)
@@ -163,10 +165,11 @@ class Lines:
                 overflow.update(rest)
             elif partial > self._limit:  # hashed on a copy: the file may end before its newline
                 overflow = self.hasher.copy()
-                overflow.update(pending + rest)
-                pending = b""
-            else:
-                pending += rest
+                for part in (*parts, rest):
+                    overflow.update(part)
+                parts = []
+            elif rest:
+                parts.append(rest)
         self.torn = partial > 0
 
 
@@ -304,7 +307,7 @@ def segment_evidence(segment: pathlib.Path) -> SegmentEvidence | None:
     claims: list[dict[str, Any]] = []
     try:
         with segment.open("rb") as handle:
-            for number, line in enumerate(Lines(handle, limit=_RECORD_LINE_LIMIT)):
+            for number, line in enumerate(Lines(handle, limit=MAX_RECORD_LINE)):
                 first = line if number == 0 else first
                 last = line
                 if line is not None and b'"kind":"retention"' in line:

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import filecmp
 import hashlib
 import json
 import pathlib
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import IO, Any
 
 from authz.audit import checked, layout, merkle, note, record
 
@@ -510,21 +511,22 @@ def _verify_session(
         return result
     walk = _Walk(origin)
     for segment_index, segment in enumerate(segments):
-        data = segment.read_bytes()
-        if progress is not None:
-            progress(len(data))
-        if data and not data.endswith(b"\n"):
-            line_count = data.count(b"\n") + 1
-            where = f"{segment}:{line_count}"
+        with segment.open("rb") as handle:  # a line at a time: memory does not grow with the segment
+            if cache is None:
+                lines = layout.Lines(handle, limit=layout.MAX_RECORD_LINE)
+                for number, line in enumerate(lines, start=1):
+                    _check_record(line, f"{segment.name}:{number}", walk, result, report, wanted=wanted)
+                count = lines.count
+            else:
+                lines, count = _check_segment_cached(segment, handle, walk, result, report, wanted=wanted, cache=cache)
+            if progress is not None:
+                progress(handle.tell())
+        if lines.torn:
+            where = f"{segment}:{count + 1}"
             if segment_index == len(segments) - 1:
                 result.torn.append((where, "torn last record (an interrupted write); it is ignored"))
             else:
                 report.add("integrity", where, "segment does not end with a complete record")
-        if cache is None:
-            for number, line in enumerate(data.split(b"\n")[:-1], start=1):
-                _check_record(line, f"{segment.name}:{number}", walk, result, report, wanted=wanted)
-        else:
-            _check_segment_cached(segment, data, walk, result, report, wanted=wanted, cache=cache)
     _match_checkpoints(result, checkpoints, report, now_ms, archive_only)
     return result
 
@@ -547,21 +549,21 @@ def _walk_state(walk: _Walk, result: SessionResult) -> tuple[Any, ...]:
 
 def _check_segment_cached(
     segment: pathlib.Path,
-    data: bytes,
+    handle: IO[bytes],
     walk: _Walk,
     result: SessionResult,
     report: Report,
     *,
     wanted: set[int],
     cache: checked.Cache,
-) -> None:
+) -> tuple[layout.Lines, int]:
     """Check a segment's complete lines, replaying what ``cache`` holds for them when it may (see
-    :mod:`authz.audit.checked`), then checking the lines after those; and keep what was checked."""
-    complete = data[: data.rfind(b"\n") + 1]
+    :mod:`authz.audit.checked`), then checking the lines after those; and keep what was checked.
+    Returns the lines read and the number of complete lines in the segment."""
     start = _walk_state(walk, result)
     since, records, retained, roots = len(report.findings), report.records, len(result.retained), dict(result.roots)
     entry = cache.segment(str(segment))
-    hasher = entry.hasher(complete) if entry is not None and entry.replayable(start, wanted) else None
+    hasher = entry.prefix(handle, set())[0] if entry is not None and entry.replayable(start, wanted) else None
     if entry is not None and hasher is not None:
         tree, walk.prev, walk.expected, *fields = entry.end
         walk.tree = merkle.CompactRange(*tree) if tree is not None else None
@@ -573,18 +575,17 @@ def _check_segment_cached(
         offset, before = entry.length, entry.lines
         cache.replayed += 1
     else:
+        handle.seek(0)
         offset, before, hasher = 0, 0, hashlib.sha256()
-    tail = complete[offset:]
-    added = tail.split(b"\n")[:-1]
-    for number, line in enumerate(added, start=before + 1):
+    lines = layout.Lines(handle, limit=layout.MAX_RECORD_LINE, hasher=hasher)
+    for number, line in enumerate(lines, start=before + 1):
         _check_record(line, f"{segment.name}:{number}", walk, result, report, wanted=wanted)
-    hasher.update(tail)
     cache.put(
         str(segment),
         checked.Segment(
-            length=len(complete),
-            digest=hasher.digest(),
-            lines=before + len(added),
+            length=offset + lines.complete,
+            digest=lines.hasher.digest(),
+            lines=before + lines.count,
             start=start,
             end=_walk_state(walk, result),
             findings=tuple(report.findings[since:]),
@@ -593,6 +594,7 @@ def _check_segment_cached(
             retained=tuple(result.retained[retained:]),
         ),
     )
+    return lines, before + lines.count
 
 
 def _segments(session_dirs: Sequence[pathlib.Path], report: Report) -> list[pathlib.Path]:
@@ -602,16 +604,16 @@ def _segments(session_dirs: Sequence[pathlib.Path], report: Report) -> list[path
     for session_dir in session_dirs:
         for segment in layout.session_segments(session_dir):
             known = by_name.setdefault(segment.name, segment)
-            if known is not segment and known.read_bytes() != segment.read_bytes():
+            if known is not segment and not filecmp.cmp(known, segment, shallow=False):  # compared in chunks
                 report.add("integrity", str(segment), f"differs from {known}: two versions of one segment")
     return [by_name[name] for name in sorted(by_name)]
 
 
 def _check_record(
-    line: bytes, where: str, walk: _Walk, result: SessionResult, report: Report, *, wanted: set[int]
+    line: bytes | None, where: str, walk: _Walk, result: SessionResult, report: Report, *, wanted: set[int]
 ) -> None:
     parsed = _parse(line, where, report)
-    if parsed is None:
+    if parsed is None or line is None:  # _parse said what is wrong with it
         return
     seq = parsed.get("seq")
     if not isinstance(seq, int):
@@ -682,7 +684,10 @@ def _start(
         return merkle.CompactRange(), "", seq
 
 
-def _parse(line: bytes, where: str, report: Report) -> dict[str, Any] | None:
+def _parse(line: bytes | None, where: str, report: Report) -> dict[str, Any] | None:
+    if line is None:
+        report.add("integrity", where, f"record line is longer than {layout.MAX_RECORD_LINE} bytes: not a record")
+        return None
     try:
         parsed = json.loads(line)
     except ValueError:

@@ -1,11 +1,12 @@
-"""Checkpoints files are read a line at a time, by the verifier and by the data plane alike.
+"""The audit files are read a line at a time, by the verifier and by the data plane alike.
 
 An idle server signs a heartbeat checkpoint every 10 s, so a session that runs for a year has a
-checkpoints file of ~3 million lines. Reading it must not need memory that grows with it: the
-verifier in the web view's sidecar, and the data plane itself at start-up (the previous session's
-last checkpoint), at retention (the checkpoint covering a segment) and when serving the
-checkpoints witnesses fetch. Copies of the file (the archive keeps one) are compared by digest,
-and a copy that is not a prefix of the longest one is reported without hiding its lines.
+checkpoints file of ~3 million lines; segments are 64 MiB by default and may be set larger.
+Reading them must not need memory that grows with them: the verifier (also in the web view's
+sidecar), and the data plane itself at start-up (the previous session's last checkpoint), at
+retention (a segment's first and last records, the checkpoint covering it) and when serving the
+checkpoints witnesses fetch. Copies of a checkpoints file (the archive keeps one) are compared by
+digest, and a copy that is not a prefix of the longest one is reported without hiding its lines.
 """
 
 from __future__ import annotations
@@ -214,3 +215,35 @@ def test_retention_reads_a_segment_a_line_at_a_time(tmp_path: pathlib.Path, audi
     assert evidence.origin == json.loads(lines[0])["origin"] and evidence.last_seq == json.loads(lines[-1])["seq"]
     signed = note.parse_checkpoint(evidence.checkpoint.split("\n\n")[0] + "\n")
     assert signed.size > evidence.last_seq
+
+
+def test_verifying_a_large_segment_needs_little_memory(tmp_path: pathlib.Path, audit_keys: pathlib.Path) -> None:
+    verifier = note.Verifier((audit_keys / "verifier.key").read_text())
+    signer = note.Signer.from_skey((audit_keys / "signing.key").read_text())
+    settings = audit_log.LogSettings(segment_max_bytes=64 << 20, checkpoint_every=1000, checkpoint_seconds=3600)
+    log = audit_log.AuditLog(tmp_path / "audit", signer, instance="pod-1", settings=settings)
+    log.open()
+    auditlog.append_decisions(log, pseudonym.load_keys(audit_keys / "pseudonyms.yaml"), random.Random(4), 3_000)
+    log.close()
+    [segment] = layout.session_segments(log.session_dir)
+    size = segment.stat().st_size
+    assert size > 2_000_000
+    report, peak = _peak(lambda: verify.verify_directory(tmp_path / "audit", verifier))
+    assert report.exit_code == 0 and report.records == log.size
+    assert peak < 2 * SMALL < size / 3, f"verification peaked at {peak} bytes for a {size}-byte segment"
+    cache = checked.Cache()
+    verify.verify_directory(tmp_path / "audit", verifier, cache=cache)
+    again, peak = _peak(lambda: verify.verify_directory(tmp_path / "audit", verifier, cache=cache))
+    assert again == report and cache.replayed == 1 and peak < 2 * SMALL
+
+    # A line longer than any record is a finding, and is not held either.
+    segment.chmod(0o640)
+    with segment.open("ab") as handle:
+        handle.write(b"y" * (4 * SMALL) + b"\n")
+    lines = segment.read_bytes().count(b"\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layout, "MAX_RECORD_LINE", SMALL)
+        report, peak = _peak(lambda: verify.verify_directory(tmp_path / "audit", verifier))
+    wheres = {finding.where: finding.message for finding in report.findings}
+    assert wheres[f"{segment.name}:{lines}"] == f"record line is longer than {SMALL} bytes: not a record"
+    assert report.exit_code == 1 and peak < 3 * SMALL
