@@ -47,9 +47,10 @@ def _find(directories: Sequence[pathlib.Path], record_id: str) -> tuple[pathlib.
         for _, sessions in layout.sessions(directory):
             for session_dir in sessions:
                 for segment in layout.session_segments(session_dir):
-                    for line in segment.read_bytes().splitlines():
-                        if needle in line:
-                            return session_dir.relative_to(directory), int(json.loads(line)["seq"])
+                    with segment.open("rb") as handle:  # a line at a time, as the verifier reads
+                        for line in layout.Lines(handle, limit=layout.MAX_RECORD_LINE):
+                            if line is not None and needle in line:
+                                return session_dir.relative_to(directory), int(json.loads(line)["seq"])
     raise ProofError(f"no record with id {record_id} in {', '.join(map(str, directories))}")
 
 
