@@ -14,8 +14,12 @@ from collections.abc import Callable, Sequence
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.wait import WebDriverWait
 
-__all__ = ["CHROMEDRIVER", "CHROMIUM", "chromium", "missing", "wait_for_download"]
+__all__ = ["CHROMEDRIVER", "CHROMIUM", "chromium", "follow", "missing", "wait_for_download"]
 
 CHROMIUM, CHROMEDRIVER = "chromium", "chromedriver"
 
@@ -57,6 +61,17 @@ def chromium(
     driver = webdriver.Chrome(options=options, service=Service(executable_path=str(shutil.which(CHROMEDRIVER))))
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     return driver
+
+
+def follow(driver: webdriver.Chrome, element: WebElement, timeout: float = 20.0) -> None:
+    """Click ``element`` (a link, a form's button) and wait until the page it leads to has replaced
+    this one and loaded: a click returns at once, and the old page's elements may still be found
+    (then go stale) while the next one loads."""
+    page = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait = WebDriverWait(driver, timeout)
+    wait.until(expected_conditions.staleness_of(page))
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def wait_for_download(

@@ -189,7 +189,7 @@ def test_in_a_browser_search_a_record_its_proof_and_an_export(
         driver.get(base + "/search")
         driver.find_element(By.NAME, "subject").send_keys("alice")
         driver.find_element(By.NAME, "since").send_keys(since)
-        driver.find_element(By.ID, "search-button").click()
+        browser.follow(driver, driver.find_element(By.ID, "search-button"))
         expected = stack.records(
             "--subject", "alice", "--pseudonym-keys", str(stack.keys / "pseudonyms.yaml"), "--since", since
         )
@@ -213,7 +213,7 @@ def test_in_a_browser_search_a_record_its_proof_and_an_export(
         assert exported.read_bytes().count(b"\n") == 4  # a header and alice's three decisions
 
         # A record, and its inclusion proof: checked offline with nothing but the verifier key.
-        links[0].click()
+        browser.follow(driver, links[0])
         record_id = driver.find_element(By.ID, "record-id").text
         assert record_id == expected[-1]["id"]  # newest first
         assert "alice" not in driver.find_element(By.ID, "raw").text  # pseudonyms only
