@@ -264,7 +264,12 @@ def make_dir(path: pathlib.Path, group_id: int | None) -> None:
         missing.append(current)
         current = current.parent
     for directory in reversed(missing):
-        directory.mkdir(mode=DIR_MODE)
+        try:
+            directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+            continue  # made meanwhile by another worker of the server (--workers), starting with this one
         os.chmod(directory, DIR_MODE)  # mkdir's mode is filtered by the umask
         if group_id is not None:
             os.chown(directory, -1, group_id)

@@ -7,6 +7,7 @@ import os
 import pathlib
 import shutil
 import stat
+import threading
 
 import pytest
 
@@ -99,3 +100,28 @@ def test_audit_group_flag(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[
         ]
     )
     assert code == 2 and "--audit-group 'no-such-group-here': no such group" in capsys.readouterr().err
+
+
+def test_workers_making_the_same_directory_at_once_all_succeed(tmp_path: pathlib.Path) -> None:
+    # `tollgate serve --workers N` starts N processes that each make the audit directory; when it
+    # is new, one may make it between another's check and its mkdir. Threads race the same way (the
+    # checks and mkdir are system calls, made without the GIL), at once after a barrier.
+    threads, failures = 8, list[OSError]()
+
+    def make(target: pathlib.Path, barrier: threading.Barrier) -> None:
+        barrier.wait()
+        try:
+            layout.make_dir(target, None)
+        except OSError as error:
+            failures.append(error)
+
+    for round_ in range(40):
+        target = tmp_path / f"round-{round_}" / "audit" / "pod-a"
+        barrier = threading.Barrier(threads)
+        started = [threading.Thread(target=make, args=(target, barrier)) for _ in range(threads)]
+        for thread in started:
+            thread.start()
+        for thread in started:
+            thread.join()
+        assert target.is_dir() and _mode(target) == layout.DIR_MODE
+    assert failures == []
