@@ -60,8 +60,9 @@ _WORK = {
         "assert layout.segment_evidence(layout.session_segments(session)[0]) is not None"
     ),
     "checkpoints for witnesses": (
-        "server = publish.LogPublisher.__new__(publish.LogPublisher); server.directory = audit\n"
-        "assert len(server._checkpoints()) == 1"
+        "server = publish.LogPublisher(audit, '127.0.0.1', 0).start()\n"
+        "status, body = server.answer('/audit/v1/checkpoints'); server.stop()\n"
+        "assert status == 200 and len(body['logs']) == 1"
     ),
 }
 _REPORT = "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"

@@ -31,13 +31,14 @@ import dataclasses
 import hashlib
 from typing import IO, TYPE_CHECKING, Any
 
+from authz.audit import layout
+
 if TYPE_CHECKING:
     from authz.audit import note, verify
 
 __all__ = ["Cache", "Checkpoints", "Segment"]
 
 Opened = tuple["note.Checkpoint", bool] | str  # a checkpoint and whether its line's size agrees; or the finding
-_CHUNK = 1 << 16  # as authz.audit.layout reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ class _Lines:
         hasher, digests, done = hashlib.sha256(), dict[int, bytes](), 0
         for cut in sorted({cut for cut in cuts if cut <= self.length} | {self.length}):
             while done < cut:
-                chunk = handle.read(min(_CHUNK, cut - done))
+                chunk = handle.read(min(layout.CHUNK, cut - done))
                 if not chunk:
                     return None, digests  # shorter than it was: a file of this session was cut
                 hasher.update(chunk)

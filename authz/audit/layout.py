@@ -26,6 +26,7 @@ from typing import IO, Any
 __all__ = [
     "ARCHIVE_MARKER",
     "CHECKPOINTS",
+    "CHUNK",
     "CLOSED_MODE",
     "DIR_MODE",
     "FILE_MODE",
@@ -71,7 +72,7 @@ MAX_CHECKPOINT_LINE = 16 * 1024
 # A record is bounded by the request it describes (a path, a few headers): far below this. Readers
 # of segments hold one line at a time, at most this long; a longer one is not a record.
 MAX_RECORD_LINE = 64 << 20
-_CHUNK = 1 << 16  # 64 KiB reads: memory stays far below a long session's file
+CHUNK = 1 << 16  # bytes per read of a log file: memory stays far below a long session's files
 
 
 def origin_for(instance: str, session: str) -> str:
@@ -142,7 +143,7 @@ class Lines:
     def __iter__(self) -> Iterator[bytes | None]:
         parts: list[bytes] = []  # the line so far, while within the limit (joined once: no re-copying)
         partial, overflow = 0, None  # its length; past the limit, only a hasher of it is kept
-        while chunk := self._handle.read(_CHUNK):
+        while chunk := self._handle.read(CHUNK):
             start = 0
             while (end := chunk.find(b"\n", start)) != -1:
                 piece = chunk[start : end + 1]
@@ -218,7 +219,7 @@ def _lines_backwards(handle: IO[bytes], limit: int) -> Iterator[bytes]:
     position = handle.seek(0, os.SEEK_END)
     pending, overflow = b"", False  # the end of the line being read backwards
     while position > 0:
-        step = min(_CHUNK, position)
+        step = min(CHUNK, position)
         position -= step
         handle.seek(position)
         parts = handle.read(step).split(b"\n")

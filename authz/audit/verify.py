@@ -390,7 +390,7 @@ def _load_checkpoints(
                 for _ in lines:
                     pass
             copies[path] = (lines.complete, lines.hasher.digest())
-            _torn_checkpoints(path, lines, result)
+            _torn_checkpoints(path, lines.torn, lines.count, result)
             if cache is not None:
                 cache.checkpoints(str(path))  # seen: kept, if it was once the longest
     cuts = {length for length, _ in copies.values()}
@@ -405,9 +405,10 @@ def _load_checkpoints(
     return signed.by_size
 
 
-def _torn_checkpoints(path: pathlib.Path, lines: layout.Lines, result: SessionResult) -> None:
-    if lines.torn:
-        result.torn.append((f"{path}:{lines.count + 1}", "torn last checkpoint line (interrupted write)"))
+def _torn_checkpoints(path: pathlib.Path, torn: bool, lines: int, result: SessionResult) -> None:
+    """Note a checkpoints file's torn last line (after its ``lines`` complete ones)."""
+    if torn:
+        result.torn.append((f"{path}:{lines + 1}", "torn last checkpoint line (interrupted write)"))
 
 
 def _read_longest(
@@ -436,10 +437,10 @@ def _read_longest(
             last_time = signed.add(f"{path}:{number}", outcome, last_time)
             if base + lines.complete in cuts:
                 prefixes[base + lines.complete] = lines.hasher.copy().digest()
-    lines.count += before  # numbered from the file's first line
-    _torn_checkpoints(path, lines, result)
+    total = before + lines.count  # the file's complete lines, the entry's included
+    _torn_checkpoints(path, lines.torn, total, result)
     if cache is not None:
-        kept = checked.Checkpoints(base + lines.complete, lines.hasher.digest(), lines.count, signed.copy(), last_time)
+        kept = checked.Checkpoints(base + lines.complete, lines.hasher.digest(), total, signed.copy(), last_time)
         cache.put(str(path), kept)
     return signed, prefixes
 

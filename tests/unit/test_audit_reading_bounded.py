@@ -41,7 +41,7 @@ def _lines_of(data: bytes, limit: int) -> list[bytes | None]:
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
 def test_lines_read_in_chunks_are_the_files_lines(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
-    monkeypatch.setattr(layout, "_CHUNK", chunk)
+    monkeypatch.setattr(layout, "CHUNK", chunk)
     rng = random.Random(chunk)
     for _ in range(200):
         pieces = [bytes(rng.choice(b"ab\n") for _ in range(rng.randrange(0, 30))) for _ in range(rng.randrange(0, 6))]
@@ -137,10 +137,12 @@ def test_the_data_plane_reads_a_long_session_in_little_memory(
     assert peak < SMALL
 
     # What witnesses fetch: each log's newest checkpoint.
-    server = audit_publish.LogPublisher.__new__(audit_publish.LogPublisher)
-    server.directory = directory
-    logs, peak = _peak(server._checkpoints)
-    assert [entry["checkpoint"] for entry in logs] == [json.loads(last)["note"]]
+    server = audit_publish.LogPublisher(directory, "127.0.0.1", 0).start()
+    try:
+        (status, body), peak = _peak(lambda: server.answer("/audit/v1/checkpoints"))
+    finally:
+        server.stop()
+    assert status == 200 and [entry["checkpoint"] for entry in body["logs"]] == [json.loads(last)["note"]]
     assert peak < SMALL
 
 
