@@ -247,13 +247,14 @@ class ServerSettings:
         _count(0),
         shown="no limit",
     )
-    log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
-    event_loop: str = _setting(
-        "auto",
-        "--event-loop",
-        "auto: uvloop if installed, else asyncio; uvloop (required); asyncio",
-        _choice(auto="auto", uvloop="uvloop", asyncio="asyncio"),
+    grpc_threads: int = _setting(
+        16,
+        "--grpc-threads",
+        "gRPC checks decided at once, per worker: each on a thread of its own, one at a time "
+        "(docs/operations.md: how a check is run); more wait their turn",
+        _count(1),
     )
+    log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
 
     @property
     def config_path(self) -> pathlib.Path:
@@ -271,6 +272,8 @@ class ServerSettings:
             raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
         if self.workers > MAX_WORKERS:
             raise UsageError(f"--workers {self.workers}: at most {MAX_WORKERS}")
+        if self.grpc_threads > MAX_GRPC_THREADS:
+            raise UsageError(f"--grpc-threads {self.grpc_threads}: at most {MAX_GRPC_THREADS}")
         for flag, path in (
             ("--tls-cert", self.tls_cert),
             ("--tls-key", self.tls_key),
@@ -281,6 +284,7 @@ class ServerSettings:
 
 
 MAX_WORKERS = 64
+MAX_GRPC_THREADS = 1024  # each a thread of the process, idle ones included
 
 
 def _hostname() -> str:
@@ -484,6 +488,13 @@ class OperatorSettings:
         "--workers",
         "server processes sharing the listen addresses (SO_REUSEPORT), kept running by this one "
         "(docs/operations.md: choosing a worker count)",
+        _count(1),
+    )
+    grpc_threads: int = _setting(
+        16,
+        "--grpc-threads",
+        "gRPC checks decided at once, per worker: each on a thread of its own, one at a time "
+        "(docs/operations.md: how a check is run); more wait their turn",
         _count(1),
     )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)

@@ -1,33 +1,84 @@
-"""The event loop ``tollgate serve`` runs on: uvloop where it is installed, else asyncio's own.
+"""The event loop ``tollgate serve`` runs on: asyncio's own, holding one lock while it runs anything.
 
-uvloop (libuv under asyncio's interface) costs less CPU per Check than asyncio's default loop:
-docs/performance.md has the same-run measurement. Everything on the loop (grpc.aio, aiohttp, the
-Kubernetes client, the audit writer) uses only asyncio's public interface, which uvloop implements.
-``--event-loop``: ``auto`` (uvloop if it can be imported, else asyncio, and the log says which),
-``uvloop`` (refuse to start without it), ``asyncio``.
+gRPC Checks are decided on grpcio's own threads (:mod:`authz.threads`), not on the loop: handing
+each call from gRPC's threads to an event loop, as grpc.aio does, was most of what a Check cost
+(docs/performance.md, "gRPC Checks on gRPC's threads"). Tollgate's code, though, is written for one
+thread: the token cache, the audit queue, metrics and detectors have no locks of their own. The
+:class:`LockedLoop` keeps it that way. Its thread holds :attr:`LockedLoop.lock` at all times except
+while it waits for I/O in ``select()``; a gRPC thread takes the lock to decide a Check. So
+Tollgate's code runs on one thread at a time, whichever thread that is.
+
+Two things the loop does for a thread that holds its lock: a callback scheduled from there
+(``call_soon``, ``call_at``: a future's result, an event set, a timer) wakes the loop, which may be
+waiting in ``select()``; and ``is_running()`` says whether a Check may start at all (between
+``run_until_complete`` calls and after ``close()``, nothing would ever finish it).
+
+uvloop has no hook into its wait, so the loop is asyncio's ``SelectorEventLoop`` (docs/operations.md,
+"How a Check is run").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import selectors
+import threading
 from collections.abc import Callable
 
-from authz import configuration
-
-__all__ = ["CHOICES", "factory"]
-
-CHOICES = ("auto", "uvloop", "asyncio")
+__all__ = ["LockedLoop", "new_event_loop"]
 
 
-def factory(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
-    """The loop factory for ``asyncio.Runner``, and its name for the log. ``choice=uvloop`` without
-    uvloop is a :class:`~authz.configuration.UsageError`."""
-    if choice == "asyncio":
-        return asyncio.new_event_loop, "asyncio"
-    try:
-        import uvloop  # noqa: PLC0415 - optional: the server runs without it
-    except ImportError as error:
-        if choice == "uvloop":
-            raise configuration.UsageError(f"--event-loop uvloop: uvloop cannot be imported ({error})") from None
-        return asyncio.new_event_loop, f"asyncio (uvloop cannot be imported: {error})"
-    return uvloop.new_event_loop, f"uvloop {getattr(uvloop, '__version__', '')}".rstrip()
+class _LockingSelector(selectors.DefaultSelector):
+    """The system's selector, letting go of the loop's lock only while it waits."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__()
+        self._lock = lock
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self._lock.release()
+        try:
+            return super().select(timeout)
+        finally:
+            self._lock.acquire()
+
+
+class LockedLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop whose thread holds :attr:`lock` except while waiting for I/O."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._owner: int | None = None  # the thread in run_forever()
+        super().__init__(_LockingSelector(self.lock))
+
+    def run_forever(self) -> None:
+        with self.lock:
+            self._owner = threading.get_ident()
+            try:
+                super().run_forever()
+            finally:
+                self._owner = None
+
+    def call_soon[*Ts](
+        self, callback: Callable[[*Ts], object], *args: *Ts, context: contextvars.Context | None = None
+    ) -> asyncio.Handle:
+        if self._owner is None or threading.get_ident() == self._owner:
+            return super().call_soon(callback, *args, context=context)
+        return self.call_soon_threadsafe(callback, *args, context=context)  # wakes select()
+
+    def call_at[*Ts](
+        self, when: float, callback: Callable[[*Ts], object], *args: *Ts, context: contextvars.Context | None = None
+    ) -> asyncio.TimerHandle:
+        handle = super().call_at(when, callback, *args, context=context)
+        if self._owner is not None and threading.get_ident() != self._owner:
+            self.call_soon_threadsafe(_nothing)  # select() may be waiting past this timer's time
+        return handle
+
+
+def _nothing() -> None:
+    """Scheduled only to wake the loop."""
+
+
+def new_event_loop() -> LockedLoop:
+    """The loop factory for ``asyncio.Runner`` (and for the tests' loops)."""
+    return LockedLoop()

@@ -1,9 +1,12 @@
-"""``tollgate serve``: the grpc.aio server, its health and reflection services, reload and drain.
+"""``tollgate serve``: the gRPC server, its health and reflection services, reload and drain.
 
 Owns the process lifecycle, as in grpc's Python examples:
 
 - Start: load the configuration (a broken one at start is fatal: exit 2 with every error named),
-  bind, mark health SERVING. Identity providers fetch their keys in the background.
+  bind, mark health SERVING. Identity providers fetch their keys in the background. The gRPC
+  server is grpcio's synchronous one: each Check is decided on the gRPC thread that received it,
+  under the event loop's lock (:mod:`authz.threads`, :mod:`authz.loops`); everything else (reload,
+  the audit writer, the HTTP edge, health and metrics over HTTP) runs on the loop.
 - Reload: poll the configuration files (or follow the operator's ConfigMap and Secret through the
   API, :mod:`authz.kube`); on a change, load and compile off the event loop and swap the snapshot
   in one assignment. In-flight Checks keep the snapshot they started with, so
@@ -23,18 +26,19 @@ import pathlib
 import signal
 import ssl
 from collections.abc import Callable, Coroutine
+from concurrent import futures
 from typing import Any
 
 import grpc
-from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (health.aio)
+from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from authz import checks, configuration, detect, http_server, loader, metrics, service, telemetry
+from authz import checks, configuration, detect, http_server, loader, loops, metrics, service, telemetry
 from authz.errors import ConfigError
 from authz.identity import resolve
 
-__all__ = ["ListenError", "Runtime", "serve", "start", "start_http", "watch"]
+__all__ = ["GrpcServer", "ListenError", "Runtime", "serve", "start", "start_http", "watch"]
 
 _log = logging.getLogger(__name__)
 
@@ -172,23 +176,44 @@ def _credentials(settings: configuration.ServerSettings) -> grpc.ServerCredentia
     )
 
 
+class GrpcServer:
+    """The running gRPC server and the pool of threads its calls are decided on."""
+
+    def __init__(self, server: grpc.Server, pool: futures.ThreadPoolExecutor) -> None:
+        self._server = server
+        self._pool = pool
+
+    async def stop(self, grace: float | None) -> None:
+        """Refuse new calls; give those in flight ``grace`` seconds (None: none), then cancel them.
+        The loop keeps running meanwhile: a Check waiting on it (durable audit) can still finish."""
+        await asyncio.to_thread(self._server.stop(grace).wait)
+        self._pool.shutdown(wait=False)
+
+
 async def start(
     settings: configuration.ServerSettings, runtime: Runtime, *, shared_ports: bool = False
-) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
-    """Build and start the server; return it, its health servicer and the bound port.
-    ``shared_ports``: bind with SO_REUSEPORT, beside the other workers (:mod:`authz.workers`)."""
+) -> tuple[GrpcServer, grpc_health.HealthServicer, int]:
+    """Build and start the server; return it, its health servicer and the bound port. It answers
+    (health SERVING included) from its own threads at once: :func:`serve` starts it last, once
+    every other listener is bound. ``shared_ports``: bind with SO_REUSEPORT, beside the other
+    workers (:mod:`authz.workers`). Must run on :class:`authz.loops.LockedLoop` (``tollgate
+    serve`` does, and so do the tests)."""
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, loops.LockedLoop):
+        raise TypeError(f"the gRPC server needs authz.loops.LockedLoop, not {type(loop).__name__}")
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", 4 * 1024 * 1024),
         ("grpc.so_reuseport", 1 if shared_ports else 0),
     ]
     if settings.max_connections:  # gRPC core closes each connection past it as it is accepted
         options.append(("grpc.max_allowed_incoming_connections", settings.max_connections))
-    server = grpc.aio.server(options=options)
-    handlers = service.AuthorizationService(runtime).method_handlers()
+    pool = futures.ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="grpc")
+    server = grpc.server(pool, options=options)
+    handlers = service.AuthorizationService(runtime).method_handlers(loop)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.SERVICE_NAME, handlers),))
     # As the generated add_..._to_server does (grpcio >= 1.63; not in the type stubs yet).
     server.add_registered_method_handlers(service.SERVICE_NAME, handlers)  # type: ignore[attr-defined]
-    health_servicer = health_aio.HealthServicer()
+    health_servicer = grpc_health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (service.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -201,16 +226,18 @@ async def start(
         else:
             port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as error:  # gRPC says only "Failed to bind" (the reason goes to its log)
+        pool.shutdown(wait=False)
         raise ListenError(
             f"--listen {settings.listen}: cannot listen there (in use, or not an address of this machine)"
         ) from error
     if port == 0:
+        pool.shutdown(wait=False)
         raise ListenError(f"--listen {settings.listen}: cannot listen there")
-    await server.start()
+    server.start()
     runtime.identity.start()
     for name in ("", service.SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, health_servicer, port
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return GrpcServer(server, pool), health_servicer, port
 
 
 async def serve(
@@ -231,7 +258,6 @@ async def serve(
     if settings.metrics_listen or otlp:
         runtime.check_metrics = metrics.CheckMetrics()
         export = metrics.Export(runtime, otlp=otlp)
-    server, health_servicer, port = await start(settings, runtime, shared_ports=shared_ports)
     http_edge = await start_http(settings, runtime, shared_ports=shared_ports) if settings.http_listen else None
     http_health = None
     if settings.metrics_listen:
@@ -242,6 +268,7 @@ async def serve(
         await http_health.start()
         if metrics_bound is not None:
             metrics_bound(http_health.port)
+    server, health_servicer, port = await start(settings, runtime, shared_ports=shared_ports)
     if runtime.detection is not None:
         runtime.detection.start()
     _settle_memory()
@@ -266,7 +293,7 @@ async def serve(
     _log.info("shutting down: draining for up to %.1fs", settings.grace)
     if http_health is not None:
         http_health.draining = True  # /readyz says 503 when gRPC health says NOT_SERVING
-    await health_servicer.enter_graceful_shutdown()
+    health_servicer.enter_graceful_shutdown()
     if watcher is not None:
         watcher.cancel()
     if http_edge is not None:

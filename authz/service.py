@@ -18,7 +18,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import message as protobuf_message
 
 from authz import check_request as envoy_request
-from authz import checks, response
+from authz import checks, loops, response, threads
 from authz import request as request_model
 
 __all__ = ["SERVICE_NAME", "AuthorizationService"]
@@ -49,15 +49,17 @@ class AuthorizationService:
     def __init__(self, runtime: checks.Runtime) -> None:
         self._runtime = runtime
 
-    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-        """``{"Check": handler}``, for both ``add_registered_method_handlers`` and a generic handler.
+    def method_handlers(self, loop: loops.LockedLoop) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """``{"Check": handler}`` for grpcio's synchronous server: each Check decided on the gRPC
+        thread that received it, under ``loop``'s lock (:mod:`authz.threads`). For both
+        ``add_registered_method_handlers`` and a generic handler.
 
         Registering the method (as the generated ``add_..._to_server`` functions do) lets gRPC core
         route each call itself instead of a Python lookup per call: measurably cheaper per Check.
         """
         return {
             "Check": grpc.unary_unary_rpc_method_handler(
-                self.check,
+                threads.behavior(loop, self.check),
                 request_deserializer=_parse,
                 response_serializer=None,  # check() answers with the serialized CheckResponse
             )

@@ -22,7 +22,7 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
                          hostile-token-1000 with --detection off: every request a 401 the detectors count
     noop-authz-uvloop    noop-authz on uvloop's event loop
     noop-authz-threads   noop-authz on grpcio's synchronous server, 2 handler threads, no event loop
-    asyncio-jwt-1000     tollgate-jwt-1000 on asyncio's own loop (the others run on uvloop, the default)
+    threads2-jwt-1000    tollgate-jwt-1000 with --grpc-threads 2 (the others: 16, the default)
     noop-http            a do-nothing HTTP ext_authz server: asyncio.Protocol + httptools on uvloop
     noop-http-uvicorn    the same answers from uvicorn (httptools, uvloop) and a raw ASGI app
     audit-jwt-1000       tollgate-jwt-1000 with the async audit trail (the issue's full work per Check)
@@ -347,8 +347,8 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
                 {"Authorization": f"Bearer {token}"},
             ),
             (
-                "asyncio-jwt-1000",
-                Backend(tollgate(jwt_dir, "", None, "--event-loop", "asyncio")),
+                "threads2-jwt-1000",
+                Backend(tollgate(jwt_dir, "", None, "--grpc-threads", "2")),
                 jwt_host,
                 {"Authorization": f"Bearer {token}"},
             ),
@@ -518,7 +518,7 @@ def render(results: dict[str, Any]) -> str:
     pairs += [("audit-async-1000", "tollgate-1000"), ("audit-sync-1000", "audit-async-1000")]
     pairs += [("tollgate-jwt-1000", "bare-jwt-1000"), ("observed-jwt-1000", "tollgate-jwt-1000")]
     pairs += [("observed-jwt-1000", "bare-jwt-1000"), ("hostile-token-1000", "bare-hostile-token-1000")]
-    pairs += [("noop-authz-uvloop", "noop-authz"), ("tollgate-jwt-1000", "asyncio-jwt-1000")]
+    pairs += [("noop-authz-uvloop", "noop-authz"), ("threads2-jwt-1000", "tollgate-jwt-1000")]
     pairs += [("tollgate-jwt-1000", "noop-authz-uvloop"), ("audit-jwt-1000", "noop-authz-uvloop")]
     pairs += [("noop-authz-threads", "noop-authz-uvloop")]
     pairs += [("noop-http-uvicorn", "noop-http"), ("http-jwt-1000", "noop-http")]

@@ -10,6 +10,9 @@
   (``envoy_bootstrap.GRPC_MODE`` / ``HTTP_MODE``): the security suites hold for both edges.
 - ``audit_keys``: a checkpoint signing key, its verifier key and a pseudonym key file, made with
   the real ``tollgate audit`` commands.
+
+Every async test runs on the loop ``tollgate serve`` runs on (:class:`authz.loops.LockedLoop`):
+an in-process gRPC server needs it, and the rest is tested on what it runs on.
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ from typing import Any
 
 import pytest
 
-from authz import cli, envoy_bootstrap
+from authz import cli, envoy_bootstrap, loops
 from authz.dev import harness, idp, upstream
 
 TRANSPORTS = [envoy_bootstrap.GRPC_MODE, envoy_bootstrap.HTTP_MODE]
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Mapping[str, Any]:
+    return {"locked": loops.new_event_loop}
 
 
 class Reply:

@@ -230,7 +230,7 @@ def test_http_ext_authz_and_workers_reach_the_pod_the_service_and_the_gateway(
     [server] = [c for c in pod["containers"] if c["name"] == "tollgate"]
     env = {item["name"]: item.get("value") for item in server["env"]}
     assert env["TOLLGATE_HTTP_LISTEN"] == "0.0.0.0:9002" and env["TOLLGATE_WORKERS"] == "2"
-    assert env["TOLLGATE_MAX_CONNECTIONS"] == "4096"
+    assert env["TOLLGATE_MAX_CONNECTIONS"] == "4096" and env["TOLLGATE_GRPC_THREADS"] == "32"
     assert {"name": "http-authz", "containerPort": 9002, "protocol": "TCP"} in server["ports"]
     service = _find(objects, "Service", "-dataplane")
     assert [p["port"] for p in service["spec"]["ports"] if p["name"] == "http-authz"] == [9002]
@@ -298,6 +298,8 @@ def test_the_audit_web_view_reads_the_log_and_is_reached_only_through_the_gatewa
         ({"dataplane": {"replicas": "two"}, "audit": {"existingSecret": "k"}}, "/dataplane/replicas"),
         ({"dataplane": {"workers": 0}, "audit": {"existingSecret": "k"}}, "/dataplane/workers"),
         ({"dataplane": {"maxConnections": -1}, "audit": {"existingSecret": "k"}}, "/dataplane/maxConnections"),
+        ({"dataplane": {"grpcThreads": 0}, "audit": {"existingSecret": "k"}}, "/dataplane/grpcThreads"),
+        ({"dataplane": {"grpcThreads": 2048}, "audit": {"existingSecret": "k"}}, "/dataplane/grpcThreads"),
         (
             {"gateway": {"enabled": True, "authzMode": "http"}, "audit": {"existingSecret": "k"}},
             "gateway.authzMode=http needs dataplane.httpPort",

@@ -1,4 +1,4 @@
-"""Authorization/Check over a real grpc.aio server on 127.0.0.1, through a real channel.
+"""Authorization/Check over the real gRPC server on 127.0.0.1, through a real channel.
 
 Covers the transport edge: health and reflection, malformed CheckRequests (unparseable bytes,
 missing attributes, oversized headers), fail-closed on an internal fault, one record per Check,
@@ -38,7 +38,7 @@ spec:
 
 
 class Running:
-    def __init__(self, grpc_server: grpc.aio.Server, port: int, runtime: server.Runtime) -> None:
+    def __init__(self, grpc_server: server.GrpcServer, port: int, runtime: server.Runtime) -> None:
         self.server = grpc_server
         self.port = port
         self.runtime = runtime

@@ -1,10 +1,11 @@
-"""The server on either event loop (authz.loops): uvloop, the default where installed, and
-asyncio's own — the same answers through a real Envoy, the same audit trail, the same drain; and a
-clean fall back when uvloop cannot be imported."""
+"""``tollgate serve``'s gRPC Checks decided on gRPC's threads (authz.threads), through a real Envoy:
+the same answers and audit trail whether a Check waits or not (durable audit mode makes every
+Check wait for its record, so every one is finished by the loop), a clean drain, and
+``--grpc-threads`` refused in one line when it is not a count."""
 
 from __future__ import annotations
 
-import os
+import json
 import pathlib
 import subprocess
 import sys
@@ -20,9 +21,9 @@ from authz.dev import harness, idp, upstream
 pytestmark = pytest.mark.envoy
 
 
-@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_the_same_answers_audit_and_drain_on_either_loop(
-    loop: str,
+@pytest.mark.parametrize("audit_mode", ["async", "sync"])
+def test_the_same_answers_audit_and_drain_whether_checks_wait_or_not(
+    audit_mode: str,
     tmp_path: pathlib.Path,
     dev_idp: idp.DevIdentityProvider,
     echo_upstream: upstream.EchoUpstream,
@@ -39,11 +40,11 @@ def test_the_same_answers_audit_and_drain_on_either_loop(
     audit_dir = tmp_path / "audit"
     authz = tollgate(
         config,
-        "--event-loop",
-        loop,
+        "--grpc-threads",
+        "2",
         "--metrics-listen",
         f"127.0.0.1:{metrics_port}",
-        *harness.audit_flags(audit_keys, audit_dir),
+        *harness.audit_flags(audit_keys, audit_dir, "--audit-mode", audit_mode),
     )
     proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
     staff = {"authorization": "Bearer " + dev_idp.token("alice", groups=["staff"])}
@@ -52,37 +53,35 @@ def test_the_same_answers_audit_and_drain_on_either_loop(
         if reply.status != 503:
             break
     assert reply.status == 200 and reply.json()["headers"]["x-tollgate-subject"] == ["alice"]
-    assert http(proxy.port, "GET", "/private", host="app.test").status == 401
+    answers = [http(proxy.port, "GET", "/private", host="app.test", headers=staff).status for _ in range(20)]
+    assert answers == [200] * 20
+    unauthenticated = http(proxy.port, "GET", "/private", host="app.test")
+    assert unauthenticated.status == 401 and unauthenticated.json()["reason"] == "default_deny"
     forged = {"authorization": "Bearer forged", "x-tollgate-subject": "root"}
     assert http(proxy.port, "GET", "/private", host="app.test", headers=forged).status == 401
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5) as ready:
         assert ready.status == 200
     assert authz.stop() == 0  # SIGTERM: drained, audit session closed
-    log = (tmp_path / "tollgate.log").read_text()
-    assert f"event loop: {loop}" in log
     assert cli.main(["audit", "verify", str(audit_dir), "--key", str(audit_keys / "verifier.key")]) == 0
+    records = [
+        json.loads(line) for segment in audit_dir.rglob("segment-*.jsonl") for line in segment.read_bytes().splitlines()
+    ]
+    decisions = [r for r in records if r["kind"] == "decision"]
+    allowed = [r for r in decisions if r["decision"] == "allow"]
+    assert len(allowed) == 21 and {r["status"] for r in allowed} == {200}
+    assert sum(r["decision"] == "deny" and r["status"] == 401 for r in decisions) == 2
 
 
-def test_without_uvloop_auto_falls_back_and_uvloop_refuses_in_one_line(tmp_path: pathlib.Path) -> None:
-    """uvloop made unimportable for real: a package of that name that fails to import comes first."""
-    shadow = tmp_path / "shadow" / "uvloop"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text('raise ImportError("uvloop is not available on this machine")\n')
-    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+@pytest.mark.parametrize(("value", "says"), [("0", "must be 1 or more"), ("many", "not a whole number")])
+def test_grpc_threads_that_is_not_a_count_is_refused_in_one_line(value: str, says: str) -> None:
     config = pathlib.Path(__file__).parents[2] / "examples" / "policies"
-    process = harness.TollgateProcess(config, extra=["--event-loop", "auto"], env=env, log_to=tmp_path / "log")
-    process.start()
-    assert process.stop() == 0
-    assert "event loop: asyncio (uvloop cannot be imported: uvloop is not available" in (tmp_path / "log").read_text()
     refused = subprocess.run(
-        [sys.executable, "-m", "authz", "serve", "--config", str(config), "--event-loop", "uvloop"],
-        env=env,
+        [sys.executable, "-m", "authz", "serve", "--config", str(config), "--grpc-threads", value],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert refused.stderr.strip().splitlines() == [
-        "tollgate: --event-loop uvloop: uvloop cannot be imported (uvloop is not available on this machine)"
-    ]
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert refused.stderr.strip() == f"tollgate: --grpc-threads '{value}': {says}"
