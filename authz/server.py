@@ -184,10 +184,12 @@ class GrpcServer:
         self._pool = pool
 
     async def stop(self, grace: float | None) -> None:
-        """Refuse new calls; give those in flight ``grace`` seconds (None: none), then cancel them.
-        The loop keeps running meanwhile: a Check waiting on it (durable audit) can still finish."""
+        """Refuse new calls; give those in flight ``grace`` seconds (None: none), then cancel them;
+        return once no thread is deciding a Check. The loop keeps running meanwhile: a Check waiting
+        on it (durable audit) can still finish, and a cancelled one is recorded as such before the
+        audit log is closed after this (a call gRPC has ended may still be on its way to a thread)."""
         await asyncio.to_thread(self._server.stop(grace).wait)
-        self._pool.shutdown(wait=False)
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
 
 
 async def start(

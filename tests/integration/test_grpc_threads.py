@@ -161,3 +161,18 @@ async def test_stopping_lets_a_waiting_check_finish_within_the_grace_period(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Check(_request("after"), timeout=2)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_stop_returns_after_a_check_cut_off_by_the_grace_period_has_ended(
+    tmp_path: pathlib.Path, channel: Any
+) -> None:
+    """The audit log is closed right after the server stops: a Check whose call gRPC cancelled at
+    the end of the grace period must have ended (and said so to the recorder) by then."""
+    running = await _start(tmp_path, durable=True)
+    stub = channel(running.port)
+    waiting = asyncio.ensure_future(stub.Check(_request("cut-off"), timeout=10))
+    await asyncio.sleep(0.3)
+    await running.server.stop(0.2)  # the grace passes with the Check still waiting for its record
+    assert running.recorder.cancelled == ["cut-off"]
+    with pytest.raises(grpc.aio.AioRpcError):
+        await waiting
