@@ -422,11 +422,14 @@ class Index:
             handle.seek(done)
             batch = _Batch(file_id)
             offset = done
-            for line in handle:
-                if not line.endswith(b"\n"):
-                    break  # being written: indexed once complete
-                batch.add(line, offset)
-                offset += len(line)
+            # Complete lines only (one being written is indexed once complete), each bounded: a
+            # line longer than any record is skipped (`audit verify` reports it), never held.
+            lines = layout.Lines(handle, limit=layout.MAX_RECORD_LINE)
+            for line in lines:
+                end = done + lines.complete
+                if line is not None:
+                    batch.add(line, offset, end - offset)
+                offset = end
                 if batch.size >= _BATCH:
                     batch.flush(db)
             batch.flush(db)
@@ -452,7 +455,9 @@ class _Batch:
     def size(self) -> int:
         return len(self.rows) + len(self.alerts)
 
-    def add(self, line: bytes, offset: int) -> None:
+    def add(self, line: bytes, offset: int, length: int) -> None:
+        """One record line (without its newline) that starts at ``offset`` and takes ``length``
+        bytes of its file, newline included."""
         try:
             item = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -461,7 +466,7 @@ class _Batch:
             return
         kind = item.get("kind")
         time_ms = item["time_ms"] if isinstance(item.get("time_ms"), int) else 0
-        where = (self.file_id, offset, len(line), str(item.get("id", "")), time_ms)
+        where = (self.file_id, offset, length, str(item.get("id", "")), time_ms)
         if kind == "decision":
             identity = item.get("identity") or {}
             request = item.get("request") or {}

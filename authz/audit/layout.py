@@ -127,11 +127,15 @@ class _NoHash:
 
 
 class Lines:
-    """The complete lines of an open file from where it stands, read in chunks: memory stays
-    under a chunk plus ``limit`` whatever the file's size. A line longer than ``limit`` is given as
+    """The complete lines of an open file from where it stands, one at a time: memory stays under
+    ``limit`` (plus a chunk) whatever the file's size. A line longer than ``limit`` is given as
     None (its bytes are not kept). Bytes after the last newline (a torn write) are not a line;
     :attr:`torn` says whether there were any once the lines are read. :attr:`hasher`, if one was
-    given, has been fed exactly the complete lines' bytes."""
+    given, has been fed exactly the complete lines' bytes.
+
+    Each line is one ``readline(limit + 1)`` of the buffered file (C code, as fast as iterating
+    over the file, which holds a line of any length), and only an overlong one is read on in
+    chunks."""
 
     def __init__(self, handle: IO[bytes], *, limit: int = MAX_CHECKPOINT_LINE, hasher: Any = None) -> None:
         self._handle, self._limit = handle, limit
@@ -141,37 +145,31 @@ class Lines:
         self.torn = False
 
     def __iter__(self) -> Iterator[bytes | None]:
-        parts: list[bytes] = []  # the line so far, while within the limit (joined once: no re-copying)
-        partial, overflow = 0, None  # its length; past the limit, only a hasher of it is kept
-        while chunk := self._handle.read(CHUNK):
-            start = 0
-            while (end := chunk.find(b"\n", start)) != -1:
-                piece = chunk[start : end + 1]
-                partial += len(piece)
-                line: bytes | None = None
-                if overflow is not None:
-                    overflow.update(piece)
-                    self.hasher = overflow
-                else:
-                    whole = b"".join((*parts, piece)) if parts else piece
-                    self.hasher.update(whole)
-                    line = whole[:-1] if partial - 1 <= self._limit else None
-                self.complete += partial
+        readline, limit = self._handle.readline, self._limit
+        while line := readline(limit + 1):
+            if line[-1] == 10:  # b"\n": a whole line within the limit
+                self.hasher.update(line)
+                self.complete += len(line)
                 self.count += 1
-                parts, partial, overflow, start = [], 0, None, end + 1
-                yield line
-            rest = chunk[start:]
-            partial += len(rest)
-            if overflow is not None:
-                overflow.update(rest)
-            elif partial > self._limit:  # hashed on a copy: the file may end before its newline
-                overflow = self.hasher.copy()
-                for part in (*parts, rest):
-                    overflow.update(part)
-                parts = []
-            elif rest:
-                parts.append(rest)
-        self.torn = partial > 0
+                yield line[:-1]
+            elif len(line) <= limit:  # the file ends before this line does
+                self.torn = True
+                return
+            else:  # overlong: hashed on a copy (the file may end before its newline), never kept
+                overflow, length = self.hasher.copy(), len(line)
+                overflow.update(line)
+                while more := readline(CHUNK):
+                    overflow.update(more)
+                    length += len(more)
+                    if more[-1] == 10:
+                        break
+                else:
+                    self.torn = True
+                    return
+                self.hasher = overflow
+                self.complete += length
+                self.count += 1
+                yield None
 
 
 def _entry(line: bytes | None) -> dict[str, Any] | None:

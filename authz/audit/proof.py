@@ -127,6 +127,9 @@ class SessionTree:
                     for line in lines.splitlines(keepends=True):
                         self._add(name, self._offset, line)
                         self._offset += len(line)
+                    if len(rest) > layout.MAX_RECORD_LINE:  # never held whole: not a record
+                        self.problem = f"{path} has a line longer than {layout.MAX_RECORD_LINE} bytes"
+                        return b""
         except OSError:
             pass  # moved to the archive or removed meanwhile: the next refresh finds it where it went
         return rest
@@ -220,10 +223,12 @@ class SessionTree:
             try:
                 with segments[segment].open("rb") as handle:
                     handle.seek(offset if segment == name else 0)
-                    for line in handle:
-                        if not line.endswith(b"\n") or len(lines) == count:
+                    for line in layout.Lines(handle, limit=layout.MAX_RECORD_LINE):
+                        if len(lines) == count:
                             break
-                        lines.append(line)
+                        if line is None:
+                            raise ProofError("a line longer than any record is in the way: see tollgate audit verify")
+                        lines.append(line + b"\n")
             except OSError:
                 break
             if len(lines) == count:

@@ -141,9 +141,14 @@ def iter_records(
                 progress(size)
             continue
         with segment.open("rb") as handle:
-            for line in handle:
+            lines = layout.Lines(handle, limit=layout.MAX_RECORD_LINE)  # a line at a time, each bounded
+            read = 0
+            for line in lines:
                 if progress:
-                    progress(len(line))
+                    progress(lines.complete - read)
+                    read = lines.complete
+                if line is None:
+                    continue  # longer than any record; `audit verify` reports it
                 if needles and not all(needle in line for needle in needles):
                     continue
                 if any_of and not any(needle in line for needle in any_of):
@@ -151,9 +156,11 @@ def iter_records(
                 try:
                     item = json.loads(line)
                 except ValueError:
-                    continue  # a torn line; `audit verify` reports it
+                    continue  # not a record; `audit verify` reports it
                 if filters.match(item):
                     yield item
+            if progress and size > read:
+                progress(size - read)  # a torn last line
 
 
 _COLUMNS = [

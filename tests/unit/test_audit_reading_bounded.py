@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 
-from authz.audit import checked, layout, note, pseudonym, verify
+from authz.audit import checked, layout, note, pseudonym, query, verify
+from authz.audit import index as audit_index
 from authz.audit import log as audit_log
+from authz.audit import proof as audit_proof
 from authz.audit import publish as audit_publish
 from authz.dev import auditlog
 
@@ -249,3 +251,55 @@ def test_verifying_a_large_segment_needs_little_memory(tmp_path: pathlib.Path, a
     wheres = {finding.where: finding.message for finding in report.findings}
     assert wheres[f"{segment.name}:{lines}"] == f"record line is longer than {SMALL} bytes: not a record"
     assert report.exit_code == 1 and peak < 3 * SMALL
+
+
+def test_the_auditors_readers_skip_an_overlong_line_without_holding_it(
+    tmp_path: pathlib.Path, audit_keys: pathlib.Path
+) -> None:
+    """`tollgate audit query`, the web view's index and its proof trees read segments a line at a
+    time too: a line longer than any record (a tampered or broken file) is passed over in little
+    memory, the records around it are still found, and a proof across it is refused."""
+    signer = note.Signer.from_skey((audit_keys / "signing.key").read_text())
+    settings = audit_log.LogSettings(segment_max_bytes=64 << 20, checkpoint_every=100, checkpoint_seconds=3600)
+    log = audit_log.AuditLog(tmp_path / "audit", signer, instance="pod-1", settings=settings)
+    log.open()
+    keys = pseudonym.load_keys(audit_keys / "pseudonyms.yaml")
+    auditlog.append_decisions(log, keys, random.Random(5), 300)
+    log.close()
+    [segment] = layout.session_segments(log.session_dir)
+    records = segment.read_bytes().splitlines()
+    expected = [json.loads(line)["id"] for line in records if json.loads(line)["kind"] == "decision"]
+    segment.chmod(0o640)
+    with segment.open("r+b") as handle:  # the overlong line goes in after the first 100 records
+        head = b"".join(line + b"\n" for line in records[:100])
+        handle.write(head + b"y" * (4 * SMALL) + b"\n" + b"".join(line + b"\n" for line in records[100:]))
+    size = segment.stat().st_size
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layout, "MAX_RECORD_LINE", SMALL)
+        read: list[int] = []
+        found, peak = _peak(
+            lambda: [item["id"] for item in query.iter_records(tmp_path / "audit", query.Filters(), read.append)]
+        )
+        assert found == expected and sum(read) == size
+        assert peak < 3 * SMALL, f"query peaked at {peak} bytes"
+
+        index = audit_index.Index(tmp_path / "index.sqlite", [tmp_path / "audit"])
+        _, peak = _peak(index.refresh)
+        assert peak < 3 * SMALL, f"indexing peaked at {peak} bytes"
+        with index.reader() as reader:
+            assert reader.count(query.Filters()) == len(expected)
+            where = reader.locate(expected[-1])
+        assert where is not None
+        path, offset, length = where
+        with path.open("rb") as handle:  # the offsets past the overlong line are the file's
+            handle.seek(offset)
+            assert json.loads(handle.read(length))["id"] == expected[-1]
+
+        # The tree reads 4 MiB at a time (it catches up on whole sessions); read as the others do,
+        # the line is cut off at the limit instead of being held whole.
+        patch.setattr(audit_proof, "_CHUNK", layout.CHUNK)
+        tree = audit_proof.SessionTree([tmp_path / "audit"], log.session_dir.relative_to(tmp_path / "audit"))
+        _, peak = _peak(tree.refresh)
+        assert tree.size == 100 and peak < 3 * SMALL, f"the proof tree peaked at {peak} bytes"
+        with pytest.raises(audit_proof.ProofError, match=f"has a line longer than {SMALL} bytes"):
+            tree.prove(5)
