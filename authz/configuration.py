@@ -247,14 +247,28 @@ class ServerSettings:
         _count(0),
         shown="no limit",
     )
+    grpc_engine: str = _setting(
+        "aio",
+        "--grpc-engine",
+        "aio: gRPC checks on the event loop (grpc.aio); threads: on gRPC's own threads, less CPU per "
+        "check, only where Envoy alone can reach --listen (docs/operations.md: how a check is run)",
+        _choice(aio="aio", threads="threads"),
+    )
     grpc_threads: int = _setting(
         16,
         "--grpc-threads",
-        "gRPC checks decided at once, per worker: each on a thread of its own, one at a time "
-        "(docs/operations.md: how a check is run); more wait their turn",
+        "with --grpc-engine threads: gRPC calls handled at once, per worker, each on a thread of its "
+        "own (checks are decided one at a time); more wait their turn",
         _count(1),
     )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
+    event_loop: str = _setting(
+        "auto",
+        "--event-loop",
+        "auto: uvloop if installed, else asyncio; uvloop (required); asyncio. --grpc-engine threads "
+        "runs on asyncio's loop",
+        _choice(auto="auto", uvloop="uvloop", asyncio="asyncio"),
+    )
 
     @property
     def config_path(self) -> pathlib.Path:
@@ -274,6 +288,8 @@ class ServerSettings:
             raise UsageError(f"--workers {self.workers}: at most {MAX_WORKERS}")
         if self.grpc_threads > MAX_GRPC_THREADS:
             raise UsageError(f"--grpc-threads {self.grpc_threads}: at most {MAX_GRPC_THREADS}")
+        if self.grpc_engine == "threads" and self.event_loop == "uvloop":
+            raise UsageError("--event-loop uvloop: --grpc-engine threads runs on asyncio's loop")
         for flag, path in (
             ("--tls-cert", self.tls_cert),
             ("--tls-key", self.tls_key),
@@ -488,13 +504,6 @@ class OperatorSettings:
         "--workers",
         "server processes sharing the listen addresses (SO_REUSEPORT), kept running by this one "
         "(docs/operations.md: choosing a worker count)",
-        _count(1),
-    )
-    grpc_threads: int = _setting(
-        16,
-        "--grpc-threads",
-        "gRPC checks decided at once, per worker: each on a thread of its own, one at a time "
-        "(docs/operations.md: how a check is run); more wait their turn",
         _count(1),
     )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)

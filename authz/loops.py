@@ -1,20 +1,22 @@
-"""The event loop ``tollgate serve`` runs on: asyncio's own, holding one lock while it runs anything.
+"""The event loop ``tollgate serve`` runs on, for each way of running gRPC Checks.
 
-gRPC Checks are decided on grpcio's own threads (:mod:`authz.threads`), not on the loop: handing
-each call from gRPC's threads to an event loop, as grpc.aio does, was most of what a Check cost
-(docs/performance.md, "gRPC Checks on gRPC's threads"). Tollgate's code, though, is written for one
-thread: the token cache, the audit queue, metrics and detectors have no locks of their own. The
-:class:`LockedLoop` keeps it that way. Its thread holds :attr:`LockedLoop.lock` at all times except
-while it waits for I/O in ``select()``; a gRPC thread takes the lock to decide a Check. So
-Tollgate's code runs on one thread at a time, whichever thread that is.
+- ``--grpc-engine aio`` (the default): grpc.aio on the event loop. uvloop where it is installed
+  (less CPU per Check than asyncio's own loop: docs/performance.md), else asyncio's.
+  ``--event-loop``: ``auto`` (uvloop if it can be imported, else asyncio, and the log says which),
+  ``uvloop`` (refuse to start without it), ``asyncio``.
+- ``--grpc-engine threads``: Checks decided on grpcio's own threads (:mod:`authz.threads`), which
+  saves the hand-over of every call from gRPC's threads to the loop (docs/performance.md, "gRPC
+  Checks on gRPC's threads"). Tollgate's code is written for one thread (the token cache, the
+  audit queue, metrics and detectors have no locks of their own), and :class:`LockedLoop` keeps it
+  that way: its thread holds :attr:`LockedLoop.lock` at all times except while it waits for I/O in
+  ``select()``; a gRPC thread takes the lock to decide a Check. So Tollgate's code runs on one
+  thread at a time, whichever thread that is. uvloop has no hook into its wait, so this loop is
+  asyncio's ``SelectorEventLoop``.
 
-Two things the loop does for a thread that holds its lock: a callback scheduled from there
+Two things the locked loop does for a thread that holds its lock: a callback scheduled from there
 (``call_soon``, ``call_at``: a future's result, an event set, a timer) wakes the loop, which may be
 waiting in ``select()``; and ``is_running()`` says whether a Check may start at all (between
 ``run_until_complete`` calls and after ``close()``, nothing would ever finish it).
-
-uvloop has no hook into its wait, so the loop is asyncio's ``SelectorEventLoop`` (docs/operations.md,
-"How a Check is run").
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ import selectors
 import threading
 from collections.abc import Callable
 
-__all__ = ["LockedLoop", "new_event_loop"]
+from authz import configuration
+
+__all__ = ["CHOICES", "LockedLoop", "factory", "new_event_loop"]
+
+CHOICES = ("auto", "uvloop", "asyncio")
 
 
 class _LockingSelector(selectors.DefaultSelector):
@@ -82,3 +88,20 @@ def _nothing() -> None:
 def new_event_loop() -> LockedLoop:
     """The loop factory for ``asyncio.Runner`` (and for the tests' loops)."""
     return LockedLoop()
+
+
+def factory(choice: str, engine: str = "aio") -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
+    """The loop factory for ``asyncio.Runner``, and its name for the log. ``engine="threads"``
+    needs :class:`LockedLoop` (``choice`` uvloop is refused by the settings' check before this);
+    otherwise ``choice=uvloop`` without uvloop is a :class:`~authz.configuration.UsageError`."""
+    if engine == "threads":
+        return new_event_loop, "asyncio, locked for gRPC's threads"
+    if choice == "asyncio":
+        return asyncio.new_event_loop, "asyncio"
+    try:
+        import uvloop  # noqa: PLC0415 - optional: the server runs without it
+    except ImportError as error:
+        if choice == "uvloop":
+            raise configuration.UsageError(f"--event-loop uvloop: uvloop cannot be imported ({error})") from None
+        return asyncio.new_event_loop, f"asyncio (uvloop cannot be imported: {error})"
+    return uvloop.new_event_loop, f"uvloop {getattr(uvloop, '__version__', '')}".rstrip()

@@ -4,9 +4,10 @@ Owns the process lifecycle, as in grpc's Python examples:
 
 - Start: load the configuration (a broken one at start is fatal: exit 2 with every error named),
   bind, mark health SERVING. Identity providers fetch their keys in the background. The gRPC
-  server is grpcio's synchronous one: each Check is decided on the gRPC thread that received it,
-  under the event loop's lock (:mod:`authz.threads`, :mod:`authz.loops`); everything else (reload,
-  the audit writer, the HTTP edge, health and metrics over HTTP) runs on the loop.
+  server is grpc.aio on the event loop (``--grpc-engine aio``), or grpcio's synchronous one
+  (``threads``): each Check decided on the gRPC thread that received it, under the event loop's
+  lock (:mod:`authz.threads`, :mod:`authz.loops`). Everything else (reload, the audit writer, the
+  HTTP edge, health and metrics over HTTP) runs on the loop.
 - Reload: poll the configuration files (or follow the operator's ConfigMap and Secret through the
   API, :mod:`authz.kube`); on a change, load and compile off the event loop and swap the snapshot
   in one assignment. In-flight Checks keep the snapshot they started with, so
@@ -30,6 +31,7 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (health.aio)
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -177,50 +179,85 @@ def _credentials(settings: configuration.ServerSettings) -> grpc.ServerCredentia
 
 
 class GrpcServer:
-    """The running gRPC server and the pool of threads its calls are decided on."""
+    """The running gRPC server, whichever engine: grpc.aio's, or the synchronous one and the pool
+    of threads its calls are decided on."""
 
-    def __init__(self, server: grpc.Server, pool: futures.ThreadPoolExecutor) -> None:
-        self._server = server
-        self._pool = pool
+    def __init__(
+        self,
+        server: grpc.aio.Server | grpc.Server,
+        health: health_aio.HealthServicer | grpc_health.HealthServicer,
+        pool: futures.ThreadPoolExecutor | None = None,
+    ) -> None:
+        self._server, self.health, self._pool = server, health, pool
+
+    async def set_serving(self) -> None:
+        for name in ("", service.SERVICE_NAME):
+            await _maybe(self.health.set(name, health_pb2.HealthCheckResponse.SERVING))
+
+    async def enter_graceful_shutdown(self) -> None:
+        """Health says NOT_SERVING, so Envoy's health checks move away before the stop."""
+        await _maybe(self.health.enter_graceful_shutdown())
 
     async def stop(self, grace: float | None) -> None:
         """Refuse new calls; give those in flight ``grace`` seconds (None: none), then cancel them;
-        return once no thread is deciding a Check. The loop keeps running meanwhile: a Check waiting
-        on it (durable audit) can still finish, and a cancelled one is recorded as such before the
-        audit log is closed after this (a call gRPC has ended may still be on its way to a thread)."""
-        await asyncio.to_thread(self._server.stop(grace).wait)
+        return once no Check is being decided. The loop keeps running meanwhile: a Check waiting on
+        it (durable audit) can still finish, and a cancelled one is recorded as such before the
+        audit log is closed after this."""
+        if self._pool is None:
+            await self._server.stop(grace)  # type: ignore[misc]  # grpc.aio: a coroutine
+            return
+        await asyncio.to_thread(self._server.stop(grace).wait)  # type: ignore[union-attr]
+        # grpc's stop can return while a thread is still finishing a Check (one cut off at the end
+        # of the grace period, or waiting for the loop's lock): wait for them; calls never
+        # started are dropped (gRPC has ended them).
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+
+
+async def _maybe(result: Any) -> None:
+    """The asyncio health servicer's methods are coroutines, the synchronous one's are not."""
+    if asyncio.iscoroutine(result):
+        await result
 
 
 async def start(
     settings: configuration.ServerSettings, runtime: Runtime, *, shared_ports: bool = False
-) -> tuple[GrpcServer, grpc_health.HealthServicer, int]:
-    """Build and start the server; return it, its health servicer and the bound port. It answers
-    (health SERVING included) from its own threads at once: :func:`serve` starts it last, once
-    every other listener is bound. ``shared_ports``: bind with SO_REUSEPORT, beside the other
-    workers (:mod:`authz.workers`). Must run on :class:`authz.loops.LockedLoop` (``tollgate
-    serve`` does, and so do the tests)."""
-    loop = asyncio.get_running_loop()
-    if not isinstance(loop, loops.LockedLoop):
-        raise TypeError(f"the gRPC server needs authz.loops.LockedLoop, not {type(loop).__name__}")
+) -> tuple[GrpcServer, health_aio.HealthServicer | grpc_health.HealthServicer, int]:
+    """Build and start the server (``settings.grpc_engine``); return it, its health servicer and
+    the bound port. ``shared_ports``: bind with SO_REUSEPORT, beside the other workers
+    (:mod:`authz.workers`). The threads engine answers (health SERVING included) from its own
+    threads at once, so :func:`serve` starts the server last, once every other listener is bound;
+    it must run on :class:`authz.loops.LockedLoop` (``tollgate serve`` does, and so do the tests)."""
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", 4 * 1024 * 1024),
         ("grpc.so_reuseport", 1 if shared_ports else 0),
     ]
     if settings.max_connections:  # gRPC core closes each connection past it as it is accepted
         options.append(("grpc.max_allowed_incoming_connections", settings.max_connections))
-    pool = futures.ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="grpc")
-    server = grpc.server(pool, options=options)
-    handlers = service.AuthorizationService(runtime).method_handlers(loop)
+    checks_service = service.AuthorizationService(runtime)
+    pool: futures.ThreadPoolExecutor | None = None
+    server: grpc.aio.Server | grpc.Server
+    health: health_aio.HealthServicer | grpc_health.HealthServicer
+    if settings.grpc_engine == "threads":
+        loop = asyncio.get_running_loop()
+        if not isinstance(loop, loops.LockedLoop):
+            raise TypeError(f"--grpc-engine threads needs authz.loops.LockedLoop, not {type(loop).__name__}")
+        pool = futures.ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="grpc")
+        server = grpc.server(pool, options=options)
+        handlers = checks_service.method_handlers(loop)
+        health = grpc_health.HealthServicer()
+    else:
+        server = grpc.aio.server(options=options)
+        handlers = checks_service.method_handlers()
+        health = health_aio.HealthServicer()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.SERVICE_NAME, handlers),))
     # As the generated add_..._to_server does (grpcio >= 1.63; not in the type stubs yet).
-    server.add_registered_method_handlers(service.SERVICE_NAME, handlers)  # type: ignore[attr-defined]
-    health_servicer = grpc_health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_registered_method_handlers(service.SERVICE_NAME, handlers)  # type: ignore[union-attr]
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
         (service.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
+    running = GrpcServer(server, health, pool)
     credentials = _credentials(settings)
     try:
         if credentials is None:
@@ -228,18 +265,19 @@ async def start(
         else:
             port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as error:  # gRPC says only "Failed to bind" (the reason goes to its log)
-        pool.shutdown(wait=False)
+        if pool is not None:
+            pool.shutdown(wait=False)
         raise ListenError(
             f"--listen {settings.listen}: cannot listen there (in use, or not an address of this machine)"
         ) from error
     if port == 0:
-        pool.shutdown(wait=False)
+        if pool is not None:
+            pool.shutdown(wait=False)
         raise ListenError(f"--listen {settings.listen}: cannot listen there")
-    server.start()
+    await _maybe(server.start())
     runtime.identity.start()
-    for name in ("", service.SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return GrpcServer(server, pool), health_servicer, port
+    await running.set_serving()
+    return running, health, port
 
 
 async def serve(
@@ -270,7 +308,7 @@ async def serve(
         await http_health.start()
         if metrics_bound is not None:
             metrics_bound(http_health.port)
-    server, health_servicer, port = await start(settings, runtime, shared_ports=shared_ports)
+    server, _, port = await start(settings, runtime, shared_ports=shared_ports)
     if runtime.detection is not None:
         runtime.detection.start()
     _settle_memory()
@@ -295,7 +333,7 @@ async def serve(
     _log.info("shutting down: draining for up to %.1fs", settings.grace)
     if http_health is not None:
         http_health.draining = True  # /readyz says 503 when gRPC health says NOT_SERVING
-    health_servicer.enter_graceful_shutdown()
+    await server.enter_graceful_shutdown()
     if watcher is not None:
         watcher.cancel()
     if http_edge is not None:

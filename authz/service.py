@@ -49,17 +49,18 @@ class AuthorizationService:
     def __init__(self, runtime: checks.Runtime) -> None:
         self._runtime = runtime
 
-    def method_handlers(self, loop: loops.LockedLoop) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-        """``{"Check": handler}`` for grpcio's synchronous server: each Check decided on the gRPC
-        thread that received it, under ``loop``'s lock (:mod:`authz.threads`). For both
-        ``add_registered_method_handlers`` and a generic handler.
+    def method_handlers(self, loop: loops.LockedLoop | None = None) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """``{"Check": handler}``, for both ``add_registered_method_handlers`` and a generic handler.
+        Without ``loop``: for grpc.aio (the coroutine itself). With it: for grpcio's synchronous
+        server, each Check decided on the gRPC thread that received it, under ``loop``'s lock
+        (:mod:`authz.threads`).
 
         Registering the method (as the generated ``add_..._to_server`` functions do) lets gRPC core
         route each call itself instead of a Python lookup per call: measurably cheaper per Check.
         """
         return {
             "Check": grpc.unary_unary_rpc_method_handler(
-                threads.behavior(loop, self.check),
+                self.check if loop is None else threads.behavior(loop, self.check),
                 request_deserializer=_parse,
                 response_serializer=None,  # check() answers with the serialized CheckResponse
             )

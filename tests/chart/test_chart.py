@@ -160,6 +160,7 @@ def test_minimal_least_privilege_and_probes(render: Callable[..., dict[str, Any]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TOLLGATE_CONFIG"] == "kubernetes:tollgate-system/tollgate-config"
     assert env["TOLLGATE_AUDIT_DIR"] and env["TOLLGATE_DEFAULT_ACTION"] == "Deny"
+    assert env["TOLLGATE_GRPC_ENGINE"] == "aio" and "TOLLGATE_GRPC_THREADS" not in env  # the safe default
     operator = _find(objects, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
     assert operator["livenessProbe"]["httpGet"]["path"] == "/healthz"
     webhook = _find(objects, "ValidatingWebhookConfiguration")
@@ -230,7 +231,8 @@ def test_http_ext_authz_and_workers_reach_the_pod_the_service_and_the_gateway(
     [server] = [c for c in pod["containers"] if c["name"] == "tollgate"]
     env = {item["name"]: item.get("value") for item in server["env"]}
     assert env["TOLLGATE_HTTP_LISTEN"] == "0.0.0.0:9002" and env["TOLLGATE_WORKERS"] == "2"
-    assert env["TOLLGATE_MAX_CONNECTIONS"] == "4096" and env["TOLLGATE_GRPC_THREADS"] == "32"
+    assert env["TOLLGATE_MAX_CONNECTIONS"] == "4096"
+    assert env["TOLLGATE_GRPC_ENGINE"] == "threads" and env["TOLLGATE_GRPC_THREADS"] == "32"
     assert {"name": "http-authz", "containerPort": 9002, "protocol": "TCP"} in server["ports"]
     service = _find(objects, "Service", "-dataplane")
     assert [p["port"] for p in service["spec"]["ports"] if p["name"] == "http-authz"] == [9002]
@@ -299,6 +301,7 @@ def test_the_audit_web_view_reads_the_log_and_is_reached_only_through_the_gatewa
         ({"dataplane": {"workers": 0}, "audit": {"existingSecret": "k"}}, "/dataplane/workers"),
         ({"dataplane": {"maxConnections": -1}, "audit": {"existingSecret": "k"}}, "/dataplane/maxConnections"),
         ({"dataplane": {"grpcThreads": 0}, "audit": {"existingSecret": "k"}}, "/dataplane/grpcThreads"),
+        ({"dataplane": {"grpcEngine": "fast"}, "audit": {"existingSecret": "k"}}, "/dataplane/grpcEngine"),
         ({"dataplane": {"grpcThreads": 2048}, "audit": {"existingSecret": "k"}}, "/dataplane/grpcThreads"),
         (
             {"gateway": {"enabled": True, "authzMode": "http"}, "audit": {"existingSecret": "k"}},

@@ -197,6 +197,7 @@ class HardeningStack:
     tollgate: harness.TollgateProcess
     proxies: dict[str, harness.Envoy]
     log: pathlib.Path
+    logs: tuple[pathlib.Path, ...] = ()  # every server's log (log: the default engine's)
 
     def send(
         self,
@@ -248,10 +249,12 @@ class HardeningStack:
         return ("Authorization", "Bearer " + self.corp.token(subject, **claims))
 
     def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
+        return "".join(path.read_text(errors="replace") for path in (self.log, *self.logs) if path.exists())
 
 
-MODES = ["normalize", "raw", "normalize-http", "raw-http"]
+# Envoy with normalize_path/merge_slashes on and off, asking over gRPC (the default engine, and
+# --grpc-engine threads: a second server) and over HTTP.
+MODES = ["normalize", "raw", "normalize-threads", "raw-threads", "normalize-http", "raw-http"]
 
 
 @pytest.fixture(scope="session")
@@ -264,20 +267,25 @@ def hardening(tmp_path_factory: pytest.TempPathFactory, http: Callable[..., Any]
     echo = upstream.EchoUpstream().start()
     log = directory / "tollgate.log"
     tollgate = harness.TollgateProcess(config, log_to=log, http=True)
+    threads_log = directory / "tollgate-threads.log"
+    threaded = harness.TollgateProcess(config, extra=["--grpc-engine", "threads"], log_to=threads_log)
     proxies = {}
-    for transport in (envoy_bootstrap.GRPC_MODE, envoy_bootstrap.HTTP_MODE):
-        suffix = "" if transport == envoy_bootstrap.GRPC_MODE else "-" + transport
+    for server, transport, suffix in (
+        (tollgate, envoy_bootstrap.GRPC_MODE, ""),
+        (threaded, envoy_bootstrap.GRPC_MODE, "-threads"),
+        (tollgate, envoy_bootstrap.HTTP_MODE, "-http"),
+    ):
         for paths, normalize in (("normalize", True), ("raw", False)):
             proxies[paths + suffix] = harness.Envoy(
-                authz_port=tollgate.authz_port(transport),
+                authz_port=server.authz_port(transport),
                 upstream_port=echo.port,
                 normalize_path=normalize,
                 merge_slashes=normalize,
                 authz_mode=transport,
                 log_to=directory / f"envoy-{paths}{suffix}.log",
             )
-    with harness.running(corp, partner, echo, tollgate, *proxies.values()):
-        stack = HardeningStack(http, corp, partner, tollgate, proxies, log)
+    with harness.running(corp, partner, echo, tollgate, threaded, *proxies.values()):
+        stack = HardeningStack(http, corp, partner, tollgate, proxies, log, (threads_log,))
         _wait_for_keys(stack)
         yield stack
 
@@ -285,18 +293,21 @@ def hardening(tmp_path_factory: pytest.TempPathFactory, http: Callable[..., Any]
 def _wait_for_keys(stack: HardeningStack) -> None:
     """Both providers' keys are fetched in the background at start: wait until tokens verify."""
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        corp = stack.send("normalize", "GET", "/x", "app.test", [stack.bearer()])
-        partner = stack.send(
-            "normalize", "GET", "/x", "app.test", [("Authorization", "Bearer " + stack.partner.token("p"))]
-        )
-        if corp.status == 200 and partner.status == 200:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the identity providers' keys never arrived")
+    for server in ("normalize", "normalize-threads"):  # each server fetches them itself
+        while time.monotonic() < deadline:
+            corp = stack.send(server, "GET", "/x", "app.test", [stack.bearer()])
+            partner = stack.send(
+                server, "GET", "/x", "app.test", [("Authorization", "Bearer " + stack.partner.token("p"))]
+            )
+            if corp.status == 200 and partner.status == 200:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the identity providers' keys never arrived ({server})")
 
 
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> str:
-    """Each test runs through every Envoy: normalize_path/merge_slashes on and off, over gRPC and HTTP."""
+    """Each test runs through every Envoy: normalize_path/merge_slashes on and off, over gRPC (on
+    each engine) and HTTP."""
     return str(request.param)

@@ -1,7 +1,8 @@
-"""``tollgate serve``'s gRPC Checks decided on gRPC's threads (authz.threads), through a real Envoy:
-the same answers and audit trail whether a Check waits or not (durable audit mode makes every
-Check wait for its record, so every one is finished by the loop), a clean drain, and
-``--grpc-threads`` refused in one line when it is not a count."""
+"""Each way of running gRPC Checks, through a real Envoy: grpc.aio (the default) on uvloop and
+on asyncio's loop, and ``--grpc-engine threads`` (authz.threads) whether a Check waits or not
+(durable audit mode makes every Check wait for its record, so every one is finished by the loop):
+the same answers, audit trail and drain. ``--grpc-threads`` refused in one line when it is not a
+count, and what each engine does with calls whose message never arrives."""
 
 from __future__ import annotations
 
@@ -9,21 +10,36 @@ import json
 import pathlib
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from authz import cli
-from authz.dev import harness, idp, upstream
+from authz.dev import checks, harness, idp, upstream
 
 pytestmark = pytest.mark.envoy
 
 
-@pytest.mark.parametrize("audit_mode", ["async", "sync"])
-def test_the_same_answers_audit_and_drain_whether_checks_wait_or_not(
+@pytest.mark.parametrize(
+    ("engine", "loop", "audit_mode", "logged"),
+    [
+        ("aio", "uvloop", "async", "gRPC engine: aio; event loop: uvloop"),
+        ("aio", "asyncio", "async", "gRPC engine: aio; event loop: asyncio"),
+        ("threads", "auto", "async", "gRPC engine: threads; event loop: asyncio, locked"),
+        ("threads", "auto", "sync", "gRPC engine: threads; event loop: asyncio, locked"),
+    ],
+)
+def test_the_same_answers_audit_and_drain_on_each_engine_and_loop(
+    engine: str,
+    loop: str,
     audit_mode: str,
+    logged: str,
     tmp_path: pathlib.Path,
     dev_idp: idp.DevIdentityProvider,
     echo_upstream: upstream.EchoUpstream,
@@ -40,6 +56,10 @@ def test_the_same_answers_audit_and_drain_whether_checks_wait_or_not(
     audit_dir = tmp_path / "audit"
     authz = tollgate(
         config,
+        "--grpc-engine",
+        engine,
+        "--event-loop",
+        loop,
         "--grpc-threads",
         "2",
         "--metrics-listen",
@@ -62,6 +82,7 @@ def test_the_same_answers_audit_and_drain_whether_checks_wait_or_not(
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5) as ready:
         assert ready.status == 200
     assert authz.stop() == 0  # SIGTERM: drained, audit session closed
+    assert logged in (tmp_path / "tollgate.log").read_text()
     assert cli.main(["audit", "verify", str(audit_dir), "--key", str(audit_keys / "verifier.key")]) == 0
     records = [
         json.loads(line) for segment in audit_dir.rglob("segment-*.jsonl") for line in segment.read_bytes().splitlines()
@@ -76,7 +97,18 @@ def test_the_same_answers_audit_and_drain_whether_checks_wait_or_not(
 def test_grpc_threads_that_is_not_a_count_is_refused_in_one_line(value: str, says: str) -> None:
     config = pathlib.Path(__file__).parents[2] / "examples" / "policies"
     refused = subprocess.run(
-        [sys.executable, "-m", "authz", "serve", "--config", str(config), "--grpc-threads", value],
+        [
+            sys.executable,
+            "-m",
+            "authz",
+            "serve",
+            "--config",
+            str(config),
+            "--grpc-engine",
+            "threads",
+            "--grpc-threads",
+            value,
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -85,3 +117,52 @@ def test_grpc_threads_that_is_not_a_count_is_refused_in_one_line(value: str, say
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     assert refused.stderr.strip() == f"tollgate: --grpc-threads '{value}': {says}"
+
+
+def _stall(port: int, calls: int) -> tuple[grpc.Channel, threading.Event, list[Any]]:
+    """``calls`` Checks that send their headers and never their message, as a slow client does."""
+    release = threading.Event()
+
+    def never() -> Iterator[bytes]:
+        release.wait()
+        yield from ()
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stalled = channel.stream_unary(
+        "/envoy.service.auth.v3.Authorization/Check", request_serializer=bytes, response_deserializer=bytes
+    )
+    return channel, release, [stalled.future(never()) for _ in range(calls)]
+
+
+def _answered_within(port: int, seconds: float) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            external_auth_pb2_grpc.AuthorizationStub(channel).Check(checks.check_request(), timeout=seconds)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            return False
+    return True
+
+
+@pytest.mark.parametrize(("engine", "stalled", "answered"), [("aio", 200, True), ("threads", 4, False)])
+def test_calls_that_never_send_their_message(
+    engine: str, stalled: int, answered: bool, tollgate: Callable[..., harness.TollgateProcess]
+) -> None:
+    """The default engine holds nothing but a little memory for a call whose message has not
+    arrived: 200 of them do not delay anyone's Check. The threads engine holds a thread for each
+    (grpcio's synchronous server waits for the message on the thread it gave the call), so as many
+    as ``--grpc-threads`` keep every Check from being answered: why it is only for a port that
+    Envoy alone can reach (docs/operations.md, "How a Check is run")."""
+    config = pathlib.Path(__file__).parents[2] / "examples" / "policies"
+    authz = tollgate(config, "--grpc-engine", engine, "--grpc-threads", "4")
+    assert _answered_within(authz.port, 5)
+    channel, release, futures = _stall(authz.port, stalled)
+    try:
+        time.sleep(0.5)
+        assert _answered_within(authz.port, 2) is answered
+    finally:
+        release.set()
+        for future in futures:
+            future.cancel()
+        channel.close()
+    assert _answered_within(authz.port, 5)  # once the stalled calls are gone, Checks are answered again

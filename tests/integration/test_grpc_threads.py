@@ -1,4 +1,4 @@
-"""gRPC Checks decided on the server's own threads (authz.threads), through a real channel.
+"""``--grpc-engine threads``: gRPC Checks decided on the server's own threads (authz.threads), through a real channel.
 
 A Check that never waits is decided on a gRPC thread, under the loop's lock, and the loop's thread
 never sees it. One that waits (durable audit mode: the answer waits for its record) hands its thread's
@@ -67,7 +67,9 @@ async def _start(tmp_path: pathlib.Path, *, durable: bool, threads: int = 16) ->
     runtime = server.Runtime(loader.load(config), default_allow=False)
     recorder = Recorder(durable=durable)
     runtime.recorder = recorder
-    settings = configuration.ServerSettings(config=config, listen="127.0.0.1:0", grpc_threads=threads)
+    settings = configuration.ServerSettings(
+        config=config, listen="127.0.0.1:0", grpc_engine="threads", grpc_threads=threads
+    )
     grpc_server, _, port = await server.start(settings, runtime)
     return Running(grpc_server, port, recorder)
 

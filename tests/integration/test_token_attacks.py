@@ -43,10 +43,13 @@ class Stack:
         }
 
 
-@pytest.fixture(scope="module", params=[envoy_bootstrap.GRPC_MODE, envoy_bootstrap.HTTP_MODE])
+@pytest.fixture(scope="module", params=[envoy_bootstrap.GRPC_MODE, "grpc-threads", envoy_bootstrap.HTTP_MODE])
 def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """The whole stack once per transport: Envoy asks Tollgate over gRPC, then over HTTP."""
+    """The whole stack once per transport: Envoy asks Tollgate over gRPC (on each engine), then
+    over HTTP."""
     transport = str(request.param)
+    engine = ["--grpc-engine", "threads"] if transport == "grpc-threads" else []
+    transport = envoy_bootstrap.GRPC_MODE if engine else transport
     directory = tmp_path_factory.mktemp("attacks")
     provider = idp.DevIdentityProvider(directory / "idp").start()
     ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
@@ -60,7 +63,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     )
     echo = upstream.EchoUpstream().start()
     log = directory / "tollgate.log"
-    authz = harness.TollgateProcess(directory / "config.yaml", log_to=log, http=True).start()
+    authz = harness.TollgateProcess(directory / "config.yaml", extra=engine, log_to=log, http=True).start()
     proxy = harness.Envoy(authz_port=authz.authz_port(transport), upstream_port=echo.port, authz_mode=transport).start()
     try:
         yield Stack(provider, proxy, log)

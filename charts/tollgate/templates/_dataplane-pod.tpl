@@ -68,7 +68,10 @@ spec:
         {{- if .Values.dataplane.maxConnections }}
         - {name: TOLLGATE_MAX_CONNECTIONS, value: {{ .Values.dataplane.maxConnections | quote }}}
         {{- end }}
+        - {name: TOLLGATE_GRPC_ENGINE, value: {{ .Values.dataplane.grpcEngine | quote }}}
+        {{- if eq .Values.dataplane.grpcEngine "threads" }}
         - {name: TOLLGATE_GRPC_THREADS, value: {{ .Values.dataplane.grpcThreads | quote }}}
+        {{- end }}
         - {name: TOLLGATE_DEFAULT_ACTION, value: {{ .Values.dataplane.defaultAction | quote }}}
         - {name: TOLLGATE_PATH_MODE, value: {{ .Values.dataplane.pathMode | quote }}}
         - {name: TOLLGATE_GRACE, value: {{ .Values.dataplane.grace | quote }}}
