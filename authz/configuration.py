@@ -499,13 +499,6 @@ class OperatorSettings:
         _count(0),
         shown="random",
     )
-    workers: int = _setting(
-        1,
-        "--workers",
-        "server processes sharing the listen addresses (SO_REUSEPORT), kept running by this one "
-        "(docs/operations.md: choosing a worker count)",
-        _count(1),
-    )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
 
     @property
