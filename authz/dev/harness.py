@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pathlib
+import random
 import socket
 import subprocess
 import sys
@@ -40,7 +41,34 @@ __all__ = [
 ]
 
 
+_GIVEN: set[int] = set()  # ports this process handed out: never twice
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux: ip_local_port_range)."""
+    try:
+        return int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def free_port() -> int:
+    """A port nothing listens on now, for a server started a moment later. Chosen below the
+    kernel's range for outgoing connections where there is one: a port from ``bind(0)`` is in that
+    range, and any process's next outgoing connection could take it before the server binds it
+    (an Envoy once failed to start that way)."""
+    low = _ephemeral_low()
+    for _ in range(200 if low > 11_000 else 0):
+        port = random.randrange(10_000, low)  # noqa: S311 - a test port, not a secret
+        if port in _GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
