@@ -166,7 +166,7 @@ class _Connection(asyncio.Protocol):
 
     # asyncio.Protocol
 
-    def connection_made(self, transport: Any) -> None:  # the loop's asyncio transport
+    def connection_made(self, transport: Any) -> None:  # an asyncio.Transport (uvloop's is not a subclass)
         limit = self._server.max_connections
         if limit and len(self._server.connections) >= limit:
             self._broken = True  # nothing it sends is read; connection_lost finds it in no set

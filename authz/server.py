@@ -221,9 +221,9 @@ async def _maybe(result: Any) -> None:
 
 async def start(
     settings: configuration.ServerSettings, runtime: Runtime, *, shared_ports: bool = False
-) -> tuple[GrpcServer, health_aio.HealthServicer | grpc_health.HealthServicer, int]:
-    """Build and start the server (``settings.grpc_engine``); return it, its health servicer and
-    the bound port. ``shared_ports``: bind with SO_REUSEPORT, beside the other workers
+) -> tuple[GrpcServer, int]:
+    """Build and start the server (``settings.grpc_engine``); return it (its health servicer is
+    :attr:`GrpcServer.health`) and the bound port. ``shared_ports``: bind with SO_REUSEPORT, beside the other workers
     (:mod:`authz.workers`). The threads engine answers (health SERVING included) from its own
     threads at once, so :func:`serve` starts the server last, once every other listener is bound;
     it must run on :class:`authz.loops.LockedLoop` (``tollgate serve`` does, and so do the tests)."""
@@ -277,7 +277,7 @@ async def start(
     await _maybe(server.start())
     runtime.identity.start()
     await running.set_serving()
-    return running, health, port
+    return running, port
 
 
 async def serve(
@@ -308,7 +308,7 @@ async def serve(
         await http_health.start()
         if metrics_bound is not None:
             metrics_bound(http_health.port)
-    server, _, port = await start(settings, runtime, shared_ports=shared_ports)
+    server, port = await start(settings, runtime, shared_ports=shared_ports)
     if runtime.detection is not None:
         runtime.detection.start()
     _settle_memory()

@@ -32,7 +32,6 @@ __all__ = ["BLOCK", "ProofError", "SessionTree", "Trees", "check_proof", "make_p
 
 _log = logging.getLogger(__name__)
 BLOCK = 256  # records per block: the leaves a proof may read from disk, twice at most
-_CHUNK = 1 << 22  # bytes read at a time while catching up
 
 
 class ProofError(Exception):
@@ -107,32 +106,29 @@ class SessionTree:
             names = [name for name in segments if name >= self._segment]
             for position, name in enumerate(names):
                 offset = self._offset if name == self._segment else 0
-                rest = self._read_from(name, segments[name], offset)
-                if rest and position < len(names) - 1:  # a later segment exists: this one is sealed
+                torn = self._read_from(name, segments[name], offset)
+                if torn and position < len(names) - 1:  # a later segment exists: this one is sealed
                     self.problem = f"{segments[name]} ends in a partial line"
             self._read_checkpoints()
             return self.size - before
 
-    def _read_from(self, name: str, path: pathlib.Path, offset: int) -> bytes:
-        """Hash the whole lines of ``path`` from ``offset``; return the partial line left at its end."""
-        rest = b""
+    def _read_from(self, name: str, path: pathlib.Path, offset: int) -> bool:
+        """Hash the whole lines of ``path`` from ``offset``; True if a partial line is left at its end.
+        A line longer than any record stops the reading there (:attr:`problem` says why)."""
         try:
             with path.open("rb") as handle:
                 handle.seek(offset)
                 self._segment, self._offset = name, offset
-                while chunk := handle.read(_CHUNK):
-                    data = rest + chunk
-                    end = data.rfind(b"\n") + 1
-                    lines, rest = data[:end], data[end:]
-                    for line in lines.splitlines(keepends=True):
-                        self._add(name, self._offset, line)
-                        self._offset += len(line)
-                    if len(rest) > layout.MAX_RECORD_LINE:  # never held whole: not a record
+                lines = layout.Lines(handle, limit=layout.MAX_RECORD_LINE)
+                for line in lines:
+                    if line is None:  # never held whole: not a record
                         self.problem = f"{path} has a line longer than {layout.MAX_RECORD_LINE} bytes"
-                        return b""
+                        return False
+                    self._add(name, self._offset, line + b"\n")  # a leaf is the line as logged
+                    self._offset = offset + lines.complete
+                return lines.torn
         except OSError:
-            pass  # moved to the archive or removed meanwhile: the next refresh finds it where it went
-        return rest
+            return False  # moved to the archive or removed meanwhile: the next refresh finds it where it went
 
     @property
     def finished(self) -> bool:

@@ -50,7 +50,7 @@ async def _start(tmp_path: pathlib.Path, **tls: Any) -> Running:
     runtime = server.Runtime(loader.load(config), default_allow=False)
     runtime.recorder = checks.ListRecorder()
     settings = configuration.ServerSettings(config=config, listen="127.0.0.1:0", **tls)
-    grpc_server, _, port = await server.start(settings, runtime)
+    grpc_server, port = await server.start(settings, runtime)
     return Running(grpc_server, port, runtime)
 
 

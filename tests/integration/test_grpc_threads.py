@@ -70,7 +70,7 @@ async def _start(tmp_path: pathlib.Path, *, durable: bool, threads: int = 16) ->
     settings = configuration.ServerSettings(
         config=config, listen="127.0.0.1:0", grpc_engine="threads", grpc_threads=threads
     )
-    grpc_server, _, port = await server.start(settings, runtime)
+    grpc_server, port = await server.start(settings, runtime)
     return Running(grpc_server, port, recorder)
 
 

@@ -295,9 +295,6 @@ def test_the_auditors_readers_skip_an_overlong_line_without_holding_it(
             handle.seek(offset)
             assert json.loads(handle.read(length))["id"] == expected[-1]
 
-        # The tree reads 4 MiB at a time (it catches up on whole sessions); read as the others do,
-        # the line is cut off at the limit instead of being held whole.
-        patch.setattr(audit_proof, "_CHUNK", layout.CHUNK)
         tree = audit_proof.SessionTree([tmp_path / "audit"], log.session_dir.relative_to(tmp_path / "audit"))
         _, peak = _peak(tree.refresh)
         assert tree.size == 100 and peak < 3 * SMALL, f"the proof tree peaked at {peak} bytes"
