@@ -251,7 +251,7 @@ class ServerSettings:
         "aio",
         "--grpc-engine",
         "aio: gRPC checks on the event loop (grpc.aio); threads: on gRPC's own threads, less CPU per "
-        "check, only where Envoy alone can reach --listen (docs/operations.md: how a check is run)",
+        "check (docs/operations.md: how a check is run)",
         _choice(aio="aio", threads="threads"),
     )
     grpc_threads: int = _setting(

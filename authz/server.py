@@ -34,9 +34,9 @@ import grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio HealthServicer (health.aio)
 from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from authz import checks, configuration, detect, http_server, loader, loops, metrics, service, telemetry
+from authz import checks, configuration, detect, http_server, loader, loops, metrics, receive_first, service, telemetry
 from authz.errors import ConfigError
 from authz.identity import resolve
 
@@ -219,6 +219,30 @@ async def _maybe(result: Any) -> None:
         await result
 
 
+_REFLECTED = (service.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+
+
+class _Reflection(reflection.ReflectionServicer):
+    """Server reflection for the threads engine, on threads of its own: its calls stream their
+    requests, and grpcio's synchronous server holds a thread for as long as such a call is open, so
+    open reflection calls must not take the threads Checks are decided on. (grpc_health marks its
+    Watch the same way: ``experimental_thread_pool`` on the method, which grpcio reads per call.)"""
+
+    def ServerReflectionInfo(self, request_iterator: Any, context: Any) -> Any:
+        return super().ServerReflectionInfo(request_iterator, context)
+
+    ServerReflectionInfo.experimental_thread_pool = futures.ThreadPoolExecutor(  # type: ignore[attr-defined]
+        2, thread_name_prefix="grpc-reflection"
+    )  # one per process, its threads started on first use
+
+
+def _enable_reflection(server: grpc.aio.Server | grpc.Server, threads_engine: bool) -> None:
+    if threads_engine:
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(_Reflection(_REFLECTED), server)
+    else:
+        reflection.enable_server_reflection(_REFLECTED, server)
+
+
 async def start(
     settings: configuration.ServerSettings, runtime: Runtime, *, shared_ports: bool = False
 ) -> tuple[GrpcServer, int]:
@@ -241,10 +265,14 @@ async def start(
         loop = asyncio.get_running_loop()
         if not isinstance(loop, loops.LockedLoop):
             raise TypeError(f"--grpc-engine threads needs authz.loops.LockedLoop, not {type(loop).__name__}")
+        try:
+            receive_first.install()  # a call gets a thread only once its message is here
+        except receive_first.Unsupported as error:
+            raise configuration.UsageError(f"--grpc-engine threads: {error}") from None
         pool = futures.ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="grpc")
         server = grpc.server(pool, options=options)
         handlers = checks_service.method_handlers(loop)
-        health = grpc_health.HealthServicer()
+        health = grpc_health.HealthServicer()  # Watch does not hold a thread (experimental_non_blocking)
     else:
         server = grpc.aio.server(options=options)
         handlers = checks_service.method_handlers()
@@ -253,10 +281,7 @@ async def start(
     # As the generated add_..._to_server does (grpcio >= 1.63; not in the type stubs yet).
     server.add_registered_method_handlers(service.SERVICE_NAME, handlers)  # type: ignore[union-attr]
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (service.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    _enable_reflection(server, pool is not None)
     running = GrpcServer(server, health, pool)
     credentials = _credentials(settings)
     try:

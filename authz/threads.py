@@ -1,8 +1,9 @@
 """A gRPC Check decided on the gRPC thread that received it, under the event loop's lock.
 
-grpcio's synchronous server calls each handler on a thread of its pool. :func:`decide_on_thread`
-takes the loop's lock (:class:`authz.loops.LockedLoop`), so Tollgate's code still runs on one
-thread at a time, and starts the Check's coroutine as an eager task of that loop: it runs right
+grpcio's synchronous server calls each handler on a thread of its pool, once the call's
+message has arrived (:mod:`authz.receive_first`: a client that never sends it holds no thread).
+:func:`decide_on_thread` takes the loop's lock (:class:`authz.loops.LockedLoop`), so Tollgate's
+code still runs on one thread at a time, and starts the Check's coroutine as an eager task of that loop: it runs right
 here, on the gRPC thread, until it ends or must wait. Almost every Check ends without waiting (a
 cached token; the async audit trail only queues its record), and is answered at once, without a
 trip through the loop.

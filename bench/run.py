@@ -13,7 +13,8 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
     hostile-host-1000    tollgate-1000 sent two host names joined by a comma (refused, 400)
     baseline-*           with BENCH_BASELINE=<git revision>: tollgate-1000, tollgate-jwt-1000 and
                          audit-sync-1000 running that revision's code, measured in the same run
-                         (before/after); and http-jwt-1000 when that revision has the HTTP edge
+                         (before/after); and http-jwt-1000 and threads-jwt-1000 when that revision
+                         has the HTTP edge and the threads engine
     audit-async-1000     tollgate-1000 with the audit trail, async mode (default)
     audit-sync-1000      tollgate-1000 with the audit trail, sync mode (fsync'd group commit)
     bare-jwt-1000        tollgate-jwt-1000 with --detection off (the others run the detectors, the default)
@@ -323,6 +324,9 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             # Durable audit: every Check waits for its record (the gRPC engine's other path).
             synced = Backend(tollgate(many, "sync", code, "--audit-instance", "baseline"))
             compared.append(("baseline-audit-sync-1000", synced, many_host, {}))
+            if (code / "authz" / "threads.py").exists():  # the gRPC engine on gRPC's threads
+                threads_baseline = Backend(tollgate(jwt_dir, "", code, *threads))
+                compared.append(("baseline-threads-jwt-1000", threads_baseline, jwt_host, bearer))
             if (code / "authz" / "http_server.py").exists():
                 http_baseline = Backend(tollgate(jwt_dir, "", code, "--http"), "http")
                 compared.append(("baseline-http-jwt-1000", http_baseline, jwt_host, bearer))
@@ -523,7 +527,7 @@ def render(results: dict[str, Any]) -> str:
             )
     pairs = [(name, "noop-authz") for name in load if name.startswith("tollgate")]
     pairs += [("tollgate-jwt-1000", "noop-authz-jwt")]
-    compared = ("tollgate-1000", "tollgate-jwt-1000", "http-jwt-1000", "audit-sync-1000")
+    compared = ("tollgate-1000", "tollgate-jwt-1000", "http-jwt-1000", "audit-sync-1000", "threads-jwt-1000")
     pairs += [(name, "baseline-" + name) for name in compared]
     pairs += [("audit-async-1000", "tollgate-1000"), ("audit-sync-1000", "audit-async-1000")]
     pairs += [("tollgate-jwt-1000", "bare-jwt-1000"), ("observed-jwt-1000", "tollgate-jwt-1000")]

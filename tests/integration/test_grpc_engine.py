@@ -2,7 +2,8 @@
 on asyncio's loop, and ``--grpc-engine threads`` (authz.threads) whether a Check waits or not
 (durable audit mode makes every Check wait for its record, so every one is finished by the loop):
 the same answers, audit trail and drain. ``--grpc-threads`` refused in one line when it is not a
-count, and what each engine does with calls whose message never arrives."""
+count; calls whose message never arrives, and calls that stay open, delay no Check on either
+engine."""
 
 from __future__ import annotations
 
@@ -119,19 +120,41 @@ def test_grpc_threads_that_is_not_a_count_is_refused_in_one_line(value: str, say
     assert refused.stderr.strip() == f"tollgate: --grpc-threads '{value}': {says}"
 
 
-def _stall(port: int, calls: int) -> tuple[grpc.Channel, threading.Event, list[Any]]:
-    """``calls`` Checks that send their headers and never their message, as a slow client does."""
-    release = threading.Event()
+_CHECK = "/envoy.service.auth.v3.Authorization/Check"
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+_REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+def _stall(channel: grpc.Channel, method: str, calls: int, release: threading.Event) -> list[Any]:
+    """``calls`` calls of ``method`` that send their headers and never a message, as a slow client
+    does (a stream-unary call on the wire is what a unary one is, until its message)."""
 
     def never() -> Iterator[bytes]:
         release.wait()
         yield from ()
 
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stalled = channel.stream_unary(
-        "/envoy.service.auth.v3.Authorization/Check", request_serializer=bytes, response_deserializer=bytes
-    )
-    return channel, release, [stalled.future(never()) for _ in range(calls)]
+    stalled = channel.stream_unary(method, request_serializer=bytes, response_deserializer=bytes)
+    return [stalled.future(never()) for _ in range(calls)]
+
+
+def _open_streams(channel: grpc.Channel, method: str, request: bytes, calls: int) -> list[Any]:
+    """``calls`` calls of ``method`` that send one message and stay open (health's Watch streams
+    its answers for as long as the client listens; reflection reads requests until the client
+    closes its side)."""
+    if method == _HEALTH_WATCH:
+        watch = channel.unary_stream(method, request_serializer=bytes, response_deserializer=bytes)
+        return [watch(request) for _ in range(calls)]
+    release = threading.Event()
+
+    def one_then_wait() -> Iterator[bytes]:
+        yield request
+        release.wait()
+
+    reflect = channel.stream_stream(method, request_serializer=bytes, response_deserializer=bytes)
+    opened = [reflect(one_then_wait()) for _ in range(calls)]
+    next(opened[0])  # its first answer: reflection is being served (more than its own threads are open)
+    return [*opened, release]
 
 
 def _answered_within(port: int, seconds: float) -> bool:
@@ -144,25 +167,58 @@ def _answered_within(port: int, seconds: float) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("engine", "stalled", "answered"), [("aio", 200, True), ("threads", 4, False)])
+@pytest.mark.parametrize("engine", ["aio", "threads"])
+@pytest.mark.parametrize("method", [_CHECK, _HEALTH_CHECK, _HEALTH_WATCH])
 def test_calls_that_never_send_their_message(
-    engine: str, stalled: int, answered: bool, tollgate: Callable[..., harness.TollgateProcess]
+    engine: str, method: str, tollgate: Callable[..., harness.TollgateProcess]
 ) -> None:
-    """The default engine holds nothing but a little memory for a call whose message has not
-    arrived: 200 of them do not delay anyone's Check. The threads engine holds a thread for each
-    (grpcio's synchronous server waits for the message on the thread it gave the call), so as many
-    as ``--grpc-threads`` keep every Check from being answered: why it is only for a port that
-    Envoy alone can reach (docs/operations.md, "How a Check is run")."""
+    """A call whose message has not arrived holds nothing but a little memory on either engine:
+    200 of them (50 times ``--grpc-threads``) do not delay anyone's Check. On the threads engine
+    that is :mod:`authz.receive_first`: grpcio's own synchronous server gave each such call a
+    thread that waited for the message, so 4 of them kept every Check from being answered."""
     config = pathlib.Path(__file__).parents[2] / "examples" / "policies"
     authz = tollgate(config, "--grpc-engine", engine, "--grpc-threads", "4")
     assert _answered_within(authz.port, 5)
-    channel, release, futures = _stall(authz.port, stalled)
+    release = threading.Event()
+    channel = grpc.insecure_channel(f"127.0.0.1:{authz.port}")
+    futures = _stall(channel, method, 200, release)
     try:
         time.sleep(0.5)
-        assert _answered_within(authz.port, 2) is answered
+        assert _answered_within(authz.port, 5)
+        assert not any(future.done() for future in futures)  # still open: they were waiting all along
     finally:
         release.set()
         for future in futures:
             future.cancel()
         channel.close()
-    assert _answered_within(authz.port, 5)  # once the stalled calls are gone, Checks are answered again
+    assert _answered_within(authz.port, 5)
+
+
+@pytest.mark.parametrize("engine", ["aio", "threads"])
+@pytest.mark.parametrize(
+    ("method", "request_bytes"),
+    [
+        (_HEALTH_WATCH, b""),  # HealthCheckRequest{service: ""}
+        (_REFLECTION, b"\x3a\x00"),  # ServerReflectionRequest{list_services: ""}
+    ],
+)
+def test_calls_that_stay_open(
+    engine: str, method: str, request_bytes: bytes, tollgate: Callable[..., harness.TollgateProcess]
+) -> None:
+    """Calls that stream and stay open (health's Watch, server reflection) do not take the threads
+    Checks are decided on: Watch answers without holding a thread (grpc_health's non-blocking
+    Watch), reflection runs on threads of its own (authz.server._Reflection)."""
+    config = pathlib.Path(__file__).parents[2] / "examples" / "policies"
+    authz = tollgate(config, "--grpc-engine", engine, "--grpc-threads", "4")
+    channel = grpc.insecure_channel(f"127.0.0.1:{authz.port}")
+    try:
+        calls = _open_streams(channel, method, request_bytes, 8)
+        time.sleep(0.5)
+        assert _answered_within(authz.port, 5)
+    finally:
+        for call in calls:
+            if isinstance(call, threading.Event):
+                call.set()
+            else:
+                call.cancel()
+        channel.close()
