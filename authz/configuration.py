@@ -248,11 +248,12 @@ class ServerSettings:
         shown="no limit",
     )
     grpc_engine: str = _setting(
-        "aio",
+        "auto",
         "--grpc-engine",
-        "aio: gRPC checks on the event loop (grpc.aio); threads: on gRPC's own threads, less CPU per "
-        "check (docs/operations.md: how a check is run)",
-        _choice(aio="aio", threads="threads"),
+        "threads: gRPC checks on gRPC's own threads (less CPU per check); aio: on the event loop "
+        "(grpc.aio); auto: threads, or aio with --http-listen, --event-loop uvloop, or a grpcio "
+        "threads cannot run on (the log says which and why; docs/operations.md: how a check is run)",
+        _choice(auto="auto", aio="aio", threads="threads"),
     )
     grpc_threads: int = _setting(
         16,

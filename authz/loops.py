@@ -1,6 +1,7 @@
 """The event loop ``tollgate serve`` runs on, for each way of running gRPC Checks.
 
-- ``--grpc-engine aio`` (the default): grpc.aio on the event loop. uvloop where it is installed
+- ``--grpc-engine auto`` (the default): :func:`engine` picks one of the two below.
+- ``--grpc-engine aio``: grpc.aio on the event loop. uvloop where it is installed
   (less CPU per Check than asyncio's own loop: docs/performance.md), else asyncio's.
   ``--event-loop``: ``auto`` (uvloop if it can be imported, else asyncio, and the log says which),
   ``uvloop`` (refuse to start without it), ``asyncio``.
@@ -27,9 +28,11 @@ import selectors
 import threading
 from collections.abc import Callable
 
-from authz import configuration
+import grpc
 
-__all__ = ["CHOICES", "LockedLoop", "factory", "new_event_loop"]
+from authz import configuration, receive_first
+
+__all__ = ["CHOICES", "LockedLoop", "engine", "factory", "new_event_loop"]
 
 CHOICES = ("auto", "uvloop", "asyncio")
 
@@ -88,6 +91,28 @@ def _nothing() -> None:
 def new_event_loop() -> LockedLoop:
     """The loop factory for ``asyncio.Runner`` (and for the tests' loops)."""
     return LockedLoop()
+
+
+def engine(choice: str, event_loop: str, *, http_listen: str = "") -> tuple[str, str]:
+    """The gRPC engine to run (``aio`` or ``threads``) for ``--grpc-engine choice``, and what the
+    log says of it. ``auto`` is ``threads`` (the least CPU per gRPC Check), except:
+
+    - with ``--http-listen``: the HTTP ext_authz edge runs on the same loop, and costs less on
+      uvloop, which the threads engine cannot use (docs/performance.md);
+    - with ``--event-loop uvloop``: asked for by name, and only ``aio`` runs on it;
+    - on a grpcio whose synchronous server :mod:`authz.receive_first` was not written for: the
+      threads engine would not run there, and ``aio`` needs nothing private of grpcio.
+    """
+    if choice != "auto":
+        return choice, choice
+    if http_listen:
+        return "aio", "aio (auto: --http-listen is set, and the HTTP edge costs less on uvloop)"
+    if event_loop == "uvloop":
+        return "aio", "aio (auto: --event-loop uvloop)"
+    problem = receive_first.problem()
+    if problem:
+        return "aio", f"aio (auto: the threads engine cannot run on grpcio {grpc.__version__}: {problem})"
+    return "threads", "threads (auto)"
 
 
 def factory(choice: str, engine: str = "aio") -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:

@@ -261,7 +261,8 @@ async def start(
     pool: futures.ThreadPoolExecutor | None = None
     server: grpc.aio.Server | grpc.Server
     health: health_aio.HealthServicer | grpc_health.HealthServicer
-    if settings.grpc_engine == "threads":
+    engine, _ = loops.engine(settings.grpc_engine, settings.event_loop, http_listen=settings.http_listen)
+    if engine == "threads":
         loop = asyncio.get_running_loop()
         if not isinstance(loop, loops.LockedLoop):
             raise TypeError(f"--grpc-engine threads needs authz.loops.LockedLoop, not {type(loop).__name__}")

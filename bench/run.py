@@ -23,6 +23,10 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
                          hostile-token-1000 with --detection off: every request a 401 the detectors count
     noop-authz-uvloop    noop-authz on uvloop's event loop
     noop-authz-threads   noop-authz on grpcio's synchronous server, 2 handler threads, no event loop
+    aio-jwt-1000         tollgate-jwt-1000 with --grpc-engine aio (grpc.aio on uvloop; the scenarios
+                         without an engine in their name run the default, auto: gRPC's threads,
+                         and grpc.aio for the http-* ones)
+    aio-audit-jwt-1000   audit-jwt-1000 with --grpc-engine aio
     threads-jwt-1000     tollgate-jwt-1000 with --grpc-engine threads (Checks on gRPC's threads)
     threads-audit-jwt-1000
                          audit-jwt-1000 with --grpc-engine threads
@@ -307,6 +311,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
 
         bearer = {"Authorization": f"Bearer {token}"}
         threads = ("--grpc-engine", "threads", "--audit-instance", "threads")  # its own log instance
+        aio = ("--grpc-engine", "aio", "--audit-instance", "aio")
 
         compared = []
         revision = os.environ.get("BENCH_BASELINE", "")
@@ -357,6 +362,8 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
                 jwt_host,
                 {"Authorization": f"Bearer {token}"},
             ),
+            ("aio-jwt-1000", Backend(tollgate(jwt_dir, "", None, *aio)), jwt_host, bearer),
+            ("aio-audit-jwt-1000", Backend(tollgate(jwt_dir, "async", None, *aio)), jwt_host, bearer),
             ("threads-jwt-1000", Backend(tollgate(jwt_dir, "", None, *threads)), jwt_host, bearer),
             ("threads-audit-jwt-1000", Backend(tollgate(jwt_dir, "async", None, *threads)), jwt_host, bearer),
             (
@@ -534,6 +541,8 @@ def render(results: dict[str, Any]) -> str:
     pairs += [("observed-jwt-1000", "bare-jwt-1000"), ("hostile-token-1000", "bare-hostile-token-1000")]
     pairs += [("noop-authz-uvloop", "noop-authz"), ("threads2-jwt-1000", "threads-jwt-1000")]
     pairs += [("threads-jwt-1000", "tollgate-jwt-1000"), ("threads-audit-jwt-1000", "audit-jwt-1000")]
+    pairs += [("tollgate-jwt-1000", "aio-jwt-1000"), ("audit-jwt-1000", "aio-audit-jwt-1000")]
+    pairs += [("aio-audit-jwt-1000", "noop-authz-uvloop")]
     pairs += [("threads-jwt-1000", "noop-authz-uvloop"), ("threads-audit-jwt-1000", "noop-authz-uvloop")]
     pairs += [("tollgate-jwt-1000", "noop-authz-uvloop"), ("audit-jwt-1000", "noop-authz-uvloop")]
     pairs += [("noop-authz-threads", "noop-authz-uvloop")]

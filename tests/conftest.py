@@ -78,13 +78,14 @@ def send(
         connection.close()
 
 
-@pytest.fixture(params=[envoy_bootstrap.GRPC_MODE, "grpc-threads", envoy_bootstrap.HTTP_MODE])
+@pytest.fixture(params=["grpc-threads", "grpc-aio", envoy_bootstrap.HTTP_MODE])
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """How Envoy asks Tollgate: gRPC (``grpc_service``) or HTTP (``http_service``). gRPC runs twice:
-    on grpc.aio (the default engine) and with ``--grpc-engine threads`` (set for every ``tollgate
-    serve`` the test starts, through ``TOLLGATE_GRPC_ENGINE``)."""
-    if request.param == "grpc-threads":
-        monkeypatch.setenv("TOLLGATE_GRPC_ENGINE", "threads")
+    """How Envoy asks Tollgate: gRPC (``grpc_service``) or HTTP (``http_service``). gRPC runs once
+    on each engine, named for every ``tollgate serve`` the test starts (``TOLLGATE_GRPC_ENGINE``):
+    these servers often have an HTTP listener too, with which the default ``auto`` would pick
+    ``aio``. HTTP runs on what ``auto`` picks for it (``aio``: uvloop)."""
+    if request.param != envoy_bootstrap.HTTP_MODE:
+        monkeypatch.setenv("TOLLGATE_GRPC_ENGINE", request.param.removeprefix("grpc-"))
         return envoy_bootstrap.GRPC_MODE
     return str(request.param)
 

@@ -70,12 +70,14 @@ def run(args: argparse.Namespace) -> int:
     worker = workers.this_worker()
     if worker is not None:
         settings, audit_settings = _as_worker(worker, settings, audit_settings)
+    engine, engine_name = loops.engine(settings.grpc_engine, settings.event_loop, http_listen=settings.http_listen)
+    settings = dataclasses.replace(settings, grpc_engine=engine)
     loop_factory, loop_name = loops.factory(settings.event_loop, settings.grpc_engine)
     logging.basicConfig(level=settings.log_level, format=workers.worker_log_format(worker))
     source = _kubernetes_source(settings)
     if settings.workers > 1 and worker is None:
         return _supervise(args, settings, checked=source is None)
-    logging.getLogger("authz.server").info("gRPC engine: %s; event loop: %s", settings.grpc_engine, loop_name)
+    logging.getLogger("authz.server").info("gRPC engine: %s; event loop: %s", engine_name, loop_name)
     try:
         snapshot = None if source else loader.load(settings.config_path)
         tracing = telemetry.Tracing.from_environment()

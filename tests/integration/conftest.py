@@ -252,8 +252,8 @@ class HardeningStack:
         return "".join(path.read_text(errors="replace") for path in (self.log, *self.logs) if path.exists())
 
 
-# Envoy with normalize_path/merge_slashes on and off, asking over gRPC (the default engine, and
-# --grpc-engine threads: a second server) and over HTTP.
+# Envoy with normalize_path/merge_slashes on and off, asking over gRPC (--grpc-engine aio, the server
+# that also has the HTTP edge, and --grpc-engine threads: a second server) and over HTTP.
 MODES = ["normalize", "raw", "normalize-threads", "raw-threads", "normalize-http", "raw-http"]
 
 
@@ -266,7 +266,7 @@ def hardening(tmp_path_factory: pytest.TempPathFactory, http: Callable[..., Any]
     config.write_text(HARDENING_CONFIG.format(corp=corp.issuer, partner=partner.issuer))
     echo = upstream.EchoUpstream().start()
     log = directory / "tollgate.log"
-    tollgate = harness.TollgateProcess(config, log_to=log, http=True)
+    tollgate = harness.TollgateProcess(config, extra=["--grpc-engine", "aio"], log_to=log, http=True)
     threads_log = directory / "tollgate-threads.log"
     threaded = harness.TollgateProcess(config, extra=["--grpc-engine", "threads"], log_to=threads_log)
     proxies = {}

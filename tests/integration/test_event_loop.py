@@ -19,7 +19,9 @@ def test_without_uvloop_auto_falls_back_and_uvloop_refuses_in_one_line(tmp_path:
     (shadow / "__init__.py").write_text('raise ImportError("uvloop is not available on this machine")\n')
     env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
     config = pathlib.Path(__file__).parents[2] / "examples" / "policies"
-    process = harness.TollgateProcess(config, extra=["--event-loop", "auto"], env=env, log_to=tmp_path / "log")
+    process = harness.TollgateProcess(
+        config, extra=["--grpc-engine", "aio", "--event-loop", "auto"], env=env, log_to=tmp_path / "log"
+    )
     process.start()
     assert process.stop() == 0
     assert "event loop: asyncio (uvloop cannot be imported: uvloop is not available" in (tmp_path / "log").read_text()

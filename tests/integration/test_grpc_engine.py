@@ -32,6 +32,8 @@ pytestmark = pytest.mark.envoy
     [
         ("aio", "uvloop", "async", "gRPC engine: aio; event loop: uvloop"),
         ("aio", "asyncio", "async", "gRPC engine: aio; event loop: asyncio"),
+        ("auto", "auto", "async", "gRPC engine: threads (auto); event loop: asyncio, locked"),
+        ("auto", "uvloop", "async", "gRPC engine: aio (auto: --event-loop uvloop); event loop: uvloop"),
         ("threads", "auto", "async", "gRPC engine: threads; event loop: asyncio, locked"),
         ("threads", "auto", "sync", "gRPC engine: threads; event loop: asyncio, locked"),
     ],

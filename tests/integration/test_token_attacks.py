@@ -43,12 +43,12 @@ class Stack:
         }
 
 
-@pytest.fixture(scope="module", params=[envoy_bootstrap.GRPC_MODE, "grpc-threads", envoy_bootstrap.HTTP_MODE])
+@pytest.fixture(scope="module", params=["grpc-threads", "grpc-aio", envoy_bootstrap.HTTP_MODE])
 def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
     """The whole stack once per transport: Envoy asks Tollgate over gRPC (on each engine), then
     over HTTP."""
     transport = str(request.param)
-    engine = ["--grpc-engine", "threads"] if transport == "grpc-threads" else []
+    engine = ["--grpc-engine", transport.removeprefix("grpc-")] if transport.startswith("grpc-") else []
     transport = envoy_bootstrap.GRPC_MODE if engine else transport
     directory = tmp_path_factory.mktemp("attacks")
     provider = idp.DevIdentityProvider(directory / "idp").start()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from authz import loops, threads
+from authz import loops, receive_first, threads
 
 
 def _in_thread[T](work: Callable[[], T], timeout: float = 10.0) -> T:
@@ -205,3 +205,22 @@ def test_nothing_starts_once_the_loop_has_stopped() -> None:
     with pytest.raises(threads.LoopStopped):
         _in_thread(lambda: threads.decide_on_thread(loop, check(), _Context()))
     assert not started
+
+
+def test_the_engine_auto_picks_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--grpc-engine auto``: gRPC's threads, unless the HTTP edge (uvloop), uvloop by name, or a
+    grpcio the threads engine cannot run on asks for grpc.aio; a named engine is taken as named."""
+    assert loops.engine("auto", "auto") == ("threads", "threads (auto)")
+    assert loops.engine("auto", "asyncio") == ("threads", "threads (auto)")
+    assert loops.engine("auto", "auto", http_listen="127.0.0.1:9002") == (
+        "aio",
+        "aio (auto: --http-listen is set, and the HTTP edge costs less on uvloop)",
+    )
+    assert loops.engine("auto", "uvloop") == ("aio", "aio (auto: --event-loop uvloop)")
+    assert loops.engine("aio", "auto") == ("aio", "aio")
+    assert loops.engine("threads", "asyncio", http_listen="127.0.0.1:9002") == ("threads", "threads")
+    monkeypatch.setattr(receive_first, "problem", lambda: "grpc._server._receive_message takes other parameters")
+    engine, why = loops.engine("auto", "auto")
+    assert engine == "aio"
+    assert why.startswith("aio (auto: the threads engine cannot run on grpcio ")
+    assert why.endswith(": grpc._server._receive_message takes other parameters)")

@@ -69,7 +69,7 @@ spec:
         - {name: TOLLGATE_MAX_CONNECTIONS, value: {{ .Values.dataplane.maxConnections | quote }}}
         {{- end }}
         - {name: TOLLGATE_GRPC_ENGINE, value: {{ .Values.dataplane.grpcEngine | quote }}}
-        {{- if eq .Values.dataplane.grpcEngine "threads" }}
+        {{- if ne .Values.dataplane.grpcEngine "aio" }}
         - {name: TOLLGATE_GRPC_THREADS, value: {{ .Values.dataplane.grpcThreads | quote }}}
         {{- end }}
         - {name: TOLLGATE_DEFAULT_ACTION, value: {{ .Values.dataplane.defaultAction | quote }}}
