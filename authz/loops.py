@@ -52,13 +52,42 @@ class _LockingSelector(selectors.DefaultSelector):
             self._lock.acquire()
 
 
+class _Held:
+    """The lock, taken by a thread that then acts as the loop's (:meth:`LockedLoop.held`)."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self.here = threading.local()  # .holding: this thread holds the lock through this object
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self.here.holding = True
+
+    def __exit__(self, *_: object) -> None:
+        self.here.holding = False
+        self._lock.release()
+
+
 class LockedLoop(asyncio.SelectorEventLoop):
     """asyncio's loop whose thread holds :attr:`lock` except while waiting for I/O."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._owner: int | None = None  # the thread in run_forever()
+        self._held = _Held(self.lock)
         super().__init__(_LockingSelector(self.lock))
+
+    def held(self) -> _Held:
+        """``with loop.held():`` holds :attr:`lock` on a thread other than the loop's, which then acts
+        as the loop's thread: asyncio's debug mode (``PYTHONASYNCIODEBUG``) lets it schedule
+        callbacks and timers. (One object per loop, entered once per Check: not a generator.)"""
+        return self._held
+
+    def _check_thread(self) -> None:
+        """asyncio's debug-mode check that only the loop's thread touches the loop; a thread in
+        :meth:`held` is, for as long as it holds the lock."""
+        if not getattr(self._held.here, "holding", False):
+            super()._check_thread()  # type: ignore[misc]  # asyncio's own, not in the stubs
 
     def run_forever(self) -> None:
         with self.lock:

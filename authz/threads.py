@@ -62,7 +62,7 @@ def decide_on_thread(loop: loops.LockedLoop, coroutine: Coroutine[Any, Any, byte
     ``context``: the call's ``grpc.ServicerContext``, to cancel a waiting Check when its caller
     goes away. Raises :class:`LoopStopped` when the loop is not running (the coroutine is closed
     unstarted)."""
-    with loop.lock:
+    with loop.held():
         if not loop.is_running():
             coroutine.close()
             raise LoopStopped("the server is stopping")

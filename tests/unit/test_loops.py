@@ -166,6 +166,27 @@ async def test_a_check_that_waits_is_finished_by_the_loop_without_holding_the_lo
     assert where == [threading.get_ident()]  # the rest of it ran on the loop's thread
 
 
+async def test_in_asyncio_debug_mode_a_check_may_set_timers_from_a_grpc_thread() -> None:
+    """``PYTHONASYNCIODEBUG=1`` makes asyncio refuse ``call_at`` and ``call_soon`` from any thread
+    but the loop's; a gRPC thread holding the lock acts as the loop's (``LockedLoop.held``), so a
+    Check that waits with a timeout (``asyncio.wait_for``, as a key fetch does) still works."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, loops.LockedLoop)
+    loop.set_debug(True)
+    try:
+
+        async def check() -> bytes:
+            await asyncio.wait_for(asyncio.sleep(0.01), 5)  # a timer set on the gRPC thread
+            return b"waited"
+
+        answer = loop.run_in_executor(None, lambda: threads.decide_on_thread(loop, check(), _Context()))
+        assert await asyncio.wait_for(answer, 5) == b"waited"
+        with pytest.raises(RuntimeError, match="Non-thread-safe operation"):  # without the lock: refused
+            await loop.run_in_executor(None, lambda: loop.call_at(loop.time() + 60, lambda: None))
+    finally:
+        loop.set_debug(False)
+
+
 async def test_a_waiting_check_whose_caller_goes_away_is_cancelled() -> None:
     loop = asyncio.get_running_loop()
     assert isinstance(loop, loops.LockedLoop)
