@@ -135,3 +135,41 @@ def test_this_grpcio_is_the_one_it_was_written_for() -> None:
     assert receive_first.problem() == ""
     receive_first.install()
     assert receive_first.installed()
+
+
+def test_a_message_that_arrives_once_the_pool_is_shut_down_is_answered_unavailable() -> None:
+    """The pool is shut down after the server has stopped (authz.server.GrpcServer.stop), so no
+    call should find it gone; if one does, it is answered, not left hanging."""
+    receive_first.install()
+    pool = futures.ThreadPoolExecutor(1)
+    server = grpc.server(pool)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    send = threading.Event()
+
+    def late() -> Iterator[bytes]:
+        send.wait()
+        yield b"late"
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.stream_unary(_METHOD, request_serializer=bytes, response_deserializer=bytes).future(late())
+            time.sleep(0.3)
+            pool.shutdown(wait=True)
+            send.set()
+            with pytest.raises(grpc.RpcError) as refused:
+                call.result(timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert refused.value.details() == "the server is stopping"
+    finally:  # on a thread of its own: a polling thread that died would never let stop() return
+        stopper = threading.Thread(target=lambda: server.stop(None).wait(), daemon=True)
+        stopper.start()
+        stopper.join(10)
+    assert not stopper.is_alive(), "the server's polling thread is gone"
