@@ -68,6 +68,7 @@ _FUNCTIONS = {
     "_is_rpc_state_active": ("state",),
 }
 _CONSTANTS = ("_RECEIVE_MESSAGE_TOKEN", "_EMPTY_FLAGS", "_CLOSED")
+_STATE = ("context", "condition", "due", "request", "client")  # what a call's _RPCState must have
 
 _lock = threading.Lock()
 _originals: dict[str, Any] = {}
@@ -86,6 +87,13 @@ def problem() -> str:
             return f"grpc._server.{name} is missing"
     if not hasattr(cygrpc, "ReceiveMessageOperation"):
         return "cygrpc.ReceiveMessageOperation is missing"
+    try:
+        state = _server._RPCState()  # type: ignore[no-untyped-call]  # grpcio private, untyped
+    except Exception as error:  # any way it fails means "not this grpcio"
+        return f"grpc._server._RPCState() fails ({error.__class__.__name__})"
+    for name in _STATE:
+        if not hasattr(state, name):
+            return f"grpc._server._RPCState has no {name}"
     return ""
 
 

@@ -128,6 +128,14 @@ def test_another_grpcio_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> N
     with monkeypatch.context() as changed:
         changed.delattr(_server, "_handle_unary_stream")
         assert receive_first.problem() == "grpc._server._handle_unary_stream is missing"
+    with monkeypatch.context() as changed:
+
+        class Stateless:  # a call's state without the copied context the pool thread runs in
+            def __init__(self) -> None:
+                self.condition, self.due, self.request, self.client = None, set(), None, "open"
+
+        changed.setattr(_server, "_RPCState", Stateless)
+        assert receive_first.problem() == "grpc._server._RPCState has no context"
     assert receive_first.problem() == ""
 
 
