@@ -251,15 +251,17 @@ class ServerSettings:
         "auto",
         "--grpc-engine",
         "threads: gRPC checks on gRPC's own threads (less CPU per check); aio: on the event loop "
-        "(grpc.aio); auto: threads, or aio with --http-listen, --event-loop uvloop, or a grpcio "
-        "threads cannot run on (the log says which and why; docs/operations.md: how a check is run)",
+        "(grpc.aio); auto: threads, or aio with --http-listen, --audit-mode sync, --event-loop "
+        "uvloop, or a grpcio threads cannot run on (the log says which and why; docs/operations.md: "
+        "how a check is run)",
         _choice(auto="auto", aio="aio", threads="threads"),
     )
     grpc_threads: int = _setting(
-        16,
+        2,
         "--grpc-threads",
-        "with --grpc-engine threads: gRPC calls handled at once, per worker, each on a thread of its "
-        "own (checks are decided one at a time); more wait their turn",
+        "with the threads engine: gRPC calls decided at once, per worker, each on a thread of its own "
+        "(checks are decided one at a time; more threads only contend for Python's lock); more wait "
+        "their turn",
         _count(1),
     )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)

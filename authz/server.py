@@ -261,7 +261,10 @@ async def start(
     pool: futures.ThreadPoolExecutor | None = None
     server: grpc.aio.Server | grpc.Server
     health: health_aio.HealthServicer | grpc_health.HealthServicer
-    engine, _ = loops.engine(settings.grpc_engine, settings.event_loop, http_listen=settings.http_listen)
+    durable = runtime.recorder is not None and runtime.recorder.durable
+    engine, _ = loops.engine(
+        settings.grpc_engine, settings.event_loop, http_listen=settings.http_listen, durable=durable
+    )
     if engine == "threads":
         loop = asyncio.get_running_loop()
         if not isinstance(loop, loops.LockedLoop):

@@ -30,7 +30,7 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
     threads-jwt-1000     tollgate-jwt-1000 with --grpc-engine threads (Checks on gRPC's threads)
     threads-audit-jwt-1000
                          audit-jwt-1000 with --grpc-engine threads
-    threads2-jwt-1000    threads-jwt-1000 with --grpc-threads 2 (the default: 16)
+    threads16-jwt-1000   threads-jwt-1000 with --grpc-threads 16 (the default: 2)
     noop-http            a do-nothing HTTP ext_authz server: asyncio.Protocol + httptools on uvloop
     noop-http-uvicorn    the same answers from uvicorn (httptools, uvloop) and a raw ASGI app
     audit-jwt-1000       tollgate-jwt-1000 with the async audit trail (the issue's full work per Check)
@@ -367,8 +367,8 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             ("threads-jwt-1000", Backend(tollgate(jwt_dir, "", None, *threads)), jwt_host, bearer),
             ("threads-audit-jwt-1000", Backend(tollgate(jwt_dir, "async", None, *threads)), jwt_host, bearer),
             (
-                "threads2-jwt-1000",
-                Backend(tollgate(jwt_dir, "", None, *threads, "--grpc-threads", "2")),
+                "threads16-jwt-1000",
+                Backend(tollgate(jwt_dir, "", None, *threads, "--grpc-threads", "16")),
                 jwt_host,
                 {"Authorization": f"Bearer {token}"},
             ),
@@ -539,7 +539,7 @@ def render(results: dict[str, Any]) -> str:
     pairs += [("audit-async-1000", "tollgate-1000"), ("audit-sync-1000", "audit-async-1000")]
     pairs += [("tollgate-jwt-1000", "bare-jwt-1000"), ("observed-jwt-1000", "tollgate-jwt-1000")]
     pairs += [("observed-jwt-1000", "bare-jwt-1000"), ("hostile-token-1000", "bare-hostile-token-1000")]
-    pairs += [("noop-authz-uvloop", "noop-authz"), ("threads2-jwt-1000", "threads-jwt-1000")]
+    pairs += [("noop-authz-uvloop", "noop-authz"), ("threads16-jwt-1000", "threads-jwt-1000")]
     pairs += [("threads-jwt-1000", "tollgate-jwt-1000"), ("threads-audit-jwt-1000", "audit-jwt-1000")]
     pairs += [("tollgate-jwt-1000", "aio-jwt-1000"), ("audit-jwt-1000", "aio-audit-jwt-1000")]
     pairs += [("aio-audit-jwt-1000", "noop-authz-uvloop")]

@@ -70,7 +70,12 @@ def run(args: argparse.Namespace) -> int:
     worker = workers.this_worker()
     if worker is not None:
         settings, audit_settings = _as_worker(worker, settings, audit_settings)
-    engine, engine_name = loops.engine(settings.grpc_engine, settings.event_loop, http_listen=settings.http_listen)
+    engine, engine_name = loops.engine(
+        settings.grpc_engine,
+        settings.event_loop,
+        http_listen=settings.http_listen,
+        durable=audit_settings.dir is not None and audit_settings.mode == "sync",
+    )
     settings = dataclasses.replace(settings, grpc_engine=engine)
     loop_factory, loop_name = loops.factory(settings.event_loop, settings.grpc_engine)
     logging.basicConfig(level=settings.log_level, format=workers.worker_log_format(worker))

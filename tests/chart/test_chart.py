@@ -160,7 +160,7 @@ def test_minimal_least_privilege_and_probes(render: Callable[..., dict[str, Any]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["TOLLGATE_CONFIG"] == "kubernetes:tollgate-system/tollgate-config"
     assert env["TOLLGATE_AUDIT_DIR"] and env["TOLLGATE_DEFAULT_ACTION"] == "Deny"
-    assert env["TOLLGATE_GRPC_ENGINE"] == "auto" and env["TOLLGATE_GRPC_THREADS"] == "16"  # the server's defaults
+    assert env["TOLLGATE_GRPC_ENGINE"] == "auto" and env["TOLLGATE_GRPC_THREADS"] == "2"  # the server's defaults
     operator = _find(objects, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
     assert operator["livenessProbe"]["httpGet"]["path"] == "/healthz"
     webhook = _find(objects, "ValidatingWebhookConfiguration")

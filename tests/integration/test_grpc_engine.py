@@ -34,6 +34,7 @@ pytestmark = pytest.mark.envoy
         ("aio", "asyncio", "async", "gRPC engine: aio; event loop: asyncio"),
         ("auto", "auto", "async", "gRPC engine: threads (auto); event loop: asyncio, locked"),
         ("auto", "uvloop", "async", "gRPC engine: aio (auto: --event-loop uvloop); event loop: uvloop"),
+        ("auto", "auto", "sync", "gRPC engine: aio (auto: --audit-mode sync, where every Check waits"),
         ("threads", "auto", "async", "gRPC engine: threads; event loop: asyncio, locked"),
         ("threads", "auto", "sync", "gRPC engine: threads; event loop: asyncio, locked"),
     ],

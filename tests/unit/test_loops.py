@@ -229,14 +229,20 @@ def test_nothing_starts_once_the_loop_has_stopped() -> None:
 
 
 def test_the_engine_auto_picks_and_why(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``--grpc-engine auto``: gRPC's threads, unless the HTTP edge (uvloop), uvloop by name, or a
-    grpcio the threads engine cannot run on asks for grpc.aio; a named engine is taken as named."""
+    """``--grpc-engine auto``: gRPC's threads, unless the HTTP edge (uvloop), durable audit (every
+    Check waits, holding a thread), uvloop by name, or a grpcio the threads engine cannot run on
+    asks for grpc.aio; a named engine is taken as named."""
     assert loops.engine("auto", "auto") == ("threads", "threads (auto)")
     assert loops.engine("auto", "asyncio") == ("threads", "threads (auto)")
     assert loops.engine("auto", "auto", http_listen="127.0.0.1:9002") == (
         "aio",
         "aio (auto: --http-listen is set, and the HTTP edge costs less on uvloop)",
     )
+    assert loops.engine("auto", "auto", durable=True) == (
+        "aio",
+        "aio (auto: --audit-mode sync, where every Check waits for its record)",
+    )
+    assert loops.engine("threads", "auto", durable=True) == ("threads", "threads")
     assert loops.engine("auto", "uvloop") == ("aio", "aio (auto: --event-loop uvloop)")
     assert loops.engine("aio", "auto") == ("aio", "aio")
     assert loops.engine("threads", "asyncio", http_listen="127.0.0.1:9002") == ("threads", "threads")
