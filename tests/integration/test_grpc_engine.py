@@ -7,6 +7,7 @@ engine."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import subprocess
@@ -156,7 +157,18 @@ def _open_streams(channel: grpc.Channel, method: str, request: bytes, calls: int
 
     reflect = channel.stream_stream(method, request_serializer=bytes, response_deserializer=bytes)
     opened = [reflect(one_then_wait()) for _ in range(calls)]
-    next(opened[0])  # its first answer: reflection is being served (more than its own threads are open)
+    # Reflection is being served: some stream has its first answer. Which ones do is the server's
+    # choice (the threads engine serves two at a time), so each is read on a thread of its own.
+    served = threading.Event()
+
+    def first_answer(call: Any) -> None:
+        with contextlib.suppress(grpc.RpcError):
+            next(call)
+            served.set()
+
+    for call in opened:
+        threading.Thread(target=first_answer, args=(call,), daemon=True).start()
+    assert served.wait(10), "no reflection stream was answered"
     return [*opened, release]
 
 
