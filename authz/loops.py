@@ -77,11 +77,12 @@ class LockedLoop(asyncio.SelectorEventLoop):
         self._held = _Held(self.lock)
         super().__init__(_LockingSelector(self.lock))
 
-    def held(self) -> _Held:
+    def held(self) -> _Held | threading.Lock:
         """``with loop.held():`` holds :attr:`lock` on a thread other than the loop's, which then acts
         as the loop's thread: asyncio's debug mode (``PYTHONASYNCIODEBUG``) lets it schedule
-        callbacks and timers. (One object per loop, entered once per Check: not a generator.)"""
-        return self._held
+        callbacks and timers. Outside debug mode nothing checks, so this is the lock itself (entered
+        once per Check: no Python-level ``__enter__``)."""
+        return self._held if self._debug else self.lock  # type: ignore[attr-defined]  # asyncio's own
 
     def _check_thread(self) -> None:
         """asyncio's debug-mode check that only the loop's thread touches the loop; a thread in

@@ -42,27 +42,15 @@ class Unsupported(RuntimeError):
 
 
 # grpcio's private functions this module calls or replaces, with their parameters, and its constants.
+_START = ("rpc_event", "state", "method_handler", "default_thread_pool")  # a call's start, by kind
+_IN_POOL = ("rpc_event", "state", "behavior", "argument_thunk", "request_deserializer", "response_serializer")
 _FUNCTIONS = {
-    "_handle_unary_unary": ("rpc_event", "state", "method_handler", "default_thread_pool"),
-    "_handle_unary_stream": ("rpc_event", "state", "method_handler", "default_thread_pool"),
+    "_handle_unary_unary": _START,
+    "_handle_unary_stream": _START,
     "_handle_with_method_handler": ("rpc_event", "state", "method_handler", "thread_pool"),
     "_receive_message": ("state", "call", "request_deserializer"),
-    "_unary_response_in_pool": (
-        "rpc_event",
-        "state",
-        "behavior",
-        "argument_thunk",
-        "request_deserializer",
-        "response_serializer",
-    ),
-    "_stream_response_in_pool": (
-        "rpc_event",
-        "state",
-        "behavior",
-        "argument_thunk",
-        "request_deserializer",
-        "response_serializer",
-    ),
+    "_unary_response_in_pool": _IN_POOL,
+    "_stream_response_in_pool": _IN_POOL,
     "_select_thread_pool_for_behavior": ("behavior", "default_thread_pool"),
     "_abort": ("state", "call", "code", "details"),
     "_is_rpc_state_active": ("state",),

@@ -18,11 +18,22 @@ from authz import receive_first
 _METHOD = "/test.Echo/Echo"
 
 
+def _started(pool: futures.ThreadPoolExecutor, echo: Any, **options: Any) -> tuple[grpc.Server, int]:
+    """A started synchronous server on ``pool`` (receive_first installed) whose one method
+    ``test.Echo/Echo`` is ``echo``, and its port."""
+    receive_first.install()
+    server = grpc.server(pool, **options)
+    handler = grpc.unary_unary_rpc_method_handler(echo)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", {"Echo": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
 @pytest.fixture
 def echo_server() -> Iterator[tuple[int, list[str]]]:
     """A synchronous server with one thread and at most 2 calls at once, answering each message
     with itself; yields its port and the names of the threads that ran the handler."""
-    receive_first.install()
     ran_on: list[str] = []
 
     def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -30,11 +41,7 @@ def echo_server() -> Iterator[tuple[int, list[str]]]:
         return request
 
     pool = futures.ThreadPoolExecutor(1, thread_name_prefix="echo")
-    server = grpc.server(pool, maximum_concurrent_rpcs=2)
-    handler = grpc.unary_unary_rpc_method_handler(echo)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", {"Echo": handler}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = _started(pool, echo, maximum_concurrent_rpcs=2)
     try:
         yield port, ran_on
     finally:
@@ -85,18 +92,8 @@ def test_a_cancelled_call_is_settled_for_the_servers_count(echo_server: tuple[in
 
 
 def test_a_stop_with_calls_still_waiting_ends_them() -> None:
-    receive_first.install()
     pool = futures.ThreadPoolExecutor(1)
-    server = grpc.server(pool)
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = _started(pool, lambda request, context: request)
     release = threading.Event()
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stalled = [_stalled(channel, release) for _ in range(5)]
@@ -148,18 +145,8 @@ def test_this_grpcio_is_the_one_it_was_written_for() -> None:
 def test_a_message_that_arrives_once_the_pool_is_shut_down_is_answered_unavailable() -> None:
     """The pool is shut down after the server has stopped (authz.server.GrpcServer.stop), so no
     call should find it gone; if one does, it is answered, not left hanging."""
-    receive_first.install()
     pool = futures.ThreadPoolExecutor(1)
-    server = grpc.server(pool)
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
-            ),
-        )
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+    server, port = _started(pool, lambda request, context: request)
     send = threading.Event()
 
     def late() -> Iterator[bytes]:
