@@ -329,7 +329,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             # Durable audit: every Check waits for its record (the gRPC engine's other path).
             synced = Backend(tollgate(many, "sync", code, "--audit-instance", "baseline"))
             compared.append(("baseline-audit-sync-1000", synced, many_host, {}))
-            if (code / "authz" / "threads.py").exists():  # the gRPC engine on gRPC's threads
+            if "--grpc-engine" in (code / "authz" / "configuration.py").read_text():  # both engines there
                 threads_baseline = Backend(tollgate(jwt_dir, "", code, *threads))
                 compared.append(("baseline-threads-jwt-1000", threads_baseline, jwt_host, bearer))
             if (code / "authz" / "http_server.py").exists():
