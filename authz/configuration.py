@@ -264,6 +264,14 @@ class ServerSettings:
         "their turn",
         _count(1),
     )
+    cpu_affinity: str = _setting(
+        "auto",
+        "--cpu-affinity",
+        "auto: with the threads engine, each worker's Python threads share one CPU (they run one at a "
+        "time; spread over CPUs they cost more per check), gRPC's I/O threads stay unpinned; off: the "
+        "kernel places every thread (docs/operations.md: CPU affinity)",
+        _choice(auto="auto", off="off"),
+    )
     log_level: str = _setting("INFO", "--log-level", "DEBUG, INFO, WARNING or ERROR", _log_level)
     event_loop: str = _setting(
         "auto",

@@ -36,7 +36,19 @@ from grpc_health.v1 import health as grpc_health
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from authz import checks, configuration, detect, http_server, loader, loops, metrics, receive_first, service, telemetry
+from authz import (
+    affinity,
+    checks,
+    configuration,
+    detect,
+    http_server,
+    loader,
+    loops,
+    metrics,
+    receive_first,
+    service,
+    telemetry,
+)
 from authz.errors import ConfigError
 from authz.identity import resolve
 
@@ -232,7 +244,7 @@ class _Reflection(reflection.ReflectionServicer):
         return super().ServerReflectionInfo(request_iterator, context)
 
     ServerReflectionInfo.experimental_thread_pool = futures.ThreadPoolExecutor(  # type: ignore[attr-defined]
-        2, thread_name_prefix="grpc-reflection"
+        2, thread_name_prefix="grpc-reflection", initializer=affinity.pin_this_thread
     )  # one per process, its threads started on first use
 
 
@@ -244,13 +256,19 @@ def _enable_reflection(server: grpc.aio.Server | grpc.Server, threads_engine: bo
 
 
 async def start(
-    settings: configuration.ServerSettings, runtime: Runtime, *, shared_ports: bool = False
+    settings: configuration.ServerSettings,
+    runtime: Runtime,
+    *,
+    shared_ports: bool = False,
+    python_cpu: int | None = None,
 ) -> tuple[GrpcServer, int]:
     """Build and start the server (``settings.grpc_engine``); return it (its health servicer is
     :attr:`GrpcServer.health`) and the bound port. ``shared_ports``: bind with SO_REUSEPORT, beside the other workers
     (:mod:`authz.workers`). The threads engine answers (health SERVING included) from its own
     threads at once, so :func:`serve` starts the server last, once every other listener is bound;
-    it must run on :class:`authz.loops.LockedLoop` (``tollgate serve`` does, and so do the tests)."""
+    it must run on :class:`authz.loops.LockedLoop` (``tollgate serve`` does, and so do the tests).
+    ``python_cpu``: with the threads engine, the CPU for this process's Python threads
+    (:mod:`authz.affinity`; None: where the kernel puts them)."""
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", 4 * 1024 * 1024),
         ("grpc.so_reuseport", 1 if shared_ports else 0),
@@ -273,7 +291,9 @@ async def start(
             receive_first.install()  # a call gets a thread only once its message is here
         except receive_first.Unsupported as error:
             raise configuration.UsageError(f"--grpc-engine threads: {error}") from None
-        pool = futures.ThreadPoolExecutor(settings.grpc_threads, thread_name_prefix="grpc")
+        pool = futures.ThreadPoolExecutor(
+            settings.grpc_threads, thread_name_prefix="grpc", initializer=affinity.pin_this_thread
+        )
         server = grpc.server(pool, options=options)
         handlers = checks_service.method_handlers(loop)
         health = grpc_health.HealthServicer()  # Watch does not hold a thread (experimental_non_blocking)
@@ -304,6 +324,8 @@ async def start(
             pool.shutdown(wait=False)
         raise ListenError(f"--listen {settings.listen}: cannot listen there")
     await _maybe(server.start())
+    if pool is not None and python_cpu is not None:  # after start: gRPC's I/O threads stay unpinned
+        affinity.pin_python_threads(python_cpu)
     runtime.identity.start()
     await running.set_serving()
     return running, port
@@ -317,11 +339,13 @@ async def serve(
     follow: Callable[[Runtime], Coroutine[Any, Any, None]] | None = None,
     shared_ports: bool = False,
     metrics_bound: Callable[[int], None] | None = None,
+    python_cpu: int | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT, then drain. ``follow``: what keeps the configuration current
     (default: :func:`watch` the files, every ``--reload-interval``). ``metrics_bound``: told the
-    port ``--metrics-listen`` got (a worker announces it to its supervisor). Metrics are counted when they
-    are exported: on ``--metrics-listen``'s ``/metrics``, or over OTLP (``OTEL_METRICS_EXPORTER``)."""
+    port ``--metrics-listen`` got (a worker announces it to its supervisor). ``python_cpu``: see
+    :func:`start`. Metrics are counted when they are exported: on ``--metrics-listen``'s
+    ``/metrics``, or over OTLP (``OTEL_METRICS_EXPORTER``)."""
     export = None
     otlp = telemetry.otlp_requested("OTEL_METRICS_EXPORTER")
     if settings.metrics_listen or otlp:
@@ -337,7 +361,7 @@ async def serve(
         await http_health.start()
         if metrics_bound is not None:
             metrics_bound(http_health.port)
-    server, port = await start(settings, runtime, shared_ports=shared_ports)
+    server, port = await start(settings, runtime, shared_ports=shared_ports, python_cpu=python_cpu)
     if runtime.detection is not None:
         runtime.detection.start()
     _settle_memory()

@@ -46,6 +46,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from authz import affinity
+
 __all__ = [
     "RESTART_DELAY",
     "Worker",
@@ -71,6 +73,7 @@ class Worker:
     index: int
     metrics_listen: str
     metrics_port_file: str = ""
+    first_cpu: int | None = None  # the supervisor's CPU at start: worker i's Python threads go i CPUs on
 
     def announce_metrics_port(self, port: int) -> None:
         """Tell the supervisor where this worker's metrics are (written whole, then renamed)."""
@@ -85,8 +88,8 @@ def this_worker() -> Worker | None:
     text = os.environ.get(ENVIRONMENT, "")
     if not text:
         return None
-    index, metrics, port_file = [*text.split(";", 2), "", ""][:3]
-    return Worker(int(index), metrics, port_file)
+    index, first_cpu, metrics, port_file = [*text.split(";", 3), "", "", ""][:4]
+    return Worker(int(index), metrics, port_file, int(first_cpu) if first_cpu else None)
 
 
 def restart_delays(delay: float, lived: float) -> tuple[float, float]:
@@ -117,6 +120,7 @@ class _Supervisor:
         self.stopping = False
         self.status = 0
         self.restarts = 0
+        self.first_cpu = affinity.current_cpu()  # --cpu-affinity auto: the workers' CPUs start here
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -155,7 +159,8 @@ class _Supervisor:
             if port_file is not None:
                 port_file.unlink(missing_ok=True)
             metrics = f"127.0.0.1:0;{port_file}" if port_file is not None else ""
-            environment = {**os.environ, ENVIRONMENT: f"{index};{metrics}"}
+            first_cpu = "" if self.first_cpu is None else self.first_cpu
+            environment = {**os.environ, ENVIRONMENT: f"{index};{first_cpu};{metrics}"}
             process = await asyncio.create_subprocess_exec(sys.executable, "-m", "authz", *self.argv, env=environment)
             self.processes[index] = process
             started = loop.time()

@@ -31,6 +31,11 @@ the same Envoy configuration (``direct_response``, so no upstream is measured):
     threads-audit-jwt-1000
                          audit-jwt-1000 with --grpc-engine threads
     threads16-jwt-1000   threads-jwt-1000 with --grpc-threads 16 (the default: 2)
+    affinity-off-jwt-1000
+                         tollgate-jwt-1000 with --cpu-affinity off (the default, auto, puts the
+                         server's Python threads on one CPU; BENCH_PIN=1 pins every thread anyway)
+    affinity-off-audit-jwt-1000
+                         audit-jwt-1000 with --cpu-affinity off
     noop-http            a do-nothing HTTP ext_authz server: asyncio.Protocol + httptools on uvloop
     noop-http-uvicorn    the same answers from uvicorn (httptools, uvloop) and a raw ASGI app
     audit-jwt-1000       tollgate-jwt-1000 with the async audit trail (the issue's full work per Check)
@@ -50,7 +55,9 @@ met only if both meet it. Results: bench/results/latest.json and .md.
 Environment: BENCH_DURATION (seconds per measurement, default 4), BENCH_ROUNDS (default 6),
 BENCH_CONNECTIONS (default "4,16,64"), BENCH_SCENARIOS (comma-separated subset; "micro" for the
 micro-benchmarks), BENCH_PIN (1: the ext_authz server on a CPU of its own, see placement()),
-BENCH_BASELINE (a git revision to measure beside the working tree, see baseline-* above).
+BENCH_BASELINE (a git revision to measure beside the working tree, see baseline-* above),
+BENCH_CPU_LIMIT (CPUs, e.g. 0.5: each ext_authz server held to that by a CFS quota, as a pod's CPU
+limit holds it; needs a writable cgroup CPU controller, see cpu_limit()).
 """
 
 from __future__ import annotations
@@ -201,6 +208,63 @@ def placement() -> tuple[set[int], set[int]] | None:
     return {available[-1]}, set(available[:-1])
 
 
+def cpu_limit() -> float | None:
+    """BENCH_CPU_LIMIT=<CPUs> (e.g. 0.5): each ext_authz server held to that much CPU time by a CFS
+    quota, as a pod's CPU limit holds it, else None. Where Envoy and wrk are not the bottleneck,
+    a server's rps is then its CPU budget over its CPU per request."""
+    text = os.environ.get("BENCH_CPU_LIMIT", "")
+    if not text:
+        return None
+    try:
+        cpus = float(text)
+    except ValueError:
+        sys.exit(f"bench: BENCH_CPU_LIMIT {text!r}: not a number of CPUs")
+    if not 0 < cpus <= len(os.sched_getaffinity(0)):
+        sys.exit(f"bench: BENCH_CPU_LIMIT {text!r}: must be above 0 and at most this machine's CPUs")
+    return cpus
+
+
+class Quota:
+    """A cgroup holding the processes put in it to ``cpus`` CPUs (CFS bandwidth: cgroup v2's
+    ``cpu.max``, or v1's ``cpu`` controller); removed on :meth:`close`."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, name: str, cpus: float) -> None:
+        quota = round(cpus * self.PERIOD_US)
+        unified = pathlib.Path("/sys/fs/cgroup")
+        if "cpu" in _read(unified / "cgroup.controllers").split():
+            self.path = unified / name
+            self.path.mkdir()
+            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}\n")
+        elif (unified / "cpu" / "cpu.cfs_quota_us").exists():
+            self.path = unified / "cpu" / name
+            self.path.mkdir()
+            (self.path / "cpu.cfs_period_us").write_text(f"{self.PERIOD_US}\n")
+            (self.path / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+        else:
+            sys.exit("bench: BENCH_CPU_LIMIT needs a cgroup CPU controller (v2 cpu.max or v1 cpu) to write")
+
+    def add(self, pid: int | None) -> None:
+        """Move a process (every thread; processes it starts later follow) into the group."""
+        if pid is not None:
+            (self.path / "cgroup.procs").write_text(f"{pid}\n")
+
+    def close(self) -> None:
+        for pid in _read(self.path / "cgroup.procs").split():  # none once the server stopped
+            with contextlib.suppress(OSError):
+                (self.path.parent / "cgroup.procs").write_text(f"{pid}\n")
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+
+def _read(path: pathlib.Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def pin(pid: int | None, cpus: set[int]) -> None:
     """Move every thread of a running process onto ``cpus`` (threads it starts later inherit it)."""
     if pid is None:
@@ -312,6 +376,7 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
         bearer = {"Authorization": f"Bearer {token}"}
         threads = ("--grpc-engine", "threads", "--audit-instance", "threads")  # its own log instance
         aio = ("--grpc-engine", "aio", "--audit-instance", "aio")
+        unplaced = ("--cpu-affinity", "off", "--audit-instance", "unplaced")
 
         compared = []
         revision = os.environ.get("BENCH_BASELINE", "")
@@ -366,6 +431,9 @@ def scenarios(work: pathlib.Path) -> Iterator[list[tuple[str, Backend, str, dict
             ("aio-audit-jwt-1000", Backend(tollgate(jwt_dir, "async", None, *aio)), jwt_host, bearer),
             ("threads-jwt-1000", Backend(tollgate(jwt_dir, "", None, *threads)), jwt_host, bearer),
             ("threads-audit-jwt-1000", Backend(tollgate(jwt_dir, "async", None, *threads)), jwt_host, bearer),
+            # --cpu-affinity off: every thread where the kernel puts it (unpinned runs; BENCH_PIN pins all).
+            ("affinity-off-jwt-1000", Backend(tollgate(jwt_dir, "", None, *unplaced)), jwt_host, bearer),
+            ("affinity-off-audit-jwt-1000", Backend(tollgate(jwt_dir, "async", None, *unplaced)), jwt_host, bearer),
             (
                 "threads16-jwt-1000",
                 Backend(tollgate(jwt_dir, "", None, *threads, "--grpc-threads", "16")),
@@ -427,10 +495,12 @@ def main() -> int:
     cpus = placement()
     results["pinned"] = None if cpus is None else {"ext_authz": sorted(cpus[0]), "envoy_and_wrk": sorted(cpus[1])}
     client_cpus = None if cpus is None else cpus[1]
+    limit = cpu_limit()
+    results["cpu_limit"] = limit
     with contextlib.ExitStack() as stack:
         directory = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tollgate-bench-")))
         plan = [p for p in stack.enter_context(scenarios(directory)) if not wanted or p[0] in wanted]
-        running = []
+        running: list[tuple[str, str, str, dict[str, str], int | None, int | None]] = []
         for name, backend, host, headers in plan:
             authz_port = stack.enter_context(backend)
             proxy = harness.Envoy(
@@ -440,6 +510,10 @@ def main() -> int:
             if cpus is not None:
                 pin(backend.pid, cpus[0])
                 pin(proxy.pid, cpus[1])
+            if limit is not None and backend.pid is not None:
+                quota = Quota(f"tollgate-bench-{os.getpid()}-{len(running)}", limit)
+                stack.callback(quota.close)  # runs before the server stops: its process moves back out
+                quota.add(backend.pid)
             url = f"{proxy.url}/api/orders"
             run_wrk(wrk, url, host, 16, 2, headers, client_cpus)  # warm-up: connections, caches, keys
             running.append((name, url, host, headers, backend.pid, proxy.pid))
@@ -518,6 +592,8 @@ def render(results: dict[str, Any]) -> str:
         if pinned
         else "Placement: not pinned (every process may run on every CPU)."
     )
+    if results.get("cpu_limit"):
+        where += f" Each ext_authz server limited to {results['cpu_limit']} CPU (a CFS quota, as a pod's CPU limit)."
     lines = [
         where,
         "",

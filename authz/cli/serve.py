@@ -18,7 +18,7 @@ import pathlib
 import socket
 from typing import TYPE_CHECKING, Any
 
-from authz import configuration, detect, loader, loops, server, telemetry, workers
+from authz import affinity, configuration, detect, loader, loops, server, telemetry, workers
 from authz.audit import log as audit_log
 from authz.audit import note, pseudonym, publish, recorder
 from authz.cli import common
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if settings.workers > 1 and worker is None:
         return _supervise(args, settings, checked=source is None)
     logging.getLogger("authz.server").info("gRPC engine: %s; event loop: %s", engine_name, loop_name)
+    placement = _placement(settings.cpu_affinity, engine, worker)
     try:
         snapshot = None if source else loader.load(settings.config_path)
         tracing = telemetry.Tracing.from_environment()
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 follow=follow,
                 shared_ports=worker is not None,
                 metrics_bound=worker.announce_metrics_port if worker is not None else None,
+                python_cpu=placement.cpu,
             )
         finally:
             if publisher is not None:
@@ -144,6 +146,19 @@ def _supervise(args: argparse.Namespace, settings: configuration.ServerSettings,
     except ConfigError as error:
         return common.fail(f"invalid configuration, not starting:\n{error}", 2)
     return workers.supervise(settings.workers, args.argv, metrics_listen=settings.metrics_listen, grace=settings.grace)
+
+
+def _placement(choice: str, engine: str, worker: workers.Worker | None) -> affinity.Placement:
+    """Where this server's Python threads go (``--cpu-affinity``), said in the log."""
+    placement = affinity.choose(
+        choice,
+        engine,
+        affinity.allowed_cpus(),
+        first=worker.first_cpu if worker is not None else affinity.current_cpu(),
+        index=worker.index if worker is not None else 0,
+    )
+    logging.getLogger("authz.server").info("CPU affinity: %s", placement.why)
+    return placement
 
 
 def _as_worker(

@@ -161,6 +161,7 @@ def test_minimal_least_privilege_and_probes(render: Callable[..., dict[str, Any]
     assert env["TOLLGATE_CONFIG"] == "kubernetes:tollgate-system/tollgate-config"
     assert env["TOLLGATE_AUDIT_DIR"] and env["TOLLGATE_DEFAULT_ACTION"] == "Deny"
     assert env["TOLLGATE_GRPC_ENGINE"] == "auto" and env["TOLLGATE_GRPC_THREADS"] == "2"  # the server's defaults
+    assert env["TOLLGATE_CPU_AFFINITY"] == "auto"
     operator = _find(objects, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
     assert operator["livenessProbe"]["httpGet"]["path"] == "/healthz"
     webhook = _find(objects, "ValidatingWebhookConfiguration")
@@ -302,6 +303,7 @@ def test_the_audit_web_view_reads_the_log_and_is_reached_only_through_the_gatewa
         ({"dataplane": {"maxConnections": -1}, "audit": {"existingSecret": "k"}}, "/dataplane/maxConnections"),
         ({"dataplane": {"grpcThreads": 0}, "audit": {"existingSecret": "k"}}, "/dataplane/grpcThreads"),
         ({"dataplane": {"grpcEngine": "fast"}, "audit": {"existingSecret": "k"}}, "/dataplane/grpcEngine"),
+        ({"dataplane": {"cpuAffinity": "on"}, "audit": {"existingSecret": "k"}}, "/dataplane/cpuAffinity"),
         ({"dataplane": {"grpcThreads": 2048}, "audit": {"existingSecret": "k"}}, "/dataplane/grpcThreads"),
         (
             {"gateway": {"enabled": True, "authzMode": "http"}, "audit": {"existingSecret": "k"}},

@@ -39,12 +39,12 @@ def test_a_worker_reads_its_place_and_announces_the_metrics_port_it_was_given(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port_file = tmp_path / "worker-1.port"
-    monkeypatch.setenv(workers.ENVIRONMENT, f"1;127.0.0.1:0;{port_file}")
+    monkeypatch.setenv(workers.ENVIRONMENT, f"1;3;127.0.0.1:0;{port_file}")
     worker = workers.this_worker()
-    assert worker == workers.Worker(1, "127.0.0.1:0", str(port_file))
+    assert worker == workers.Worker(1, "127.0.0.1:0", str(port_file), first_cpu=3)
     worker.announce_metrics_port(41234)
     assert port_file.read_text() == "41234\n" and not list(tmp_path.glob("*.partial"))
-    monkeypatch.setenv(workers.ENVIRONMENT, "0;")  # no metrics: nothing to announce
+    monkeypatch.setenv(workers.ENVIRONMENT, "0;;")  # no metrics: nothing to announce; CPU unknown
     quiet = workers.this_worker()
     assert quiet == workers.Worker(0, "", "")
     quiet.announce_metrics_port(1)

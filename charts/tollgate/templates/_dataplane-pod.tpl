@@ -72,6 +72,7 @@ spec:
         {{- if ne .Values.dataplane.grpcEngine "aio" }}
         - {name: TOLLGATE_GRPC_THREADS, value: {{ .Values.dataplane.grpcThreads | quote }}}
         {{- end }}
+        - {name: TOLLGATE_CPU_AFFINITY, value: {{ .Values.dataplane.cpuAffinity | quote }}}
         - {name: TOLLGATE_DEFAULT_ACTION, value: {{ .Values.dataplane.defaultAction | quote }}}
         - {name: TOLLGATE_PATH_MODE, value: {{ .Values.dataplane.pathMode | quote }}}
         - {name: TOLLGATE_GRACE, value: {{ .Values.dataplane.grace | quote }}}
