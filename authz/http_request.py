@@ -30,6 +30,7 @@ ENVOY_PREFIX = "x-tollgate-envoy-"
 SOURCE = "x-tollgate-envoy-source"
 DESTINATION = "x-tollgate-envoy-destination"
 PROTOCOL = "x-tollgate-envoy-protocol"
+SCHEME = "x-tollgate-envoy-scheme"
 PEER_URI_SAN = "x-tollgate-envoy-peer-uri-san"
 PEER_SUBJECT = "x-tollgate-envoy-peer-subject"
 # What Envoy adds to every check request, and the command operator it takes the value from.
@@ -38,6 +39,7 @@ ENVOY_ATTRIBUTES = {
     SOURCE: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
     DESTINATION: "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%",
     PROTOCOL: "%PROTOCOL%",
+    SCHEME: "%REQ(:SCHEME)%",  # the gRPC CheckRequest's :scheme (Envoy sets it on every request)
     PEER_URI_SAN: "%DOWNSTREAM_PEER_URI_SAN%",
     PEER_SUBJECT: "%DOWNSTREAM_PEER_SUBJECT%",
 }
@@ -100,7 +102,7 @@ class _Attributes:
         return self._values.get(PROTOCOL, "")
 
     def scheme(self) -> str:
-        return ""
+        return self._values.get(SCHEME, "")
 
     def source_ip(self) -> str:
         return self._values[SOURCE]
@@ -151,6 +153,8 @@ def from_http_check(check: HttpCheck, *, strict: bool = True) -> request_model.H
     authority = authority or ""  # none: request_host_invalid, as for a gRPC Check
     # The pseudo-headers a gRPC CheckRequest's header map holds, so policies read the same names.
     headers[":authority"], headers[":method"], headers[":path"] = authority, method, target
+    if SCHEME in envoy:  # an Envoy configured before Tollgate asked for it sends none
+        headers[":scheme"] = envoy[SCHEME]
     return envoy_request.canonical_request(
         method, authority, target, headers, _principal(envoy), _Attributes(envoy), strict=strict
     )

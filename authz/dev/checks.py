@@ -87,7 +87,7 @@ def http_check_request(
     """An HTTP ext_authz check request as Envoy's ``http_service`` sends it (one HTTP/1.1 request):
     the client's request line and headers, then what Envoy adds (``envoy``: those lines instead)."""
     if envoy is None:
-        envoy = [(http_request.SOURCE, source_ip), (http_request.PROTOCOL, "HTTP/1.1")]
+        envoy = [(http_request.SOURCE, source_ip), (http_request.PROTOCOL, "HTTP/1.1"), (http_request.SCHEME, "http")]
         if principal:
             envoy.append((http_request.PEER_URI_SAN, principal))
     lines = [f"{method} {path} HTTP/1.1", f"host: {host}", f"x-request-id: {request_id}", "content-length: 0"]

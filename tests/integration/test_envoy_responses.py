@@ -32,6 +32,9 @@ spec:
     - {name: public, action: Allow, to: {paths: [/public]}}
     - {name: staff, action: Allow, to: {paths: [/staff]}, from: {groups: [staff]}}
     - {name: upload, action: Allow, to: {methods: [POST], paths: [/upload]}}
+    - {name: plain-http, action: Deny, to: {paths: [/scheme/denied]}, when: [{header: ":scheme", values: [http]}]}
+    - {name: over-http, action: Allow, to: {paths: [/scheme/allowed]}, when: [{header: ":scheme", values: [http]}]}
+    - {name: over-https, action: Allow, to: {paths: [/scheme/secure]}, when: [{header: ":scheme", values: [https]}]}
 """
 
 SPOOFED = {name: "spoofed" for name in response.IDENTITY_HEADERS}
@@ -79,6 +82,23 @@ def test_identity_headers_cannot_be_spoofed(
     assert seen[response.GROUPS] == ['"staff", "ops"']  # an RFC 9651 list of strings
     assert seen[response.METHOD] == ["jwt"]
     assert "spoofed" not in str(seen)
+
+
+def test_policies_read_the_scheme_envoy_set_in_every_mode(proxy: harness.Envoy, http: Callable[..., Any]) -> None:
+    """``:scheme`` as Envoy set it, also over HTTP ext_authz (whose check request carries no
+    pseudo-headers): a Deny rule on it fires, and with a client's ``X-Forwarded-Proto`` the rule
+    that holds is the one for the scheme the upstream is told."""
+    denied = http(proxy.port, "GET", "/scheme/denied", host="app.test")
+    assert denied.status == 401 and denied.json()["reason"] == "rule_deny"  # anonymous: 401
+    allowed = http(proxy.port, "GET", "/scheme/allowed", host="app.test")
+    assert allowed.status == 200 and allowed.json()["path"] == "/scheme/allowed"
+    assert allowed.json()["headers"]["x-forwarded-proto"] == ["http"]
+    claimed = {"x-forwarded-proto": "https"}
+    secure = http(proxy.port, "GET", "/scheme/secure", host="app.test", headers=claimed)
+    plain = http(proxy.port, "GET", "/scheme/allowed", host="app.test", headers=claimed)
+    assert sorted([secure.status, plain.status]) == [200, 401]
+    passed, scheme = (secure, "https") if secure.status == 200 else (plain, "http")
+    assert passed.json()["headers"]["x-forwarded-proto"] == [scheme]  # what the upstream acts on
 
 
 def test_deny_bodies_and_status(

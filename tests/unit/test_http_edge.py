@@ -40,6 +40,7 @@ ENVOY = (
     f"{http_request.SOURCE}: 192.0.2.7",
     f"{http_request.DESTINATION}: 10.0.0.1",
     f"{http_request.PROTOCOL}: HTTP/2",
+    f"{http_request.SCHEME}: https",
 )
 
 
@@ -58,6 +59,10 @@ def test_the_adapter_reads_what_the_grpc_adapter_reads() -> None:
     assert request.request_id == "r-1"
     assert request.headers["cookie"] == "a=1,b=2"  # as Envoy joins repeated names
     assert request.headers[":authority"] == "App.Test:8443" and request.headers[":path"] == "/a/b?q=1"
+    assert request.headers[":scheme"] == request.scheme == "https"  # Envoy's, as in a CheckRequest
+    # An Envoy configured before Tollgate asked for the scheme: none, as before.
+    older = http_request.from_http_check(_parsed(_request(*ENVOY[:3])))
+    assert ":scheme" not in older.headers and older.scheme == ""
     # Envoy's own client headers and its attribute lines are not the client's request.
     assert not {"content-length", "x-envoy-internal", "x-envoy-expected-rq-timeout-ms", "host"} & set(request.headers)
     assert not [name for name in request.headers if name.startswith(http_request.ENVOY_PREFIX)]
