@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pathlib
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -57,6 +58,8 @@ class Snapshot:
     conflicts: tuple[compiled.Conflict, ...]
     revision: str
     files: tuple[str, ...]  # configuration files, and files they refer to (keys, secrets)
+    # time.time_ns() as reading its files began (0: not read from files); not part of its identity
+    read_ns: int = dataclasses.field(default=0, compare=False)
 
 
 def config_files(path: pathlib.Path) -> list[pathlib.Path]:
@@ -250,6 +253,7 @@ def _referenced_files(spec: identity_providers.ProviderSpec) -> list[str]:
 def load(path: pathlib.Path) -> Snapshot:
     """The snapshot of the configuration at ``path``, or :class:`ConfigErrors` with every problem
     of every file (each naming file, document and field)."""
+    started = time.time_ns()
     documents, revision, errors = read_documents(path)
     try:
         snapshot = build_snapshot(documents, revision, complete=not errors)
@@ -257,7 +261,7 @@ def load(path: pathlib.Path) -> Snapshot:
         raise ConfigErrors(errors + found.errors) from None
     if errors:
         raise ConfigErrors(errors)
-    return snapshot
+    return dataclasses.replace(snapshot, read_ns=started)
 
 
 def _check_header(body: Mapping[str, Any]) -> str:

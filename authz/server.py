@@ -113,9 +113,18 @@ def _fingerprint(config: pathlib.Path, extra: tuple[str, ...]) -> tuple[tuple[st
     return tuple(sorted(out))
 
 
+# File systems stamp modification times from a clock that may lag the wall clock by a tick.
+_MTIME_SLACK_NS = 100_000_000
+
+
 async def watch(settings: configuration.ServerSettings, runtime: Runtime) -> None:
     """Reload the configuration whenever its files change; keep the last good one on error."""
     seen = _fingerprint(settings.config_path, runtime.snapshot.files)
+    read_ns = runtime.snapshot.read_ns
+    if read_ns and any(mtime >= read_ns - _MTIME_SLACK_NS for _, _, mtime, _ in seen):
+        # A file changed while, or after, the revision in force was read (the server was starting
+        # meanwhile): this first fingerprint may already be the changed files', so read them again.
+        seen = ()
     rejected = False  # the files changed to something invalid since the revision in force
     while True:
         await asyncio.sleep(settings.reload_interval)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import pathlib
 import signal
@@ -20,6 +21,7 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from authz import configuration, loader, server
 from authz.dev import checks, harness, idp, upstream
 
 pytestmark = pytest.mark.envoy
@@ -210,6 +212,44 @@ def test_undoing_a_rejected_change_says_which_revision_is_in_force(
     eventually(lambda: "configuration rejected" in log.read_text())
     policy.write_text(good)  # the same revision as at start: nothing to install, but it must be said
     eventually(lambda: "in force again (the rejected change was undone)" in log.read_text())
+
+
+async def test_a_change_made_while_the_server_starts_is_not_missed(tmp_path: pathlib.Path) -> None:
+    # The files are read before the server starts, and the reload watcher begins later: a change
+    # in between must be read, not taken for the revision in force (it was once, and stayed unread
+    # until the next change).
+    policy = tmp_path / "app.yaml"
+    policy.write_text(POLICY.format(path="/v1"))
+    time.sleep(0.2)  # older than the read below by more than the mtime slack
+    snapshot = loader.load(policy)
+    policy.write_text(POLICY.format(path="/v2"))  # meanwhile, the server is still starting
+    runtime = server.Runtime(snapshot, default_allow=False)
+    settings = configuration.ServerSettings(config=policy, reload_interval=0.05)
+    watcher = asyncio.create_task(server.watch(settings, runtime))
+    try:
+        async with asyncio.timeout(5):
+            while runtime.snapshot.revision == snapshot.revision:
+                await asyncio.sleep(0.05)
+    finally:
+        watcher.cancel()
+    assert runtime.snapshot.revision == loader.load(policy).revision
+
+
+async def test_files_unchanged_since_they_were_read_are_not_read_again(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = tmp_path / "app.yaml"
+    policy.write_text(POLICY.format(path="/v1"))
+    time.sleep(0.2)
+    runtime = server.Runtime(loader.load(policy), default_allow=False)
+    loads: list[pathlib.Path] = []
+    monkeypatch.setattr(loader, "load", loads.append)  # a read would be recorded here
+    watcher = asyncio.create_task(
+        server.watch(configuration.ServerSettings(config=policy, reload_interval=0.05), runtime)
+    )
+    await asyncio.sleep(0.3)
+    watcher.cancel()
+    assert loads == []
 
 
 def _configmap_revision(directory: pathlib.Path, name: str, policy: str) -> None:
