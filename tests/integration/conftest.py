@@ -253,8 +253,18 @@ class HardeningStack:
 
 
 # Envoy with normalize_path/merge_slashes on and off, asking over gRPC (--grpc-engine aio, the server
-# that also has the HTTP edge, and --grpc-engine threads: a second server) and over HTTP.
-MODES = ["normalize", "raw", "normalize-threads", "raw-threads", "normalize-http", "raw-http"]
+# that also has the HTTP edge, and --grpc-engine threads: a second server) and over HTTP (the HTTP
+# edge on uvloop, as auto runs it, and on the threads engine's locked asyncio loop).
+MODES = [
+    "normalize",
+    "raw",
+    "normalize-threads",
+    "raw-threads",
+    "normalize-http",
+    "raw-http",
+    "normalize-threads-http",
+    "raw-threads-http",
+]
 
 
 @pytest.fixture(scope="session")
@@ -268,12 +278,13 @@ def hardening(tmp_path_factory: pytest.TempPathFactory, http: Callable[..., Any]
     log = directory / "tollgate.log"
     tollgate = harness.TollgateProcess(config, extra=["--grpc-engine", "aio"], log_to=log, http=True)
     threads_log = directory / "tollgate-threads.log"
-    threaded = harness.TollgateProcess(config, extra=["--grpc-engine", "threads"], log_to=threads_log)
+    threaded = harness.TollgateProcess(config, extra=["--grpc-engine", "threads"], log_to=threads_log, http=True)
     proxies = {}
     for server, transport, suffix in (
         (tollgate, envoy_bootstrap.GRPC_MODE, ""),
         (threaded, envoy_bootstrap.GRPC_MODE, "-threads"),
         (tollgate, envoy_bootstrap.HTTP_MODE, "-http"),
+        (threaded, envoy_bootstrap.HTTP_MODE, "-threads-http"),
     ):
         for paths, normalize in (("normalize", True), ("raw", False)):
             proxies[paths + suffix] = harness.Envoy(
@@ -309,5 +320,5 @@ def _wait_for_keys(stack: HardeningStack) -> None:
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest) -> str:
     """Each test runs through every Envoy: normalize_path/merge_slashes on and off, over gRPC (on
-    each engine) and HTTP."""
+    each engine) and HTTP (on each)."""
     return str(request.param)

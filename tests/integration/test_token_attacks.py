@@ -43,13 +43,14 @@ class Stack:
         }
 
 
-@pytest.fixture(scope="module", params=["grpc-threads", "grpc-aio", envoy_bootstrap.HTTP_MODE])
+@pytest.fixture(scope="module", params=["grpc-threads", "grpc-aio", envoy_bootstrap.HTTP_MODE, "http-threads"])
 def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """The whole stack once per transport: Envoy asks Tollgate over gRPC (on each engine), then
-    over HTTP."""
+    """The whole stack once per transport: Envoy asks Tollgate over gRPC, then over HTTP (each on
+    each engine; plain ``http`` on what ``auto`` picks)."""
     transport = str(request.param)
-    engine = ["--grpc-engine", transport.removeprefix("grpc-")] if transport.startswith("grpc-") else []
-    transport = envoy_bootstrap.GRPC_MODE if engine else transport
+    named = {"grpc-threads": "threads", "grpc-aio": "aio", "http-threads": "threads"}.get(transport)
+    engine = ["--grpc-engine", named] if named else []
+    transport = envoy_bootstrap.GRPC_MODE if transport.startswith("grpc-") else envoy_bootstrap.HTTP_MODE
     directory = tmp_path_factory.mktemp("attacks")
     provider = idp.DevIdentityProvider(directory / "idp").start()
     ec_public = ec.generate_private_key(ec.SECP256R1()).public_key()
