@@ -53,7 +53,7 @@ def allowed_cpus() -> list[int]:
 
 
 def current_cpu() -> int | None:
-    """The CPU the calling thread last ran on (``/proc/self/stat``'s ``processor``), None if unknown."""
+    """The CPU the calling thread last ran on (``processor`` in ``/proc/thread-self/stat``), None if unknown."""
     try:
         with open("/proc/thread-self/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()

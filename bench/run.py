@@ -233,17 +233,20 @@ class Quota:
     def __init__(self, name: str, cpus: float) -> None:
         quota = round(cpus * self.PERIOD_US)
         unified = pathlib.Path("/sys/fs/cgroup")
-        if "cpu" in _read(unified / "cgroup.controllers").split():
-            self.path = unified / name
-            self.path.mkdir()
-            (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}\n")
-        elif (unified / "cpu" / "cpu.cfs_quota_us").exists():
-            self.path = unified / "cpu" / name
-            self.path.mkdir()
-            (self.path / "cpu.cfs_period_us").write_text(f"{self.PERIOD_US}\n")
-            (self.path / "cpu.cfs_quota_us").write_text(f"{quota}\n")
-        else:
-            sys.exit("bench: BENCH_CPU_LIMIT needs a cgroup CPU controller (v2 cpu.max or v1 cpu) to write")
+        try:
+            if "cpu" in _read(unified / "cgroup.controllers").split():
+                self.path = unified / name
+                self.path.mkdir()
+                (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}\n")
+            elif (unified / "cpu" / "cpu.cfs_quota_us").exists():
+                self.path = unified / "cpu" / name
+                self.path.mkdir()
+                (self.path / "cpu.cfs_period_us").write_text(f"{self.PERIOD_US}\n")
+                (self.path / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+            else:
+                sys.exit("bench: BENCH_CPU_LIMIT needs a cgroup CPU controller (v2 cpu.max or v1 cpu)")
+        except OSError as error:  # not root, or the controller not delegated here
+            sys.exit(f"bench: BENCH_CPU_LIMIT: cannot set a CPU quota: {error.strerror}: {error.filename}")
 
     def add(self, pid: int | None) -> None:
         """Move a process (every thread; processes it starts later follow) into the group."""
