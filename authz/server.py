@@ -276,8 +276,8 @@ async def start(
     (:mod:`authz.workers`). The threads engine answers (health SERVING included) from its own
     threads at once, so :func:`serve` starts the server last, once every other listener is bound;
     it must run on :class:`authz.loops.LockedLoop` (``tollgate serve`` does, and so do the tests).
-    ``python_cpu``: with the threads engine, the CPU for this process's Python threads
-    (:mod:`authz.affinity`; None: where the kernel puts them)."""
+    ``python_cpu``: the CPU for this process's Python threads (:func:`authz.affinity.choose`: only
+    with the threads engine; None: where the kernel puts them)."""
     options: list[tuple[str, int]] = [
         ("grpc.max_receive_message_length", 4 * 1024 * 1024),
         ("grpc.so_reuseport", 1 if shared_ports else 0),
@@ -333,7 +333,7 @@ async def start(
             pool.shutdown(wait=False)
         raise ListenError(f"--listen {settings.listen}: cannot listen there")
     await _maybe(server.start())
-    if pool is not None and python_cpu is not None:  # after start: gRPC's I/O threads stay unpinned
+    if python_cpu is not None:  # after start: gRPC's I/O threads exist, and stay unpinned
         affinity.pin_python_threads(python_cpu)
     runtime.identity.start()
     await running.set_serving()

@@ -622,6 +622,7 @@ def render(results: dict[str, Any]) -> str:
     pairs += [("threads-jwt-1000", "tollgate-jwt-1000"), ("threads-audit-jwt-1000", "audit-jwt-1000")]
     pairs += [("tollgate-jwt-1000", "aio-jwt-1000"), ("audit-jwt-1000", "aio-audit-jwt-1000")]
     pairs += [("aio-audit-jwt-1000", "noop-authz-uvloop")]
+    pairs += [("tollgate-jwt-1000", "affinity-off-jwt-1000"), ("audit-jwt-1000", "affinity-off-audit-jwt-1000")]
     pairs += [("threads-jwt-1000", "noop-authz-uvloop"), ("threads-audit-jwt-1000", "noop-authz-uvloop")]
     pairs += [("tollgate-jwt-1000", "noop-authz-uvloop"), ("audit-jwt-1000", "noop-authz-uvloop")]
     pairs += [("noop-authz-threads", "noop-authz-uvloop")]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from authz.dev import harness, upstream
+from authz.dev import harness, idp, upstream
 
 pytestmark = [
     pytest.mark.envoy,
@@ -26,15 +26,8 @@ pytestmark = [
     ),
 ]
 
-POLICY = """
-apiVersion: tollgate.dev/v1alpha1
-kind: AccessPolicy
-metadata: {name: app, namespace: demo}
-spec:
-  hosts: [app.test]
-  rules: [{name: open, action: Allow, to: {paths: ["/*"]}}]
-"""
 ALL = sorted(os.sched_getaffinity(0))
+Placed = tuple[list[list[int]], list[list[int]]]  # (Python's threads, gRPC's C++ threads): their CPUs
 
 
 def _threads(pid: int) -> list[tuple[str, list[int]]]:
@@ -60,7 +53,7 @@ def _cpus(text: str) -> list[int]:
     return cpus
 
 
-def _python_threads(pid: int) -> tuple[list[list[int]], list[list[int]]]:
+def _python_threads(pid: int) -> Placed:
     """(Python's threads, gRPC's C++ threads) of ``pid``, as their CPU lists. Python 3.12 does not
     name its threads, so each keeps the process's name; gRPC names its own."""
     process_name = pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
@@ -70,32 +63,40 @@ def _python_threads(pid: int) -> tuple[list[list[int]], list[list[int]]]:
     return python, grpc_core
 
 
-def _config(tmp_path: pathlib.Path) -> pathlib.Path:
-    config = tmp_path / "policy.yaml"
-    config.write_text(POLICY)
-    return config
+@pytest.fixture
+def config(tmp_path: pathlib.Path, dev_idp: idp.DevIdentityProvider) -> pathlib.Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(dev_idp.app_config("{name: open, action: Allow, to: {paths: ['/*']}}"))
+    return path
 
 
-def _checks_through_envoy(
-    envoy: Callable[..., harness.Envoy], authz: harness.TollgateProcess, echo: upstream.EchoUpstream, http: Any
-) -> None:
-    proxy = envoy(authz_port=authz.port, upstream_port=echo.port)
-    replies = [http(proxy.port, "GET", f"/x/{n}", host="app.test") for n in range(20)]
-    assert [reply.status for reply in replies] == [200] * 20
-    assert replies[-1].json()["path"] == "/x/19"  # decided, and the upstream got it
-
-
-def test_auto_puts_the_python_threads_on_one_cpu_and_leaves_grpcs_own(
-    tmp_path: pathlib.Path,
+@pytest.fixture
+def placed(
+    config: pathlib.Path,
     tollgate: Callable[..., harness.TollgateProcess],
     envoy: Callable[..., harness.Envoy],
     echo_upstream: upstream.EchoUpstream,
     http: Any,
+) -> Callable[..., Placed]:
+    """Start ``tollgate serve`` with these flags, send Checks through a real Envoy (they start the
+    decision threads), and read (Python's threads, gRPC's C++ threads) as :func:`_python_threads`."""
+
+    def start(*flags: str) -> Placed:
+        authz = tollgate(config, *flags)
+        proxy = envoy(authz_port=authz.port, upstream_port=echo_upstream.port)
+        replies = [http(proxy.port, "GET", f"/x/{n}", host="app.test") for n in range(20)]
+        assert [reply.status for reply in replies] == [200] * 20
+        assert replies[-1].json()["path"] == "/x/19"  # decided, and the upstream got it
+        assert authz.process is not None
+        return _python_threads(authz.process.pid)
+
+    return start
+
+
+def test_auto_puts_the_python_threads_on_one_cpu_and_leaves_grpcs_own(
+    tmp_path: pathlib.Path, placed: Callable[..., Placed]
 ) -> None:
-    authz = tollgate(_config(tmp_path), "--grpc-engine", "threads", "--grpc-threads", "2")
-    _checks_through_envoy(envoy, authz, echo_upstream, http)  # starts the decision threads
-    assert authz.process is not None
-    python, grpc_core = _python_threads(authz.process.pid)
+    python, grpc_core = placed("--grpc-engine", "threads", "--grpc-threads", "2")
     # The loop's thread, gRPC's server thread and a decision thread, started by the first Check
     # after the server placed its threads (one at a time, these Checks needed one).
     assert len(python) >= 3
@@ -117,23 +118,17 @@ def test_off_and_the_aio_engine_pin_nothing(
     flags: tuple[str, ...],
     logged: str,
     tmp_path: pathlib.Path,
-    tollgate: Callable[..., harness.TollgateProcess],
-    envoy: Callable[..., harness.Envoy],
-    echo_upstream: upstream.EchoUpstream,
-    http: Any,
+    placed: Callable[..., Placed],
 ) -> None:
-    authz = tollgate(_config(tmp_path), *flags)
-    _checks_through_envoy(envoy, authz, echo_upstream, http)
-    assert authz.process is not None
-    python, grpc_core = _python_threads(authz.process.pid)
+    python, grpc_core = placed(*flags)
     assert python and all(cpus == ALL for cpus in python + grpc_core)
     assert logged in (tmp_path / "tollgate.log").read_text()
 
 
-def test_two_workers_take_two_cpus(tmp_path: pathlib.Path) -> None:
+def test_two_workers_take_two_cpus(tmp_path: pathlib.Path, config: pathlib.Path) -> None:
     metrics_port = harness.free_port()
     supervisor = harness.TollgateProcess(
-        _config(tmp_path),
+        config,
         extra=["--workers", "2", "--grpc-engine", "threads", "--metrics-listen", f"127.0.0.1:{metrics_port}"],
         log_to=tmp_path / "tollgate.log",
     ).start()
@@ -163,9 +158,9 @@ def test_two_workers_take_two_cpus(tmp_path: pathlib.Path) -> None:
         assert supervisor.stop() == 0
 
 
-def test_a_value_that_is_not_a_choice_is_refused_in_one_line(tmp_path: pathlib.Path) -> None:
+def test_a_value_that_is_not_a_choice_is_refused_in_one_line(config: pathlib.Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "authz", "serve", "--config", str(_config(tmp_path)), "--cpu-affinity", "sometimes"],
+        [sys.executable, "-m", "authz", "serve", "--config", str(config), "--cpu-affinity", "sometimes"],
         capture_output=True,
         text=True,
         timeout=60,
